@@ -1,0 +1,12 @@
+//! Tandem's public gRPC contract, generated from `proto/tandem/v1`.
+//!
+//! Partners and Tandem's own services use the clients; the `tandem` binary mounts the servers.
+
+/// Version 1 of the contract: package `tandem.v1`.
+pub mod v1 {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("tandem.v1");
+}
+
+/// The encoded file descriptor set of every Tandem proto, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tandem_descriptor.bin"));
