@@ -1,6 +1,10 @@
-//! Tandem's public gRPC contract, generated from `proto/tandem/v1`.
+//! Tandem's public gRPC contract, generated from `proto/tandem/v1`, with the few helpers every
+//! service edge shares: timestamps and error statuses.
 //!
 //! Partners and Tandem's own services use the clients; the `tandem` binary mounts the servers.
+
+pub mod status;
+pub mod time;
 
 /// Version 1 of the contract: package `tandem.v1`.
 pub mod v1 {

@@ -1,0 +1,183 @@
+//! One storage code path for both backends. Services write portable SQL (`$1` placeholders,
+//! TEXT and BIGINT columns, timestamps as Unix microseconds) against an [`sqlx::AnyPool`]:
+//! SQLite is the zero-configuration default, PostgreSQL is production.
+//!
+//! Each service owns its own database: a SQLite file per service under the data directory, or a
+//! schema per service on PostgreSQL, each with its own migrations.
+
+mod errors;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::{path::PathBuf, time::Duration};
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::{
+    AnyPool, Executor,
+    any::{AnyPoolOptions, install_default_drivers},
+    migrate::Migrator,
+};
+
+pub use errors::{is_retryable_conflict, violates_unique};
+
+/// Where the services keep their data.
+#[derive(Debug, Clone)]
+pub enum Location {
+    /// One SQLite file per service in this directory, created if missing.
+    SqliteDirectory(PathBuf),
+    /// A PostgreSQL database; each service uses its own schema in it.
+    Postgres(SecretString),
+}
+
+impl Location {
+    /// `postgres://` and `postgresql://` URLs select PostgreSQL; anything else is refused so a
+    /// typo never silently falls back to a local file.
+    pub fn from_url_or_directory(url: Option<SecretString>, directory: PathBuf) -> Result<Self, String> {
+        match url {
+            None => Ok(Location::SqliteDirectory(directory)),
+            Some(url) => {
+                let text = url.expose_secret();
+                if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+                    Ok(Location::Postgres(url))
+                } else {
+                    Err("the database URL must start with postgres:// or postgresql://; leave it unset for the embedded SQLite default".to_owned())
+                }
+            }
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Location::SqliteDirectory(_) => Backend::Sqlite,
+            Location::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// A description safe for logs: the directory, or "postgres" without the URL's secrets.
+    pub fn describe(&self) -> String {
+        match self {
+            Location::SqliteDirectory(directory) => format!("sqlite in {}", directory.display()),
+            Location::Postgres(_) => "postgres".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDirectory { path: PathBuf, source: std::io::Error },
+    #[error("cannot connect to the {service} database: {source}")]
+    Connect { service: &'static str, source: sqlx::Error },
+    #[error("cannot migrate the {service} database: {source}")]
+    Migrate { service: &'static str, source: sqlx::migrate::MigrateError },
+}
+
+/// A service's connection pool, knowing which backend it talks to.
+#[derive(Debug, Clone)]
+pub struct Database {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Database {
+    /// Opens `service`'s database at `location` and applies its migrations.
+    pub async fn open(location: &Location, service: &'static str, migrator: &Migrator) -> Result<Self, StorageError> {
+        install_default_drivers();
+        let database = match location {
+            Location::SqliteDirectory(directory) => open_sqlite(directory, service).await?,
+            Location::Postgres(url) => open_postgres(url, service).await?,
+        };
+        migrator
+            .run(&database.pool)
+            .await
+            .map_err(|source| StorageError::Migrate { service, source })?;
+        tracing::debug!(service, backend = ?database.backend, "database ready");
+        Ok(database)
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Begins a transaction that will write. On SQLite it takes the write lock up front
+    /// (`BEGIN IMMEDIATE`): a deferred transaction that reads first and writes later can fail
+    /// with "database is locked" without waiting, where an immediate one waits its turn.
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
+    /// Whether the database answers a trivial query: what health checks report.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+async fn open_sqlite(directory: &std::path::Path, service: &'static str) -> Result<Database, StorageError> {
+    std::fs::create_dir_all(directory).map_err(|source| StorageError::DataDirectory { path: directory.to_owned(), source })?;
+    let url = format!("sqlite://{}?mode=rwc", directory.join(format!("{service}.db")).display());
+    let pool = AnyPoolOptions::new()
+        // SQLite has one writer at a time; a few connections serve concurrent readers.
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(10))
+        .after_connect(|connection, _| {
+            Box::pin(async move {
+                // WAL lets readers proceed during a write; synchronous=FULL makes every commit
+                // durable before it is acknowledged, as money and points require.
+                connection
+                    .execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;")
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect(&url)
+        .await
+        .map_err(|source| StorageError::Connect { service, source })?;
+    Ok(Database { pool, backend: Backend::Sqlite })
+}
+
+async fn open_postgres(url: &SecretString, service: &'static str) -> Result<Database, StorageError> {
+    // Service names are fixed identifiers in our code, never user input, so quoting them into
+    // the statements below is safe.
+    let create_schema = format!("CREATE SCHEMA IF NOT EXISTS \"{service}\"");
+    let setup = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(url.expose_secret())
+        .await
+        .map_err(|source| StorageError::Connect { service, source })?;
+    setup
+        .execute(sqlx::AssertSqlSafe(create_schema))
+        .await
+        .map_err(|source| StorageError::Connect { service, source })?;
+    setup.close().await;
+
+    let pool = AnyPoolOptions::new()
+        .max_connections(32)
+        .acquire_timeout(Duration::from_secs(10))
+        .after_connect(move |connection, _| {
+            Box::pin(async move {
+                connection.execute(sqlx::AssertSqlSafe(format!("SET search_path TO \"{service}\""))).await?;
+                Ok(())
+            })
+        })
+        .connect(url.expose_secret())
+        .await
+        .map_err(|source| StorageError::Connect { service, source })?;
+    Ok(Database { pool, backend: Backend::Postgres })
+}
