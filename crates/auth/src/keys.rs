@@ -65,7 +65,7 @@ impl KeyStore {
         let info = SigningKeyInfo {
             kid: uuid::Uuid::now_v7().to_string(),
             public_key: URL_SAFE_NO_PAD.encode(signing_key.verifying_key().to_bytes()),
-            created_at: chrono::Utc::now(),
+            created_at: tandem_domain::now(),
         };
         sqlx::query("INSERT INTO signing_keys (kid, private_key_pkcs8, public_key, created_at_micros) VALUES ($1, $2, $3, $4)")
             .bind(&info.kid)

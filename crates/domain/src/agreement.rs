@@ -284,6 +284,14 @@ impl Agreement {
         self.termination_reason = Some(reason);
         Ok(())
     }
+
+    /// Ends the agreement now for a reason outside both parties, such as one partner being
+    /// offboarded. A termination scheduled later is brought forward.
+    pub fn end_now(&mut self, reason: String, now: Timestamp) {
+        self.terminate_at = Some(self.terminate_at.map_or(now, |scheduled| scheduled.min(now)));
+        self.terminated_by = None;
+        self.termination_reason = Some(reason);
+    }
 }
 
 /// The accepted version in force at `at`: the one with the latest effective time not after `at`.

@@ -10,7 +10,7 @@ mod partner;
 mod terms;
 mod validation;
 
-pub use agreement::{Agreement, AgreementState, AgreementStatus, TermsVersion, TermsVersionStatus, terms_in_force};
+pub use agreement::{Agreement, AgreementRuleError, AgreementState, AgreementStatus, TermsVersion, TermsVersionStatus, terms_in_force};
 pub use codes::{PartnerCode, ProgramCode, Reason, Text};
 pub use currency::Currency;
 pub use ids::{AgreementId, IdParseError, PartnerId};
@@ -21,6 +21,12 @@ pub use validation::{FieldViolation, Violations};
 
 /// A point in time, always UTC. Stored as microseconds since the Unix epoch.
 pub type Timestamp = chrono::DateTime<chrono::Utc>;
+
+/// The current time at the precision Tandem stores (microseconds), so that what a call returns
+/// equals what a later read returns.
+pub fn now() -> Timestamp {
+    from_unix_micros(to_unix_micros(chrono::Utc::now()))
+}
 
 /// Microseconds since the Unix epoch: how timestamps are stored, so both SQLite and PostgreSQL
 /// order and compare them as plain integers.

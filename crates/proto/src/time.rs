@@ -1,6 +1,7 @@
 //! `google.protobuf.Timestamp` to and from UTC date-times.
 
 use chrono::{DateTime, Utc};
+pub use prost_types::Timestamp as ProtoTimestamp;
 use prost_types::Timestamp;
 
 pub fn timestamp(at: DateTime<Utc>) -> Timestamp {
