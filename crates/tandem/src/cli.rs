@@ -1,0 +1,87 @@
+//! The command line.
+
+use std::{process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+
+use crate::settings::{CommonArgs, ServeArgs, ServeSettings, Settings};
+
+/// Tandem, the coalition points exchange: partners register, agree rates, link members, convert
+/// and earn points, and settle through a double-entry ledger.
+#[derive(Debug, Parser)]
+#[command(name = "tandem", version)]
+pub struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every Tandem service in this process on one port (SQLite in ./tandem-data by default).
+    Serve(ServeArgs),
+    /// Mint an operator token (admin or ops) with the deployment's signing key.
+    Token {
+        /// The role: admin (registry administration) or ops (operations, read access).
+        #[arg(long)]
+        role: String,
+        /// Who the token is for, recorded in logs of everything it does.
+        #[arg(long, default_value = "operator")]
+        subject: String,
+        /// How long the token lives, such as 1h or 30m.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+    /// Manage the keys that sign access tokens.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Add a new signing key; tokens signed by older keys stay valid until they expire.
+    Rotate,
+    /// List the signing keys, newest (the one that signs) first.
+    List,
+}
+
+impl Cli {
+    pub fn run(self) -> ExitCode {
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a Tokio runtime");
+        let result = runtime.block_on(self.dispatch());
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::from(if error.is::<crate::settings::SettingsError>() { 2 } else { 1 })
+            }
+        }
+    }
+
+    async fn dispatch(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Serve(serve) => {
+                let settings = ServeSettings::load(&self.common, &serve)?;
+                let _telemetry = tandem_telemetry::init("tandem", settings.common.log_format);
+                crate::serve::run(settings).await
+            }
+            Command::Token { role, subject, ttl } => {
+                let settings = Settings::load(&self.common)?;
+                let ttl: Duration = humantime::parse_duration(&ttl).map_err(|error| anyhow::anyhow!("--ttl: {error} (write 30m, 1h, …)"))?;
+                let token = crate::keys::mint_operator_token(&settings, &role, &subject, ttl).await?;
+                println!("{token}");
+                Ok(())
+            }
+            Command::Keys { command } => {
+                let settings = Settings::load(&self.common)?;
+                match command {
+                    KeysCommand::Rotate => crate::keys::rotate(&settings).await,
+                    KeysCommand::List => crate::keys::list(&settings).await,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! `tandem`: the coalition points exchange in one binary.
+
+mod cli;
+mod keys;
+mod serve;
+mod settings;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    cli::Cli::parse().run()
+}

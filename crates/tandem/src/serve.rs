@@ -1,0 +1,138 @@
+//! `tandem serve`: every service in one process, on one port.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use tandem_auth::{AuthGrpc, Authenticator, KeyStore, TokenSettings};
+use tandem_proto::v1::{auth_service_server::AuthServiceServer, partner_registry_service_server::PartnerRegistryServiceServer};
+use tandem_registry::{Registry, RegistryGrpc};
+use tandem_storage::Database;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::{server::NamedService, transport::server::TcpIncoming};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::settings::ServeSettings;
+
+/// How often health re-checks that the databases answer.
+const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// Concurrent requests per HTTP/2 connection; past it, requests wait instead of piling up.
+const MAX_CONCURRENT_REQUESTS_PER_CONNECTION: usize = 256;
+
+/// The gRPC services this process serves, each with the database it needs to be healthy.
+struct Mounted {
+    name: &'static str,
+    database: Database,
+}
+
+pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
+    // Bind first: a taken port fails fast, and port 0 is resolved before anything is announced.
+    let listener = TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
+    let address = listener.local_addr()?;
+    let location = &settings.common.location;
+
+    let auth_database = Database::open(location, "auth", &tandem_auth::MIGRATOR).await?;
+    let registry_database = Database::open(location, "registry", &tandem_registry::MIGRATOR).await?;
+    let token_settings = TokenSettings { audience: settings.common.token_audience.clone() };
+    let authenticator = Arc::new(Authenticator::load(KeyStore::new(auth_database.clone()), token_settings).await.context("loading signing keys")?);
+    let registry = Registry::new(registry_database.clone());
+
+    let auth_service = AuthServiceServer::new(AuthGrpc::new(authenticator.clone(), registry.clone(), settings.partner_token_ttl));
+    let registry_service = PartnerRegistryServiceServer::new(RegistryGrpc::new(registry, authenticator));
+    let mounted = vec![
+        Mounted { name: <AuthServiceServer<AuthGrpc<Registry>> as NamedService>::NAME, database: auth_database.clone() },
+        Mounted { name: <PartnerRegistryServiceServer<RegistryGrpc> as NamedService>::NAME, database: registry_database.clone() },
+    ];
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    report_health(&health, &mounted).await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tandem_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tandem_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    tokio::spawn(watch_health(health.clone(), mounted, shutdown.clone()));
+
+    tracing::info!(%address, storage = %location.describe(), "tandem serving");
+    // Scripts and tests read this line to learn the port; it is the only thing serve prints to
+    // standard output.
+    println!("tandem listening on {address}");
+
+    let stopping = shutdown.clone();
+    let draining_health = health.clone();
+    tonic::transport::Server::builder()
+        .timeout(settings.request_timeout)
+        .concurrency_limit_per_connection(MAX_CONCURRENT_REQUESTS_PER_CONNECTION)
+        .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(auth_service)
+        .add_service(registry_service)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
+            stopping.cancelled().await;
+            // Load balancers stop sending new work while in-flight requests drain.
+            draining_health.set_service_status("", ServingStatus::NotServing).await;
+            for name in [<AuthServiceServer<AuthGrpc<Registry>> as NamedService>::NAME, <PartnerRegistryServiceServer<RegistryGrpc> as NamedService>::NAME] {
+                draining_health.set_service_status(name, ServingStatus::NotServing).await;
+            }
+            tracing::info!("shutting down: draining in-flight requests");
+        })
+        .await
+        .context("serving gRPC")?;
+
+    auth_database.close().await;
+    registry_database.close().await;
+    tracing::info!("tandem stopped");
+    Ok(())
+}
+
+/// Each service is SERVING only while its database answers; the whole server ("") only while
+/// all of them are.
+async fn report_health(health: &HealthReporter, mounted: &[Mounted]) {
+    let mut all_serving = true;
+    for service in mounted {
+        let status = if service.database.ping().await { ServingStatus::Serving } else { ServingStatus::NotServing };
+        all_serving &= status == ServingStatus::Serving;
+        health.set_service_status(service.name, status).await;
+    }
+    health.set_service_status("", if all_serving { ServingStatus::Serving } else { ServingStatus::NotServing }).await;
+}
+
+async fn watch_health(health: HealthReporter, mounted: Vec<Mounted>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(HEALTH_CHECK_INTERVAL) => report_health(&health, &mounted).await,
+        }
+    }
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => tracing::info!("interrupt received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+    shutdown.cancel();
+}
