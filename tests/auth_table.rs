@@ -28,8 +28,20 @@ enum TokenKind {
     AnotherPartner,
 }
 
-const BAD_TOKENS: [TokenKind; 5] = [TokenKind::None, TokenKind::Expired, TokenKind::WrongAudience, TokenKind::AlgNone, TokenKind::UnknownKey];
-const VALID_TOKENS: [TokenKind; 5] = [TokenKind::Admin, TokenKind::Ops, TokenKind::Service, TokenKind::ThePartner, TokenKind::AnotherPartner];
+const BAD_TOKENS: [TokenKind; 5] = [
+    TokenKind::None,
+    TokenKind::Expired,
+    TokenKind::WrongAudience,
+    TokenKind::AlgNone,
+    TokenKind::UnknownKey,
+];
+const VALID_TOKENS: [TokenKind; 5] = [
+    TokenKind::Admin,
+    TokenKind::Ops,
+    TokenKind::Service,
+    TokenKind::ThePartner,
+    TokenKind::AnotherPartner,
+];
 
 /// The world every row acts on: "the partner" is the hotel, which proposed an agreement to the
 /// rideshare; "another partner" is an airline that has nothing to do with either.
@@ -45,24 +57,87 @@ struct World {
 impl World {
     async fn new(server: TestServer) -> Self {
         let admin = server.staff_token(Role::Admin).await;
-        let (hotel, hotel_credentials) = create_partner(&server, &admin, "skyline-hotels", PartnerCategory::Hotel, "SKYLINE_PTS").await;
-        let (ride, _) = create_partner(&server, &admin, "zoom-rides", PartnerCategory::Rideshare, "ZOOM_MILES").await;
-        let (airline, airline_credentials) = create_partner(&server, &admin, "blue-air", PartnerCategory::Airline, "BLUE_MILES").await;
+        let (hotel, hotel_credentials) = create_partner(
+            &server,
+            &admin,
+            "skyline-hotels",
+            PartnerCategory::Hotel,
+            "SKYLINE_PTS",
+        )
+        .await;
+        let (ride, _) = create_partner(
+            &server,
+            &admin,
+            "zoom-rides",
+            PartnerCategory::Rideshare,
+            "ZOOM_MILES",
+        )
+        .await;
+        let (airline, airline_credentials) = create_partner(
+            &server,
+            &admin,
+            "blue-air",
+            PartnerCategory::Airline,
+            "BLUE_MILES",
+        )
+        .await;
         let hotel_token = server.partner_token(&hotel_credentials).await;
-        let proposal = pb::ProposeAgreementRequest { source_partner_id: hotel.partner_id.clone(), target_partner_id: ride.partner_id.clone(), terms: Some(terms("0.25")), effective_time: None };
-        let agreement = server.registry().propose_agreement(authed(&hotel_token, proposal)).await.unwrap().into_inner().agreement.unwrap();
+        let proposal = pb::ProposeAgreementRequest {
+            source_partner_id: hotel.partner_id.clone(),
+            target_partner_id: ride.partner_id.clone(),
+            terms: Some(terms("0.25")),
+            effective_time: None,
+        };
+        let agreement = server
+            .registry()
+            .propose_agreement(authed(&hotel_token, proposal))
+            .await
+            .unwrap()
+            .into_inner()
+            .agreement
+            .unwrap();
 
         let real = server.authenticator("tandem").await;
         let ops = Caller::staff(Role::Ops, "ops").unwrap();
-        let expired = real.issue_at(&ops, chrono::Utc::now() - chrono::Duration::hours(3), HOUR).await.unwrap().token;
-        let wrong_audience = server.authenticator("some-other-exchange").await.issue(&ops, HOUR).await.unwrap().token;
+        let expired = real
+            .issue_at(&ops, chrono::Utc::now() - chrono::Duration::hours(3), HOUR)
+            .await
+            .unwrap()
+            .token;
+        let wrong_audience = server
+            .authenticator("some-other-exchange")
+            .await
+            .issue(&ops, HOUR)
+            .await
+            .unwrap()
+            .token;
         // Signed by a key this deployment has never seen, as an attacker's own key would be.
         let foreign_database = TestDatabase::sqlite();
-        let foreign_store = tandem_storage::Database::open(foreign_database.location(), "auth", &tandem_auth::MIGRATOR).await.unwrap();
-        let foreign = tandem_auth::Authenticator::load(tandem_auth::KeyStore::new(foreign_store), tandem_auth::TokenSettings { audience: "tandem".to_owned() }).await.unwrap();
-        let unknown_key = foreign.issue(&Caller::staff(Role::Admin, "intruder").unwrap(), HOUR).await.unwrap().token;
+        let foreign_store = tandem_storage::Database::open(
+            foreign_database.location(),
+            "auth",
+            &tandem_auth::MIGRATOR,
+        )
+        .await
+        .unwrap();
+        let foreign = tandem_auth::Authenticator::load(
+            tandem_auth::KeyStore::new(foreign_store),
+            tandem_auth::TokenSettings {
+                audience: "tandem".to_owned(),
+            },
+        )
+        .await
+        .unwrap();
+        let unknown_key = foreign
+            .issue(&Caller::staff(Role::Admin, "intruder").unwrap(), HOUR)
+            .await
+            .unwrap()
+            .token;
         let admin_claims = admin.split('.').nth(1).unwrap().to_owned();
-        let alg_none = format!("{}.{admin_claims}.", URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#));
+        let alg_none = format!(
+            "{}.{admin_claims}.",
+            URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#)
+        );
 
         let tokens = vec![
             (TokenKind::None, None),
@@ -72,11 +147,24 @@ impl World {
             (TokenKind::UnknownKey, Some(unknown_key)),
             (TokenKind::Admin, Some(admin)),
             (TokenKind::Ops, Some(server.staff_token(Role::Ops).await)),
-            (TokenKind::Service, Some(server.staff_token(Role::Service).await)),
+            (
+                TokenKind::Service,
+                Some(server.staff_token(Role::Service).await),
+            ),
             (TokenKind::ThePartner, Some(hotel_token)),
-            (TokenKind::AnotherPartner, Some(server.partner_token(&airline_credentials).await)),
+            (
+                TokenKind::AnotherPartner,
+                Some(server.partner_token(&airline_credentials).await),
+            ),
         ];
-        Self { server, tokens, hotel, hotel_credentials, airline, agreement_id: agreement.agreement_id }
+        Self {
+            server,
+            tokens,
+            hotel,
+            hotel_credentials,
+            airline,
+            agreement_id: agreement.agreement_id,
+        }
     }
 }
 
@@ -98,76 +186,366 @@ struct Row {
 
 use TokenKind::{Admin, AnotherPartner, Ops, Service, ThePartner};
 
-const ANYONE: &[TokenKind] = &[TokenKind::None, TokenKind::Expired, TokenKind::WrongAudience, TokenKind::AlgNone, TokenKind::UnknownKey, Admin, Ops, Service, ThePartner, AnotherPartner];
+const ANYONE: &[TokenKind] = &[
+    TokenKind::None,
+    TokenKind::Expired,
+    TokenKind::WrongAudience,
+    TokenKind::AlgNone,
+    TokenKind::UnknownKey,
+    Admin,
+    Ops,
+    Service,
+    ThePartner,
+    AnotherPartner,
+];
 const STAFF_READERS: &[TokenKind] = &[Admin, Ops, Service];
 const READERS_AND_SELF: &[TokenKind] = &[Admin, Ops, Service, ThePartner];
 
 fn rows() -> Vec<Row> {
     vec![
-        Row { rpc: "AuthService.IssueToken", allowed: ANYONE, call: |world, token, _| Box::pin(async move {
-            let credentials = &world.hotel_credentials;
-            world.server.auth().issue_token(request(token, pb::IssueTokenRequest { client_id: credentials.client_id.clone(), client_secret: credentials.client_secret.clone() })).await.map(drop)
-        }) },
-        Row { rpc: "AuthService.ListSigningKeys", allowed: ANYONE, call: |world, token, _| Box::pin(async move {
-            world.server.auth().list_signing_keys(request(token, pb::ListSigningKeysRequest {})).await.map(drop)
-        }) },
-        Row { rpc: "CreatePartner", allowed: &[Admin], call: |world, token, attempt| Box::pin(async move {
-            let code = format!("new-brand-{attempt}");
-            let program = format!("NEW_{attempt}");
-            world.server.registry().create_partner(request(token, create_partner_request(&code, PartnerCategory::Retail, &program))).await.map(drop)
-        }) },
-        Row { rpc: "GetPartner", allowed: READERS_AND_SELF, call: |world, token, _| Box::pin(async move {
-            world.server.registry().get_partner(request(token, pb::GetPartnerRequest { partner_id: world.hotel.partner_id.clone() })).await.map(drop)
-        }) },
-        Row { rpc: "ListPartners", allowed: STAFF_READERS, call: |world, token, _| Box::pin(async move {
-            world.server.registry().list_partners(request(token, pb::ListPartnersRequest::default())).await.map(drop)
-        }) },
-        Row { rpc: "UpdatePartner", allowed: &[Admin, ThePartner], call: |world, token, _| Box::pin(async move {
-            let update = pb::UpdatePartnerRequest { partner_id: world.hotel.partner_id.clone(), display_name: Some("Skyline".to_owned()), gateway_endpoint: None };
-            world.server.registry().update_partner(request(token, update)).await.map(drop)
-        }) },
-        Row { rpc: "RotatePartnerCredentials", allowed: &[Admin, ThePartner], call: |world, token, _| Box::pin(async move {
-            // IssueToken's row ran earlier, so rotating the hotel's secret here breaks nothing.
-            world.server.registry().rotate_partner_credentials(request(token, pb::RotatePartnerCredentialsRequest { partner_id: world.hotel.partner_id.clone() })).await.map(drop)
-        }) },
-        Row { rpc: "ProposeAgreement", allowed: &[ThePartner], call: |world, token, _| Box::pin(async move {
-            let proposal = pb::ProposeAgreementRequest { source_partner_id: world.hotel.partner_id.clone(), target_partner_id: world.airline.partner_id.clone(), terms: Some(terms("2")), effective_time: None };
-            world.server.registry().propose_agreement(request(token, proposal)).await.map(drop)
-        }) },
-        Row { rpc: "GetAgreement", allowed: READERS_AND_SELF, call: |world, token, _| Box::pin(async move {
-            world.server.registry().get_agreement(request(token, pb::GetAgreementRequest { agreement_id: world.agreement_id.clone() })).await.map(drop)
-        }) },
-        Row { rpc: "ListAgreements", allowed: READERS_AND_SELF, call: |world, token, _| Box::pin(async move {
-            let list = pb::ListAgreementsRequest { partner_id: world.hotel.partner_id.clone(), ..Default::default() };
-            world.server.registry().list_agreements(request(token, list)).await.map(drop)
-        }) },
-        Row { rpc: "GetTermsInForce", allowed: READERS_AND_SELF, call: |world, token, _| Box::pin(async move {
-            world.server.registry().get_terms_in_force(request(token, pb::GetTermsInForceRequest { agreement_id: world.agreement_id.clone(), at_time: None })).await.map(drop)
-        }) },
-        Row { rpc: "AcceptAgreement", allowed: &[ThePartner], call: |world, token, _| Box::pin(async move {
-            world.server.registry().accept_agreement(request(token, pb::AcceptAgreementRequest { agreement_id: world.agreement_id.clone(), terms_version: 1 })).await.map(drop)
-        }) },
-        Row { rpc: "AmendAgreement", allowed: &[ThePartner], call: |world, token, _| Box::pin(async move {
-            let amendment = pb::AmendAgreementRequest { agreement_id: world.agreement_id.clone(), terms: Some(terms("0.3")), effective_time: None };
-            world.server.registry().amend_agreement(request(token, amendment)).await.map(drop)
-        }) },
-        Row { rpc: "RejectAgreement", allowed: &[ThePartner], call: |world, token, _| Box::pin(async move {
-            world.server.registry().reject_agreement(request(token, pb::RejectAgreementRequest { agreement_id: world.agreement_id.clone(), terms_version: 1, reason: String::new() })).await.map(drop)
-        }) },
-        Row { rpc: "TerminateAgreement", allowed: &[ThePartner], call: |world, token, _| Box::pin(async move {
-            let termination = pb::TerminateAgreementRequest { agreement_id: world.agreement_id.clone(), effective_time: None, reason: "test".to_owned() };
-            world.server.registry().terminate_agreement(request(token, termination)).await.map(drop)
-        }) },
-        Row { rpc: "SuspendPartner", allowed: &[Admin], call: |world, token, _| Box::pin(async move {
-            world.server.registry().suspend_partner(request(token, pb::SuspendPartnerRequest { partner_id: world.hotel.partner_id.clone(), reason: "test".to_owned() })).await.map(drop)
-        }) },
-        Row { rpc: "ReactivatePartner", allowed: &[Admin], call: |world, token, _| Box::pin(async move {
-            world.server.registry().reactivate_partner(request(token, pb::ReactivatePartnerRequest { partner_id: world.hotel.partner_id.clone(), reason: "test".to_owned() })).await.map(drop)
-        }) },
+        Row {
+            rpc: "AuthService.IssueToken",
+            allowed: ANYONE,
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let credentials = &world.hotel_credentials;
+                    world
+                        .server
+                        .auth()
+                        .issue_token(request(
+                            token,
+                            pb::IssueTokenRequest {
+                                client_id: credentials.client_id.clone(),
+                                client_secret: credentials.client_secret.clone(),
+                            },
+                        ))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "AuthService.ListSigningKeys",
+            allowed: ANYONE,
+            call: |world, token, _| {
+                Box::pin(async move {
+                    world
+                        .server
+                        .auth()
+                        .list_signing_keys(request(token, pb::ListSigningKeysRequest {}))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "CreatePartner",
+            allowed: &[Admin],
+            call: |world, token, attempt| {
+                Box::pin(async move {
+                    let code = format!("new-brand-{attempt}");
+                    let program = format!("NEW_{attempt}");
+                    world
+                        .server
+                        .registry()
+                        .create_partner(request(
+                            token,
+                            create_partner_request(&code, PartnerCategory::Retail, &program),
+                        ))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "GetPartner",
+            allowed: READERS_AND_SELF,
+            call: |world, token, _| {
+                Box::pin(async move {
+                    world
+                        .server
+                        .registry()
+                        .get_partner(request(
+                            token,
+                            pb::GetPartnerRequest {
+                                partner_id: world.hotel.partner_id.clone(),
+                            },
+                        ))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "ListPartners",
+            allowed: STAFF_READERS,
+            call: |world, token, _| {
+                Box::pin(async move {
+                    world
+                        .server
+                        .registry()
+                        .list_partners(request(token, pb::ListPartnersRequest::default()))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "UpdatePartner",
+            allowed: &[Admin, ThePartner],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let update = pb::UpdatePartnerRequest {
+                        partner_id: world.hotel.partner_id.clone(),
+                        display_name: Some("Skyline".to_owned()),
+                        gateway_endpoint: None,
+                    };
+                    world
+                        .server
+                        .registry()
+                        .update_partner(request(token, update))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "RotatePartnerCredentials",
+            allowed: &[Admin, ThePartner],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    // IssueToken's row ran earlier, so rotating the hotel's secret here breaks nothing.
+                    world
+                        .server
+                        .registry()
+                        .rotate_partner_credentials(request(
+                            token,
+                            pb::RotatePartnerCredentialsRequest {
+                                partner_id: world.hotel.partner_id.clone(),
+                            },
+                        ))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "ProposeAgreement",
+            allowed: &[ThePartner],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let proposal = pb::ProposeAgreementRequest {
+                        source_partner_id: world.hotel.partner_id.clone(),
+                        target_partner_id: world.airline.partner_id.clone(),
+                        terms: Some(terms("2")),
+                        effective_time: None,
+                    };
+                    world
+                        .server
+                        .registry()
+                        .propose_agreement(request(token, proposal))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "GetAgreement",
+            allowed: READERS_AND_SELF,
+            call: |world, token, _| {
+                Box::pin(async move {
+                    world
+                        .server
+                        .registry()
+                        .get_agreement(request(
+                            token,
+                            pb::GetAgreementRequest {
+                                agreement_id: world.agreement_id.clone(),
+                            },
+                        ))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "ListAgreements",
+            allowed: READERS_AND_SELF,
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let list = pb::ListAgreementsRequest {
+                        partner_id: world.hotel.partner_id.clone(),
+                        ..Default::default()
+                    };
+                    world
+                        .server
+                        .registry()
+                        .list_agreements(request(token, list))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "GetTermsInForce",
+            allowed: READERS_AND_SELF,
+            call: |world, token, _| {
+                Box::pin(async move {
+                    world
+                        .server
+                        .registry()
+                        .get_terms_in_force(request(
+                            token,
+                            pb::GetTermsInForceRequest {
+                                agreement_id: world.agreement_id.clone(),
+                                at_time: None,
+                            },
+                        ))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "AcceptAgreement",
+            allowed: &[ThePartner],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    world
+                        .server
+                        .registry()
+                        .accept_agreement(request(
+                            token,
+                            pb::AcceptAgreementRequest {
+                                agreement_id: world.agreement_id.clone(),
+                                terms_version: 1,
+                            },
+                        ))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "AmendAgreement",
+            allowed: &[ThePartner],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let amendment = pb::AmendAgreementRequest {
+                        agreement_id: world.agreement_id.clone(),
+                        terms: Some(terms("0.3")),
+                        effective_time: None,
+                    };
+                    world
+                        .server
+                        .registry()
+                        .amend_agreement(request(token, amendment))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "RejectAgreement",
+            allowed: &[ThePartner],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    world
+                        .server
+                        .registry()
+                        .reject_agreement(request(
+                            token,
+                            pb::RejectAgreementRequest {
+                                agreement_id: world.agreement_id.clone(),
+                                terms_version: 1,
+                                reason: String::new(),
+                            },
+                        ))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "TerminateAgreement",
+            allowed: &[ThePartner],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let termination = pb::TerminateAgreementRequest {
+                        agreement_id: world.agreement_id.clone(),
+                        effective_time: None,
+                        reason: "test".to_owned(),
+                    };
+                    world
+                        .server
+                        .registry()
+                        .terminate_agreement(request(token, termination))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "SuspendPartner",
+            allowed: &[Admin],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    world
+                        .server
+                        .registry()
+                        .suspend_partner(request(
+                            token,
+                            pb::SuspendPartnerRequest {
+                                partner_id: world.hotel.partner_id.clone(),
+                                reason: "test".to_owned(),
+                            },
+                        ))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "ReactivatePartner",
+            allowed: &[Admin],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    world
+                        .server
+                        .registry()
+                        .reactivate_partner(request(
+                            token,
+                            pb::ReactivatePartnerRequest {
+                                partner_id: world.hotel.partner_id.clone(),
+                                reason: "test".to_owned(),
+                            },
+                        ))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
         // Last: it ends the hotel's partnership.
-        Row { rpc: "OffboardPartner", allowed: &[Admin], call: |world, token, _| Box::pin(async move {
-            world.server.registry().offboard_partner(request(token, pb::OffboardPartnerRequest { partner_id: world.hotel.partner_id.clone(), reason: "test".to_owned() })).await.map(drop)
-        }) },
+        Row {
+            rpc: "OffboardPartner",
+            allowed: &[Admin],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    world
+                        .server
+                        .registry()
+                        .offboard_partner(request(
+                            token,
+                            pb::OffboardPartnerRequest {
+                                partner_id: world.hotel.partner_id.clone(),
+                                reason: "test".to_owned(),
+                            },
+                        ))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
     ]
 }
 
@@ -177,7 +555,10 @@ async fn every_rpc_refuses_bad_tokens_and_callers_without_the_right(server: Test
     let mut attempt = 0;
     for row in rows() {
         // Refusals first: they change nothing, so the allowed calls after them see the world as set up.
-        let (allowed, refused): (Vec<_>, Vec<_>) = world.tokens.iter().partition(|(kind, _)| row.allowed.contains(kind));
+        let (allowed, refused): (Vec<_>, Vec<_>) = world
+            .tokens
+            .iter()
+            .partition(|(kind, _)| row.allowed.contains(kind));
         for (kind, token) in refused.into_iter().chain(allowed) {
             attempt += 1;
             let outcome = (row.call)(&world, token, attempt).await;
@@ -194,12 +575,21 @@ async fn every_rpc_refuses_bad_tokens_and_callers_without_the_right(server: Test
                 None => !matches!(code, Code::Unauthenticated | Code::PermissionDenied),
             };
             if !correct {
-                failures.push(format!("{} with {kind:?}: got {code:?}, expected {}", row.rpc, expected_refusal.map_or("to be let through".to_owned(), |code| format!("{code:?}"))));
+                failures.push(format!(
+                    "{} with {kind:?}: got {code:?}, expected {}",
+                    row.rpc,
+                    expected_refusal
+                        .map_or("to be let through".to_owned(), |code| format!("{code:?}"))
+                ));
             }
         }
     }
     assert!(VALID_TOKENS.len() + BAD_TOKENS.len() == world.tokens.len());
-    assert!(failures.is_empty(), "auth table mismatches:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "auth table mismatches:\n{}",
+        failures.join("\n")
+    );
 }
 
 on_every_backend!(every_rpc_refuses_bad_tokens_and_callers_without_the_right);

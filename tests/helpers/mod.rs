@@ -7,7 +7,8 @@ use std::{process::Stdio, time::Duration};
 
 use tandem_auth::{Authenticator, Caller, KeyStore, Role, TokenSettings};
 use tandem_proto::v1::{
-    self as pb, auth_service_client::AuthServiceClient, partner_registry_service_client::PartnerRegistryServiceClient,
+    self as pb, auth_service_client::AuthServiceClient,
+    partner_registry_service_client::PartnerRegistryServiceClient,
 };
 use tandem_storage::{Database, Location, testing::TestDatabase};
 use tokio::{
@@ -48,10 +49,17 @@ impl TestServer {
     /// Starts a server on `database` with extra `serve` flags.
     pub async fn start_on(database: TestDatabase, extra: &[&str]) -> Self {
         let mut command = Command::new(TANDEM);
-        command.args(storage_args(&database)).args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"]).args(extra);
+        command
+            .args(storage_args(&database))
+            .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+            .args(extra);
         // Warnings and errors only, so a failing test shows what the server complained about
         // without every request's log line.
-        command.env("TANDEM_LOG", "warn").stdout(Stdio::piped()).stderr(Stdio::inherit()).kill_on_drop(true);
+        command
+            .env("TANDEM_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
         let mut child = command.spawn().expect("spawn tandem serve");
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
@@ -65,8 +73,17 @@ impl TestServer {
         })
         .await
         .expect("tandem serve announced its address before the deadline");
-        let channel = Channel::from_shared(format!("http://{address}")).unwrap().connect().await.expect("connect to tandem");
-        Self { child, address, database, channel }
+        let channel = Channel::from_shared(format!("http://{address}"))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to tandem");
+        Self {
+            child,
+            address,
+            database,
+            channel,
+        }
     }
 
     pub fn registry(&self) -> PartnerRegistryServiceClient<Channel> {
@@ -79,64 +96,127 @@ impl TestServer {
 
     /// An authenticator on this server's own key store, as the CLI has.
     pub async fn authenticator(&self, audience: &str) -> Authenticator {
-        let database = Database::open(self.database.location(), "auth", &tandem_auth::MIGRATOR).await.expect("open the auth database");
-        Authenticator::load(KeyStore::new(database), TokenSettings { audience: audience.to_owned() }).await.expect("load keys")
+        let database = Database::open(self.database.location(), "auth", &tandem_auth::MIGRATOR)
+            .await
+            .expect("open the auth database");
+        Authenticator::load(
+            KeyStore::new(database),
+            TokenSettings {
+                audience: audience.to_owned(),
+            },
+        )
+        .await
+        .expect("load keys")
     }
 
     pub async fn staff_token(&self, role: Role) -> String {
         let caller = Caller::staff(role, format!("test-{role}")).unwrap();
-        self.authenticator("tandem").await.issue(&caller, HOUR).await.unwrap().token
+        self.authenticator("tandem")
+            .await
+            .issue(&caller, HOUR)
+            .await
+            .unwrap()
+            .token
     }
 
     /// The token a partner gets from AuthService.IssueToken with its credentials.
     pub async fn partner_token(&self, credentials: &pb::ClientCredentials) -> String {
-        let request = pb::IssueTokenRequest { client_id: credentials.client_id.clone(), client_secret: credentials.client_secret.clone() };
-        self.auth().issue_token(request).await.expect("issue a partner token").into_inner().access_token
+        let request = pb::IssueTokenRequest {
+            client_id: credentials.client_id.clone(),
+            client_secret: credentials.client_secret.clone(),
+        };
+        self.auth()
+            .issue_token(request)
+            .await
+            .expect("issue a partner token")
+            .into_inner()
+            .access_token
     }
 }
 
 /// The storage flags that point a `tandem` command at `database`.
 pub fn storage_args(database: &TestDatabase) -> Vec<String> {
     match database.location() {
-        Location::SqliteDirectory(directory) => vec!["--data-dir".to_owned(), directory.display().to_string()],
-        Location::Postgres(_) => vec!["--database-url".to_owned(), database.url().expect("a postgres url")],
+        Location::SqliteDirectory(directory) => {
+            vec!["--data-dir".to_owned(), directory.display().to_string()]
+        }
+        Location::Postgres(_) => vec![
+            "--database-url".to_owned(),
+            database.url().expect("a postgres url"),
+        ],
     }
 }
 
 /// `message` with `authorization: Bearer <token>`.
 pub fn authed<T>(token: &str, message: T) -> Request<T> {
     let mut request = Request::new(message);
-    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("a valid header"));
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("a valid header"),
+    );
     request
 }
 
 /// The `ErrorInfo.reason` of a status.
 pub fn reason(status: &Status) -> String {
     use tonic_types::StatusExt;
-    status.get_details_error_info().map(|info| info.reason).unwrap_or_default()
+    status
+        .get_details_error_info()
+        .map(|info| info.reason)
+        .unwrap_or_default()
 }
 
 /// The fields named by a status's `BadRequest` violations.
 pub fn violated_fields(status: &Status) -> Vec<String> {
     use tonic_types::StatusExt;
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    status.get_details_bad_request().map(|bad| bad.field_violations.into_iter().map(|violation| violation.field).collect()).unwrap_or_default()
+    status
+        .get_details_bad_request()
+        .map(|bad| {
+            bad.field_violations
+                .into_iter()
+                .map(|violation| violation.field)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
-pub fn create_partner_request(code: &str, category: pb::PartnerCategory, program_code: &str) -> pb::CreatePartnerRequest {
+pub fn create_partner_request(
+    code: &str,
+    category: pb::PartnerCategory,
+    program_code: &str,
+) -> pb::CreatePartnerRequest {
     pb::CreatePartnerRequest {
         code: code.to_owned(),
         display_name: format!("{code} brand"),
         category: category.into(),
-        program: Some(pb::Program { code: program_code.to_owned(), name: format!("{code} points"), scale: 0 }),
+        program: Some(pb::Program {
+            code: program_code.to_owned(),
+            name: format!("{code} points"),
+            scale: 0,
+        }),
         settlement_currency: "USD".to_owned(),
         gateway_endpoint: String::new(),
     }
 }
 
 /// Registers a partner as admin; returns it and its credentials.
-pub async fn create_partner(server: &TestServer, admin: &str, code: &str, category: pb::PartnerCategory, program_code: &str) -> (pb::Partner, pb::ClientCredentials) {
-    let response = server.registry().create_partner(authed(admin, create_partner_request(code, category, program_code))).await.expect("create a partner").into_inner();
+pub async fn create_partner(
+    server: &TestServer,
+    admin: &str,
+    code: &str,
+    category: pb::PartnerCategory,
+    program_code: &str,
+) -> (pb::Partner, pb::ClientCredentials) {
+    let response = server
+        .registry()
+        .create_partner(authed(
+            admin,
+            create_partner_request(code, category, program_code),
+        ))
+        .await
+        .expect("create a partner")
+        .into_inner();
     (response.partner.unwrap(), response.credentials.unwrap())
 }
 

@@ -35,7 +35,9 @@ impl FromStr for Role {
         [Role::Partner, Role::Ops, Role::Admin, Role::Service]
             .into_iter()
             .find(|role| role.as_str() == text)
-            .ok_or_else(|| format!("unknown role {text:?}; expected partner, ops, admin or service"))
+            .ok_or_else(|| {
+                format!("unknown role {text:?}; expected partner, ops, admin or service")
+            })
     }
 }
 
@@ -56,7 +58,11 @@ pub struct Caller {
 impl Caller {
     /// A partner's caller, acting for `partner_id`.
     pub fn partner(partner_id: PartnerId, subject: impl Into<String>) -> Self {
-        Self { subject: subject.into(), role: Role::Partner, partner_id: Some(partner_id) }
+        Self {
+            subject: subject.into(),
+            role: Role::Partner,
+            partner_id: Some(partner_id),
+        }
     }
 
     /// An operator or service caller; `role` must not be [`Role::Partner`].
@@ -64,7 +70,11 @@ impl Caller {
         if role == Role::Partner {
             return Err("a partner caller needs its partner id".to_owned());
         }
-        Ok(Self { subject: subject.into(), role, partner_id: None })
+        Ok(Self {
+            subject: subject.into(),
+            role,
+            partner_id: None,
+        })
     }
 
     /// Who the token was issued to: a client id, or an operator's name.

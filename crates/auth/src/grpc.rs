@@ -6,7 +6,10 @@ use tandem_domain::PartnerId;
 use tandem_proto::{
     status,
     time::timestamp,
-    v1::{IssueTokenRequest, IssueTokenResponse, JsonWebKey, ListSigningKeysRequest, ListSigningKeysResponse, auth_service_server::AuthService},
+    v1::{
+        IssueTokenRequest, IssueTokenResponse, JsonWebKey, ListSigningKeysRequest,
+        ListSigningKeysResponse, auth_service_server::AuthService,
+    },
 };
 use tonic::{Code, Request, Response, Status};
 
@@ -20,7 +23,11 @@ const MAX_CREDENTIAL_LENGTH: usize = 200;
 pub trait CredentialVerifier: Send + Sync + 'static {
     /// The partner whose live credentials these are, or `None` when they are wrong, revoked, or
     /// belong to an offboarded partner.
-    fn partner_for_credentials(&self, client_id: &str, client_secret: &str) -> impl Future<Output = Result<Option<PartnerId>, sqlx::Error>> + Send;
+    fn partner_for_credentials(
+        &self,
+        client_id: &str,
+        client_secret: &str,
+    ) -> impl Future<Output = Result<Option<PartnerId>, sqlx::Error>> + Send;
 }
 
 /// `AuthService`: tokens for partners, and the public keys that verify them.
@@ -31,25 +38,43 @@ pub struct AuthGrpc<V> {
 }
 
 impl<V: CredentialVerifier> AuthGrpc<V> {
-    pub fn new(authenticator: Arc<Authenticator>, verifier: V, partner_token_ttl: Duration) -> Self {
-        Self { authenticator, verifier, partner_token_ttl }
+    pub fn new(
+        authenticator: Arc<Authenticator>,
+        verifier: V,
+        partner_token_ttl: Duration,
+    ) -> Self {
+        Self {
+            authenticator,
+            verifier,
+            partner_token_ttl,
+        }
     }
 }
 
 fn validate_credentials(request: &IssueTokenRequest) -> Result<(), Status> {
     let mut violations = Vec::new();
-    for (field, value) in [("client_id", &request.client_id), ("client_secret", &request.client_secret)] {
+    for (field, value) in [
+        ("client_id", &request.client_id),
+        ("client_secret", &request.client_secret),
+    ] {
         if value.is_empty() || value.len() > MAX_CREDENTIAL_LENGTH {
             violations.push((field, "must be 1 to 200 characters"));
         }
     }
-    if violations.is_empty() { Ok(()) } else { Err(status::invalid_argument(violations)) }
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(status::invalid_argument(violations))
+    }
 }
 
 #[tonic::async_trait]
 impl<V: CredentialVerifier> AuthService for AuthGrpc<V> {
     /// Callers: anyone holding client credentials; no token needed.
-    async fn issue_token(&self, request: Request<IssueTokenRequest>) -> Result<Response<IssueTokenResponse>, Status> {
+    async fn issue_token(
+        &self,
+        request: Request<IssueTokenRequest>,
+    ) -> Result<Response<IssueTokenResponse>, Status> {
         let request = request.into_inner();
         validate_credentials(&request)?;
         let partner_id = self
@@ -59,10 +84,18 @@ impl<V: CredentialVerifier> AuthService for AuthGrpc<V> {
             .map_err(|error| status::internal(&error))?;
         let Some(partner_id) = partner_id else {
             tracing::info!(client_id = %request.client_id, "token refused: invalid client credentials");
-            return Err(status::with_reason(Code::Unauthenticated, "INVALID_CLIENT_CREDENTIALS", "the client id or secret is wrong, revoked, or belongs to an offboarded partner"));
+            return Err(status::with_reason(
+                Code::Unauthenticated,
+                "INVALID_CLIENT_CREDENTIALS",
+                "the client id or secret is wrong, revoked, or belongs to an offboarded partner",
+            ));
         };
         let caller = Caller::partner(partner_id, request.client_id);
-        let issued = self.authenticator.issue(&caller, self.partner_token_ttl).await.map_err(|error| status::internal(&error))?;
+        let issued = self
+            .authenticator
+            .issue(&caller, self.partner_token_ttl)
+            .await
+            .map_err(|error| status::internal(&error))?;
         tracing::info!(%partner_id, "partner token issued");
         Ok(Response::new(IssueTokenResponse {
             access_token: issued.token,
@@ -73,8 +106,15 @@ impl<V: CredentialVerifier> AuthService for AuthGrpc<V> {
     }
 
     /// Callers: anyone; public keys are public.
-    async fn list_signing_keys(&self, _request: Request<ListSigningKeysRequest>) -> Result<Response<ListSigningKeysResponse>, Status> {
-        let keys = self.authenticator.public_keys().await.map_err(|error| status::internal(&error))?;
+    async fn list_signing_keys(
+        &self,
+        _request: Request<ListSigningKeysRequest>,
+    ) -> Result<Response<ListSigningKeysResponse>, Status> {
+        let keys = self
+            .authenticator
+            .public_keys()
+            .await
+            .map_err(|error| status::internal(&error))?;
         let keys = keys
             .into_iter()
             .map(|key| JsonWebKey {

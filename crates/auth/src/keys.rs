@@ -46,12 +46,26 @@ impl KeyStore {
         let mut keys = Vec::with_capacity(rows.len());
         for row in rows {
             let kid: String = row.try_get("kid")?;
-            let corrupt = |what: &str| sqlx::Error::Decode(format!("signing key {kid}: {what} is not valid base64").into());
-            let private_key_pkcs8 = STANDARD.decode(row.try_get::<String, _>("private_key_pkcs8")?).map_err(|_| corrupt("private key"))?;
+            let corrupt = |what: &str| {
+                sqlx::Error::Decode(format!("signing key {kid}: {what} is not valid base64").into())
+            };
+            let private_key_pkcs8 = STANDARD
+                .decode(row.try_get::<String, _>("private_key_pkcs8")?)
+                .map_err(|_| corrupt("private key"))?;
             let public_key: String = row.try_get("public_key")?;
-            let public_key_raw = URL_SAFE_NO_PAD.decode(&public_key).map_err(|_| corrupt("public key"))?;
+            let public_key_raw = URL_SAFE_NO_PAD
+                .decode(&public_key)
+                .map_err(|_| corrupt("public key"))?;
             let created_at = from_unix_micros(row.try_get("created_at_micros")?);
-            keys.push(StoredKey { info: SigningKeyInfo { kid, public_key, created_at }, private_key_pkcs8, public_key_raw });
+            keys.push(StoredKey {
+                info: SigningKeyInfo {
+                    kid,
+                    public_key,
+                    created_at,
+                },
+                private_key_pkcs8,
+                public_key_raw,
+            });
         }
         Ok(keys)
     }
@@ -61,7 +75,9 @@ impl KeyStore {
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).expect("the operating system's random source");
         let signing_key = ed25519_dalek::SigningKey::from_bytes(&seed);
-        let private_key = signing_key.to_pkcs8_der().expect("an Ed25519 key always encodes as PKCS#8");
+        let private_key = signing_key
+            .to_pkcs8_der()
+            .expect("an Ed25519 key always encodes as PKCS#8");
         let info = SigningKeyInfo {
             kid: uuid::Uuid::now_v7().to_string(),
             public_key: URL_SAFE_NO_PAD.encode(signing_key.verifying_key().to_bytes()),
@@ -80,7 +96,9 @@ impl KeyStore {
 
     /// Makes sure a key exists, creating the first one on a fresh deployment.
     pub async fn ensure_key(&self) -> Result<(), sqlx::Error> {
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM signing_keys").fetch_one(self.database.pool()).await?;
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM signing_keys")
+            .fetch_one(self.database.pool())
+            .await?;
         if count == 0 {
             self.rotate().await?;
         }

@@ -18,14 +18,20 @@ pub struct ClientCredentials {
 
 impl std::fmt::Debug for ClientCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientCredentials").field("client_id", &self.client_id).field("client_secret", &"[redacted]").finish()
+        f.debug_struct("ClientCredentials")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[redacted]")
+            .finish()
     }
 }
 
 impl ClientCredentials {
     /// A new client id ("tc_" and 128 random bits) and secret ("ts_" and 256 random bits).
     pub fn generate() -> Self {
-        Self { client_id: format!("tc_{}", random_text::<16>()), client_secret: format!("ts_{}", random_text::<32>()) }
+        Self {
+            client_id: format!("tc_{}", random_text::<16>()),
+            client_secret: format!("ts_{}", random_text::<32>()),
+        }
     }
 }
 
@@ -43,7 +49,9 @@ pub struct SecretHash(pub String);
 /// milliseconds): call it off the async executor, as `spawn_blocking` does.
 pub fn hash_secret(secret: &str) -> SecretHash {
     let salt = SaltString::generate(&mut OsRng);
-    let hash = Argon2::default().hash_password(secret.as_bytes(), &salt).expect("argon2 with default parameters hashes any input");
+    let hash = Argon2::default()
+        .hash_password(secret.as_bytes(), &salt)
+        .expect("argon2 with default parameters hashes any input");
     SecretHash(hash.to_string())
 }
 
@@ -53,12 +61,18 @@ pub fn verify_secret(secret: &str, hash: Option<&SecretHash>) -> bool {
     static DECOY: OnceLock<SecretHash> = OnceLock::new();
     let (hash, is_decoy) = match hash {
         Some(hash) => (hash, false),
-        None => (DECOY.get_or_init(|| hash_secret("decoy secret that matches nothing")), true),
+        None => (
+            DECOY.get_or_init(|| hash_secret("decoy secret that matches nothing")),
+            true,
+        ),
     };
     let Ok(parsed) = PasswordHash::new(&hash.0) else {
         return false;
     };
-    Argon2::default().verify_password(secret.as_bytes(), &parsed).is_ok() && !is_decoy
+    Argon2::default()
+        .verify_password(secret.as_bytes(), &parsed)
+        .is_ok()
+        && !is_decoy
 }
 
 #[cfg(test)]

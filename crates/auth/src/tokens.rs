@@ -66,7 +66,11 @@ impl AuthError {
 
 impl From<AuthError> for tonic::Status {
     fn from(error: AuthError) -> Self {
-        tandem_proto::status::with_reason(tonic::Code::Unauthenticated, error.reason(), error.to_string())
+        tandem_proto::status::with_reason(
+            tonic::Code::Unauthenticated,
+            error.reason(),
+            error.to_string(),
+        )
     }
 }
 
@@ -122,7 +126,12 @@ impl Authenticator {
     pub async fn load(store: KeyStore, settings: TokenSettings) -> Result<Self, sqlx::Error> {
         store.ensure_key().await?;
         let keyring = read_keyring(&store).await?;
-        Ok(Self { store, settings, keyring: RwLock::new(Arc::new(keyring)), last_unknown_key_reload: Mutex::new(None) })
+        Ok(Self {
+            store,
+            settings,
+            keyring: RwLock::new(Arc::new(keyring)),
+            last_unknown_key_reload: Mutex::new(None),
+        })
     }
 
     fn current(&self) -> Arc<Keyring> {
@@ -141,12 +150,20 @@ impl Authenticator {
     }
 
     /// Signs a token for `caller` as if issued at `now`, valid for `ttl` from then.
-    pub async fn issue_at(&self, caller: &Caller, now: Timestamp, ttl: Duration) -> Result<IssuedToken, sqlx::Error> {
+    pub async fn issue_at(
+        &self,
+        caller: &Caller,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<IssuedToken, sqlx::Error> {
         let mut keyring = self.current();
         if keyring.loaded_at.elapsed() > SIGNER_RELOAD_INTERVAL {
             keyring = self.reload().await?;
         }
-        let key = keyring.keys.last().expect("load() ensures at least one key");
+        let key = keyring
+            .keys
+            .last()
+            .expect("load() ensures at least one key");
         let expires_at = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
         let claims = Claims {
             iss: ISSUER.to_owned(),
@@ -160,14 +177,20 @@ impl Authenticator {
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(key.info.kid.clone());
-        let token = jsonwebtoken::encode(&header, &claims, &key.encoding).expect("an Ed25519 key signs any claims");
+        let token = jsonwebtoken::encode(&header, &claims, &key.encoding)
+            .expect("an Ed25519 key signs any claims");
         Ok(IssuedToken { token, expires_at })
     }
 
     /// The public keys, newest first, re-read so a rotation shows at once.
     pub async fn public_keys(&self) -> Result<Vec<SigningKeyInfo>, sqlx::Error> {
         let keyring = self.reload().await?;
-        Ok(keyring.keys.iter().rev().map(|key| key.info.clone()).collect())
+        Ok(keyring
+            .keys
+            .iter()
+            .rev()
+            .map(|key| key.info.clone())
+            .collect())
     }
 
     /// The caller of a request, from its `authorization: Bearer` header.
@@ -217,15 +240,20 @@ impl Authenticator {
         validation.leeway = LEEWAY_SECONDS;
         validation.set_audience(&[&self.settings.audience]);
         validation.set_issuer(&[ISSUER]);
-        validation.required_spec_claims = HashSet::from(["exp", "aud", "iss", "sub"].map(str::to_owned));
-        jsonwebtoken::decode::<Claims>(token, key, &validation).map(|data| data.claims).map_err(|error| match error.kind() {
-            ErrorKind::ExpiredSignature => AuthError::Expired,
-            ErrorKind::InvalidAudience => AuthError::WrongAudience,
-            ErrorKind::InvalidSignature => AuthError::BadSignature,
-            ErrorKind::InvalidIssuer => AuthError::InvalidClaims("wrong issuer".to_owned()),
-            ErrorKind::MissingRequiredClaim(claim) => AuthError::InvalidClaims(format!("missing {claim}")),
-            _ => AuthError::Malformed,
-        })
+        validation.required_spec_claims =
+            HashSet::from(["exp", "aud", "iss", "sub"].map(str::to_owned));
+        jsonwebtoken::decode::<Claims>(token, key, &validation)
+            .map(|data| data.claims)
+            .map_err(|error| match error.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::InvalidAudience => AuthError::WrongAudience,
+                ErrorKind::InvalidSignature => AuthError::BadSignature,
+                ErrorKind::InvalidIssuer => AuthError::InvalidClaims("wrong issuer".to_owned()),
+                ErrorKind::MissingRequiredClaim(claim) => {
+                    AuthError::InvalidClaims(format!("missing {claim}"))
+                }
+                _ => AuthError::Malformed,
+            })
     }
 }
 
@@ -233,11 +261,17 @@ fn caller_from_claims(claims: Claims) -> Result<Caller, AuthError> {
     let role: Role = claims.role.parse().map_err(AuthError::InvalidClaims)?;
     match (role, claims.partner_id) {
         (Role::Partner, Some(partner_id)) => {
-            let partner_id: PartnerId = partner_id.parse().map_err(|_| AuthError::InvalidClaims("partner_id is not a partner id".to_owned()))?;
+            let partner_id: PartnerId = partner_id.parse().map_err(|_| {
+                AuthError::InvalidClaims("partner_id is not a partner id".to_owned())
+            })?;
             Ok(Caller::partner(partner_id, claims.sub))
         }
-        (Role::Partner, None) => Err(AuthError::InvalidClaims("a partner token needs partner_id".to_owned())),
-        (_, Some(_)) => Err(AuthError::InvalidClaims("only partner tokens carry partner_id".to_owned())),
+        (Role::Partner, None) => Err(AuthError::InvalidClaims(
+            "a partner token needs partner_id".to_owned(),
+        )),
+        (_, Some(_)) => Err(AuthError::InvalidClaims(
+            "only partner tokens carry partner_id".to_owned(),
+        )),
         (role, None) => Caller::staff(role, claims.sub).map_err(AuthError::InvalidClaims),
     }
 }
@@ -253,5 +287,8 @@ async fn read_keyring(store: &KeyStore) -> Result<Keyring, sqlx::Error> {
             info: stored.info,
         })
         .collect();
-    Ok(Keyring { keys, loaded_at: Instant::now() })
+    Ok(Keyring {
+        keys,
+        loaded_at: Instant::now(),
+    })
 }

@@ -22,9 +22,14 @@ impl TermsVersionStatus {
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::Proposed, Self::Accepted, Self::Rejected, Self::Withdrawn]
-            .into_iter()
-            .find(|status| status.as_str() == text)
+        [
+            Self::Proposed,
+            Self::Accepted,
+            Self::Rejected,
+            Self::Withdrawn,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == text)
     }
 }
 
@@ -62,7 +67,9 @@ impl AgreementState {
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::Proposed, Self::Active, Self::Rejected].into_iter().find(|state| state.as_str() == text)
+        [Self::Proposed, Self::Active, Self::Rejected]
+            .into_iter()
+            .find(|state| state.as_str() == text)
     }
 }
 
@@ -177,17 +184,25 @@ impl Agreement {
     }
 
     fn pending_version(&self) -> Option<&TermsVersion> {
-        self.versions.iter().find(|version| version.status == TermsVersionStatus::Proposed)
+        self.versions
+            .iter()
+            .find(|version| version.status == TermsVersionStatus::Proposed)
     }
 
-    fn proposed_version_mut(&mut self, number: u32) -> Result<&mut TermsVersion, AgreementRuleError> {
+    fn proposed_version_mut(
+        &mut self,
+        number: u32,
+    ) -> Result<&mut TermsVersion, AgreementRuleError> {
         let version = self
             .versions
             .iter_mut()
             .find(|version| version.version == number)
             .ok_or(AgreementRuleError::VersionNotFound(number))?;
         if version.status != TermsVersionStatus::Proposed {
-            return Err(AgreementRuleError::VersionNotProposed { version: number, status: version.status.as_str() });
+            return Err(AgreementRuleError::VersionNotProposed {
+                version: number,
+                status: version.status.as_str(),
+            });
         }
         Ok(version)
     }
@@ -195,7 +210,10 @@ impl Agreement {
     fn require_open(&self, now: Timestamp) -> Result<(), AgreementRuleError> {
         match self.status_at(now) {
             AgreementStatus::Terminated => Err(AgreementRuleError::AlreadyTerminated),
-            AgreementStatus::Rejected => Err(AgreementRuleError::WrongStatus("REJECTED", "PROPOSED or ACTIVE")),
+            AgreementStatus::Rejected => Err(AgreementRuleError::WrongStatus(
+                "REJECTED",
+                "PROPOSED or ACTIVE",
+            )),
             AgreementStatus::Proposed | AgreementStatus::Active => Ok(()),
         }
     }
@@ -203,37 +221,61 @@ impl Agreement {
     /// The latest effective time of any accepted version: later versions never take effect
     /// before earlier ones, so the terms timeline follows the version order.
     fn latest_effective_at(&self) -> Option<Timestamp> {
-        self.versions.iter().filter_map(|version| version.effective_at).max()
+        self.versions
+            .iter()
+            .filter_map(|version| version.effective_at)
+            .max()
     }
 
     /// `by` accepts the proposed version `number`. It applies from the latest of: the requested
     /// time, now (terms never apply retroactively), and the previous version's effective time.
-    pub fn accept(&mut self, by: PartnerId, number: u32, now: Timestamp) -> Result<(), AgreementRuleError> {
+    pub fn accept(
+        &mut self,
+        by: PartnerId,
+        number: u32,
+        now: Timestamp,
+    ) -> Result<(), AgreementRuleError> {
         if !self.is_party(by) {
             return Err(AgreementRuleError::NotAParty);
         }
         self.require_open(now)?;
-        let floor = self.latest_effective_at().map_or(now, |latest| latest.max(now));
+        let floor = self
+            .latest_effective_at()
+            .map_or(now, |latest| latest.max(now));
         let version = self.proposed_version_mut(number)?;
         if version.proposed_by == by {
             return Err(AgreementRuleError::OwnProposal);
         }
         version.status = TermsVersionStatus::Accepted;
         version.decided_at = Some(now);
-        version.effective_at = Some(version.requested_effective_at.map_or(floor, |requested| requested.max(floor)));
+        version.effective_at = Some(
+            version
+                .requested_effective_at
+                .map_or(floor, |requested| requested.max(floor)),
+        );
         self.state = AgreementState::Active;
         Ok(())
     }
 
     /// `by` declines the proposed version `number`; the proposer declining its own version
     /// withdraws it. Declining the first version ends the agreement.
-    pub fn reject(&mut self, by: PartnerId, number: u32, reason: Option<String>, now: Timestamp) -> Result<(), AgreementRuleError> {
+    pub fn reject(
+        &mut self,
+        by: PartnerId,
+        number: u32,
+        reason: Option<String>,
+        now: Timestamp,
+    ) -> Result<(), AgreementRuleError> {
         if !self.is_party(by) {
             return Err(AgreementRuleError::NotAParty);
         }
         self.require_open(now)?;
         let version = self.proposed_version_mut(number)?;
-        version.status = if version.proposed_by == by { TermsVersionStatus::Withdrawn } else { TermsVersionStatus::Rejected };
+        version.status = if version.proposed_by == by {
+            TermsVersionStatus::Withdrawn
+        } else {
+            TermsVersionStatus::Rejected
+        };
         version.decided_at = Some(now);
         version.decision_reason = reason;
         if number == 1 {
@@ -244,7 +286,13 @@ impl Agreement {
 
     /// `by` proposes new terms for an active agreement. One proposal at a time, so that an
     /// acceptance always refers to exactly one open offer.
-    pub fn amend(&mut self, by: PartnerId, terms: Terms, requested_effective_at: Option<Timestamp>, now: Timestamp) -> Result<u32, AgreementRuleError> {
+    pub fn amend(
+        &mut self,
+        by: PartnerId,
+        terms: Terms,
+        requested_effective_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<u32, AgreementRuleError> {
         if !self.is_party(by) {
             return Err(AgreementRuleError::NotAParty);
         }
@@ -273,7 +321,13 @@ impl Agreement {
 
     /// `by` ends the agreement at `requested` (now when unset or past). A termination already
     /// scheduled can be brought forward, never pushed back.
-    pub fn terminate(&mut self, by: PartnerId, requested: Option<Timestamp>, reason: String, now: Timestamp) -> Result<(), AgreementRuleError> {
+    pub fn terminate(
+        &mut self,
+        by: PartnerId,
+        requested: Option<Timestamp>,
+        reason: String,
+        now: Timestamp,
+    ) -> Result<(), AgreementRuleError> {
         if !self.is_party(by) {
             return Err(AgreementRuleError::NotAParty);
         }
@@ -288,7 +342,10 @@ impl Agreement {
     /// Ends the agreement now for a reason outside both parties, such as one partner being
     /// offboarded. A termination scheduled later is brought forward.
     pub fn end_now(&mut self, reason: String, now: Timestamp) {
-        self.terminate_at = Some(self.terminate_at.map_or(now, |scheduled| scheduled.min(now)));
+        self.terminate_at = Some(
+            self.terminate_at
+                .map_or(now, |scheduled| scheduled.min(now)),
+        );
         self.terminated_by = None;
         self.termination_reason = Some(reason);
     }
@@ -301,7 +358,11 @@ pub fn terms_in_force(versions: &[TermsVersion], at: Timestamp) -> Option<&Terms
     versions
         .iter()
         .filter(|version| version.status == TermsVersionStatus::Accepted)
-        .filter(|version| version.effective_at.is_some_and(|effective| effective <= at))
+        .filter(|version| {
+            version
+                .effective_at
+                .is_some_and(|effective| effective <= at)
+        })
         .max_by_key(|version| (version.effective_at, version.version))
 }
 
@@ -328,20 +389,33 @@ mod tests {
     fn only_the_counterparty_accepts_and_acceptance_activates() {
         let (source, target) = (PartnerId::generate(), PartnerId::generate());
         let mut agreement = Agreement::propose(source, target, sample_terms(), None, at(0));
-        assert_eq!(agreement.accept(source, 1, at(1)), Err(AgreementRuleError::OwnProposal));
-        assert_eq!(agreement.accept(PartnerId::generate(), 1, at(1)), Err(AgreementRuleError::NotAParty));
-        assert_eq!(agreement.accept(target, 2, at(1)), Err(AgreementRuleError::VersionNotFound(2)));
+        assert_eq!(
+            agreement.accept(source, 1, at(1)),
+            Err(AgreementRuleError::OwnProposal)
+        );
+        assert_eq!(
+            agreement.accept(PartnerId::generate(), 1, at(1)),
+            Err(AgreementRuleError::NotAParty)
+        );
+        assert_eq!(
+            agreement.accept(target, 2, at(1)),
+            Err(AgreementRuleError::VersionNotFound(2))
+        );
         assert_eq!(agreement.terms_in_force(at(1)), None);
         agreement.accept(target, 1, at(1)).unwrap();
         assert_eq!(agreement.status_at(at(1)), AgreementStatus::Active);
         assert_eq!(agreement.terms_in_force(at(1)).unwrap().version, 1);
-        assert!(matches!(agreement.accept(target, 1, at(2)), Err(AgreementRuleError::VersionNotProposed { .. })));
+        assert!(matches!(
+            agreement.accept(target, 1, at(2)),
+            Err(AgreementRuleError::VersionNotProposed { .. })
+        ));
     }
 
     #[test]
     fn terms_never_apply_before_acceptance() {
         let (source, target) = (PartnerId::generate(), PartnerId::generate());
-        let mut agreement = Agreement::propose(source, target, sample_terms(), Some(at(-10)), at(0));
+        let mut agreement =
+            Agreement::propose(source, target, sample_terms(), Some(at(-10)), at(0));
         agreement.accept(target, 1, at(5)).unwrap();
         assert_eq!(agreement.versions[0].effective_at, Some(at(5)));
         assert_eq!(agreement.terms_in_force(at(4)), None);
@@ -350,8 +424,14 @@ mod tests {
     #[test]
     fn an_amendment_applies_from_its_effective_time() {
         let (mut agreement, source, target) = active_agreement();
-        assert_eq!(agreement.amend(target, sample_terms(), Some(at(48)), at(2)), Ok(2));
-        assert_eq!(agreement.amend(source, sample_terms(), None, at(3)), Err(AgreementRuleError::AmendmentPending(2)));
+        assert_eq!(
+            agreement.amend(target, sample_terms(), Some(at(48)), at(2)),
+            Ok(2)
+        );
+        assert_eq!(
+            agreement.amend(source, sample_terms(), None, at(3)),
+            Err(AgreementRuleError::AmendmentPending(2))
+        );
         agreement.accept(source, 2, at(10)).unwrap();
         assert_eq!(agreement.terms_in_force(at(47)).unwrap().version, 1);
         assert_eq!(agreement.terms_in_force(at(48)).unwrap().version, 2);
@@ -361,9 +441,13 @@ mod tests {
     #[test]
     fn a_later_version_never_takes_effect_before_an_earlier_one() {
         let (mut agreement, source, target) = active_agreement();
-        agreement.amend(target, sample_terms(), Some(at(100)), at(2)).unwrap();
+        agreement
+            .amend(target, sample_terms(), Some(at(100)), at(2))
+            .unwrap();
         agreement.accept(source, 2, at(3)).unwrap();
-        agreement.amend(source, sample_terms(), Some(at(50)), at(4)).unwrap();
+        agreement
+            .amend(source, sample_terms(), Some(at(50)), at(4))
+            .unwrap();
         agreement.accept(target, 3, at(5)).unwrap();
         assert_eq!(agreement.versions[2].effective_at, Some(at(100)));
         assert_eq!(agreement.terms_in_force(at(99)).unwrap().version, 1);
@@ -373,10 +457,16 @@ mod tests {
     #[test]
     fn rejecting_or_withdrawing_an_amendment_keeps_the_terms_in_force() {
         let (mut agreement, source, target) = active_agreement();
-        agreement.amend(source, sample_terms(), None, at(2)).unwrap();
-        agreement.reject(target, 2, Some("too generous".into()), at(3)).unwrap();
+        agreement
+            .amend(source, sample_terms(), None, at(2))
+            .unwrap();
+        agreement
+            .reject(target, 2, Some("too generous".into()), at(3))
+            .unwrap();
         assert_eq!(agreement.versions[1].status, TermsVersionStatus::Rejected);
-        agreement.amend(source, sample_terms(), None, at(4)).unwrap();
+        agreement
+            .amend(source, sample_terms(), None, at(4))
+            .unwrap();
         agreement.reject(source, 3, None, at(5)).unwrap();
         assert_eq!(agreement.versions[2].status, TermsVersionStatus::Withdrawn);
         assert_eq!(agreement.status_at(at(6)), AgreementStatus::Active);
@@ -389,22 +479,36 @@ mod tests {
         let mut agreement = Agreement::propose(source, target, sample_terms(), None, at(0));
         agreement.reject(target, 1, None, at(1)).unwrap();
         assert_eq!(agreement.status_at(at(1)), AgreementStatus::Rejected);
-        assert!(agreement.amend(source, sample_terms(), None, at(2)).is_err());
+        assert!(
+            agreement
+                .amend(source, sample_terms(), None, at(2))
+                .is_err()
+        );
         assert!(agreement.accept(target, 1, at(2)).is_err());
     }
 
     #[test]
     fn termination_ends_the_terms_at_its_time_and_only_moves_earlier() {
         let (mut agreement, source, target) = active_agreement();
-        agreement.terminate(source, Some(at(100)), "ending".into(), at(2)).unwrap();
-        agreement.terminate(target, Some(at(200)), "later".into(), at(3)).unwrap();
+        agreement
+            .terminate(source, Some(at(100)), "ending".into(), at(2))
+            .unwrap();
+        agreement
+            .terminate(target, Some(at(200)), "later".into(), at(3))
+            .unwrap();
         assert_eq!(agreement.terminate_at, Some(at(100)));
         assert_eq!(agreement.status_at(at(99)), AgreementStatus::Active);
         assert_eq!(agreement.terms_in_force(at(99)).unwrap().version, 1);
         assert_eq!(agreement.status_at(at(100)), AgreementStatus::Terminated);
         assert_eq!(agreement.terms_in_force(at(100)), None);
-        assert_eq!(agreement.terminate(source, None, "again".into(), at(101)), Err(AgreementRuleError::AlreadyTerminated));
-        assert_eq!(agreement.amend(source, sample_terms(), None, at(101)), Err(AgreementRuleError::AlreadyTerminated));
+        assert_eq!(
+            agreement.terminate(source, None, "again".into(), at(101)),
+            Err(AgreementRuleError::AlreadyTerminated)
+        );
+        assert_eq!(
+            agreement.amend(source, sample_terms(), None, at(101)),
+            Err(AgreementRuleError::AlreadyTerminated)
+        );
     }
 
     proptest! {

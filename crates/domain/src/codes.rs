@@ -13,9 +13,15 @@ pub struct PartnerCode(String);
 
 impl PartnerCode {
     pub fn parse(text: &str) -> Result<Self, String> {
-        let valid_chars = text.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        let valid_chars = text
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
         let starts_with_letter = text.chars().next().is_some_and(|c| c.is_ascii_lowercase());
-        if !(2..=32).contains(&text.len()) || !valid_chars || !starts_with_letter || text.ends_with('-') {
+        if !(2..=32).contains(&text.len())
+            || !valid_chars
+            || !starts_with_letter
+            || text.ends_with('-')
+        {
             return Err(format!(
                 "must be 2 to 32 lower case letters, digits or dashes, starting with a letter and not ending with a dash; got {text:?}"
             ));
@@ -41,7 +47,9 @@ pub struct ProgramCode(String);
 
 impl ProgramCode {
     pub fn parse(text: &str) -> Result<Self, String> {
-        let valid_chars = text.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+        let valid_chars = text
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
         let starts_with_letter = text.chars().next().is_some_and(|c| c.is_ascii_uppercase());
         if !(2..=16).contains(&text.len()) || !valid_chars || !starts_with_letter {
             return Err(format!(
@@ -72,7 +80,9 @@ impl<const MAX: usize> Text<MAX> {
         let trimmed = text.trim();
         let length = trimmed.chars().count();
         if length == 0 || length > MAX || !is_control_free(trimmed) {
-            return Err(format!("must be 1 to {MAX} characters without control characters"));
+            return Err(format!(
+                "must be 1 to {MAX} characters without control characters"
+            ));
         }
         Ok(Self(trimmed.to_owned()))
     }
@@ -99,16 +109,38 @@ mod tests {
     fn partner_codes_are_slugs() {
         assert!(PartnerCode::parse("skyline-hotels").is_ok());
         assert!(PartnerCode::parse("r2").is_ok());
-        for bad in ["", "a", "Skyline", "-skyline", "skyline-", "sky line", "9lives", &"a".repeat(33)] {
-            assert!(PartnerCode::parse(bad).is_err(), "{bad:?} should be refused");
+        for bad in [
+            "",
+            "a",
+            "Skyline",
+            "-skyline",
+            "skyline-",
+            "sky line",
+            "9lives",
+            &"a".repeat(33),
+        ] {
+            assert!(
+                PartnerCode::parse(bad).is_err(),
+                "{bad:?} should be refused"
+            );
         }
     }
 
     #[test]
     fn program_codes_are_upper_case() {
         assert!(ProgramCode::parse("HOTEL_PTS").is_ok());
-        for bad in ["", "H", "hotel_pts", "_PTS", "HOTEL-PTS", "A23456789012345678"] {
-            assert!(ProgramCode::parse(bad).is_err(), "{bad:?} should be refused");
+        for bad in [
+            "",
+            "H",
+            "hotel_pts",
+            "_PTS",
+            "HOTEL-PTS",
+            "A23456789012345678",
+        ] {
+            assert!(
+                ProgramCode::parse(bad).is_err(),
+                "{bad:?} should be refused"
+            );
         }
     }
 

@@ -23,7 +23,11 @@ impl FromStr for Currency {
     type Err = String;
 
     fn from_str(code: &str) -> Result<Self, Self::Err> {
-        let unknown = || format!("must be an ISO 4217 currency code with minor units, such as USD or EUR; got {code:?}");
+        let unknown = || {
+            format!(
+                "must be an ISO 4217 currency code with minor units, such as USD or EUR; got {code:?}"
+            )
+        };
         let currency = iso_currency::Currency::from_code(code).ok_or_else(unknown)?;
         // X-codes (gold, test, SDR) have no minor unit and are not money anyone settles in.
         if currency.exponent().is_none() {
@@ -53,7 +57,10 @@ mod tests {
     #[test]
     fn unknown_and_unit_less_codes_are_refused() {
         for bad in ["", "usd", "XXX", "XAU", "ABC", "US"] {
-            assert!(bad.parse::<Currency>().is_err(), "{bad:?} should be refused");
+            assert!(
+                bad.parse::<Currency>().is_err(),
+                "{bad:?} should be refused"
+            );
         }
     }
 }

@@ -63,7 +63,11 @@ mod tests {
     #[test]
     fn only_the_canonical_form_parses() {
         assert!("not-a-uuid".parse::<PartnerId>().is_err());
-        assert!("0192f0c48a1e7c3a9b5e1d2f3a4b5c6d".parse::<PartnerId>().is_err());
+        assert!(
+            "0192f0c48a1e7c3a9b5e1d2f3a4b5c6d"
+                .parse::<PartnerId>()
+                .is_err()
+        );
         assert!("".parse::<AgreementId>().is_err());
     }
 

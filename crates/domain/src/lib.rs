@@ -10,7 +10,10 @@ mod partner;
 mod terms;
 mod validation;
 
-pub use agreement::{Agreement, AgreementRuleError, AgreementState, AgreementStatus, TermsVersion, TermsVersionStatus, terms_in_force};
+pub use agreement::{
+    Agreement, AgreementRuleError, AgreementState, AgreementStatus, TermsVersion,
+    TermsVersionStatus, terms_in_force,
+};
 pub use codes::{PartnerCode, ProgramCode, Reason, Text};
 pub use currency::Currency;
 pub use ids::{AgreementId, IdParseError, PartnerId};

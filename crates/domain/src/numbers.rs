@@ -58,7 +58,9 @@ fn parse_decimal(text: &str) -> Result<Decimal, String> {
     let value = Decimal::from_str_exact(text.trim())
         .map_err(|_| format!("must be a decimal number such as \"1.25\"; got {text:?}"))?;
     if value.scale() > MAX_DECIMAL_PLACES && value.normalize().scale() > MAX_DECIMAL_PLACES {
-        return Err(format!("must have at most {MAX_DECIMAL_PLACES} decimal places; got {text:?}"));
+        return Err(format!(
+            "must have at most {MAX_DECIMAL_PLACES} decimal places; got {text:?}"
+        ));
     }
     Ok(value.normalize())
 }
@@ -124,7 +126,9 @@ pub struct BasisPoints(u32);
 impl BasisPoints {
     pub fn new(basis_points: u32) -> Result<Self, String> {
         if basis_points > 10_000 {
-            return Err(format!("must be from 0 to 10000 basis points; got {basis_points}"));
+            return Err(format!(
+                "must be from 0 to 10000 basis points; got {basis_points}"
+            ));
         }
         Ok(Self(basis_points))
     }
@@ -157,7 +161,10 @@ mod tests {
 
     #[test]
     fn trailing_zeros_beyond_the_limit_are_not_precision() {
-        assert_eq!("1.50000000000000".parse::<Rate>().unwrap().to_string(), "1.5");
+        assert_eq!(
+            "1.50000000000000".parse::<Rate>().unwrap().to_string(),
+            "1.5"
+        );
     }
 
     #[test]

@@ -83,7 +83,10 @@ impl PartnerStatus {
     pub fn suspend(self) -> Result<PartnerStatus, String> {
         match self {
             PartnerStatus::Active => Ok(PartnerStatus::Suspended),
-            other => Err(format!("only an ACTIVE partner can be suspended; this one is {}", other.as_str())),
+            other => Err(format!(
+                "only an ACTIVE partner can be suspended; this one is {}",
+                other.as_str()
+            )),
         }
     }
 
@@ -91,7 +94,10 @@ impl PartnerStatus {
     pub fn reactivate(self) -> Result<PartnerStatus, String> {
         match self {
             PartnerStatus::Suspended => Ok(PartnerStatus::Active),
-            other => Err(format!("only a SUSPENDED partner can be reactivated; this one is {}", other.as_str())),
+            other => Err(format!(
+                "only a SUSPENDED partner can be reactivated; this one is {}",
+                other.as_str()
+            )),
         }
     }
 
@@ -108,10 +114,14 @@ impl FromStr for PartnerStatus {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        [PartnerStatus::Active, PartnerStatus::Suspended, PartnerStatus::Offboarded]
-            .into_iter()
-            .find(|status| status.as_str() == text)
-            .ok_or_else(|| format!("unknown partner status {text:?}"))
+        [
+            PartnerStatus::Active,
+            PartnerStatus::Suspended,
+            PartnerStatus::Offboarded,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == text)
+        .ok_or_else(|| format!("unknown partner status {text:?}"))
     }
 }
 
@@ -129,13 +139,17 @@ pub struct GatewayEndpoint(String);
 
 impl GatewayEndpoint {
     pub fn parse(text: &str) -> Result<Self, String> {
-        let rest = text.strip_prefix("https://").or_else(|| text.strip_prefix("http://"));
+        let rest = text
+            .strip_prefix("https://")
+            .or_else(|| text.strip_prefix("http://"));
         let host = rest.map(|rest| rest.split(['/', '?', '#']).next().unwrap_or_default());
         let valid = text.len() <= 500
             && host.is_some_and(|host| !host.is_empty() && !host.starts_with(':'))
             && !text.chars().any(|c| c.is_whitespace() || c.is_control());
         if !valid {
-            return Err(format!("must be an http:// or https:// URL with a host, at most 500 characters; got {text:?}"));
+            return Err(format!(
+                "must be an http:// or https:// URL with a host, at most 500 characters; got {text:?}"
+            ));
         }
         Ok(Self(text.to_owned()))
     }
@@ -175,9 +189,18 @@ mod tests {
 
     #[test]
     fn status_transitions_follow_the_lifecycle() {
-        assert_eq!(PartnerStatus::Active.suspend(), Ok(PartnerStatus::Suspended));
-        assert_eq!(PartnerStatus::Suspended.reactivate(), Ok(PartnerStatus::Active));
-        assert_eq!(PartnerStatus::Suspended.offboard(), Ok(PartnerStatus::Offboarded));
+        assert_eq!(
+            PartnerStatus::Active.suspend(),
+            Ok(PartnerStatus::Suspended)
+        );
+        assert_eq!(
+            PartnerStatus::Suspended.reactivate(),
+            Ok(PartnerStatus::Active)
+        );
+        assert_eq!(
+            PartnerStatus::Suspended.offboard(),
+            Ok(PartnerStatus::Offboarded)
+        );
         assert!(PartnerStatus::Suspended.suspend().is_err());
         assert!(PartnerStatus::Active.reactivate().is_err());
         assert!(PartnerStatus::Offboarded.reactivate().is_err());
@@ -188,8 +211,18 @@ mod tests {
     fn gateway_endpoints_are_http_urls() {
         assert!(GatewayEndpoint::parse("https://gateway.skyline.example:443").is_ok());
         assert!(GatewayEndpoint::parse("http://127.0.0.1:7001/").is_ok());
-        for bad in ["", "gateway.example", "ftp://x", "https://", "https://:443", "https://a b"] {
-            assert!(GatewayEndpoint::parse(bad).is_err(), "{bad:?} should be refused");
+        for bad in [
+            "",
+            "gateway.example",
+            "ftp://x",
+            "https://",
+            "https://:443",
+            "https://a b",
+        ] {
+            assert!(
+                GatewayEndpoint::parse(bad).is_err(),
+                "{bad:?} should be refused"
+            );
         }
     }
 }

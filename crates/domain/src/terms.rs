@@ -3,7 +3,10 @@
 
 use std::collections::HashSet;
 
-use crate::{BasisPoints, Currency, FieldViolation, Multiplier, Points, Price, Rate, Text, Timestamp, Violations};
+use crate::{
+    BasisPoints, Currency, FieldViolation, Multiplier, Points, Price, Rate, Text, Timestamp,
+    Violations,
+};
 
 /// Most tier multipliers, promotions or excluded categories one agreement carries; a bound keeps
 /// every agreement cheap to load on the conversion path.
@@ -43,7 +46,9 @@ impl Terms {
         if increment > 0 && minimum % increment != 0 {
             violations.push(FieldViolation::new(
                 "minimum_source_points",
-                format!("must be a multiple of increment_source_points ({increment}); got {minimum}"),
+                format!(
+                    "must be a multiple of increment_source_points ({increment}); got {minimum}"
+                ),
             ));
         }
         for (field, cap) in [
@@ -53,7 +58,10 @@ impl Terms {
             if let Some(cap) = cap.filter(|cap| cap.minor_units() < minimum) {
                 violations.push(FieldViolation::new(
                     field,
-                    format!("must not be below minimum_source_points ({minimum}); got {}", cap.minor_units()),
+                    format!(
+                        "must not be below minimum_source_points ({minimum}); got {}",
+                        cap.minor_units()
+                    ),
                 ));
             }
         }
@@ -150,7 +158,10 @@ impl EarnRules {
         }
         for (index, window) in promotions.iter().enumerate() {
             if window.ends_at <= window.starts_at {
-                violations.push(FieldViolation::new(format!("promotions[{index}].end_time"), "must be after start_time"));
+                violations.push(FieldViolation::new(
+                    format!("promotions[{index}].end_time"),
+                    "must be after start_time",
+                ));
             }
         }
         for (field, length) in [
@@ -159,11 +170,17 @@ impl EarnRules {
             ("excluded_spend_categories", excluded_spend_categories.len()),
         ] {
             if length > MAX_RULE_ENTRIES {
-                violations.push(FieldViolation::new(field, format!("must have at most {MAX_RULE_ENTRIES} entries; got {length}")));
+                violations.push(FieldViolation::new(
+                    field,
+                    format!("must have at most {MAX_RULE_ENTRIES} entries; got {length}"),
+                ));
             }
         }
         if let Some(cap) = annual_spend_cap_minor.filter(|cap| *cap < 1) {
-            violations.push(FieldViolation::new("annual_spend_cap_minor", format!("must be at least 1 when set; got {cap}")));
+            violations.push(FieldViolation::new(
+                "annual_spend_cap_minor",
+                format!("must be at least 1 when set; got {cap}"),
+            ));
         }
         if hold_days > Self::MAX_HOLD_DAYS {
             violations.push(FieldViolation::new(
@@ -223,7 +240,11 @@ pub(crate) mod tests {
         .unwrap()
     }
 
-    fn terms_with(minimum: i64, increment: i64, daily_cap: Option<i64>) -> Result<Terms, Violations> {
+    fn terms_with(
+        minimum: i64,
+        increment: i64,
+        daily_cap: Option<i64>,
+    ) -> Result<Terms, Violations> {
         Terms::new(
             "1".parse().unwrap(),
             Points::positive(minimum).unwrap(),
@@ -240,13 +261,19 @@ pub(crate) mod tests {
     fn the_minimum_is_a_whole_number_of_increments() {
         assert!(terms_with(1000, 100, None).is_ok());
         let refused = terms_with(1050, 100, None).unwrap_err();
-        assert_eq!(refused.iter().next().unwrap().field, "minimum_source_points");
+        assert_eq!(
+            refused.iter().next().unwrap().field,
+            "minimum_source_points"
+        );
     }
 
     #[test]
     fn a_cap_below_the_minimum_is_refused() {
         let refused = terms_with(1000, 100, Some(500)).unwrap_err();
-        assert_eq!(refused.iter().next().unwrap().field, "member_daily_cap_points");
+        assert_eq!(
+            refused.iter().next().unwrap().field,
+            "member_daily_cap_points"
+        );
     }
 
     fn rules(tiers: &[&str], window_hours: i64, hold_days: u32) -> Result<EarnRules, Violations> {
@@ -256,7 +283,10 @@ pub(crate) mod tests {
             "USD".parse().unwrap(),
             tiers
                 .iter()
-                .map(|tier| TierMultiplier { tier: Text::parse(tier).unwrap(), multiplier: "1.5".parse().unwrap() })
+                .map(|tier| TierMultiplier {
+                    tier: Text::parse(tier).unwrap(),
+                    multiplier: "1.5".parse().unwrap(),
+                })
                 .collect(),
             vec![PromotionWindow {
                 name: Text::parse("double points day").unwrap(),
@@ -274,9 +304,16 @@ pub(crate) mod tests {
     fn earn_rules_check_tiers_windows_and_hold() {
         assert!(rules(&["GOLD", "SILVER"], 24, 14).is_ok());
         let fields = |result: Result<EarnRules, Violations>| -> Vec<String> {
-            result.unwrap_err().iter().map(|violation| violation.field.clone()).collect()
+            result
+                .unwrap_err()
+                .iter()
+                .map(|violation| violation.field.clone())
+                .collect()
         };
-        assert_eq!(fields(rules(&["GOLD", "GOLD"], 24, 0)), ["tier_multipliers[1].tier"]);
+        assert_eq!(
+            fields(rules(&["GOLD", "GOLD"], 24, 0)),
+            ["tier_multipliers[1].tier"]
+        );
         assert_eq!(fields(rules(&[], 0, 0)), ["promotions[0].end_time"]);
         assert_eq!(fields(rules(&[], 1, 366)), ["hold_days"]);
     }

@@ -14,7 +14,10 @@ pub struct FieldViolation {
 
 impl FieldViolation {
     pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
-        Self { field: field.into(), description: description.into() }
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
     }
 
     /// The same violation, its field placed under `prefix` (for nested messages).
@@ -66,7 +69,12 @@ impl Violations {
         match result {
             Ok(value) => Some(value),
             Err(nested) => {
-                self.0.extend(nested.0.into_iter().map(|violation| violation.under(prefix)));
+                self.0.extend(
+                    nested
+                        .0
+                        .into_iter()
+                        .map(|violation| violation.under(prefix)),
+                );
                 None
             }
         }
@@ -82,7 +90,11 @@ impl Violations {
 
     /// `Ok(value)` when nothing was wrong, the violations otherwise.
     pub fn finish<T>(self, value: impl FnOnce() -> T) -> Result<T, Violations> {
-        if self.0.is_empty() { Ok(value()) } else { Err(self) }
+        if self.0.is_empty() {
+            Ok(value())
+        } else {
+            Err(self)
+        }
     }
 }
 

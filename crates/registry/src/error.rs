@@ -1,6 +1,8 @@
 //! The registry's one error enum, and its one mapping to gRPC codes.
 
-use tandem_domain::{AgreementId, AgreementRuleError, Category, PartnerId, PartnerStatus, Timestamp, Violations};
+use tandem_domain::{
+    AgreementId, AgreementRuleError, Category, PartnerId, PartnerStatus, Timestamp, Violations,
+};
 use tandem_proto::status;
 use tonic::{Code, Status};
 
@@ -20,7 +22,9 @@ pub enum RegistryError {
     PartnerCodeTaken(String),
     #[error("program code {0:?} is already registered")]
     ProgramCodeTaken(String),
-    #[error("a live agreement from this source to this target already exists; amend or terminate it")]
+    #[error(
+        "a live agreement from this source to this target already exists; amend or terminate it"
+    )]
     AgreementExists,
     #[error("partner {0} is {status}, not ACTIVE", status = .1.as_str())]
     PartnerNotActive(PartnerId, PartnerStatus),
@@ -58,7 +62,11 @@ impl From<RegistryError> for Status {
         let message = error.to_string();
         let (code, reason) = match &error {
             RegistryError::InvalidArgument(violations) => {
-                return status::invalid_argument(violations.iter().map(|violation| (violation.field.as_str(), violation.description.as_str())));
+                return status::invalid_argument(
+                    violations.iter().map(|violation| {
+                        (violation.field.as_str(), violation.description.as_str())
+                    }),
+                );
             }
             RegistryError::Internal(cause) => return status::internal(cause),
             RegistryError::PermissionDenied(_) => (Code::PermissionDenied, "PERMISSION_DENIED"),
@@ -68,17 +76,29 @@ impl From<RegistryError> for Status {
             RegistryError::ProgramCodeTaken(_) => (Code::AlreadyExists, "PROGRAM_CODE_TAKEN"),
             RegistryError::AgreementExists => (Code::AlreadyExists, "AGREEMENT_EXISTS"),
             RegistryError::PartnerNotActive(..) => (Code::FailedPrecondition, "PARTNER_NOT_ACTIVE"),
-            RegistryError::StatusTransition(..) => (Code::FailedPrecondition, "PARTNER_STATUS_TRANSITION"),
+            RegistryError::StatusTransition(..) => {
+                (Code::FailedPrecondition, "PARTNER_STATUS_TRANSITION")
+            }
             RegistryError::SamePartner => (Code::InvalidArgument, "SAME_PARTNER"),
             RegistryError::SameCategory(_) => (Code::FailedPrecondition, "SAME_CATEGORY"),
             RegistryError::AgreementRule(rule) => match rule {
                 AgreementRuleError::NotAParty => (Code::PermissionDenied, "NOT_A_PARTY"),
-                AgreementRuleError::VersionNotFound(_) => (Code::NotFound, "TERMS_VERSION_NOT_FOUND"),
-                AgreementRuleError::VersionNotProposed { .. } => (Code::FailedPrecondition, "TERMS_VERSION_NOT_PROPOSED"),
+                AgreementRuleError::VersionNotFound(_) => {
+                    (Code::NotFound, "TERMS_VERSION_NOT_FOUND")
+                }
+                AgreementRuleError::VersionNotProposed { .. } => {
+                    (Code::FailedPrecondition, "TERMS_VERSION_NOT_PROPOSED")
+                }
                 AgreementRuleError::OwnProposal => (Code::FailedPrecondition, "OWN_PROPOSAL"),
-                AgreementRuleError::WrongStatus(..) => (Code::FailedPrecondition, "AGREEMENT_STATUS"),
-                AgreementRuleError::AmendmentPending(_) => (Code::FailedPrecondition, "AMENDMENT_PENDING"),
-                AgreementRuleError::AlreadyTerminated => (Code::FailedPrecondition, "AGREEMENT_TERMINATED"),
+                AgreementRuleError::WrongStatus(..) => {
+                    (Code::FailedPrecondition, "AGREEMENT_STATUS")
+                }
+                AgreementRuleError::AmendmentPending(_) => {
+                    (Code::FailedPrecondition, "AMENDMENT_PENDING")
+                }
+                AgreementRuleError::AlreadyTerminated => {
+                    (Code::FailedPrecondition, "AGREEMENT_TERMINATED")
+                }
             },
             RegistryError::NoTermsInForce(..) => (Code::FailedPrecondition, "NO_TERMS_IN_FORCE"),
             RegistryError::Conflict => (Code::Aborted, "CONCURRENT_CHANGE"),

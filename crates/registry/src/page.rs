@@ -27,7 +27,10 @@ impl PageCursor {
         if id.is_empty() || id.len() > 64 {
             return Err(invalid());
         }
-        Ok(Self { created_at_micros, id: id.to_owned() })
+        Ok(Self {
+            created_at_micros,
+            id: id.to_owned(),
+        })
     }
 }
 
@@ -43,16 +46,26 @@ impl PageRequest {
     /// lowered to it, a negative size is an error.
     pub fn parse(page_size: i32, page_token: &str) -> Result<Self, (&'static str, String)> {
         let size = match page_size {
-            size if size < 0 => return Err(("page_size", format!("must not be negative; got {size}"))),
+            size if size < 0 => {
+                return Err(("page_size", format!("must not be negative; got {size}")));
+            }
             0 => DEFAULT_PAGE_SIZE,
             size => (size as usize).min(MAX_PAGE_SIZE),
         };
-        let after = if page_token.is_empty() { None } else { Some(PageCursor::decode(page_token).map_err(|error| ("page_token", error))?) };
+        let after = if page_token.is_empty() {
+            None
+        } else {
+            Some(PageCursor::decode(page_token).map_err(|error| ("page_token", error))?)
+        };
         Ok(Self { size, after })
     }
 
     /// Splits `size + 1` fetched items into the page and the cursor of the next page, if any.
-    pub fn split<T>(&self, mut items: Vec<T>, cursor_of: impl Fn(&T) -> PageCursor) -> (Vec<T>, Option<PageCursor>) {
+    pub fn split<T>(
+        &self,
+        mut items: Vec<T>,
+        cursor_of: impl Fn(&T) -> PageCursor,
+    ) -> (Vec<T>, Option<PageCursor>) {
         if items.len() <= self.size {
             return (items, None);
         }
@@ -68,7 +81,10 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_garbage_is_refused() {
-        let cursor = PageCursor { created_at_micros: 1_800_000_000_000_000, id: "abc".into() };
+        let cursor = PageCursor {
+            created_at_micros: 1_800_000_000_000_000,
+            id: "abc".into(),
+        };
         assert_eq!(PageCursor::decode(&cursor.encode()), Ok(cursor));
         assert!(PageCursor::decode("!!!").is_err());
         assert!(PageCursor::decode(&URL_SAFE_NO_PAD.encode("no-colon")).is_err());
@@ -83,8 +99,14 @@ mod tests {
 
     #[test]
     fn a_full_page_points_to_the_next() {
-        let page = PageRequest { size: 2, after: None };
-        let cursor = |n: &i64| PageCursor { created_at_micros: *n, id: n.to_string() };
+        let page = PageRequest {
+            size: 2,
+            after: None,
+        };
+        let cursor = |n: &i64| PageCursor {
+            created_at_micros: *n,
+            id: n.to_string(),
+        };
         let (items, next) = page.split(vec![3, 2, 1], cursor);
         assert_eq!(items, [3, 2]);
         assert_eq!(next.unwrap().created_at_micros, 2);

@@ -4,8 +4,9 @@
 use sqlx::{Any, AnyConnection, FromRow, Transaction};
 use tandem_auth::SecretHash;
 use tandem_domain::{
-    Agreement, AgreementId, AgreementState, Category, GatewayEndpoint, Partner, PartnerCode, PartnerId, PartnerStatus, Program, ProgramCode,
-    Scale, TermsVersion, TermsVersionStatus, Text, Timestamp, from_unix_micros, to_unix_micros,
+    Agreement, AgreementId, AgreementState, Category, GatewayEndpoint, Partner, PartnerCode,
+    PartnerId, PartnerStatus, Program, ProgramCode, Scale, TermsVersion, TermsVersionStatus, Text,
+    Timestamp, from_unix_micros, to_unix_micros,
 };
 use tandem_storage::{Database, is_retryable_conflict, violates_unique};
 
@@ -33,7 +34,11 @@ pub(crate) enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
-        if is_retryable_conflict(&error) { StoreError::Conflict } else { StoreError::Database(error) }
+        if is_retryable_conflict(&error) {
+            StoreError::Conflict
+        } else {
+            StoreError::Database(error)
+        }
     }
 }
 
@@ -61,25 +66,43 @@ const PARTNER_COLUMNS: &str = "partner_id, code, display_name, category, program
 
 impl PartnerRow {
     fn into_partner(self) -> Result<Partner> {
-        let corrupt = |field: &str, error: String| StoreError::Corrupt(format!("partner {}: {field}: {error}", self.partner_id));
+        let corrupt = |field: &str, error: String| {
+            StoreError::Corrupt(format!("partner {}: {field}: {error}", self.partner_id))
+        };
         Ok(Partner {
-            id: self.partner_id.parse().map_err(|error: tandem_domain::IdParseError| corrupt("id", error.to_string()))?,
+            id: self
+                .partner_id
+                .parse()
+                .map_err(|error: tandem_domain::IdParseError| corrupt("id", error.to_string()))?,
             code: PartnerCode::parse(&self.code).map_err(|error| corrupt("code", error))?,
-            display_name: Text::parse(&self.display_name).map_err(|error| corrupt("display_name", error))?,
-            category: self.category.parse().map_err(|error| corrupt("category", error))?,
+            display_name: Text::parse(&self.display_name)
+                .map_err(|error| corrupt("display_name", error))?,
+            category: self
+                .category
+                .parse()
+                .map_err(|error| corrupt("category", error))?,
             program: Program {
-                code: ProgramCode::parse(&self.program_code).map_err(|error| corrupt("program_code", error))?,
-                name: Text::parse(&self.program_name).map_err(|error| corrupt("program_name", error))?,
-                scale: Scale::new(u32::try_from(self.program_scale).unwrap_or(u32::MAX)).map_err(|error| corrupt("program_scale", error))?,
+                code: ProgramCode::parse(&self.program_code)
+                    .map_err(|error| corrupt("program_code", error))?,
+                name: Text::parse(&self.program_name)
+                    .map_err(|error| corrupt("program_name", error))?,
+                scale: Scale::new(u32::try_from(self.program_scale).unwrap_or(u32::MAX))
+                    .map_err(|error| corrupt("program_scale", error))?,
             },
-            settlement_currency: self.settlement_currency.parse().map_err(|error| corrupt("settlement_currency", error))?,
+            settlement_currency: self
+                .settlement_currency
+                .parse()
+                .map_err(|error| corrupt("settlement_currency", error))?,
             gateway_endpoint: self
                 .gateway_endpoint
                 .as_deref()
                 .map(GatewayEndpoint::parse)
                 .transpose()
                 .map_err(|error| corrupt("gateway_endpoint", error))?,
-            status: self.status.parse().map_err(|error| corrupt("status", error))?,
+            status: self
+                .status
+                .parse()
+                .map_err(|error| corrupt("status", error))?,
             status_reason: self.status_reason,
             created_at: from_unix_micros(self.created_at_micros),
             updated_at: from_unix_micros(self.updated_at_micros),
@@ -122,13 +145,26 @@ const TERMS_COLUMNS: &str = "agreement_id, version, terms_json, status, proposed
 
 impl TermsRow {
     fn into_version(self) -> Result<TermsVersion> {
-        let corrupt = |field: &str, error: String| StoreError::Corrupt(format!("agreement {} v{}: {field}: {error}", self.agreement_id, self.version));
-        let document: TermsDocument = serde_json::from_str(&self.terms_json).map_err(|error| corrupt("terms_json", error.to_string()))?;
+        let corrupt = |field: &str, error: String| {
+            StoreError::Corrupt(format!(
+                "agreement {} v{}: {field}: {error}",
+                self.agreement_id, self.version
+            ))
+        };
+        let document: TermsDocument = serde_json::from_str(&self.terms_json)
+            .map_err(|error| corrupt("terms_json", error.to_string()))?;
         Ok(TermsVersion {
-            version: u32::try_from(self.version).map_err(|error| corrupt("version", error.to_string()))?,
-            terms: document.into_terms().map_err(|error| corrupt("terms", error))?,
-            status: TermsVersionStatus::parse(&self.status).ok_or_else(|| corrupt("status", self.status.clone()))?,
-            proposed_by: self.proposed_by_partner_id.parse().map_err(|_| corrupt("proposed_by", self.proposed_by_partner_id.clone()))?,
+            version: u32::try_from(self.version)
+                .map_err(|error| corrupt("version", error.to_string()))?,
+            terms: document
+                .into_terms()
+                .map_err(|error| corrupt("terms", error))?,
+            status: TermsVersionStatus::parse(&self.status)
+                .ok_or_else(|| corrupt("status", self.status.clone()))?,
+            proposed_by: self
+                .proposed_by_partner_id
+                .parse()
+                .map_err(|_| corrupt("proposed_by", self.proposed_by_partner_id.clone()))?,
             proposed_at: from_unix_micros(self.proposed_at_micros),
             requested_effective_at: self.requested_effective_at_micros.map(from_unix_micros),
             effective_at: self.effective_at_micros.map(from_unix_micros),
@@ -139,15 +175,27 @@ impl TermsRow {
 }
 
 fn agreement_from_rows(row: AgreementRow, versions: Vec<TermsVersion>) -> Result<Agreement> {
-    let corrupt = |field: &str| StoreError::Corrupt(format!("agreement {}: {field}", row.agreement_id));
+    let corrupt =
+        |field: &str| StoreError::Corrupt(format!("agreement {}: {field}", row.agreement_id));
     Ok(Agreement {
         id: row.agreement_id.parse().map_err(|_| corrupt("id"))?,
-        source: row.source_partner_id.parse().map_err(|_| corrupt("source_partner_id"))?,
-        target: row.target_partner_id.parse().map_err(|_| corrupt("target_partner_id"))?,
+        source: row
+            .source_partner_id
+            .parse()
+            .map_err(|_| corrupt("source_partner_id"))?,
+        target: row
+            .target_partner_id
+            .parse()
+            .map_err(|_| corrupt("target_partner_id"))?,
         state: AgreementState::parse(&row.state).ok_or_else(|| corrupt("state"))?,
         versions,
         terminate_at: row.terminate_at_micros.map(from_unix_micros),
-        terminated_by: row.terminated_by_partner_id.as_deref().map(str::parse).transpose().map_err(|_| corrupt("terminated_by"))?,
+        terminated_by: row
+            .terminated_by_partner_id
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|_| corrupt("terminated_by"))?,
         termination_reason: row.termination_reason,
         created_at: from_unix_micros(row.created_at_micros),
         revision: row.revision,
@@ -157,7 +205,8 @@ fn agreement_from_rows(row: AgreementRow, versions: Vec<TermsVersion>) -> Result
 /// The text that holds the one-live-agreement-per-direction constraint; `None` once the
 /// agreement can no longer be used (rejected, or its termination has taken effect).
 fn live_pair(agreement: &Agreement, now: Timestamp) -> Option<String> {
-    let open = agreement.state != AgreementState::Rejected && agreement.terminate_at.is_none_or(|end| end > now);
+    let open = agreement.state != AgreementState::Rejected
+        && agreement.terminate_at.is_none_or(|end| end > now);
     open.then(|| format!("{}/{}", agreement.source, agreement.target))
 }
 
@@ -182,7 +231,12 @@ impl Store {
         Ok(self.database.begin_write().await?)
     }
 
-    pub(crate) async fn insert_partner(&self, partner: &Partner, client_id: &str, secret_hash: &SecretHash) -> Result<()> {
+    pub(crate) async fn insert_partner(
+        &self,
+        partner: &Partner,
+        client_id: &str,
+        secret_hash: &SecretHash,
+    ) -> Result<()> {
         let mut transaction = self.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO partners (partner_id, code, display_name, category, program_code, program_name, program_scale, \
@@ -205,27 +259,48 @@ impl Store {
         .execute(&mut *transaction)
         .await;
         if let Err(error) = inserted {
-            return Err(if violates_unique(&error, "partners_code_key", "partners.code") {
-                StoreError::PartnerCodeTaken(partner.code.to_string())
-            } else if violates_unique(&error, "partners_program_code_key", "partners.program_code") {
-                StoreError::ProgramCodeTaken(partner.program.code.to_string())
-            } else {
-                error.into()
-            });
+            return Err(
+                if violates_unique(&error, "partners_code_key", "partners.code") {
+                    StoreError::PartnerCodeTaken(partner.code.to_string())
+                } else if violates_unique(
+                    &error,
+                    "partners_program_code_key",
+                    "partners.program_code",
+                ) {
+                    StoreError::ProgramCodeTaken(partner.program.code.to_string())
+                } else {
+                    error.into()
+                },
+            );
         }
-        insert_credentials(&mut transaction, partner.id, client_id, secret_hash, partner.created_at).await?;
+        insert_credentials(
+            &mut transaction,
+            partner.id,
+            client_id,
+            secret_hash,
+            partner.created_at,
+        )
+        .await?;
         transaction.commit().await?;
         Ok(())
     }
 
     pub(crate) async fn partner(&self, id: PartnerId) -> Result<Option<Partner>> {
         let query = format!("SELECT {PARTNER_COLUMNS} FROM partners WHERE partner_id = $1");
-        let row: Option<PartnerRow> = sqlx::query_as(sqlx::AssertSqlSafe(query)).bind(id.to_string()).fetch_optional(self.database.pool()).await?;
+        let row: Option<PartnerRow> = sqlx::query_as(sqlx::AssertSqlSafe(query))
+            .bind(id.to_string())
+            .fetch_optional(self.database.pool())
+            .await?;
         row.map(PartnerRow::into_partner).transpose()
     }
 
     /// One page of partners, newest first.
-    pub(crate) async fn partners(&self, status: Option<PartnerStatus>, category: Option<Category>, page: &PageRequest) -> Result<(Vec<Partner>, Option<PageCursor>)> {
+    pub(crate) async fn partners(
+        &self,
+        status: Option<PartnerStatus>,
+        category: Option<Category>,
+        page: &PageRequest,
+    ) -> Result<(Vec<Partner>, Option<PageCursor>)> {
         let query = format!(
             "SELECT {PARTNER_COLUMNS} FROM partners \
              WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR category = $2) \
@@ -236,12 +311,23 @@ impl Store {
             .bind(status.map(|status| status.as_str().to_owned()))
             .bind(category.map(|category| category.as_str().to_owned()))
             .bind(page.after.as_ref().map(|cursor| cursor.created_at_micros))
-            .bind(page.after.as_ref().map(|cursor| cursor.id.clone()).unwrap_or_default())
+            .bind(
+                page.after
+                    .as_ref()
+                    .map(|cursor| cursor.id.clone())
+                    .unwrap_or_default(),
+            )
             .bind(page.size as i64 + 1)
             .fetch_all(self.database.pool())
             .await?;
-        let partners = rows.into_iter().map(PartnerRow::into_partner).collect::<Result<Vec<_>>>()?;
-        Ok(page.split(partners, |partner| PageCursor { created_at_micros: to_unix_micros(partner.created_at), id: partner.id.to_string() }))
+        let partners = rows
+            .into_iter()
+            .map(PartnerRow::into_partner)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(page.split(partners, |partner| PageCursor {
+            created_at_micros: to_unix_micros(partner.created_at),
+            id: partner.id.to_string(),
+        }))
     }
 
     pub(crate) async fn update_partner_profile(&self, partner: &Partner) -> Result<()> {
@@ -257,7 +343,12 @@ impl Store {
 
     /// Moves a partner from `from` to its current status, refusing if someone else changed the
     /// status in between.
-    pub(crate) async fn change_status(&self, transaction: &mut AnyConnection, partner: &Partner, from: PartnerStatus) -> Result<()> {
+    pub(crate) async fn change_status(
+        &self,
+        transaction: &mut AnyConnection,
+        partner: &Partner,
+        from: PartnerStatus,
+    ) -> Result<()> {
         let changed = sqlx::query("UPDATE partners SET status = $1, status_reason = $2, updated_at_micros = $3 WHERE partner_id = $4 AND status = $5")
             .bind(partner.status.as_str())
             .bind(partner.status_reason.clone())
@@ -273,7 +364,12 @@ impl Store {
     }
 
     /// Revokes every live credential of a partner, as of `now`.
-    pub(crate) async fn revoke_credentials(&self, transaction: &mut AnyConnection, partner: PartnerId, now: Timestamp) -> Result<()> {
+    pub(crate) async fn revoke_credentials(
+        &self,
+        transaction: &mut AnyConnection,
+        partner: PartnerId,
+        now: Timestamp,
+    ) -> Result<()> {
         sqlx::query("UPDATE partner_credentials SET revoked_at_micros = $1 WHERE partner_id = $2 AND revoked_at_micros IS NULL")
             .bind(to_unix_micros(now))
             .bind(partner.to_string())
@@ -282,16 +378,26 @@ impl Store {
         Ok(())
     }
 
-    pub(crate) async fn replace_credentials(&self, partner: PartnerId, client_id: &str, secret_hash: &SecretHash, now: Timestamp) -> Result<()> {
+    pub(crate) async fn replace_credentials(
+        &self,
+        partner: PartnerId,
+        client_id: &str,
+        secret_hash: &SecretHash,
+        now: Timestamp,
+    ) -> Result<()> {
         let mut transaction = self.begin().await?;
-        self.revoke_credentials(&mut transaction, partner, now).await?;
+        self.revoke_credentials(&mut transaction, partner, now)
+            .await?;
         insert_credentials(&mut transaction, partner, client_id, secret_hash, now).await?;
         transaction.commit().await?;
         Ok(())
     }
 
     /// The partner and secret hash behind a live client id, unless the partner is offboarded.
-    pub(crate) async fn live_credentials(&self, client_id: &str) -> Result<Option<(PartnerId, SecretHash)>> {
+    pub(crate) async fn live_credentials(
+        &self,
+        client_id: &str,
+    ) -> Result<Option<(PartnerId, SecretHash)>> {
         let row: Option<(String, String)> = sqlx::query_as(
             "SELECT c.partner_id, c.secret_hash FROM partner_credentials c JOIN partners p ON p.partner_id = c.partner_id \
              WHERE c.client_id = $1 AND c.revoked_at_micros IS NULL AND p.status <> 'OFFBOARDED'",
@@ -300,14 +406,20 @@ impl Store {
         .fetch_optional(self.database.pool())
         .await?;
         row.map(|(partner_id, hash)| {
-            let partner_id = partner_id.parse().map_err(|_| StoreError::Corrupt(format!("credentials {client_id}: partner id")))?;
+            let partner_id = partner_id
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("credentials {client_id}: partner id")))?;
             Ok((partner_id, SecretHash(hash)))
         })
         .transpose()
     }
 
     /// Records a new agreement, unless a live one already joins the same source to the same target.
-    pub(crate) async fn insert_agreement(&self, agreement: &Agreement, now: Timestamp) -> Result<()> {
+    pub(crate) async fn insert_agreement(
+        &self,
+        agreement: &Agreement,
+        now: Timestamp,
+    ) -> Result<()> {
         let mut transaction = self.begin().await?;
         let pair = live_pair(agreement, now);
         // A termination that has taken effect since it was scheduled frees the pair now.
@@ -333,7 +445,13 @@ impl Store {
         .execute(&mut *transaction)
         .await;
         if let Err(error) = inserted {
-            return Err(if violates_unique(&error, "agreements_live_pair_key", "agreements.live_pair") { StoreError::AgreementLive } else { error.into() });
+            return Err(
+                if violates_unique(&error, "agreements_live_pair_key", "agreements.live_pair") {
+                    StoreError::AgreementLive
+                } else {
+                    error.into()
+                },
+            );
         }
         upsert_versions(&mut transaction, agreement).await?;
         transaction.commit().await?;
@@ -342,7 +460,12 @@ impl Store {
 
     /// Writes a changed agreement loaded at `agreement.revision`, refusing if anyone changed it
     /// since; on success the stored revision is one higher.
-    pub(crate) async fn update_agreement(&self, transaction: &mut AnyConnection, agreement: &Agreement, now: Timestamp) -> Result<()> {
+    pub(crate) async fn update_agreement(
+        &self,
+        transaction: &mut AnyConnection,
+        agreement: &Agreement,
+        now: Timestamp,
+    ) -> Result<()> {
         let changed = sqlx::query(
             "UPDATE agreements SET state = $1, live_pair = $2, terminate_at_micros = $3, terminated_by_partner_id = $4, \
              termination_reason = $5, revision = revision + 1 WHERE agreement_id = $6 AND revision = $7",
@@ -364,7 +487,10 @@ impl Store {
 
     pub(crate) async fn agreement(&self, id: AgreementId) -> Result<Option<Agreement>> {
         let query = format!("SELECT {AGREEMENT_COLUMNS} FROM agreements WHERE agreement_id = $1");
-        let row: Option<AgreementRow> = sqlx::query_as(sqlx::AssertSqlSafe(query)).bind(id.to_string()).fetch_optional(self.database.pool()).await?;
+        let row: Option<AgreementRow> = sqlx::query_as(sqlx::AssertSqlSafe(query))
+            .bind(id.to_string())
+            .fetch_optional(self.database.pool())
+            .await?;
         let Some(row) = row else {
             return Ok(None);
         };
@@ -373,7 +499,11 @@ impl Store {
     }
 
     /// Agreements a partner is a party to that are still live at `now`: offboarding ends them.
-    pub(crate) async fn live_agreements_of(&self, partner: PartnerId, now: Timestamp) -> Result<Vec<Agreement>> {
+    pub(crate) async fn live_agreements_of(
+        &self,
+        partner: PartnerId,
+        now: Timestamp,
+    ) -> Result<Vec<Agreement>> {
         let query = format!(
             "SELECT {AGREEMENT_COLUMNS} FROM agreements WHERE (source_partner_id = $1 OR target_partner_id = $1) \
              AND state <> 'REJECTED' AND (terminate_at_micros IS NULL OR terminate_at_micros > $2) ORDER BY agreement_id"
@@ -387,16 +517,28 @@ impl Store {
     }
 
     /// One page of agreements, newest first, optionally of one partner and one status at `now`.
-    pub(crate) async fn agreements(&self, party: Option<PartnerId>, status: AgreementStatusFilter, now: Timestamp, page: &PageRequest) -> Result<(Vec<Agreement>, Option<PageCursor>)> {
+    pub(crate) async fn agreements(
+        &self,
+        party: Option<PartnerId>,
+        status: AgreementStatusFilter,
+        now: Timestamp,
+        page: &PageRequest,
+    ) -> Result<(Vec<Agreement>, Option<PageCursor>)> {
         use tandem_domain::AgreementStatus;
         // Status is derived from the stored state and the termination time, as
         // `Agreement::status_at` derives it; each clause below is that rule in SQL.
         let status_clause = match status {
             AgreementStatusFilter::Any => "",
-            AgreementStatusFilter::Is(AgreementStatus::Proposed) => "AND state = 'PROPOSED' AND (terminate_at_micros IS NULL OR terminate_at_micros > $5)",
-            AgreementStatusFilter::Is(AgreementStatus::Active) => "AND state = 'ACTIVE' AND (terminate_at_micros IS NULL OR terminate_at_micros > $5)",
+            AgreementStatusFilter::Is(AgreementStatus::Proposed) => {
+                "AND state = 'PROPOSED' AND (terminate_at_micros IS NULL OR terminate_at_micros > $5)"
+            }
+            AgreementStatusFilter::Is(AgreementStatus::Active) => {
+                "AND state = 'ACTIVE' AND (terminate_at_micros IS NULL OR terminate_at_micros > $5)"
+            }
             AgreementStatusFilter::Is(AgreementStatus::Rejected) => "AND state = 'REJECTED'",
-            AgreementStatusFilter::Is(AgreementStatus::Terminated) => "AND state <> 'REJECTED' AND terminate_at_micros <= $5",
+            AgreementStatusFilter::Is(AgreementStatus::Terminated) => {
+                "AND state <> 'REJECTED' AND terminate_at_micros <= $5"
+            }
         };
         let query = format!(
             "SELECT {AGREEMENT_COLUMNS} FROM agreements \
@@ -408,14 +550,22 @@ impl Store {
         let mut statement = sqlx::query_as(sqlx::AssertSqlSafe(query))
             .bind(party.map(|id| id.to_string()))
             .bind(page.after.as_ref().map(|cursor| cursor.created_at_micros))
-            .bind(page.after.as_ref().map(|cursor| cursor.id.clone()).unwrap_or_default())
+            .bind(
+                page.after
+                    .as_ref()
+                    .map(|cursor| cursor.id.clone())
+                    .unwrap_or_default(),
+            )
             .bind(page.size as i64 + 1);
         if status_clause.contains("$5") {
             statement = statement.bind(to_unix_micros(now));
         }
         let rows: Vec<AgreementRow> = statement.fetch_all(self.database.pool()).await?;
         let agreements = self.with_versions(rows).await?;
-        Ok(page.split(agreements, |agreement| PageCursor { created_at_micros: to_unix_micros(agreement.created_at), id: agreement.id.to_string() }))
+        Ok(page.split(agreements, |agreement| PageCursor {
+            created_at_micros: to_unix_micros(agreement.created_at),
+            id: agreement.id.to_string(),
+        }))
     }
 
     /// Attaches every terms version to each agreement, reading all of them in one query.
@@ -424,27 +574,42 @@ impl Store {
             return Ok(Vec::new());
         }
         let placeholders: Vec<String> = (1..=rows.len()).map(|index| format!("${index}")).collect();
-        let query = format!("SELECT {TERMS_COLUMNS} FROM agreement_terms WHERE agreement_id IN ({}) ORDER BY agreement_id, version", placeholders.join(", "));
+        let query = format!(
+            "SELECT {TERMS_COLUMNS} FROM agreement_terms WHERE agreement_id IN ({}) ORDER BY agreement_id, version",
+            placeholders.join(", ")
+        );
         let mut statement = sqlx::query_as(sqlx::AssertSqlSafe(query));
         for row in &rows {
             statement = statement.bind(row.agreement_id.clone());
         }
         let terms_rows: Vec<TermsRow> = statement.fetch_all(self.database.pool()).await?;
-        let mut versions_by_agreement: std::collections::HashMap<String, Vec<TermsVersion>> = std::collections::HashMap::new();
+        let mut versions_by_agreement: std::collections::HashMap<String, Vec<TermsVersion>> =
+            std::collections::HashMap::new();
         for terms_row in terms_rows {
             let agreement_id = terms_row.agreement_id.clone();
-            versions_by_agreement.entry(agreement_id).or_default().push(terms_row.into_version()?);
+            versions_by_agreement
+                .entry(agreement_id)
+                .or_default()
+                .push(terms_row.into_version()?);
         }
         rows.into_iter()
             .map(|row| {
-                let versions = versions_by_agreement.remove(&row.agreement_id).unwrap_or_default();
+                let versions = versions_by_agreement
+                    .remove(&row.agreement_id)
+                    .unwrap_or_default();
                 agreement_from_rows(row, versions)
             })
             .collect()
     }
 }
 
-async fn insert_credentials(transaction: &mut AnyConnection, partner: PartnerId, client_id: &str, secret_hash: &SecretHash, now: Timestamp) -> Result<()> {
+async fn insert_credentials(
+    transaction: &mut AnyConnection,
+    partner: PartnerId,
+    client_id: &str,
+    secret_hash: &SecretHash,
+    now: Timestamp,
+) -> Result<()> {
     sqlx::query("INSERT INTO partner_credentials (client_id, partner_id, secret_hash, created_at_micros) VALUES ($1, $2, $3, $4)")
         .bind(client_id)
         .bind(partner.to_string())
@@ -459,7 +624,8 @@ async fn insert_credentials(transaction: &mut AnyConnection, partner: PartnerId,
 /// once and never changed.
 async fn upsert_versions(transaction: &mut AnyConnection, agreement: &Agreement) -> Result<()> {
     for version in &agreement.versions {
-        let document = serde_json::to_string(&TermsDocument::from(&version.terms)).expect("terms always serialize");
+        let document = serde_json::to_string(&TermsDocument::from(&version.terms))
+            .expect("terms always serialize");
         sqlx::query(
             "INSERT INTO agreement_terms (agreement_id, version, terms_json, status, proposed_by_partner_id, proposed_at_micros, \
              requested_effective_at_micros, effective_at_micros, decided_at_micros, decision_reason) \

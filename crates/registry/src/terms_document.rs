@@ -3,7 +3,10 @@
 //! so a damaged row is caught rather than trusted.
 
 use serde::{Deserialize, Serialize};
-use tandem_domain::{BasisPoints, EarnRules, Points, PromotionWindow, Terms, Text, TierMultiplier, from_unix_micros, to_unix_micros};
+use tandem_domain::{
+    BasisPoints, EarnRules, Points, PromotionWindow, Terms, Text, TierMultiplier, from_unix_micros,
+    to_unix_micros,
+};
 
 #[derive(Serialize, Deserialize)]
 pub(crate) struct TermsDocument {
@@ -43,13 +46,19 @@ impl From<&Terms> for TermsDocument {
             minimum_source_points: terms.minimum_source_points().minor_units(),
             increment_source_points: terms.increment_source_points().minor_units(),
             member_daily_cap_points: terms.member_daily_cap_points().map(Points::minor_units),
-            agreement_monthly_cap_points: terms.agreement_monthly_cap_points().map(Points::minor_units),
+            agreement_monthly_cap_points: terms
+                .agreement_monthly_cap_points()
+                .map(Points::minor_units),
             settlement_price: terms.settlement_price().to_string(),
             exchange_fee_basis_points: terms.exchange_fee().value(),
             earn_rules: terms.earn_rules().map(|rules| EarnRulesDocument {
                 points_per_spend_unit: rules.points_per_spend_unit().to_string(),
                 spend_currency: rules.spend_currency().code().to_owned(),
-                tier_multipliers: rules.tier_multipliers().iter().map(|entry| (entry.tier.to_string(), entry.multiplier.to_string())).collect(),
+                tier_multipliers: rules
+                    .tier_multipliers()
+                    .iter()
+                    .map(|entry| (entry.tier.to_string(), entry.multiplier.to_string()))
+                    .collect(),
                 promotions: rules
                     .promotions()
                     .iter()
@@ -60,7 +69,11 @@ impl From<&Terms> for TermsDocument {
                         multiplier: window.multiplier.to_string(),
                     })
                     .collect(),
-                excluded_spend_categories: rules.excluded_spend_categories().iter().map(ToString::to_string).collect(),
+                excluded_spend_categories: rules
+                    .excluded_spend_categories()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
                 annual_spend_cap_minor: rules.annual_spend_cap_minor(),
                 hold_days: rules.hold_days(),
             }),
@@ -70,13 +83,20 @@ impl From<&Terms> for TermsDocument {
 
 impl TermsDocument {
     pub(crate) fn into_terms(self) -> Result<Terms, String> {
-        let earn_rules = self.earn_rules.map(EarnRulesDocument::into_rules).transpose()?;
+        let earn_rules = self
+            .earn_rules
+            .map(EarnRulesDocument::into_rules)
+            .transpose()?;
         Terms::new(
             self.conversion_rate.parse()?,
             Points::positive(self.minimum_source_points)?,
             Points::positive(self.increment_source_points)?,
-            self.member_daily_cap_points.map(Points::positive).transpose()?,
-            self.agreement_monthly_cap_points.map(Points::positive).transpose()?,
+            self.member_daily_cap_points
+                .map(Points::positive)
+                .transpose()?,
+            self.agreement_monthly_cap_points
+                .map(Points::positive)
+                .transpose()?,
             self.settlement_price.parse()?,
             BasisPoints::new(self.exchange_fee_basis_points)?,
             earn_rules,
@@ -90,7 +110,12 @@ impl EarnRulesDocument {
         let tier_multipliers = self
             .tier_multipliers
             .into_iter()
-            .map(|(tier, multiplier)| Ok(TierMultiplier { tier: Text::parse(&tier)?, multiplier: multiplier.parse()? }))
+            .map(|(tier, multiplier)| {
+                Ok(TierMultiplier {
+                    tier: Text::parse(&tier)?,
+                    multiplier: multiplier.parse()?,
+                })
+            })
             .collect::<Result<Vec<_>, String>>()?;
         let promotions = self
             .promotions
@@ -104,7 +129,11 @@ impl EarnRulesDocument {
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
-        let excluded = self.excluded_spend_categories.iter().map(|category| Text::parse(category)).collect::<Result<Vec<_>, String>>()?;
+        let excluded = self
+            .excluded_spend_categories
+            .iter()
+            .map(|category| Text::parse(category))
+            .collect::<Result<Vec<_>, String>>()?;
         EarnRules::new(
             self.points_per_spend_unit.parse()?,
             self.spend_currency.parse()?,

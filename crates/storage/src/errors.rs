@@ -34,6 +34,8 @@ pub fn is_retryable_conflict(error: &sqlx::Error) -> bool {
     };
     match code.as_ref() {
         "40001" | "40P01" => true,
-        sqlite_code => sqlite_code.parse::<i32>().is_ok_and(|code| matches!(code & 0xff, 5 | 6)),
+        sqlite_code => sqlite_code
+            .parse::<i32>()
+            .is_ok_and(|code| matches!(code & 0xff, 5 | 6)),
     }
 }

@@ -32,7 +32,10 @@ pub enum Location {
 impl Location {
     /// `postgres://` and `postgresql://` URLs select PostgreSQL; anything else is refused so a
     /// typo never silently falls back to a local file.
-    pub fn from_url_or_directory(url: Option<SecretString>, directory: PathBuf) -> Result<Self, String> {
+    pub fn from_url_or_directory(
+        url: Option<SecretString>,
+        directory: PathBuf,
+    ) -> Result<Self, String> {
         match url {
             None => Ok(Location::SqliteDirectory(directory)),
             Some(url) => {
@@ -71,11 +74,20 @@ pub enum Backend {
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("cannot create the data directory {path}: {source}")]
-    DataDirectory { path: PathBuf, source: std::io::Error },
+    DataDirectory {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot connect to the {service} database: {source}")]
-    Connect { service: &'static str, source: sqlx::Error },
+    Connect {
+        service: &'static str,
+        source: sqlx::Error,
+    },
     #[error("cannot migrate the {service} database: {source}")]
-    Migrate { service: &'static str, source: sqlx::migrate::MigrateError },
+    Migrate {
+        service: &'static str,
+        source: sqlx::migrate::MigrateError,
+    },
 }
 
 /// A service's connection pool, knowing which backend it talks to.
@@ -87,7 +99,11 @@ pub struct Database {
 
 impl Database {
     /// Opens `service`'s database at `location` and applies its migrations.
-    pub async fn open(location: &Location, service: &'static str, migrator: &Migrator) -> Result<Self, StorageError> {
+    pub async fn open(
+        location: &Location,
+        service: &'static str,
+        migrator: &Migrator,
+    ) -> Result<Self, StorageError> {
         install_default_drivers();
         let database = match location {
             Location::SqliteDirectory(directory) => open_sqlite(directory, service).await?,
@@ -129,9 +145,18 @@ impl Database {
     }
 }
 
-async fn open_sqlite(directory: &std::path::Path, service: &'static str) -> Result<Database, StorageError> {
-    std::fs::create_dir_all(directory).map_err(|source| StorageError::DataDirectory { path: directory.to_owned(), source })?;
-    let url = format!("sqlite://{}?mode=rwc", directory.join(format!("{service}.db")).display());
+async fn open_sqlite(
+    directory: &std::path::Path,
+    service: &'static str,
+) -> Result<Database, StorageError> {
+    std::fs::create_dir_all(directory).map_err(|source| StorageError::DataDirectory {
+        path: directory.to_owned(),
+        source,
+    })?;
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        directory.join(format!("{service}.db")).display()
+    );
     let pool = AnyPoolOptions::new()
         // SQLite has one writer at a time; a few connections serve concurrent readers.
         .max_connections(8)
@@ -149,10 +174,16 @@ async fn open_sqlite(directory: &std::path::Path, service: &'static str) -> Resu
         .connect(&url)
         .await
         .map_err(|source| StorageError::Connect { service, source })?;
-    Ok(Database { pool, backend: Backend::Sqlite })
+    Ok(Database {
+        pool,
+        backend: Backend::Sqlite,
+    })
 }
 
-async fn open_postgres(url: &SecretString, service: &'static str) -> Result<Database, StorageError> {
+async fn open_postgres(
+    url: &SecretString,
+    service: &'static str,
+) -> Result<Database, StorageError> {
     // Service names are fixed identifiers in our code, never user input, so quoting them into
     // the statements below is safe.
     let create_schema = format!("CREATE SCHEMA IF NOT EXISTS \"{service}\"");
@@ -172,12 +203,19 @@ async fn open_postgres(url: &SecretString, service: &'static str) -> Result<Data
         .acquire_timeout(Duration::from_secs(10))
         .after_connect(move |connection, _| {
             Box::pin(async move {
-                connection.execute(sqlx::AssertSqlSafe(format!("SET search_path TO \"{service}\""))).await?;
+                connection
+                    .execute(sqlx::AssertSqlSafe(format!(
+                        "SET search_path TO \"{service}\""
+                    )))
+                    .await?;
                 Ok(())
             })
         })
         .connect(url.expose_secret())
         .await
         .map_err(|source| StorageError::Connect { service, source })?;
-    Ok(Database { pool, backend: Backend::Postgres })
+    Ok(Database {
+        pool,
+        backend: Backend::Postgres,
+    })
 }

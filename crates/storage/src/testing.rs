@@ -25,25 +25,35 @@ impl TestDatabase {
     /// A new, empty SQLite data directory.
     pub fn sqlite() -> Self {
         let directory = tempfile::tempdir().expect("a temporary directory");
-        Self { location: Location::SqliteDirectory(directory.path().to_owned()), cleanup: Cleanup::Directory(directory) }
+        Self {
+            location: Location::SqliteDirectory(directory.path().to_owned()),
+            cleanup: Cleanup::Directory(directory),
+        }
     }
 
     /// A new, empty PostgreSQL database on the server named by `TANDEM_TEST_DATABASE_URL`, or
     /// `None` when it is unset.
     pub async fn postgres() -> Option<Self> {
-        let admin_url = std::env::var(TEST_DATABASE_URL).ok().filter(|url| !url.is_empty())?;
+        let admin_url = std::env::var(TEST_DATABASE_URL)
+            .ok()
+            .filter(|url| !url.is_empty())?;
         sqlx::any::install_default_drivers();
         let name = format!("tandem_test_{}", uuid::Uuid::new_v4().simple());
         let mut admin = AnyConnection::connect(&admin_url)
             .await
-            .unwrap_or_else(|error| panic!("{TEST_DATABASE_URL} is set but PostgreSQL cannot be reached: {error}"));
+            .unwrap_or_else(|error| {
+                panic!("{TEST_DATABASE_URL} is set but PostgreSQL cannot be reached: {error}")
+            });
         admin
             .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .await
             .expect("create a test database");
         admin.close().await.ok();
         let url = replace_database(&admin_url, &name);
-        Some(Self { location: Location::Postgres(SecretString::from(url)), cleanup: Cleanup::Postgres { admin_url, name } })
+        Some(Self {
+            location: Location::Postgres(SecretString::from(url)),
+            cleanup: Cleanup::Postgres { admin_url, name },
+        })
     }
 
     pub fn location(&self) -> &Location {
@@ -61,7 +71,9 @@ impl TestDatabase {
 
 /// The same server URL with another database name (the path), keeping any query string.
 fn replace_database(url: &str, database: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(base, query)| (base, Some(query)));
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(base, query)| (base, Some(query)));
     let scheme_end = base.find("://").map_or(0, |index| index + 3);
     let server = match base[scheme_end..].find('/') {
         Some(slash) => &base[..scheme_end + slash],
@@ -82,7 +94,10 @@ impl Drop for TestDatabase {
         // Drop runs inside the test's runtime, which cannot be blocked on; a thread with its own
         // runtime removes the database and is waited for, so nothing is left behind.
         let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
             runtime.block_on(async move {
                 if let Ok(mut admin) = AnyConnection::connect(&admin_url).await {
                     let statement = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
@@ -102,8 +117,14 @@ mod tests {
 
     #[test]
     fn the_database_name_is_replaced_and_the_query_kept() {
-        assert_eq!(replace_database("postgres://u@h:5432/test", "x"), "postgres://u@h:5432/x");
-        assert_eq!(replace_database("postgres://u@h/test?sslmode=disable", "x"), "postgres://u@h/x?sslmode=disable");
+        assert_eq!(
+            replace_database("postgres://u@h:5432/test", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(
+            replace_database("postgres://u@h/test?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
+        );
         assert_eq!(replace_database("postgres://u@h", "x"), "postgres://u@h/x");
     }
 }

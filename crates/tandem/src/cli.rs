@@ -50,13 +50,20 @@ enum KeysCommand {
 
 impl Cli {
     pub fn run(self) -> ExitCode {
-        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a Tokio runtime");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("a Tokio runtime");
         let result = runtime.block_on(self.dispatch());
         match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("error: {error:#}");
-                ExitCode::from(if error.is::<crate::settings::SettingsError>() { 2 } else { 1 })
+                ExitCode::from(if error.is::<crate::settings::SettingsError>() {
+                    2
+                } else {
+                    1
+                })
             }
         }
     }
@@ -70,8 +77,10 @@ impl Cli {
             }
             Command::Token { role, subject, ttl } => {
                 let settings = Settings::load(&self.common)?;
-                let ttl: Duration = humantime::parse_duration(&ttl).map_err(|error| anyhow::anyhow!("--ttl: {error} (write 30m, 1h, …)"))?;
-                let token = crate::keys::mint_operator_token(&settings, &role, &subject, ttl).await?;
+                let ttl: Duration = humantime::parse_duration(&ttl)
+                    .map_err(|error| anyhow::anyhow!("--ttl: {error} (write 30m, 1h, …)"))?;
+                let token =
+                    crate::keys::mint_operator_token(&settings, &role, &subject, ttl).await?;
                 println!("{token}");
                 Ok(())
             }

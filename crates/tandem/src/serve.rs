@@ -4,7 +4,10 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tandem_auth::{AuthGrpc, Authenticator, KeyStore, TokenSettings};
-use tandem_proto::v1::{auth_service_server::AuthServiceServer, partner_registry_service_server::PartnerRegistryServiceServer};
+use tandem_proto::v1::{
+    auth_service_server::AuthServiceServer,
+    partner_registry_service_server::PartnerRegistryServiceServer,
+};
 use tandem_registry::{Registry, RegistryGrpc};
 use tandem_storage::Database;
 use tokio::net::TcpListener;
@@ -27,21 +30,41 @@ struct Mounted {
 
 pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     // Bind first: a taken port fails fast, and port 0 is resolved before anything is announced.
-    let listener = TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("binding {}", settings.listen))?;
     let address = listener.local_addr()?;
     let location = &settings.common.location;
 
     let auth_database = Database::open(location, "auth", &tandem_auth::MIGRATOR).await?;
-    let registry_database = Database::open(location, "registry", &tandem_registry::MIGRATOR).await?;
-    let token_settings = TokenSettings { audience: settings.common.token_audience.clone() };
-    let authenticator = Arc::new(Authenticator::load(KeyStore::new(auth_database.clone()), token_settings).await.context("loading signing keys")?);
+    let registry_database =
+        Database::open(location, "registry", &tandem_registry::MIGRATOR).await?;
+    let token_settings = TokenSettings {
+        audience: settings.common.token_audience.clone(),
+    };
+    let authenticator = Arc::new(
+        Authenticator::load(KeyStore::new(auth_database.clone()), token_settings)
+            .await
+            .context("loading signing keys")?,
+    );
     let registry = Registry::new(registry_database.clone());
 
-    let auth_service = AuthServiceServer::new(AuthGrpc::new(authenticator.clone(), registry.clone(), settings.partner_token_ttl));
-    let registry_service = PartnerRegistryServiceServer::new(RegistryGrpc::new(registry, authenticator));
+    let auth_service = AuthServiceServer::new(AuthGrpc::new(
+        authenticator.clone(),
+        registry.clone(),
+        settings.partner_token_ttl,
+    ));
+    let registry_service =
+        PartnerRegistryServiceServer::new(RegistryGrpc::new(registry, authenticator));
     let mounted = vec![
-        Mounted { name: <AuthServiceServer<AuthGrpc<Registry>> as NamedService>::NAME, database: auth_database.clone() },
-        Mounted { name: <PartnerRegistryServiceServer<RegistryGrpc> as NamedService>::NAME, database: registry_database.clone() },
+        Mounted {
+            name: <AuthServiceServer<AuthGrpc<Registry>> as NamedService>::NAME,
+            database: auth_database.clone(),
+        },
+        Mounted {
+            name: <PartnerRegistryServiceServer<RegistryGrpc> as NamedService>::NAME,
+            database: registry_database.clone(),
+        },
     ];
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -78,9 +101,16 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
             stopping.cancelled().await;
             // Load balancers stop sending new work while in-flight requests drain.
-            draining_health.set_service_status("", ServingStatus::NotServing).await;
-            for name in [<AuthServiceServer<AuthGrpc<Registry>> as NamedService>::NAME, <PartnerRegistryServiceServer<RegistryGrpc> as NamedService>::NAME] {
-                draining_health.set_service_status(name, ServingStatus::NotServing).await;
+            draining_health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            for name in [
+                <AuthServiceServer<AuthGrpc<Registry>> as NamedService>::NAME,
+                <PartnerRegistryServiceServer<RegistryGrpc> as NamedService>::NAME,
+            ] {
+                draining_health
+                    .set_service_status(name, ServingStatus::NotServing)
+                    .await;
             }
             tracing::info!("shutting down: draining in-flight requests");
         })
@@ -98,11 +128,24 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
 async fn report_health(health: &HealthReporter, mounted: &[Mounted]) {
     let mut all_serving = true;
     for service in mounted {
-        let status = if service.database.ping().await { ServingStatus::Serving } else { ServingStatus::NotServing };
+        let status = if service.database.ping().await {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
         all_serving &= status == ServingStatus::Serving;
         health.set_service_status(service.name, status).await;
     }
-    health.set_service_status("", if all_serving { ServingStatus::Serving } else { ServingStatus::NotServing }).await;
+    health
+        .set_service_status(
+            "",
+            if all_serving {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            },
+        )
+        .await;
 }
 
 async fn watch_health(health: HealthReporter, mounted: Vec<Mounted>, shutdown: CancellationToken) {

@@ -18,7 +18,12 @@ pub struct CommonArgs {
     #[arg(long, env = "TANDEM_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
     /// A postgres:// URL to use PostgreSQL instead of the embedded SQLite files.
-    #[arg(long, env = "TANDEM_DATABASE_URL", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "TANDEM_DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
     pub database_url: Option<String>,
     /// Log format: auto (human on a terminal, JSON otherwise), human or json.
     #[arg(long, env = "TANDEM_LOG_FORMAT", global = true)]
@@ -92,8 +97,10 @@ fn read_file(path: Option<&PathBuf>) -> Result<FileSettings, SettingsError> {
     let Some(path) = path else {
         return Ok(FileSettings::default());
     };
-    let text = std::fs::read_to_string(path).map_err(|error| SettingsError(vec![format!("config {}: {error}", path.display())]))?;
-    toml::from_str(&text).map_err(|error| SettingsError(vec![format!("config {}: {error}", path.display())]))
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| SettingsError(vec![format!("config {}: {error}", path.display())]))?;
+    toml::from_str(&text)
+        .map_err(|error| SettingsError(vec![format!("config {}: {error}", path.display())]))
 }
 
 fn duration(name: &str, text: &str, problems: &mut Vec<String>) -> Duration {
@@ -104,28 +111,53 @@ fn duration(name: &str, text: &str, problems: &mut Vec<String>) -> Duration {
             Duration::ZERO
         }
         Err(error) => {
-            problems.push(format!("{name}: {error} (write durations like 30s, 15m or 1h)"));
+            problems.push(format!(
+                "{name}: {error} (write durations like 30s, 15m or 1h)"
+            ));
             Duration::ZERO
         }
     }
 }
 
 fn common(args: &CommonArgs, file: &FileSettings, problems: &mut Vec<String>) -> Settings {
-    let data_dir = args.data_dir.clone().or_else(|| file.data_dir.clone()).unwrap_or_else(|| PathBuf::from("./tandem-data"));
-    let database_url = args.database_url.clone().or_else(|| file.database_url.clone()).filter(|url| !url.is_empty());
-    let location = Location::from_url_or_directory(database_url.map(SecretString::from), data_dir.clone()).unwrap_or_else(|error| {
-        problems.push(format!("database_url: {error}"));
-        Location::SqliteDirectory(data_dir)
-    });
-    let log_format = args.log_format.as_deref().or(file.log_format.as_deref()).map_or(Ok(LogFormat::Auto), str::parse).unwrap_or_else(|error| {
-        problems.push(format!("log_format: {error}"));
-        LogFormat::Auto
-    });
-    let token_audience = args.token_audience.clone().or_else(|| file.token_audience.clone()).unwrap_or_else(|| "tandem".to_owned());
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or_else(|| file.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("./tandem-data"));
+    let database_url = args
+        .database_url
+        .clone()
+        .or_else(|| file.database_url.clone())
+        .filter(|url| !url.is_empty());
+    let location =
+        Location::from_url_or_directory(database_url.map(SecretString::from), data_dir.clone())
+            .unwrap_or_else(|error| {
+                problems.push(format!("database_url: {error}"));
+                Location::SqliteDirectory(data_dir)
+            });
+    let log_format = args
+        .log_format
+        .as_deref()
+        .or(file.log_format.as_deref())
+        .map_or(Ok(LogFormat::Auto), str::parse)
+        .unwrap_or_else(|error| {
+            problems.push(format!("log_format: {error}"));
+            LogFormat::Auto
+        });
+    let token_audience = args
+        .token_audience
+        .clone()
+        .or_else(|| file.token_audience.clone())
+        .unwrap_or_else(|| "tandem".to_owned());
     if token_audience.is_empty() || token_audience.len() > 100 {
         problems.push("token_audience: must be 1 to 100 characters".to_owned());
     }
-    Settings { location, log_format, token_audience }
+    Settings {
+        location,
+        log_format,
+        token_audience,
+    }
 }
 
 impl Settings {
@@ -133,7 +165,11 @@ impl Settings {
         let file = read_file(args.config.as_ref())?;
         let mut problems = Vec::new();
         let settings = common(args, &file, &mut problems);
-        if problems.is_empty() { Ok(settings) } else { Err(SettingsError(problems)) }
+        if problems.is_empty() {
+            Ok(settings)
+        } else {
+            Err(SettingsError(problems))
+        }
     }
 }
 
@@ -142,20 +178,39 @@ impl ServeSettings {
         let file = read_file(args.config.as_ref())?;
         let mut problems = Vec::new();
         let common = common(args, &file, &mut problems);
-        let listen_text = serve.listen.clone().or_else(|| file.listen.clone()).unwrap_or_else(|| "127.0.0.1:50051".to_owned());
+        let listen_text = serve
+            .listen
+            .clone()
+            .or_else(|| file.listen.clone())
+            .unwrap_or_else(|| "127.0.0.1:50051".to_owned());
         let listen = listen_text.parse().unwrap_or_else(|error| {
-            problems.push(format!("listen: {error}; write an address like 127.0.0.1:50051 (port 0 picks a free port)"));
+            problems.push(format!(
+                "listen: {error}; write an address like 127.0.0.1:50051 (port 0 picks a free port)"
+            ));
             SocketAddr::from(([127, 0, 0, 1], 0))
         });
-        let ttl_text = serve.partner_token_ttl.clone().or_else(|| file.partner_token_ttl.clone()).unwrap_or_else(|| "15m".to_owned());
+        let ttl_text = serve
+            .partner_token_ttl
+            .clone()
+            .or_else(|| file.partner_token_ttl.clone())
+            .unwrap_or_else(|| "15m".to_owned());
         let partner_token_ttl = duration("partner_token_ttl", &ttl_text, &mut problems);
         if partner_token_ttl > Duration::from_secs(24 * 3600) {
             problems.push("partner_token_ttl: must be at most 24h; short-lived tokens limit the harm of a leak".to_owned());
         }
-        let timeout_text = serve.request_timeout.clone().or_else(|| file.request_timeout.clone()).unwrap_or_else(|| "30s".to_owned());
+        let timeout_text = serve
+            .request_timeout
+            .clone()
+            .or_else(|| file.request_timeout.clone())
+            .unwrap_or_else(|| "30s".to_owned());
         let request_timeout = duration("request_timeout", &timeout_text, &mut problems);
         if problems.is_empty() {
-            Ok(Self { common, listen, partner_token_ttl, request_timeout })
+            Ok(Self {
+                common,
+                listen,
+                partner_token_ttl,
+                request_timeout,
+            })
         } else {
             Err(SettingsError(problems))
         }
@@ -167,18 +222,30 @@ mod tests {
     use super::*;
 
     fn args() -> CommonArgs {
-        CommonArgs { config: None, data_dir: None, database_url: None, log_format: None, token_audience: None }
+        CommonArgs {
+            config: None,
+            data_dir: None,
+            database_url: None,
+            log_format: None,
+            token_audience: None,
+        }
     }
 
     fn serve_args() -> ServeArgs {
-        ServeArgs { listen: None, partner_token_ttl: None, request_timeout: None }
+        ServeArgs {
+            listen: None,
+            partner_token_ttl: None,
+            request_timeout: None,
+        }
     }
 
     #[test]
     fn defaults_need_no_configuration() {
         let settings = ServeSettings::load(&args(), &serve_args()).unwrap();
         assert_eq!(settings.listen.to_string(), "127.0.0.1:50051");
-        assert!(matches!(settings.common.location, Location::SqliteDirectory(ref dir) if dir == &PathBuf::from("./tandem-data")));
+        assert!(
+            matches!(settings.common.location, Location::SqliteDirectory(ref dir) if dir == &PathBuf::from("./tandem-data"))
+        );
         assert_eq!(settings.partner_token_ttl, Duration::from_secs(900));
     }
 
@@ -186,7 +253,11 @@ mod tests {
     fn the_file_fills_in_and_flags_win() {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("tandem.toml");
-        std::fs::write(&path, "listen = \"0.0.0.0:7000\"\npartner_token_ttl = \"5m\"\ndata_dir = \"/srv/tandem\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "listen = \"0.0.0.0:7000\"\npartner_token_ttl = \"5m\"\ndata_dir = \"/srv/tandem\"\n",
+        )
+        .unwrap();
         let mut common = args();
         common.config = Some(path);
         let mut serve = serve_args();
@@ -194,7 +265,9 @@ mod tests {
         let settings = ServeSettings::load(&common, &serve).unwrap();
         assert_eq!(settings.listen.to_string(), "127.0.0.1:0");
         assert_eq!(settings.partner_token_ttl, Duration::from_secs(300));
-        assert!(matches!(settings.common.location, Location::SqliteDirectory(ref dir) if dir == &PathBuf::from("/srv/tandem")));
+        assert!(
+            matches!(settings.common.location, Location::SqliteDirectory(ref dir) if dir == &PathBuf::from("/srv/tandem"))
+        );
     }
 
     #[test]
@@ -202,10 +275,27 @@ mod tests {
         let mut common = args();
         common.database_url = Some("mysql://nope".to_owned());
         common.log_format = Some("xml".to_owned());
-        let serve = ServeArgs { listen: Some("nowhere".to_owned()), partner_token_ttl: Some("forever".to_owned()), request_timeout: Some("0s".to_owned()) };
+        let serve = ServeArgs {
+            listen: Some("nowhere".to_owned()),
+            partner_token_ttl: Some("forever".to_owned()),
+            request_timeout: Some("0s".to_owned()),
+        };
         let error = ServeSettings::load(&common, &serve).unwrap_err();
-        let fields: Vec<&str> = error.0.iter().map(|problem| problem.split(':').next().unwrap()).collect();
-        assert_eq!(fields, ["database_url", "log_format", "listen", "partner_token_ttl", "request_timeout"]);
+        let fields: Vec<&str> = error
+            .0
+            .iter()
+            .map(|problem| problem.split(':').next().unwrap())
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "database_url",
+                "log_format",
+                "listen",
+                "partner_token_ttl",
+                "request_timeout"
+            ]
+        );
     }
 
     #[test]
@@ -215,6 +305,11 @@ mod tests {
         std::fs::write(&path, "lisen = \"0.0.0.0:7000\"\n").unwrap();
         let mut common = args();
         common.config = Some(path);
-        assert!(Settings::load(&common).unwrap_err().to_string().contains("lisen"));
+        assert!(
+            Settings::load(&common)
+                .unwrap_err()
+                .to_string()
+                .contains("lisen")
+        );
     }
 }

@@ -30,7 +30,9 @@ impl std::str::FromStr for LogFormat {
             "auto" => Ok(LogFormat::Auto),
             "human" => Ok(LogFormat::Human),
             "json" => Ok(LogFormat::Json),
-            other => Err(format!("unknown log format {other:?}; expected auto, human or json")),
+            other => Err(format!(
+                "unknown log format {other:?}; expected auto, human or json"
+            )),
         }
     }
 }
@@ -64,9 +66,14 @@ pub fn init(service_name: &'static str, format: LogFormat) -> TelemetryGuard {
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
     let logs = if json {
-        tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed()
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed()
     } else {
-        tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed()
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed()
     };
 
     let (provider, export_error) = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
@@ -76,17 +83,27 @@ pub fn init(service_name: &'static str, format: LogFormat) -> TelemetryGuard {
         },
         _ => (None, None),
     };
-    let traces = provider.as_ref().map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name)));
-    tracing_subscriber::registry().with(filter).with(logs).with(traces).init();
+    let traces = provider
+        .as_ref()
+        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name)));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(logs)
+        .with(traces)
+        .init();
     if let Some(error) = export_error {
         tracing::warn!(%error, "OTEL_EXPORTER_OTLP_ENDPOINT is set but trace export could not start; continuing without it");
     }
     TelemetryGuard { provider }
 }
 
-fn otlp_provider(service_name: &'static str) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
+fn otlp_provider(
+    service_name: &'static str,
+) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
     // The exporter reads OTEL_EXPORTER_OTLP_ENDPOINT (and the other standard OTEL_ variables).
-    let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .build()?;
     Ok(SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_resource(Resource::builder().with_service_name(service_name).build())
