@@ -38,6 +38,23 @@ impl RegistryGrpc {
     async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
         Ok(self.authenticator.authenticate(request.metadata()).await?)
     }
+
+    /// The shared body of the suspend, reactivate and offboard RPCs.
+    async fn change_status<T>(
+        &self,
+        request: &Request<T>,
+        partner_id: &str,
+        reason: &str,
+        change: StatusChange,
+    ) -> Result<(Partner, usize), Status> {
+        let caller = self.caller(request).await?;
+        let id = parse_id("partner_id", partner_id)?;
+        let reason = parse_reason("reason", reason)?;
+        Ok(self
+            .registry
+            .change_status(&caller, id, change, reason)
+            .await?)
+    }
 }
 
 fn invalid(violations: Violations) -> Status {
@@ -574,12 +591,13 @@ impl PartnerRegistryService for RegistryGrpc {
         &self,
         request: Request<pb::SuspendPartnerRequest>,
     ) -> Result<Response<pb::SuspendPartnerResponse>, Status> {
-        let caller = self.caller(&request).await?;
-        let id = parse_id("partner_id", &request.get_ref().partner_id)?;
-        let reason = parse_reason("reason", &request.get_ref().reason)?;
         let (partner, _) = self
-            .registry
-            .change_status(&caller, id, StatusChange::Suspend, reason)
+            .change_status(
+                &request,
+                &request.get_ref().partner_id,
+                &request.get_ref().reason,
+                StatusChange::Suspend,
+            )
             .await?;
         Ok(Response::new(pb::SuspendPartnerResponse {
             partner: Some(partner_to_pb(&partner)),
@@ -590,12 +608,13 @@ impl PartnerRegistryService for RegistryGrpc {
         &self,
         request: Request<pb::ReactivatePartnerRequest>,
     ) -> Result<Response<pb::ReactivatePartnerResponse>, Status> {
-        let caller = self.caller(&request).await?;
-        let id = parse_id("partner_id", &request.get_ref().partner_id)?;
-        let reason = parse_reason("reason", &request.get_ref().reason)?;
         let (partner, _) = self
-            .registry
-            .change_status(&caller, id, StatusChange::Reactivate, reason)
+            .change_status(
+                &request,
+                &request.get_ref().partner_id,
+                &request.get_ref().reason,
+                StatusChange::Reactivate,
+            )
             .await?;
         Ok(Response::new(pb::ReactivatePartnerResponse {
             partner: Some(partner_to_pb(&partner)),
@@ -606,12 +625,13 @@ impl PartnerRegistryService for RegistryGrpc {
         &self,
         request: Request<pb::OffboardPartnerRequest>,
     ) -> Result<Response<pb::OffboardPartnerResponse>, Status> {
-        let caller = self.caller(&request).await?;
-        let id = parse_id("partner_id", &request.get_ref().partner_id)?;
-        let reason = parse_reason("reason", &request.get_ref().reason)?;
         let (partner, terminated) = self
-            .registry
-            .change_status(&caller, id, StatusChange::Offboard, reason)
+            .change_status(
+                &request,
+                &request.get_ref().partner_id,
+                &request.get_ref().reason,
+                StatusChange::Offboard,
+            )
             .await?;
         Ok(Response::new(pb::OffboardPartnerResponse {
             partner: Some(partner_to_pb(&partner)),
