@@ -1,0 +1,891 @@
+//! The ledger's SQL. Rows stay here; callers get model types. Every write runs inside a batch
+//! transaction opened by the group-commit writer (`writer.rs`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+use sqlx::{AnyConnection, FromRow, Row};
+use tandem_domain::{Timestamp, from_unix_micros, to_unix_micros};
+use tandem_storage::{Backend, violates_unique};
+
+use crate::{
+    LedgerError,
+    model::{
+        Account, AccountId, Direction, Guard, Leg, NewKind, NewTransaction, Owner, PendingStatus,
+        Posted, Purpose, Totals, Transaction, TransactionId, TransactionKind, Unit, check_balanced,
+    },
+};
+
+/// Whether to post or void a pending transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Resolution {
+    Post,
+    Void,
+}
+
+/// A write as the caller asked for it. Serialized (without the key) it is the content a reused
+/// idempotency key is compared against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteRequest {
+    Post(NewTransaction),
+    Resolve {
+        pending: TransactionId,
+        resolution: Resolution,
+    },
+    Reverse {
+        original: TransactionId,
+        reason: String,
+    },
+}
+
+impl WriteRequest {
+    fn content(&self) -> String {
+        serde_json::to_string(self).expect("a write request always serializes")
+    }
+
+    /// What differs between the stored request of a key and a new one.
+    fn differences(stored: &WriteRequest, new: &WriteRequest) -> Vec<&'static str> {
+        match (stored, new) {
+            (WriteRequest::Post(stored), WriteRequest::Post(new)) => stored.differences(new),
+            (
+                WriteRequest::Resolve {
+                    pending: a,
+                    resolution: x,
+                },
+                WriteRequest::Resolve {
+                    pending: b,
+                    resolution: y,
+                },
+            ) => [(a != b, "pending_transaction_id"), (x != y, "resolution")]
+                .into_iter()
+                .filter_map(|(differs, field)| differs.then_some(field))
+                .collect(),
+            (
+                WriteRequest::Reverse {
+                    original: a,
+                    reason: x,
+                },
+                WriteRequest::Reverse {
+                    original: b,
+                    reason: y,
+                },
+            ) => [(a != b, "transaction_id"), (x != y, "reason")]
+                .into_iter()
+                .filter_map(|(differs, field)| differs.then_some(field))
+                .collect(),
+            _ => vec!["operation"],
+        }
+    }
+}
+
+/// The outcome of one request inside a batch.
+pub(crate) enum Step {
+    /// Refused for a reason of its own; the batch goes on without it.
+    Refused(LedgerError),
+    /// The database failed; the whole batch is rolled back.
+    Database(sqlx::Error),
+}
+
+impl From<sqlx::Error> for Step {
+    fn from(error: sqlx::Error) -> Self {
+        Step::Database(error)
+    }
+}
+
+impl From<LedgerError> for Step {
+    fn from(error: LedgerError) -> Self {
+        Step::Refused(error)
+    }
+}
+
+#[derive(FromRow)]
+struct AccountRow {
+    account_id: String,
+    owner: String,
+    purpose: String,
+    unit: String,
+    scale: i64,
+    guard: String,
+    overdraft_limit_minor: i64,
+    created_at_micros: i64,
+}
+
+const ACCOUNT_SELECT: &str = "SELECT a.account_id, a.owner, a.purpose, a.unit, u.scale, a.guard, a.overdraft_limit_minor, a.created_at_micros \
+     FROM ledger_accounts a JOIN ledger_units u ON u.unit = a.unit";
+
+fn corrupt(what: String) -> sqlx::Error {
+    sqlx::Error::Decode(what.into())
+}
+
+impl AccountRow {
+    fn into_account(self) -> Result<Account, sqlx::Error> {
+        let bad = |field: &str| corrupt(format!("ledger account {}: {field}", self.account_id));
+        Ok(Account {
+            id: self.account_id.parse().map_err(|_| bad("id"))?,
+            owner: self.owner.parse().map_err(|_| bad("owner"))?,
+            purpose: Purpose::parse(&self.purpose).ok_or_else(|| bad("purpose"))?,
+            unit: Unit::parse(&self.unit).map_err(|_| bad("unit"))?,
+            unit_scale: u32::try_from(self.scale).map_err(|_| bad("scale"))?,
+            guard: Guard::from_parts(&self.guard, self.overdraft_limit_minor)
+                .ok_or_else(|| bad("guard"))?,
+            created_at: from_unix_micros(self.created_at_micros),
+        })
+    }
+}
+
+#[derive(FromRow)]
+struct TransactionRow {
+    transaction_id: String,
+    idempotency_key: String,
+    content: String,
+    kind: String,
+    type_code: String,
+    external_reference: String,
+    effective_at_micros: i64,
+    committed_at_micros: i64,
+    metadata: String,
+    related_transaction_id: Option<String>,
+    expires_at_micros: Option<i64>,
+}
+
+const TRANSACTION_COLUMNS: &str = "transaction_id, idempotency_key, content, kind, type_code, external_reference, effective_at_micros, \
+     committed_at_micros, metadata, related_transaction_id, expires_at_micros";
+
+/// Opens an account, or returns the one already open for the owner, purpose and unit.
+pub(crate) async fn open_account(
+    connection: &mut AnyConnection,
+    owner: Owner,
+    purpose: Purpose,
+    unit: &Unit,
+    unit_scale: u32,
+    guard: Guard,
+) -> Result<Account, LedgerError> {
+    sqlx::query(
+        "INSERT INTO ledger_units (unit, scale) VALUES ($1, $2) ON CONFLICT (unit) DO NOTHING",
+    )
+    .bind(unit.as_str())
+    .bind(i64::from(unit_scale))
+    .execute(&mut *connection)
+    .await?;
+    let scale: i64 = sqlx::query_scalar("SELECT scale FROM ledger_units WHERE unit = $1")
+        .bind(unit.as_str())
+        .fetch_one(&mut *connection)
+        .await?;
+    if scale != i64::from(unit_scale) {
+        return Err(LedgerError::ScaleMismatch {
+            unit: unit.to_string(),
+            scale: scale as u32,
+            requested: unit_scale,
+        });
+    }
+    sqlx::query(
+        "INSERT INTO ledger_accounts (account_id, owner, purpose, unit, guard, overdraft_limit_minor, created_at_micros) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (owner, purpose, unit) DO NOTHING",
+    )
+    .bind(AccountId::generate().to_string())
+    .bind(owner.to_string())
+    .bind(purpose.as_str())
+    .bind(unit.as_str())
+    .bind(guard.kind())
+    .bind(guard.overdraft_limit_minor())
+    .bind(to_unix_micros(tandem_domain::now()))
+    .execute(&mut *connection)
+    .await?;
+    let query = format!("{ACCOUNT_SELECT} WHERE a.owner = $1 AND a.purpose = $2 AND a.unit = $3");
+    let row: AccountRow = sqlx::query_as(sqlx::AssertSqlSafe(query))
+        .bind(owner.to_string())
+        .bind(purpose.as_str())
+        .bind(unit.as_str())
+        .fetch_one(&mut *connection)
+        .await?;
+    let account = row.into_account()?;
+    if account.guard != guard {
+        return Err(LedgerError::AccountGuardDiffers(account.id));
+    }
+    Ok(account)
+}
+
+pub(crate) async fn account(
+    connection: &mut AnyConnection,
+    id: AccountId,
+) -> Result<Option<Account>, sqlx::Error> {
+    let query = format!("{ACCOUNT_SELECT} WHERE a.account_id = $1");
+    let row: Option<AccountRow> = sqlx::query_as(sqlx::AssertSqlSafe(query))
+        .bind(id.to_string())
+        .fetch_optional(connection)
+        .await?;
+    row.map(AccountRow::into_account).transpose()
+}
+
+fn placeholders(count: usize, first: usize) -> String {
+    (first..first + count)
+        .map(|index| format!("${index}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The accounts with these ids; missing ones are simply absent.
+pub(crate) async fn accounts(
+    connection: &mut AnyConnection,
+    ids: &BTreeSet<AccountId>,
+) -> Result<HashMap<AccountId, Account>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let query = format!(
+        "{ACCOUNT_SELECT} WHERE a.account_id IN ({})",
+        placeholders(ids.len(), 1)
+    );
+    let mut statement = sqlx::query_as(sqlx::AssertSqlSafe(query));
+    for id in ids {
+        statement = statement.bind(id.to_string());
+    }
+    let rows: Vec<AccountRow> = statement.fetch_all(connection).await?;
+    rows.into_iter()
+        .map(|row| row.into_account().map(|account| (account.id, account)))
+        .collect()
+}
+
+/// Locks the guarded accounts of a batch, in id order, so that two batches touching the same
+/// accounts wait for each other instead of deadlocking. SQLite's write lock already serializes
+/// batches, so there is nothing to do there.
+pub(crate) async fn lock_guarded(
+    connection: &mut AnyConnection,
+    backend: Backend,
+    guarded: &BTreeSet<AccountId>,
+) -> Result<(), sqlx::Error> {
+    if backend != Backend::Postgres || guarded.is_empty() {
+        return Ok(());
+    }
+    let query = format!(
+        "SELECT account_id FROM ledger_accounts WHERE account_id IN ({}) ORDER BY account_id FOR UPDATE",
+        placeholders(guarded.len(), 1)
+    );
+    let mut statement = sqlx::query(sqlx::AssertSqlSafe(query));
+    for id in guarded {
+        statement = statement.bind(id.to_string());
+    }
+    statement.fetch_all(connection).await?;
+    Ok(())
+}
+
+/// The accounts a request touches: its legs, or the legs of the transaction it resolves or
+/// reverses.
+pub(crate) async fn accounts_touched(
+    connection: &mut AnyConnection,
+    request: &WriteRequest,
+) -> Result<Vec<AccountId>, sqlx::Error> {
+    let related = match request {
+        WriteRequest::Post(transaction) => {
+            return Ok(transaction.legs.iter().map(|leg| leg.account).collect());
+        }
+        WriteRequest::Resolve { pending, .. } => pending,
+        WriteRequest::Reverse { original, .. } => original,
+    };
+    let ids: Vec<String> =
+        sqlx::query_scalar("SELECT account_id FROM ledger_entries WHERE transaction_id = $1")
+            .bind(related.to_string())
+            .fetch_all(connection)
+            .await?;
+    Ok(ids.iter().filter_map(|id| id.parse().ok()).collect())
+}
+
+/// An account's totals for entries committed at or before `at`; pending entries count while
+/// their transaction is open at `at`.
+pub(crate) async fn totals(
+    connection: &mut AnyConnection,
+    account: AccountId,
+    at: Timestamp,
+) -> Result<Totals, sqlx::Error> {
+    let at = to_unix_micros(at);
+    let posted = sqlx::query(
+        "SELECT CAST(COALESCE(SUM(debit_minor), 0) AS BIGINT) AS debits, CAST(COALESCE(SUM(credit_minor), 0) AS BIGINT) AS credits \
+         FROM ledger_entries WHERE account_id = $1 AND phase = 'POSTED' AND committed_at_micros <= $2",
+    )
+    .bind(account.to_string())
+    .bind(at)
+    .fetch_one(&mut *connection)
+    .await?;
+    let pending = sqlx::query(
+        "SELECT CAST(COALESCE(SUM(e.debit_minor), 0) AS BIGINT) AS debits, CAST(COALESCE(SUM(e.credit_minor), 0) AS BIGINT) AS credits \
+         FROM ledger_entries e JOIN ledger_transactions p ON p.transaction_id = e.transaction_id \
+         WHERE e.account_id = $1 AND e.phase = 'PENDING' AND e.committed_at_micros <= $2 AND p.expires_at_micros > $2 \
+           AND NOT EXISTS (SELECT 1 FROM ledger_transactions r WHERE r.resolves_pending_id = p.transaction_id AND r.committed_at_micros <= $2)",
+    )
+    .bind(account.to_string())
+    .bind(at)
+    .fetch_one(&mut *connection)
+    .await?;
+    Ok(Totals {
+        posted_debits: posted.try_get("debits")?,
+        posted_credits: posted.try_get("credits")?,
+        pending_debits: pending.try_get("debits")?,
+        pending_credits: pending.try_get("credits")?,
+    })
+}
+
+async fn transaction_row_by(
+    connection: &mut AnyConnection,
+    column: &str,
+    value: &str,
+) -> Result<Option<TransactionRow>, sqlx::Error> {
+    // `column` is one of this module's own column names, never input.
+    let query =
+        format!("SELECT {TRANSACTION_COLUMNS} FROM ledger_transactions WHERE {column} = $1");
+    sqlx::query_as(sqlx::AssertSqlSafe(query))
+        .bind(value)
+        .fetch_optional(connection)
+        .await
+}
+
+/// A stored transaction with its legs and, for a pending one, its status at `now`.
+pub(crate) async fn load_transaction(
+    connection: &mut AnyConnection,
+    id: TransactionId,
+    now: Timestamp,
+) -> Result<Option<Transaction>, sqlx::Error> {
+    match transaction_row_by(connection, "transaction_id", &id.to_string()).await? {
+        Some(row) => Ok(Some(complete(connection, row, now).await?)),
+        None => Ok(None),
+    }
+}
+
+async fn legs_of(connection: &mut AnyConnection, id: &str) -> Result<Vec<Leg>, sqlx::Error> {
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as("SELECT account_id, debit_minor, credit_minor FROM ledger_entries WHERE transaction_id = $1 ORDER BY leg")
+        .bind(id)
+        .fetch_all(connection)
+        .await?;
+    rows.into_iter()
+        .map(|(account, debit, credit)| {
+            let account = account
+                .parse()
+                .map_err(|_| corrupt(format!("entry of {id}: account")))?;
+            Ok(if debit > 0 {
+                Leg {
+                    account,
+                    direction: Direction::Debit,
+                    amount_minor: debit,
+                }
+            } else {
+                Leg {
+                    account,
+                    direction: Direction::Credit,
+                    amount_minor: credit,
+                }
+            })
+        })
+        .collect()
+}
+
+async fn pending_status(
+    connection: &mut AnyConnection,
+    row: &TransactionRow,
+    now: Timestamp,
+) -> Result<PendingStatus, sqlx::Error> {
+    let resolution: Option<String> =
+        sqlx::query_scalar("SELECT kind FROM ledger_transactions WHERE resolves_pending_id = $1")
+            .bind(&row.transaction_id)
+            .fetch_optional(connection)
+            .await?;
+    Ok(match resolution.as_deref() {
+        Some("POST_PENDING") => PendingStatus::Posted,
+        Some(_) => PendingStatus::Voided,
+        None if row
+            .expires_at_micros
+            .is_some_and(|expires| expires <= to_unix_micros(now)) =>
+        {
+            PendingStatus::Expired
+        }
+        None => PendingStatus::Open,
+    })
+}
+
+async fn complete(
+    connection: &mut AnyConnection,
+    row: TransactionRow,
+    now: Timestamp,
+) -> Result<Transaction, sqlx::Error> {
+    let bad = |field: &str| {
+        corrupt(format!(
+            "ledger transaction {}: {field}",
+            row.transaction_id
+        ))
+    };
+    let kind = TransactionKind::parse(&row.kind).ok_or_else(|| bad("kind"))?;
+    // A void records no entries of its own; it shows the legs it voided.
+    let legs_source = match (kind, &row.related_transaction_id) {
+        (TransactionKind::VoidPending, Some(pending)) => pending.clone(),
+        _ => row.transaction_id.clone(),
+    };
+    let legs = legs_of(connection, &legs_source).await?;
+    let pending_status = if kind == TransactionKind::Pending {
+        Some(pending_status(connection, &row, now).await?)
+    } else {
+        None
+    };
+    Ok(Transaction {
+        id: row.transaction_id.parse().map_err(|_| bad("id"))?,
+        idempotency_key: row.idempotency_key,
+        kind,
+        legs,
+        type_code: row.type_code,
+        external_reference: row.external_reference,
+        effective_at: from_unix_micros(row.effective_at_micros),
+        committed_at: from_unix_micros(row.committed_at_micros),
+        metadata: serde_json::from_str(&row.metadata).map_err(|_| bad("metadata"))?,
+        related: row
+            .related_transaction_id
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|_| bad("related"))?,
+        expires_at: row.expires_at_micros.map(from_unix_micros),
+        pending_status,
+    })
+}
+
+/// The transaction a key already names: a replay if the content matches, a conflict if not.
+async fn replay(
+    connection: &mut AnyConnection,
+    key: &str,
+    request: &WriteRequest,
+    now: Timestamp,
+) -> Result<Option<Posted>, Step> {
+    let Some(row) = transaction_row_by(connection, "idempotency_key", key).await? else {
+        return Ok(None);
+    };
+    let stored: WriteRequest = serde_json::from_str(&row.content).map_err(|_| {
+        corrupt(format!(
+            "ledger transaction {}: content",
+            row.transaction_id
+        ))
+    })?;
+    let differences = WriteRequest::differences(&stored, request);
+    if !differences.is_empty() {
+        return Err(LedgerError::IdempotencyConflict {
+            key: key.to_owned(),
+            differences,
+        }
+        .into());
+    }
+    Ok(Some(Posted {
+        transaction: complete(connection, row, now).await?,
+        replayed: true,
+    }))
+}
+
+/// Everything about a new transaction row except its legs.
+struct Header<'a> {
+    key: &'a str,
+    content: String,
+    kind: TransactionKind,
+    type_code: &'a str,
+    external_reference: &'a str,
+    effective_at_micros: i64,
+    metadata: &'a BTreeMap<String, String>,
+    related: Option<TransactionId>,
+    expires_at_micros: Option<i64>,
+}
+
+/// Applies one request inside the batch transaction. The caller wraps it in a savepoint.
+pub(crate) async fn apply(
+    connection: &mut AnyConnection,
+    accounts: &HashMap<AccountId, Account>,
+    key: &str,
+    request: &WriteRequest,
+    now: Timestamp,
+) -> Result<Posted, Step> {
+    if let Some(posted) = replay(connection, key, request, now).await? {
+        return Ok(posted);
+    }
+    match request {
+        WriteRequest::Post(transaction) => {
+            post(connection, accounts, key, request, transaction, now).await
+        }
+        WriteRequest::Resolve {
+            pending,
+            resolution,
+        } => resolve(connection, key, request, *pending, *resolution, now).await,
+        WriteRequest::Reverse { original, reason } => {
+            reverse(connection, accounts, key, request, *original, reason, now).await
+        }
+    }
+}
+
+async fn post(
+    connection: &mut AnyConnection,
+    accounts: &HashMap<AccountId, Account>,
+    key: &str,
+    request: &WriteRequest,
+    transaction: &NewTransaction,
+    now: Timestamp,
+) -> Result<Posted, Step> {
+    let mut resolved = Vec::with_capacity(transaction.legs.len());
+    for leg in &transaction.legs {
+        let account = accounts
+            .get(&leg.account)
+            .ok_or(LedgerError::AccountNotFound(leg.account))?;
+        resolved.push((leg, &account.unit));
+    }
+    check_balanced(resolved).map_err(LedgerError::Unbalanced)?;
+    let pending = matches!(transaction.kind, NewKind::Pending { .. });
+    check_guards(connection, accounts, &transaction.legs, pending, now).await?;
+    let (kind, expires_at_micros) = match transaction.kind {
+        NewKind::Posted => (TransactionKind::Posted, None),
+        NewKind::Pending { timeout_seconds } => (
+            TransactionKind::Pending,
+            Some(to_unix_micros(now) + timeout_seconds * 1_000_000),
+        ),
+    };
+    let header = Header {
+        key,
+        content: request.content(),
+        kind,
+        type_code: &transaction.type_code,
+        external_reference: &transaction.external_reference,
+        effective_at_micros: transaction
+            .effective_at_micros
+            .unwrap_or_else(|| to_unix_micros(now)),
+        metadata: &transaction.metadata,
+        related: None,
+        expires_at_micros,
+    };
+    insert(connection, accounts, &header, &transaction.legs, now).await
+}
+
+/// Refuses the legs if, added to what is already on the accounts, they would break a guard.
+async fn check_guards(
+    connection: &mut AnyConnection,
+    accounts: &HashMap<AccountId, Account>,
+    legs: &[Leg],
+    pending: bool,
+    now: Timestamp,
+) -> Result<(), Step> {
+    for leg in legs {
+        let account = &accounts[&leg.account];
+        if account.guard == Guard::None {
+            continue;
+        }
+        let mut totals = totals(connection, account.id, now).await?;
+        let amount = leg.amount_minor;
+        let slot = match (leg.direction, pending) {
+            (Direction::Debit, false) => &mut totals.posted_debits,
+            (Direction::Credit, false) => &mut totals.posted_credits,
+            (Direction::Debit, true) => &mut totals.pending_debits,
+            (Direction::Credit, true) => &mut totals.pending_credits,
+        };
+        *slot = slot
+            .checked_add(amount)
+            .ok_or(LedgerError::GuardRefused(account.id))?;
+        if !account.guard.allows(&totals) {
+            return Err(LedgerError::GuardRefused(account.id).into());
+        }
+    }
+    Ok(())
+}
+
+async fn resolve(
+    connection: &mut AnyConnection,
+    key: &str,
+    request: &WriteRequest,
+    pending_id: TransactionId,
+    resolution: Resolution,
+    now: Timestamp,
+) -> Result<Posted, Step> {
+    let pending = load_transaction(connection, pending_id, now)
+        .await?
+        .ok_or(LedgerError::TransactionNotFound(pending_id))?;
+    match pending.pending_status {
+        None => return Err(LedgerError::NotPending(pending_id).into()),
+        Some(PendingStatus::Open) => {}
+        Some(PendingStatus::Expired) => return Err(LedgerError::PendingExpired(pending_id).into()),
+        Some(status) => return Err(LedgerError::AlreadyResolved(pending_id, status).into()),
+    }
+    // Posting moves the legs from pending to posted and voiding drops them, so neither can
+    // break a guard that the pending transaction satisfied.
+    let (kind, legs) = match resolution {
+        Resolution::Post => (TransactionKind::PostPending, pending.legs.clone()),
+        Resolution::Void => (TransactionKind::VoidPending, Vec::new()),
+    };
+    let header = Header {
+        key,
+        content: request.content(),
+        kind,
+        type_code: &pending.type_code,
+        external_reference: &pending.external_reference,
+        effective_at_micros: to_unix_micros(now),
+        metadata: &pending.metadata,
+        related: Some(pending_id),
+        expires_at_micros: None,
+    };
+    insert(connection, &HashMap::new(), &header, &legs, now).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn reverse(
+    connection: &mut AnyConnection,
+    accounts: &HashMap<AccountId, Account>,
+    key: &str,
+    request: &WriteRequest,
+    original_id: TransactionId,
+    reason: &str,
+    now: Timestamp,
+) -> Result<Posted, Step> {
+    let original = load_transaction(connection, original_id, now)
+        .await?
+        .ok_or(LedgerError::TransactionNotFound(original_id))?;
+    if !matches!(
+        original.kind,
+        TransactionKind::Posted | TransactionKind::PostPending
+    ) {
+        return Err(LedgerError::NotReversible {
+            id: original_id,
+            kind: original.kind,
+        }
+        .into());
+    }
+    let mirrored: Vec<Leg> = original
+        .legs
+        .iter()
+        .map(|leg| Leg {
+            account: leg.account,
+            direction: match leg.direction {
+                Direction::Debit => Direction::Credit,
+                Direction::Credit => Direction::Debit,
+            },
+            amount_minor: leg.amount_minor,
+        })
+        .collect();
+    check_guards(connection, accounts, &mirrored, false, now).await?;
+    let mut metadata = original.metadata.clone();
+    metadata.insert("reason".to_owned(), reason.to_owned());
+    let header = Header {
+        key,
+        content: request.content(),
+        kind: TransactionKind::Reversal,
+        type_code: &original.type_code,
+        external_reference: &original.external_reference,
+        effective_at_micros: to_unix_micros(now),
+        metadata: &metadata,
+        related: Some(original_id),
+        expires_at_micros: None,
+    };
+    insert(connection, accounts, &header, &mirrored, now).await
+}
+
+async fn insert(
+    connection: &mut AnyConnection,
+    accounts: &HashMap<AccountId, Account>,
+    header: &Header<'_>,
+    legs: &[Leg],
+    now: Timestamp,
+) -> Result<Posted, Step> {
+    let id = TransactionId::generate();
+    let committed_at_micros = to_unix_micros(now);
+    let (resolves, reverses) = match header.kind {
+        TransactionKind::PostPending | TransactionKind::VoidPending => (header.related, None),
+        TransactionKind::Reversal => (None, header.related),
+        _ => (None, None),
+    };
+    let inserted = sqlx::query(
+        "INSERT INTO ledger_transactions (transaction_id, idempotency_key, content, kind, type_code, external_reference, effective_at_micros, \
+         committed_at_micros, metadata, related_transaction_id, resolves_pending_id, reverses_id, expires_at_micros) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(id.to_string())
+    .bind(header.key)
+    .bind(&header.content)
+    .bind(header.kind.as_str())
+    .bind(header.type_code)
+    .bind(header.external_reference)
+    .bind(header.effective_at_micros)
+    .bind(committed_at_micros)
+    .bind(serde_json::to_string(header.metadata).expect("string metadata serializes"))
+    .bind(header.related.map(|id| id.to_string()))
+    .bind(resolves.map(|id| id.to_string()))
+    .bind(reverses.map(|id| id.to_string()))
+    .bind(header.expires_at_micros)
+    .execute(&mut *connection)
+    .await;
+    if let Err(error) = inserted {
+        let related = header.related.unwrap_or(id);
+        return Err(
+            if violates_unique(
+                &error,
+                "ledger_transactions_resolves_key",
+                "ledger_transactions.resolves_pending_id",
+            ) {
+                LedgerError::AlreadyResolved(related, PendingStatus::Posted).into()
+            } else if violates_unique(
+                &error,
+                "ledger_transactions_reverses_key",
+                "ledger_transactions.reverses_id",
+            ) {
+                LedgerError::AlreadyReversed(related).into()
+            } else {
+                Step::Database(error)
+            },
+        );
+    }
+    let phase = if header.kind == TransactionKind::Pending {
+        "PENDING"
+    } else {
+        "POSTED"
+    };
+    for (index, leg) in legs.iter().enumerate() {
+        let unit = match accounts.get(&leg.account) {
+            Some(account) => account.unit.to_string(),
+            None => {
+                sqlx::query_scalar("SELECT unit FROM ledger_accounts WHERE account_id = $1")
+                    .bind(leg.account.to_string())
+                    .fetch_one(&mut *connection)
+                    .await?
+            }
+        };
+        let (debit, credit) = match leg.direction {
+            Direction::Debit => (leg.amount_minor, 0),
+            Direction::Credit => (0, leg.amount_minor),
+        };
+        sqlx::query(
+            "INSERT INTO ledger_entries (transaction_id, leg, account_id, unit, debit_minor, credit_minor, phase, committed_at_micros) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(id.to_string())
+        .bind(index as i64)
+        .bind(leg.account.to_string())
+        .bind(unit)
+        .bind(debit)
+        .bind(credit)
+        .bind(phase)
+        .bind(committed_at_micros)
+        .execute(&mut *connection)
+        .await?;
+    }
+    let transaction = load_transaction(connection, id, now)
+        .await?
+        .ok_or_else(|| corrupt(format!("transaction {id} vanished")))?;
+    Ok(Posted {
+        transaction,
+        replayed: false,
+    })
+}
+
+/// Whether `error` is another writer's insert of the same idempotency key.
+pub(crate) fn is_duplicate_key(error: &sqlx::Error) -> bool {
+    violates_unique(
+        error,
+        "ledger_transactions_idempotency_key",
+        "ledger_transactions.idempotency_key",
+    )
+}
+
+/// One entry as it landed on an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub transaction_id: TransactionId,
+    pub leg: i64,
+    pub kind: TransactionKind,
+    pub direction: Direction,
+    pub amount_minor: i64,
+    pub effective_at: Timestamp,
+    pub committed_at: Timestamp,
+}
+
+/// Where a page of entries ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryCursor {
+    pub committed_at_micros: i64,
+    pub transaction_id: String,
+    pub leg: i64,
+}
+
+pub(crate) async fn entries(
+    connection: &mut AnyConnection,
+    account: AccountId,
+    after: Option<&EntryCursor>,
+    limit: usize,
+) -> Result<Vec<Entry>, sqlx::Error> {
+    let (micros, transaction, leg) = after.map_or((None, String::new(), 0), |cursor| {
+        (
+            Some(cursor.committed_at_micros),
+            cursor.transaction_id.clone(),
+            cursor.leg,
+        )
+    });
+    let rows: Vec<(String, i64, String, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT e.transaction_id, e.leg, t.kind, e.debit_minor, e.credit_minor, t.effective_at_micros, e.committed_at_micros \
+         FROM ledger_entries e JOIN ledger_transactions t ON t.transaction_id = e.transaction_id \
+         WHERE e.account_id = $1 AND ($2 IS NULL OR e.committed_at_micros > $2 \
+               OR (e.committed_at_micros = $2 AND (e.transaction_id > $3 OR (e.transaction_id = $3 AND e.leg > $4)))) \
+         ORDER BY e.committed_at_micros, e.transaction_id, e.leg LIMIT $5",
+    )
+    .bind(account.to_string())
+    .bind(micros)
+    .bind(transaction)
+    .bind(leg)
+    .bind(limit as i64)
+    .fetch_all(connection)
+    .await?;
+    rows.into_iter()
+        .map(
+            |(transaction_id, leg, kind, debit, credit, effective, committed)| {
+                Ok(Entry {
+                    transaction_id: transaction_id
+                        .parse()
+                        .map_err(|_| corrupt(format!("entry {transaction_id}: id")))?,
+                    leg,
+                    kind: TransactionKind::parse(&kind)
+                        .ok_or_else(|| corrupt(format!("entry {transaction_id}: kind")))?,
+                    direction: if debit > 0 {
+                        Direction::Debit
+                    } else {
+                        Direction::Credit
+                    },
+                    amount_minor: debit.max(credit),
+                    effective_at: from_unix_micros(effective),
+                    committed_at: from_unix_micros(committed),
+                })
+            },
+        )
+        .collect()
+}
+
+pub(crate) async fn transactions_by_reference(
+    connection: &mut AnyConnection,
+    reference: &str,
+    now: Timestamp,
+) -> Result<Vec<Transaction>, sqlx::Error> {
+    let query = format!(
+        "SELECT {TRANSACTION_COLUMNS} FROM ledger_transactions WHERE external_reference = $1 ORDER BY committed_at_micros, transaction_id LIMIT 1000"
+    );
+    let rows: Vec<TransactionRow> = sqlx::query_as(sqlx::AssertSqlSafe(query))
+        .bind(reference)
+        .fetch_all(&mut *connection)
+        .await?;
+    let mut transactions = Vec::with_capacity(rows.len());
+    for row in rows {
+        transactions.push(complete(connection, row, now).await?);
+    }
+    Ok(transactions)
+}
+
+/// Posted debits and credits per unit, across every account.
+pub(crate) async fn trial_balance(
+    connection: &mut AnyConnection,
+) -> Result<Vec<(Unit, i64, i64)>, sqlx::Error> {
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT unit, CAST(COALESCE(SUM(debit_minor), 0) AS BIGINT), CAST(COALESCE(SUM(credit_minor), 0) AS BIGINT) \
+         FROM ledger_entries WHERE phase = 'POSTED' GROUP BY unit ORDER BY unit",
+    )
+    .fetch_all(connection)
+    .await?;
+    rows.into_iter()
+        .map(|(unit, debits, credits)| {
+            Ok((
+                Unit::parse(&unit).map_err(|_| corrupt(format!("unit {unit}")))?,
+                debits,
+                credits,
+            ))
+        })
+        .collect()
+}
