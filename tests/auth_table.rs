@@ -52,6 +52,89 @@ struct World {
     hotel_credentials: pb::ClientCredentials,
     airline: pb::Partner,
     agreement_id: String,
+    ledger: LedgerFixture,
+}
+
+/// Two ledger accounts, a posted transaction between them, and a pending one.
+struct LedgerFixture {
+    from: String,
+    to: String,
+    posted: String,
+    pending: String,
+}
+
+impl LedgerFixture {
+    async fn new(server: &TestServer) -> Self {
+        let service = server.staff_token(Role::Service).await;
+        let mut ledger = server.ledger();
+        let mut open = async |owner: &str| {
+            let request = pb::OpenAccountRequest {
+                owner: owner.to_owned(),
+                purpose: pb::AccountPurpose::Settlement.into(),
+                unit: "USD".to_owned(),
+                unit_scale: 2,
+                ..Default::default()
+            };
+            ledger
+                .open_account(authed(&service, request))
+                .await
+                .unwrap()
+                .into_inner()
+                .account
+                .unwrap()
+                .account_id
+        };
+        let (from, to) = (
+            open("exchange").await,
+            open("01a20560-0000-7000-8000-000000000001").await,
+        );
+        let post = |key: &str, kind: pb::TransactionKind| pb::PostTransactionRequest {
+            idempotency_key: key.to_owned(),
+            legs: vec![
+                pb::Leg {
+                    account_id: from.clone(),
+                    direction: pb::Direction::Debit.into(),
+                    amount_minor: 100,
+                },
+                pb::Leg {
+                    account_id: to.clone(),
+                    direction: pb::Direction::Credit.into(),
+                    amount_minor: 100,
+                },
+            ],
+            kind: kind.into(),
+            pending_timeout_seconds: 3600,
+            ..Default::default()
+        };
+        let posted = ledger
+            .post_transaction(authed(
+                &service,
+                post("fixture-posted", pb::TransactionKind::Posted),
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .transaction
+            .unwrap()
+            .transaction_id;
+        let pending = ledger
+            .post_transaction(authed(
+                &service,
+                post("fixture-pending", pb::TransactionKind::Pending),
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .transaction
+            .unwrap()
+            .transaction_id;
+        Self {
+            from,
+            to,
+            posted,
+            pending,
+        }
+    }
 }
 
 impl World {
@@ -157,6 +240,7 @@ impl World {
                 Some(server.partner_token(&airline_credentials).await),
             ),
         ];
+        let ledger = LedgerFixture::new(&server).await;
         Self {
             server,
             tokens,
@@ -164,11 +248,12 @@ impl World {
             hotel_credentials,
             airline,
             agreement_id: agreement.agreement_id,
+            ledger,
         }
     }
 }
 
-fn request<T>(token: &Option<String>, message: T) -> tonic::Request<T> {
+fn request_with<T>(token: &Option<String>, message: T) -> tonic::Request<T> {
     match token {
         Some(token) => authed(token, message),
         None => tonic::Request::new(message),
@@ -200,6 +285,8 @@ const ANYONE: &[TokenKind] = &[
 ];
 const STAFF_READERS: &[TokenKind] = &[Admin, Ops, Service];
 const READERS_AND_SELF: &[TokenKind] = &[Admin, Ops, Service, ThePartner];
+const LEDGER_WRITERS: &[TokenKind] = &[Service];
+const LEDGER_READERS: &[TokenKind] = &[Ops, Service];
 
 fn rows() -> Vec<Row> {
     vec![
@@ -212,7 +299,7 @@ fn rows() -> Vec<Row> {
                     world
                         .server
                         .auth()
-                        .issue_token(request(
+                        .issue_token(request_with(
                             token,
                             pb::IssueTokenRequest {
                                 client_id: credentials.client_id.clone(),
@@ -232,7 +319,7 @@ fn rows() -> Vec<Row> {
                     world
                         .server
                         .auth()
-                        .list_signing_keys(request(token, pb::ListSigningKeysRequest {}))
+                        .list_signing_keys(request_with(token, pb::ListSigningKeysRequest {}))
                         .await
                         .map(drop)
                 })
@@ -248,7 +335,7 @@ fn rows() -> Vec<Row> {
                     world
                         .server
                         .registry()
-                        .create_partner(request(
+                        .create_partner(request_with(
                             token,
                             create_partner_request(&code, PartnerCategory::Retail, &program),
                         ))
@@ -265,7 +352,7 @@ fn rows() -> Vec<Row> {
                     world
                         .server
                         .registry()
-                        .get_partner(request(
+                        .get_partner(request_with(
                             token,
                             pb::GetPartnerRequest {
                                 partner_id: world.hotel.partner_id.clone(),
@@ -284,7 +371,7 @@ fn rows() -> Vec<Row> {
                     world
                         .server
                         .registry()
-                        .list_partners(request(token, pb::ListPartnersRequest::default()))
+                        .list_partners(request_with(token, pb::ListPartnersRequest::default()))
                         .await
                         .map(drop)
                 })
@@ -303,7 +390,7 @@ fn rows() -> Vec<Row> {
                     world
                         .server
                         .registry()
-                        .update_partner(request(token, update))
+                        .update_partner(request_with(token, update))
                         .await
                         .map(drop)
                 })
@@ -318,7 +405,7 @@ fn rows() -> Vec<Row> {
                     world
                         .server
                         .registry()
-                        .rotate_partner_credentials(request(
+                        .rotate_partner_credentials(request_with(
                             token,
                             pb::RotatePartnerCredentialsRequest {
                                 partner_id: world.hotel.partner_id.clone(),
@@ -343,7 +430,7 @@ fn rows() -> Vec<Row> {
                     world
                         .server
                         .registry()
-                        .propose_agreement(request(token, proposal))
+                        .propose_agreement(request_with(token, proposal))
                         .await
                         .map(drop)
                 })
@@ -357,7 +444,7 @@ fn rows() -> Vec<Row> {
                     world
                         .server
                         .registry()
-                        .get_agreement(request(
+                        .get_agreement(request_with(
                             token,
                             pb::GetAgreementRequest {
                                 agreement_id: world.agreement_id.clone(),
@@ -380,7 +467,7 @@ fn rows() -> Vec<Row> {
                     world
                         .server
                         .registry()
-                        .list_agreements(request(token, list))
+                        .list_agreements(request_with(token, list))
                         .await
                         .map(drop)
                 })
@@ -394,7 +481,7 @@ fn rows() -> Vec<Row> {
                     world
                         .server
                         .registry()
-                        .get_terms_in_force(request(
+                        .get_terms_in_force(request_with(
                             token,
                             pb::GetTermsInForceRequest {
                                 agreement_id: world.agreement_id.clone(),
@@ -414,7 +501,7 @@ fn rows() -> Vec<Row> {
                     world
                         .server
                         .registry()
-                        .accept_agreement(request(
+                        .accept_agreement(request_with(
                             token,
                             pb::AcceptAgreementRequest {
                                 agreement_id: world.agreement_id.clone(),
@@ -439,7 +526,7 @@ fn rows() -> Vec<Row> {
                     world
                         .server
                         .registry()
-                        .amend_agreement(request(token, amendment))
+                        .amend_agreement(request_with(token, amendment))
                         .await
                         .map(drop)
                 })
@@ -453,7 +540,7 @@ fn rows() -> Vec<Row> {
                     world
                         .server
                         .registry()
-                        .reject_agreement(request(
+                        .reject_agreement(request_with(
                             token,
                             pb::RejectAgreementRequest {
                                 agreement_id: world.agreement_id.clone(),
@@ -479,7 +566,7 @@ fn rows() -> Vec<Row> {
                     world
                         .server
                         .registry()
-                        .terminate_agreement(request(token, termination))
+                        .terminate_agreement(request_with(token, termination))
                         .await
                         .map(drop)
                 })
@@ -493,7 +580,7 @@ fn rows() -> Vec<Row> {
                     world
                         .server
                         .registry()
-                        .suspend_partner(request(
+                        .suspend_partner(request_with(
                             token,
                             pb::SuspendPartnerRequest {
                                 partner_id: world.hotel.partner_id.clone(),
@@ -513,13 +600,175 @@ fn rows() -> Vec<Row> {
                     world
                         .server
                         .registry()
-                        .reactivate_partner(request(
+                        .reactivate_partner(request_with(
                             token,
                             pb::ReactivatePartnerRequest {
                                 partner_id: world.hotel.partner_id.clone(),
                                 reason: "test".to_owned(),
                             },
                         ))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "LedgerService.OpenAccount",
+            allowed: LEDGER_WRITERS,
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let request = pb::OpenAccountRequest {
+                        owner: "exchange".to_owned(),
+                        purpose: pb::AccountPurpose::Fees.into(),
+                        unit: "USD".to_owned(),
+                        unit_scale: 2,
+                        ..Default::default()
+                    };
+                    world
+                        .server
+                        .ledger()
+                        .open_account(request_with(token, request))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "LedgerService.PostTransaction",
+            allowed: LEDGER_WRITERS,
+            call: |world, token, attempt| {
+                Box::pin(async move {
+                    let request = pb::PostTransactionRequest {
+                        idempotency_key: format!("table-{attempt}"),
+                        legs: vec![
+                            pb::Leg {
+                                account_id: world.ledger.from.clone(),
+                                direction: pb::Direction::Debit.into(),
+                                amount_minor: 1,
+                            },
+                            pb::Leg {
+                                account_id: world.ledger.to.clone(),
+                                direction: pb::Direction::Credit.into(),
+                                amount_minor: 1,
+                            },
+                        ],
+                        ..Default::default()
+                    };
+                    world
+                        .server
+                        .ledger()
+                        .post_transaction(request_with(token, request))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "LedgerService.ResolvePending",
+            allowed: LEDGER_WRITERS,
+            call: |world, token, attempt| {
+                Box::pin(async move {
+                    let request = pb::ResolvePendingRequest {
+                        idempotency_key: format!("table-{attempt}"),
+                        pending_transaction_id: world.ledger.pending.clone(),
+                        resolution: pb::PendingResolution::Post.into(),
+                    };
+                    world
+                        .server
+                        .ledger()
+                        .resolve_pending(request_with(token, request))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "LedgerService.ReverseTransaction",
+            allowed: LEDGER_WRITERS,
+            call: |world, token, attempt| {
+                Box::pin(async move {
+                    let request = pb::ReverseTransactionRequest {
+                        idempotency_key: format!("table-{attempt}"),
+                        transaction_id: world.ledger.posted.clone(),
+                        reason: "table".to_owned(),
+                    };
+                    world
+                        .server
+                        .ledger()
+                        .reverse_transaction(request_with(token, request))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "LedgerService.GetBalance",
+            allowed: LEDGER_READERS,
+            call: |world, token, _| {
+                Box::pin(async move {
+                    world
+                        .server
+                        .ledger()
+                        .get_balance(request_with(
+                            token,
+                            pb::GetBalanceRequest {
+                                account_id: world.ledger.from.clone(),
+                                as_of_time: None,
+                            },
+                        ))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "LedgerService.ListEntries",
+            allowed: LEDGER_READERS,
+            call: |world, token, _| {
+                Box::pin(async move {
+                    world
+                        .server
+                        .ledger()
+                        .list_entries(request_with(
+                            token,
+                            pb::ListEntriesRequest {
+                                account_id: world.ledger.to.clone(),
+                                ..Default::default()
+                            },
+                        ))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "LedgerService.ListTransactions",
+            allowed: LEDGER_READERS,
+            call: |world, token, _| {
+                Box::pin(async move {
+                    world
+                        .server
+                        .ledger()
+                        .list_transactions(request_with(
+                            token,
+                            pb::ListTransactionsRequest {
+                                external_reference: "none".to_owned(),
+                            },
+                        ))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "LedgerService.GetTrialBalance",
+            allowed: LEDGER_READERS,
+            call: |world, token, _| {
+                Box::pin(async move {
+                    world
+                        .server
+                        .ledger()
+                        .get_trial_balance(request_with(token, pb::GetTrialBalanceRequest {}))
                         .await
                         .map(drop)
                 })
@@ -534,7 +783,7 @@ fn rows() -> Vec<Row> {
                     world
                         .server
                         .registry()
-                        .offboard_partner(request(
+                        .offboard_partner(request_with(
                             token,
                             pb::OffboardPartnerRequest {
                                 partner_id: world.hotel.partner_id.clone(),

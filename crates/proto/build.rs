@@ -6,7 +6,11 @@ use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["tandem/v1/auth.proto", "tandem/v1/registry.proto"];
+    let files = [
+        "tandem/v1/auth.proto",
+        "tandem/v1/registry.proto",
+        "tandem/v1/ledger.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={}", proto_root.join(file).display());
     }

@@ -4,11 +4,13 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tandem_auth::{AuthGrpc, Authenticator, KeyStore, TokenSettings};
+use tandem_ledger::{Ledger, LedgerOptions};
 use tandem_proto::v1::{
-    auth_service_server::AuthServiceServer,
+    auth_service_server::AuthServiceServer, ledger_service_server::LedgerServiceServer,
     partner_registry_service_server::PartnerRegistryServiceServer,
 };
 use tandem_registry::{Registry, RegistryGrpc};
+use tandem_settlement::LedgerGrpc;
 use tandem_storage::Database;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +41,8 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     let auth_database = Database::open(location, "auth", &tandem_auth::MIGRATOR).await?;
     let registry_database =
         Database::open(location, "registry", &tandem_registry::MIGRATOR).await?;
+    let settlement_database =
+        Database::open(location, "settlement", &tandem_ledger::MIGRATOR).await?;
     let token_settings = TokenSettings {
         audience: settings.common.token_audience.clone(),
     };
@@ -55,7 +59,12 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         settings.partner_token_ttl,
     ));
     let registry_service =
-        PartnerRegistryServiceServer::new(RegistryGrpc::new(registry, authenticator));
+        PartnerRegistryServiceServer::new(RegistryGrpc::new(registry, authenticator.clone()));
+    let ledger = Ledger::new(
+        settlement_database.clone(),
+        LedgerOptions::for_backend(settlement_database.backend()),
+    );
+    let ledger_service = LedgerServiceServer::new(LedgerGrpc::new(ledger, authenticator));
     let mounted = vec![
         Mounted {
             name: <AuthServiceServer<AuthGrpc<Registry>> as NamedService>::NAME,
@@ -65,8 +74,13 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
             name: <PartnerRegistryServiceServer<RegistryGrpc> as NamedService>::NAME,
             database: registry_database.clone(),
         },
+        Mounted {
+            name: <LedgerServiceServer<LedgerGrpc> as NamedService>::NAME,
+            database: settlement_database.clone(),
+        },
     ];
 
+    let service_names: Vec<&'static str> = mounted.iter().map(|service| service.name).collect();
     let (health, health_service) = tonic_health::server::health_reporter();
     report_health(&health, &mounted).await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -98,16 +112,14 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         .add_service(reflection_v1alpha)
         .add_service(auth_service)
         .add_service(registry_service)
+        .add_service(ledger_service)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
             stopping.cancelled().await;
             // Load balancers stop sending new work while in-flight requests drain.
             draining_health
                 .set_service_status("", ServingStatus::NotServing)
                 .await;
-            for name in [
-                <AuthServiceServer<AuthGrpc<Registry>> as NamedService>::NAME,
-                <PartnerRegistryServiceServer<RegistryGrpc> as NamedService>::NAME,
-            ] {
+            for name in service_names {
                 draining_health
                     .set_service_status(name, ServingStatus::NotServing)
                     .await;
@@ -117,8 +129,9 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         .await
         .context("serving gRPC")?;
 
-    auth_database.close().await;
-    registry_database.close().await;
+    for database in [auth_database, registry_database, settlement_database] {
+        database.close().await;
+    }
     tracing::info!("tandem stopped");
     Ok(())
 }

@@ -1,0 +1,392 @@
+//! The ledger through the real server's LedgerService: a conversion-shaped transaction with a
+//! points leg, a money leg and a fee leg; idempotent replays and conflicting keys; holds that
+//! post or void once; reversals once; balances, entries and the trial balance.
+
+mod helpers;
+
+use helpers::{TestServer, authed, reason, violated_fields};
+use tandem_auth::Role;
+use tandem_proto::v1::{self as pb, ledger_service_client::LedgerServiceClient};
+use tonic::{Code, transport::Channel};
+
+struct Books {
+    client: LedgerServiceClient<Channel>,
+    token: String,
+}
+
+impl Books {
+    async fn open(
+        &mut self,
+        owner: &str,
+        purpose: pb::AccountPurpose,
+        unit: &str,
+        scale: u32,
+    ) -> String {
+        let request = pb::OpenAccountRequest {
+            owner: owner.to_owned(),
+            purpose: purpose.into(),
+            unit: unit.to_owned(),
+            unit_scale: scale,
+            ..Default::default()
+        };
+        self.client
+            .open_account(authed(&self.token, request))
+            .await
+            .unwrap()
+            .into_inner()
+            .account
+            .unwrap()
+            .account_id
+    }
+
+    async fn balance(&mut self, account: &str) -> (i64, i64, i64, i64) {
+        let balance = self
+            .client
+            .get_balance(authed(
+                &self.token,
+                pb::GetBalanceRequest {
+                    account_id: account.to_owned(),
+                    as_of_time: None,
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        (
+            balance.posted_debits_minor,
+            balance.posted_credits_minor,
+            balance.pending_debits_minor,
+            balance.pending_credits_minor,
+        )
+    }
+}
+
+fn leg(account: &str, direction: pb::Direction, amount_minor: i64) -> pb::Leg {
+    pb::Leg {
+        account_id: account.to_owned(),
+        direction: direction.into(),
+        amount_minor,
+    }
+}
+
+async fn a_conversion_posts_balanced_legs_once_and_reverses_once(server: TestServer) {
+    let token = server.staff_token(Role::Service).await;
+    let mut books = Books {
+        client: server.ledger(),
+        token: token.clone(),
+    };
+    let (hotel, ride) = (
+        "01a20560-0000-7000-8000-00000000000a",
+        "01a20560-0000-7000-8000-00000000000b",
+    );
+    let hotel_points = books
+        .open(hotel, pb::AccountPurpose::ProgramClearing, "SKYLINE_PTS", 0)
+        .await;
+    let exchange_hotel_points = books
+        .open(
+            "exchange",
+            pb::AccountPurpose::ProgramClearing,
+            "SKYLINE_PTS",
+            0,
+        )
+        .await;
+    let ride_miles = books
+        .open(ride, pb::AccountPurpose::ProgramClearing, "ZOOM_MILES", 0)
+        .await;
+    let exchange_ride_miles = books
+        .open(
+            "exchange",
+            pb::AccountPurpose::ProgramClearing,
+            "ZOOM_MILES",
+            0,
+        )
+        .await;
+    let hotel_money = books
+        .open(hotel, pb::AccountPurpose::Settlement, "USD", 2)
+        .await;
+    let ride_money = books
+        .open(ride, pb::AccountPurpose::Settlement, "USD", 2)
+        .await;
+    let fees = books
+        .open("exchange", pb::AccountPurpose::Fees, "USD", 2)
+        .await;
+
+    // 10,000 hotel points become 2,500 ride miles; the hotel owes $21.25 plus a $0.32 fee.
+    let conversion = pb::PostTransactionRequest {
+        idempotency_key: "conversion-1".to_owned(),
+        legs: vec![
+            leg(&hotel_points, pb::Direction::Debit, 10_000),
+            leg(&exchange_hotel_points, pb::Direction::Credit, 10_000),
+            leg(&exchange_ride_miles, pb::Direction::Debit, 2_500),
+            leg(&ride_miles, pb::Direction::Credit, 2_500),
+            leg(&hotel_money, pb::Direction::Debit, 2_157),
+            leg(&ride_money, pb::Direction::Credit, 2_125),
+            leg(&fees, pb::Direction::Credit, 32),
+        ],
+        type_code: "CONVERSION".to_owned(),
+        external_reference: "conversion-1".to_owned(),
+        ..Default::default()
+    };
+    let first = books
+        .client
+        .post_transaction(authed(&token, conversion.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.replayed);
+    let replay = books
+        .client
+        .post_transaction(authed(&token, conversion.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(replay.replayed);
+    assert_eq!(
+        replay.transaction.as_ref().unwrap().transaction_id,
+        first.transaction.as_ref().unwrap().transaction_id
+    );
+
+    let mut changed = conversion.clone();
+    changed.legs[5].amount_minor = 2_126;
+    changed.legs[6].amount_minor = 31;
+    let conflict = books
+        .client
+        .post_transaction(authed(&token, changed))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (conflict.code(), reason(&conflict).as_str()),
+        (Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED")
+    );
+    assert!(
+        conflict.message().contains("legs"),
+        "{}",
+        conflict.message()
+    );
+
+    let mut unbalanced = conversion.clone();
+    unbalanced.idempotency_key = "conversion-2".to_owned();
+    unbalanced.legs[6].amount_minor = 33;
+    let refused = books
+        .client
+        .post_transaction(authed(&token, unbalanced))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&refused), ["legs"]);
+    assert!(
+        refused.message().contains("USD is off by 1"),
+        "{}",
+        refused.message()
+    );
+
+    assert_eq!(books.balance(&hotel_money).await, (2_157, 0, 0, 0));
+    assert_eq!(books.balance(&ride_money).await, (0, 2_125, 0, 0));
+    assert_eq!(books.balance(&fees).await, (0, 32, 0, 0));
+
+    let original = first.transaction.unwrap().transaction_id;
+    let reverse = |key: &str| pb::ReverseTransactionRequest {
+        idempotency_key: key.to_owned(),
+        transaction_id: original.clone(),
+        reason: "customer refund".to_owned(),
+    };
+    let reversal = books
+        .client
+        .reverse_transaction(authed(&token, reverse("reverse-1")))
+        .await
+        .unwrap()
+        .into_inner()
+        .transaction
+        .unwrap();
+    assert_eq!(reversal.kind, pb::TransactionKind::Reversal as i32);
+    assert_eq!(reversal.related_transaction_id, original);
+    let twice = books
+        .client
+        .reverse_transaction(authed(&token, reverse("reverse-2")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (twice.code(), reason(&twice).as_str()),
+        (Code::FailedPrecondition, "ALREADY_REVERSED")
+    );
+    assert_eq!(books.balance(&hotel_money).await, (2_157, 2_157, 0, 0));
+
+    let by_reference = books
+        .client
+        .list_transactions(authed(
+            &token,
+            pb::ListTransactionsRequest {
+                external_reference: "conversion-1".to_owned(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(by_reference.transactions.len(), 2);
+    let trial = books
+        .client
+        .get_trial_balance(authed(&token, pb::GetTrialBalanceRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(trial.balanced);
+    assert_eq!(
+        trial
+            .units
+            .iter()
+            .map(|unit| unit.unit.as_str())
+            .collect::<Vec<_>>(),
+        ["SKYLINE_PTS", "USD", "ZOOM_MILES"]
+    );
+}
+
+async fn holds_post_or_void_once_and_guards_refuse_overdrafts(server: TestServer) {
+    let token = server.staff_token(Role::Service).await;
+    let mut books = Books {
+        client: server.ledger(),
+        token: token.clone(),
+    };
+    let bank = books
+        .open("exchange", pb::AccountPurpose::Bank, "USD", 2)
+        .await;
+    let guarded = {
+        let request = pb::OpenAccountRequest {
+            owner: "01a20560-0000-7000-8000-00000000000c".to_owned(),
+            purpose: pb::AccountPurpose::Settlement.into(),
+            unit: "USD".to_owned(),
+            unit_scale: 2,
+            guard: pb::BalanceGuard::DebitsNotExceedCredits.into(),
+            overdraft_limit_minor: 0,
+        };
+        books
+            .client
+            .open_account(authed(&token, request))
+            .await
+            .unwrap()
+            .into_inner()
+            .account
+            .unwrap()
+            .account_id
+    };
+    let transfer = |key: &str, from: &str, to: &str, amount: i64, kind: pb::TransactionKind| {
+        pb::PostTransactionRequest {
+            idempotency_key: key.to_owned(),
+            legs: vec![
+                leg(from, pb::Direction::Debit, amount),
+                leg(to, pb::Direction::Credit, amount),
+            ],
+            kind: kind.into(),
+            pending_timeout_seconds: 600,
+            ..Default::default()
+        }
+    };
+    books
+        .client
+        .post_transaction(authed(
+            &token,
+            transfer("fund", &bank, &guarded, 1_000, pb::TransactionKind::Posted),
+        ))
+        .await
+        .unwrap();
+    let hold = books
+        .client
+        .post_transaction(authed(
+            &token,
+            transfer("hold", &guarded, &bank, 800, pb::TransactionKind::Pending),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .transaction
+        .unwrap();
+    assert_eq!(hold.pending_status, pb::PendingStatus::Open as i32);
+    assert_eq!(books.balance(&guarded).await, (0, 1_000, 800, 0));
+
+    let overdraft = books
+        .client
+        .post_transaction(authed(
+            &token,
+            transfer(
+                "too-much",
+                &guarded,
+                &bank,
+                201,
+                pb::TransactionKind::Posted,
+            ),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (overdraft.code(), reason(&overdraft).as_str()),
+        (Code::FailedPrecondition, "INSUFFICIENT_BALANCE")
+    );
+
+    let resolve = |key: &str, resolution: pb::PendingResolution| pb::ResolvePendingRequest {
+        idempotency_key: key.to_owned(),
+        pending_transaction_id: hold.transaction_id.clone(),
+        resolution: resolution.into(),
+    };
+    books
+        .client
+        .resolve_pending(authed(
+            &token,
+            resolve("void-hold", pb::PendingResolution::Void),
+        ))
+        .await
+        .unwrap();
+    let again = books
+        .client
+        .resolve_pending(authed(
+            &token,
+            resolve("post-hold", pb::PendingResolution::Post),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (again.code(), reason(&again).as_str()),
+        (Code::FailedPrecondition, "PENDING_ALREADY_RESOLVED")
+    );
+    assert_eq!(
+        books.balance(&guarded).await,
+        (0, 1_000, 0, 0),
+        "a voided hold no longer counts"
+    );
+
+    let entries = books
+        .client
+        .list_entries(authed(
+            &token,
+            pb::ListEntriesRequest {
+                account_id: guarded.clone(),
+                page_size: 1,
+                page_token: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(entries.entries.len(), 1);
+    let rest = books
+        .client
+        .list_entries(authed(
+            &token,
+            pb::ListEntriesRequest {
+                account_id: guarded.clone(),
+                page_size: 10,
+                page_token: entries.next_page_token,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        rest.entries.len(),
+        1,
+        "the fund and the hold, one page each"
+    );
+    assert!(rest.next_page_token.is_empty());
+}
+
+on_every_backend!(
+    a_conversion_posts_balanced_legs_once_and_reverses_once,
+    holds_post_or_void_once_and_guards_refuse_overdrafts
+);
