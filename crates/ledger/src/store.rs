@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, FromRow, Row};
 use tandem_domain::{Timestamp, from_unix_micros, to_unix_micros};
-use tandem_storage::{Backend, violates_unique};
+use tandem_storage::Backend;
 
 use crate::{
     LedgerError,
@@ -80,6 +80,8 @@ impl WriteRequest {
 
 /// The outcome of one request inside a batch.
 pub(crate) enum Step {
+    /// The key had been used with the same content: the original transaction.
+    Replayed(Posted),
     /// Refused for a reason of its own; the batch goes on without it.
     Refused(LedgerError),
     /// The database failed; the whole batch is rolled back.
@@ -487,7 +489,9 @@ struct Header<'a> {
     expires_at_micros: Option<i64>,
 }
 
-/// Applies one request inside the batch transaction. The caller wraps it in a savepoint.
+/// Applies one request inside the batch transaction. Every refusal happens before anything is
+/// written, and writes never raise a constraint error (conflicts are `ON CONFLICT DO NOTHING`),
+/// so a refused or duplicate request leaves the batch transaction clean without savepoints.
 pub(crate) async fn apply(
     connection: &mut AnyConnection,
     accounts: &HashMap<AccountId, Account>,
@@ -495,7 +499,18 @@ pub(crate) async fn apply(
     request: &WriteRequest,
     now: Timestamp,
 ) -> Result<Posted, Step> {
-    if let Some(posted) = replay(connection, key, request, now).await? {
+    // A retry must be recognised before checks that its own first success would now fail (a
+    // guard the original used up, a pending it already resolved). A plain transfer needs no
+    // look-up first: its insert finds the key taken and the replay is answered then.
+    let checks_depend_on_history = match request {
+        WriteRequest::Post(transaction) => transaction.legs.iter().any(|leg| {
+            accounts
+                .get(&leg.account)
+                .is_some_and(|account| account.guard != Guard::None)
+        }),
+        WriteRequest::Resolve { .. } | WriteRequest::Reverse { .. } => true,
+    };
+    if checks_depend_on_history && let Some(posted) = replay(connection, key, request, now).await? {
         return Ok(posted);
     }
     match request {
@@ -690,7 +705,7 @@ async fn insert(
     let inserted = sqlx::query(
         "INSERT INTO ledger_transactions (transaction_id, idempotency_key, content, kind, type_code, external_reference, effective_at_micros, \
          committed_at_micros, metadata, related_transaction_id, resolves_pending_id, reverses_id, expires_at_micros) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT DO NOTHING",
     )
     .bind(id.to_string())
     .bind(header.key)
@@ -706,32 +721,91 @@ async fn insert(
     .bind(reverses.map(|id| id.to_string()))
     .bind(header.expires_at_micros)
     .execute(&mut *connection)
-    .await;
-    if let Err(error) = inserted {
-        let related = header.related.unwrap_or(id);
-        return Err(
-            if violates_unique(
-                &error,
-                "ledger_transactions_resolves_key",
-                "ledger_transactions.resolves_pending_id",
-            ) {
-                LedgerError::AlreadyResolved(related, PendingStatus::Posted).into()
-            } else if violates_unique(
-                &error,
-                "ledger_transactions_reverses_key",
-                "ledger_transactions.reverses_id",
-            ) {
-                LedgerError::AlreadyReversed(related).into()
-            } else {
-                Step::Database(error)
-            },
-        );
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Err(taken(connection, header, now).await);
     }
-    let phase = if header.kind == TransactionKind::Pending {
+    insert_entries(
+        connection,
+        accounts,
+        id,
+        header.kind,
+        legs,
+        committed_at_micros,
+    )
+    .await?;
+    let pending_status = (header.kind == TransactionKind::Pending).then_some(PendingStatus::Open);
+    let transaction = Transaction {
+        id,
+        idempotency_key: header.key.to_owned(),
+        kind: header.kind,
+        legs: legs.to_vec(),
+        type_code: header.type_code.to_owned(),
+        external_reference: header.external_reference.to_owned(),
+        effective_at: from_unix_micros(header.effective_at_micros),
+        committed_at: from_unix_micros(committed_at_micros),
+        metadata: header.metadata.clone(),
+        related: header.related,
+        expires_at: header.expires_at_micros.map(from_unix_micros),
+        pending_status,
+    };
+    Ok(Posted {
+        transaction,
+        replayed: false,
+    })
+}
+
+/// Why an insert found its place taken: the key was used (a replay or a conflict), or the
+/// pending transaction was resolved, or the original reversed, by a concurrent writer.
+async fn taken(connection: &mut AnyConnection, header: &Header<'_>, now: Timestamp) -> Step {
+    let request: WriteRequest = match serde_json::from_str(&header.content) {
+        Ok(request) => request,
+        Err(error) => return Step::Database(corrupt(error.to_string())),
+    };
+    match replay(connection, header.key, &request, now).await {
+        Ok(Some(posted)) => Step::Replayed(posted),
+        Err(step) => step,
+        Ok(None) => {
+            let related = header.related.unwrap_or_else(TransactionId::generate);
+            match header.kind {
+                TransactionKind::PostPending | TransactionKind::VoidPending => {
+                    LedgerError::AlreadyResolved(related, PendingStatus::Posted).into()
+                }
+                TransactionKind::Reversal => LedgerError::AlreadyReversed(related).into(),
+                _ => Step::Database(corrupt(format!(
+                    "transaction insert for key {} conflicted with nothing",
+                    header.key
+                ))),
+            }
+        }
+    }
+}
+
+/// All of a transaction's entries in one statement.
+async fn insert_entries(
+    connection: &mut AnyConnection,
+    accounts: &HashMap<AccountId, Account>,
+    id: TransactionId,
+    kind: TransactionKind,
+    legs: &[Leg],
+    committed_at_micros: i64,
+) -> Result<(), sqlx::Error> {
+    if legs.is_empty() {
+        return Ok(());
+    }
+    let phase = if kind == TransactionKind::Pending {
         "PENDING"
     } else {
         "POSTED"
     };
+    let rows: Vec<String> = (0..legs.len())
+        .map(|index| format!("({})", placeholders(8, index * 8 + 1)))
+        .collect();
+    let query = format!(
+        "INSERT INTO ledger_entries (transaction_id, leg, account_id, unit, debit_minor, credit_minor, phase, committed_at_micros) VALUES {}",
+        rows.join(", ")
+    );
+    let mut statement = sqlx::query(sqlx::AssertSqlSafe(query));
     for (index, leg) in legs.iter().enumerate() {
         let unit = match accounts.get(&leg.account) {
             Some(account) => account.unit.to_string(),
@@ -746,37 +820,18 @@ async fn insert(
             Direction::Debit => (leg.amount_minor, 0),
             Direction::Credit => (0, leg.amount_minor),
         };
-        sqlx::query(
-            "INSERT INTO ledger_entries (transaction_id, leg, account_id, unit, debit_minor, credit_minor, phase, committed_at_micros) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(id.to_string())
-        .bind(index as i64)
-        .bind(leg.account.to_string())
-        .bind(unit)
-        .bind(debit)
-        .bind(credit)
-        .bind(phase)
-        .bind(committed_at_micros)
-        .execute(&mut *connection)
-        .await?;
+        statement = statement
+            .bind(id.to_string())
+            .bind(index as i64)
+            .bind(leg.account.to_string())
+            .bind(unit)
+            .bind(debit)
+            .bind(credit)
+            .bind(phase)
+            .bind(committed_at_micros);
     }
-    let transaction = load_transaction(connection, id, now)
-        .await?
-        .ok_or_else(|| corrupt(format!("transaction {id} vanished")))?;
-    Ok(Posted {
-        transaction,
-        replayed: false,
-    })
-}
-
-/// Whether `error` is another writer's insert of the same idempotency key.
-pub(crate) fn is_duplicate_key(error: &sqlx::Error) -> bool {
-    violates_unique(
-        error,
-        "ledger_transactions_idempotency_key",
-        "ledger_transactions.idempotency_key",
-    )
+    statement.execute(connection).await?;
+    Ok(())
 }
 
 /// One entry as it landed on an account.

@@ -4,14 +4,14 @@
 //! transactions is the main lever; deriving balances from entries (no balance row to update) is
 //! what lets batches on the same hot accounts proceed side by side.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use tandem_storage::{Database, is_retryable_conflict};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     LedgerError,
-    model::{AccountId, Guard, Posted},
+    model::{Account, AccountId, Guard, Posted},
     store::{self, Step, WriteRequest},
 };
 
@@ -24,13 +24,19 @@ pub(crate) struct Job {
     pub(crate) reply: oneshot::Sender<Result<Posted, LedgerError>>,
 }
 
+/// Accounts never change once opened, so the writers keep those they have read; a batch reads
+/// only accounts it has not seen before.
+pub(crate) type AccountCache = std::sync::Arc<std::sync::RwLock<HashMap<AccountId, Account>>>;
+
 /// Starts `writers` writer tasks sharing one queue; they stop when every sender is dropped.
 pub(crate) fn start(database: Database, writers: usize, max_batch: usize) -> mpsc::Sender<Job> {
+    let cache = AccountCache::default();
     let (sender, receiver) = mpsc::channel::<Job>(max_batch * writers * 4);
     let receiver = std::sync::Arc::new(tokio::sync::Mutex::new(receiver));
     for _ in 0..writers.max(1) {
         let database = database.clone();
         let receiver = receiver.clone();
+        let cache = cache.clone();
         tokio::spawn(async move {
             loop {
                 let mut jobs = Vec::with_capacity(max_batch);
@@ -40,18 +46,18 @@ pub(crate) fn start(database: Database, writers: usize, max_batch: usize) -> mps
                         return;
                     }
                 }
-                run_batch(&database, jobs).await;
+                run_batch(&database, &cache, jobs).await;
             }
         });
     }
     sender
 }
 
-async fn run_batch(database: &Database, jobs: Vec<Job>) {
+async fn run_batch(database: &Database, cache: &AccountCache, jobs: Vec<Job>) {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match apply_batch(database, &jobs).await {
+        match apply_batch(database, cache, &jobs).await {
             Ok(outcomes) => {
                 for (job, outcome) in jobs.into_iter().zip(outcomes) {
                     // The caller may have given up waiting; its transaction is committed anyway.
@@ -79,10 +85,11 @@ async fn run_batch(database: &Database, jobs: Vec<Job>) {
     }
 }
 
-/// Applies every job in one transaction. A job refused for its own reason is rolled back to its
-/// savepoint and the others go on; a database failure rolls back the whole batch.
+/// Applies every job in one transaction. A job refused for its own reason wrote nothing, and the
+/// others go on; a database failure rolls back the whole batch, which is then retried or failed.
 async fn apply_batch(
     database: &Database,
+    cache: &AccountCache,
     jobs: &[Job],
 ) -> Result<Vec<Result<Posted, LedgerError>>, sqlx::Error> {
     let now = tandem_domain::now();
@@ -91,7 +98,26 @@ async fn apply_batch(
     for job in jobs {
         touched.extend(store::accounts_touched(&mut transaction, &job.request).await?);
     }
-    let accounts = store::accounts(&mut transaction, &touched).await?;
+    let mut accounts: HashMap<AccountId, Account> = {
+        let cached = cache.read().expect("account cache lock");
+        touched
+            .iter()
+            .filter_map(|id| cached.get(id).map(|account| (*id, account.clone())))
+            .collect()
+    };
+    let missing: BTreeSet<AccountId> = touched
+        .iter()
+        .filter(|id| !accounts.contains_key(id))
+        .copied()
+        .collect();
+    if !missing.is_empty() {
+        let loaded = store::accounts(&mut transaction, &missing).await?;
+        cache
+            .write()
+            .expect("account cache lock")
+            .extend(loaded.iter().map(|(id, account)| (*id, account.clone())));
+        accounts.extend(loaded);
+    }
     let guarded: BTreeSet<AccountId> = accounts
         .values()
         .filter(|account| account.guard != Guard::None)
@@ -101,35 +127,13 @@ async fn apply_batch(
 
     let mut outcomes = Vec::with_capacity(jobs.len());
     for job in jobs {
-        sqlx::query("SAVEPOINT ledger_request")
-            .execute(&mut *transaction)
-            .await?;
-        let outcome = match store::apply(&mut transaction, &accounts, &job.key, &job.request, now)
-            .await
-        {
-            Ok(posted) => Ok(posted),
-            Err(Step::Refused(error)) => Err(error),
-            Err(Step::Database(error)) if store::is_duplicate_key(&error) => {
-                // Another writer committed the same key between our check and our insert: the
-                // request is a replay or a conflict, which the stored row now tells.
-                sqlx::query("ROLLBACK TO SAVEPOINT ledger_request")
-                    .execute(&mut *transaction)
-                    .await?;
-                match store::apply(&mut transaction, &accounts, &job.key, &job.request, now).await {
-                    Ok(posted) => Ok(posted),
-                    Err(Step::Refused(error)) => Err(error),
-                    Err(Step::Database(error)) => return Err(error),
-                }
-            }
-            Err(Step::Database(error)) => return Err(error),
-        };
-        let end = if outcome.is_ok() {
-            "RELEASE SAVEPOINT ledger_request"
-        } else {
-            "ROLLBACK TO SAVEPOINT ledger_request"
-        };
-        sqlx::query(end).execute(&mut *transaction).await?;
-        outcomes.push(outcome);
+        outcomes.push(
+            match store::apply(&mut transaction, &accounts, &job.key, &job.request, now).await {
+                Ok(posted) | Err(Step::Replayed(posted)) => Ok(posted),
+                Err(Step::Refused(error)) => Err(error),
+                Err(Step::Database(error)) => return Err(error),
+            },
+        );
     }
     transaction.commit().await?;
     Ok(outcomes)

@@ -33,11 +33,22 @@ enum Command {
         #[arg(long, default_value = "1h")]
         ttl: String,
     },
+    /// Measure Tandem against a yardstick on the same machine.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Manage the keys that sign access tokens.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Ledger transfers per second on PostgreSQL, spread and on one hot pair, beside pgbench TPC-B.
+    Ledger(crate::bench::LedgerBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,6 +94,13 @@ impl Cli {
                     crate::keys::mint_operator_token(&settings, &role, &subject, ttl).await?;
                 println!("{token}");
                 Ok(())
+            }
+            Command::Bench {
+                command: BenchCommand::Ledger(args),
+            } => {
+                let _telemetry =
+                    tandem_telemetry::init("tandem-bench", tandem_telemetry::LogFormat::Human);
+                crate::bench::ledger(args).await
             }
             Command::Keys { command } => {
                 let settings = Settings::load(&self.common)?;

@@ -1,5 +1,6 @@
 //! `tandem`: the coalition points exchange in one binary.
 
+mod bench;
 mod cli;
 mod keys;
 mod serve;

@@ -1,0 +1,379 @@
+//! `tandem bench ledger`: ledger transfers per second on PostgreSQL, spread over many accounts
+//! and all on one hot pair, at several writer counts, with pgbench's TPC-B measured on the same
+//! server in the same run as the yardstick.
+
+use std::{
+    collections::BTreeMap,
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use secrecy::SecretString;
+use sqlx::{AnyConnection, Connection, Executor};
+use tandem_ledger::{
+    AccountId, Direction, Guard, Ledger, LedgerOptions, Leg, NewKind, NewTransaction, Owner,
+    Purpose, Unit,
+};
+use tandem_storage::{Database, Location};
+
+/// What `tandem bench ledger` measures.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LedgerBenchArgs {
+    /// A postgres:// URL of the server to measure; the bench creates and drops its own databases there.
+    #[arg(long, env = "TANDEM_BENCH_DATABASE_URL", hide_env_values = true)]
+    pub postgres: String,
+    /// How long each measurement runs.
+    #[arg(long, default_value = "10s")]
+    pub duration: String,
+    /// Concurrent writers (and pgbench clients), comma-separated.
+    #[arg(long, default_value = "1,8,32", value_delimiter = ',')]
+    pub writers: Vec<usize>,
+    /// Accounts the spread case picks from.
+    #[arg(long, default_value_t = 10_000)]
+    pub accounts: usize,
+    /// Skip pgbench (when it is not installed).
+    #[arg(long)]
+    pub without_pgbench: bool,
+}
+
+struct Measurement {
+    case: &'static str,
+    writers: usize,
+    per_second: f64,
+}
+
+/// A fresh database on the server, dropped when the bench ends.
+struct ScratchDatabase {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl ScratchDatabase {
+    async fn create(admin_url: &str, purpose: &str) -> anyhow::Result<Self> {
+        let name = format!("tandem_bench_{purpose}_{}", std::process::id());
+        let mut admin = AnyConnection::connect(admin_url)
+            .await
+            .context("connecting to PostgreSQL")?;
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .await?;
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await?;
+        let (base, query) = admin_url
+            .split_once('?')
+            .map_or((admin_url, None), |(base, query)| (base, Some(query)));
+        let server = base.rsplit_once('/').map_or(base, |(server, _)| server);
+        let url = match query {
+            Some(query) => format!("{server}/{name}?{query}"),
+            None => format!("{server}/{name}"),
+        };
+        Ok(Self {
+            admin_url: admin_url.to_owned(),
+            name,
+            url,
+        })
+    }
+
+    async fn drop_now(self) -> anyhow::Result<()> {
+        let mut admin = AnyConnection::connect(&self.admin_url).await?;
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            )))
+            .await?;
+        Ok(())
+    }
+}
+
+pub async fn ledger(args: LedgerBenchArgs) -> anyhow::Result<()> {
+    if !(args.postgres.starts_with("postgres://") || args.postgres.starts_with("postgresql://")) {
+        bail!("--postgres must be a postgres:// URL");
+    }
+    let duration = humantime::parse_duration(&args.duration).context("--duration")?;
+    sqlx::any::install_default_drivers();
+
+    let scratch = ScratchDatabase::create(&args.postgres, "ledger").await?;
+    let database = Database::open(
+        &Location::Postgres(SecretString::from(scratch.url.clone())),
+        "settlement",
+        &tandem_ledger::MIGRATOR,
+    )
+    .await?;
+    let ledger = Ledger::new(
+        database.clone(),
+        LedgerOptions::for_backend(database.backend()),
+    );
+    eprintln!("opening {} accounts", args.accounts);
+    let accounts = open_accounts(&ledger, args.accounts.max(2)).await?;
+
+    let mut results = Vec::new();
+    for &writers in &args.writers {
+        for case in ["spread", "hot pair"] {
+            let picker = if case == "spread" {
+                Picker::Spread(accounts.clone())
+            } else {
+                Picker::HotPair(accounts[0], accounts[1])
+            };
+            let per_second = run_transfers(&ledger, picker, writers, duration).await?;
+            eprintln!("{case:>8} × {writers:>2} writers: {per_second:>8.0} transfers/s");
+            results.push(Measurement {
+                case,
+                writers,
+                per_second,
+            });
+        }
+    }
+    database.close().await;
+    scratch.drop_now().await?;
+
+    let mut pgbench = BTreeMap::new();
+    if !args.without_pgbench {
+        let scratch = ScratchDatabase::create(&args.postgres, "pgbench").await?;
+        run_pgbench(&["-i", "-s", "10", "-q", &scratch.url])?;
+        for &clients in &args.writers {
+            let threads = clients
+                .min(std::thread::available_parallelism().map_or(2, usize::from))
+                .to_string();
+            let output = run_pgbench(&[
+                "-n",
+                "-c",
+                &clients.to_string(),
+                "-j",
+                &threads,
+                "-T",
+                &duration.as_secs().max(1).to_string(),
+                &scratch.url,
+            ])?;
+            let tps = parse_tps(&output).context("reading pgbench's tps")?;
+            eprintln!(" pgbench × {clients:>2} clients: {tps:>8.0} tps");
+            pgbench.insert(clients, tps);
+        }
+        scratch.drop_now().await?;
+    }
+    print_table(&results, &pgbench);
+    Ok(())
+}
+
+async fn open_accounts(ledger: &Ledger, count: usize) -> anyhow::Result<Vec<AccountId>> {
+    let usd = Unit::parse("USD").expect("a valid unit");
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (ledger, usd, next) = (ledger.clone(), usd.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut opened = Vec::new();
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if index >= count {
+                    return Ok::<_, tandem_ledger::LedgerError>(opened);
+                }
+                // Distinct owners make distinct accounts; bench owners are made-up partner ids.
+                let owner = Owner::Partner(
+                    format!("00000000-0000-7000-8000-{index:012}")
+                        .parse()
+                        .expect("a valid id"),
+                );
+                opened.push(
+                    ledger
+                        .open_account(owner, Purpose::Settlement, &usd, 2, Guard::None)
+                        .await?
+                        .id,
+                );
+            }
+        }));
+    }
+    let mut accounts = Vec::with_capacity(count);
+    for task in tasks {
+        accounts.extend(task.await??);
+    }
+    accounts.sort();
+    Ok(accounts)
+}
+
+#[derive(Clone)]
+enum Picker {
+    Spread(Vec<AccountId>),
+    HotPair(AccountId, AccountId),
+}
+
+impl Picker {
+    fn pick(&self, seed: &mut u64) -> (AccountId, AccountId) {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        match self {
+            Picker::Spread(accounts) => {
+                let from = (*seed >> 33) as usize % accounts.len();
+                let to =
+                    (from + 1 + (*seed >> 13) as usize % (accounts.len() - 1)) % accounts.len();
+                (accounts[from], accounts[to])
+            }
+            Picker::HotPair(a, b) if *seed & 1 == 0 => (*a, *b),
+            Picker::HotPair(a, b) => (*b, *a),
+        }
+    }
+}
+
+/// Posts transfers from `writers` concurrent tasks for `duration`; returns transfers per second.
+async fn run_transfers(
+    ledger: &Ledger,
+    picker: Picker,
+    writers: usize,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let run = uuid_like();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for writer in 0..writers {
+        let (ledger, picker, stop, done, run) = (
+            ledger.clone(),
+            picker.clone(),
+            stop.clone(),
+            done.clone(),
+            run.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut seed = writer as u64 + 1;
+            let mut sequence = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                sequence += 1;
+                let (from, to) = picker.pick(&mut seed);
+                let transfer = NewTransaction {
+                    idempotency_key: format!("{run}-{writer}-{sequence}"),
+                    legs: vec![
+                        Leg {
+                            account: from,
+                            direction: Direction::Debit,
+                            amount_minor: 100,
+                        },
+                        Leg {
+                            account: to,
+                            direction: Direction::Credit,
+                            amount_minor: 100,
+                        },
+                    ],
+                    kind: NewKind::Posted,
+                    type_code: "BENCH".to_owned(),
+                    external_reference: String::new(),
+                    effective_at_micros: None,
+                    metadata: BTreeMap::new(),
+                };
+                ledger.post(transfer).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, tandem_ledger::LedgerError>(())
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let counted = done.load(Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    for task in tasks {
+        task.await??;
+    }
+    Ok(counted as f64 / elapsed.as_secs_f64())
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    )
+}
+
+fn run_pgbench(args: &[&str]) -> anyhow::Result<String> {
+    let output = Command::new("pgbench").args(args).output().context(
+        "running pgbench (install PostgreSQL's client tools, or pass --without-pgbench)",
+    )?;
+    if !output.status.success() {
+        bail!(
+            "pgbench failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn parse_tps(output: &str) -> Option<f64> {
+    output
+        .lines()
+        .find_map(|line| line.strip_prefix("tps = "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|number| number.parse().ok())
+}
+
+fn print_table(results: &[Measurement], pgbench: &BTreeMap<usize, f64>) {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header([
+        "writers",
+        "spread transfers/s",
+        "hot pair transfers/s",
+        "hot ÷ spread",
+        "pgbench TPC-B tps",
+        "spread ÷ pgbench",
+        "hot ÷ pgbench",
+    ]);
+    let writers: std::collections::BTreeSet<usize> =
+        results.iter().map(|result| result.writers).collect();
+    for count in writers {
+        let rate = |case: &str| {
+            results
+                .iter()
+                .find(|result| result.writers == count && result.case == case)
+                .map_or(0.0, |result| result.per_second)
+        };
+        let (spread, hot) = (rate("spread"), rate("hot pair"));
+        let yardstick = pgbench.get(&count).copied();
+        let ratio =
+            |value: f64| yardstick.map_or("–".to_owned(), |tps| format!("{:.2}", value / tps));
+        table.add_row([
+            count.to_string(),
+            format!("{spread:.0}"),
+            format!("{hot:.0}"),
+            format!("{:.2}", hot / spread),
+            yardstick.map_or("–".to_owned(), |tps| format!("{tps:.0}")),
+            ratio(spread),
+            ratio(hot),
+        ]);
+    }
+    println!("{table}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pgbench_tps_is_read_from_its_report() {
+        let report = "number of transactions actually processed: 1234\nlatency average = 8.1 ms\ntps = 123.456789 (without initial connection time)\n";
+        assert_eq!(parse_tps(report), Some(123.456789));
+        assert_eq!(parse_tps("no numbers here"), None);
+    }
+
+    #[test]
+    fn the_spread_picker_never_picks_one_account_twice() {
+        let accounts: Vec<AccountId> = (0..3).map(|_| AccountId::generate()).collect();
+        let picker = Picker::Spread(accounts);
+        let mut seed = 7;
+        for _ in 0..1000 {
+            let (from, to) = picker.pick(&mut seed);
+            assert_ne!(from, to);
+        }
+    }
+}
