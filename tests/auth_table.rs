@@ -53,6 +53,58 @@ struct World {
     airline: pb::Partner,
     agreement_id: String,
     ledger: LedgerFixture,
+    link_id: String,
+}
+
+/// The rideshare accepts the hotel's agreement, and a hotel member links to a rider.
+async fn link_fixture(
+    server: &TestServer,
+    hotel: &pb::Partner,
+    ride: &pb::Partner,
+    ride_credentials: &pb::ClientCredentials,
+    tokens: &[(TokenKind, Option<String>)],
+    agreement_id: &str,
+) -> String {
+    let ride_token = server.partner_token(ride_credentials).await;
+    let hotel_token = tokens
+        .iter()
+        .find(|(kind, _)| *kind == ThePartner)
+        .and_then(|(_, token)| token.clone())
+        .unwrap();
+    let accept = pb::AcceptAgreementRequest {
+        agreement_id: agreement_id.to_owned(),
+        terms_version: 1,
+    };
+    server
+        .registry()
+        .accept_agreement(authed(&ride_token, accept))
+        .await
+        .unwrap();
+    let mut linking = server.linking();
+    let start = pb::StartLinkRequest {
+        partner_id: hotel.partner_id.clone(),
+        member_id: "H-1".to_owned(),
+        target_partner_id: ride.partner_id.clone(),
+    };
+    let code = linking
+        .start_link(authed(&hotel_token, start))
+        .await
+        .unwrap()
+        .into_inner()
+        .code;
+    let complete = pb::CompleteLinkRequest {
+        partner_id: ride.partner_id.clone(),
+        member_id: "R-1".to_owned(),
+        code,
+    };
+    linking
+        .complete_link(authed(&ride_token, complete))
+        .await
+        .unwrap()
+        .into_inner()
+        .link
+        .unwrap()
+        .link_id
 }
 
 /// Two ledger accounts, a posted transaction between them, and a pending one.
@@ -148,7 +200,7 @@ impl World {
             "SKYLINE_PTS",
         )
         .await;
-        let (ride, _) = create_partner(
+        let (ride, ride_credentials) = create_partner(
             &server,
             &admin,
             "zoom-rides",
@@ -241,6 +293,15 @@ impl World {
             ),
         ];
         let ledger = LedgerFixture::new(&server).await;
+        let link_id = link_fixture(
+            &server,
+            &hotel,
+            &ride,
+            &ride_credentials,
+            &tokens,
+            &agreement.agreement_id,
+        )
+        .await;
         Self {
             server,
             tokens,
@@ -249,6 +310,7 @@ impl World {
             airline,
             agreement_id: agreement.agreement_id,
             ledger,
+            link_id,
         }
     }
 }
@@ -287,6 +349,7 @@ const STAFF_READERS: &[TokenKind] = &[Admin, Ops, Service];
 const READERS_AND_SELF: &[TokenKind] = &[Admin, Ops, Service, ThePartner];
 const LEDGER_WRITERS: &[TokenKind] = &[Service];
 const LEDGER_READERS: &[TokenKind] = &[Ops, Service];
+const LINK_READERS: &[TokenKind] = &[Ops, Service, ThePartner];
 
 fn rows() -> Vec<Row> {
     vec![
@@ -769,6 +832,161 @@ fn rows() -> Vec<Row> {
                         .server
                         .ledger()
                         .get_trial_balance(request_with(token, pb::GetTrialBalanceRequest {}))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "AccountLinkingService.StartLink",
+            allowed: &[ThePartner],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let request = pb::StartLinkRequest {
+                        partner_id: world.hotel.partner_id.clone(),
+                        member_id: "H-2".to_owned(),
+                        target_partner_id: world.airline.partner_id.clone(),
+                    };
+                    world
+                        .server
+                        .linking()
+                        .start_link(request_with(token, request))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "AccountLinkingService.CompleteLink",
+            allowed: &[ThePartner],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let request = pb::CompleteLinkRequest {
+                        partner_id: world.hotel.partner_id.clone(),
+                        member_id: "H-3".to_owned(),
+                        code: "ZZZZ-ZZZZZZ".to_owned(),
+                    };
+                    world
+                        .server
+                        .linking()
+                        .complete_link(request_with(token, request))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "AccountLinkingService.GetLink",
+            allowed: LINK_READERS,
+            call: |world, token, _| {
+                Box::pin(async move {
+                    world
+                        .server
+                        .linking()
+                        .get_link(request_with(
+                            token,
+                            pb::GetLinkRequest {
+                                link_id: world.link_id.clone(),
+                            },
+                        ))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "AccountLinkingService.ListLinks",
+            allowed: LINK_READERS,
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let request = pb::ListLinksRequest {
+                        partner_id: world.hotel.partner_id.clone(),
+                        ..Default::default()
+                    };
+                    world
+                        .server
+                        .linking()
+                        .list_links(request_with(token, request))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "AccountLinkingService.SetLinkPolicy",
+            allowed: &[Admin, ThePartner],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let policy = pb::LinkPolicy {
+                        partner_id: world.hotel.partner_id.clone(),
+                        ..Default::default()
+                    };
+                    world
+                        .server
+                        .linking()
+                        .set_link_policy(request_with(
+                            token,
+                            pb::SetLinkPolicyRequest {
+                                policy: Some(policy),
+                            },
+                        ))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "AccountLinkingService.GetLinkPolicy",
+            allowed: &[Admin, Ops, Service, ThePartner],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    world
+                        .server
+                        .linking()
+                        .get_link_policy(request_with(
+                            token,
+                            pb::GetLinkPolicyRequest {
+                                partner_id: world.hotel.partner_id.clone(),
+                            },
+                        ))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "AccountLinkingService.Unlink",
+            allowed: &[ThePartner],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    world
+                        .server
+                        .linking()
+                        .unlink(request_with(
+                            token,
+                            pb::UnlinkRequest {
+                                link_id: world.link_id.clone(),
+                                reason: "table".to_owned(),
+                            },
+                        ))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "AccountLinkingService.ForgetMember",
+            allowed: &[ThePartner],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let request = pb::ForgetMemberRequest {
+                        partner_id: world.hotel.partner_id.clone(),
+                        member_id: "H-1".to_owned(),
+                    };
+                    world
+                        .server
+                        .linking()
+                        .forget_member(request_with(token, request))
                         .await
                         .map(drop)
                 })

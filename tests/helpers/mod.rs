@@ -7,7 +7,8 @@ use std::{process::Stdio, time::Duration};
 
 use tandem_auth::{Authenticator, Caller, KeyStore, Role, TokenSettings};
 use tandem_proto::v1::{
-    self as pb, auth_service_client::AuthServiceClient, ledger_service_client::LedgerServiceClient,
+    self as pb, account_linking_service_client::AccountLinkingServiceClient,
+    auth_service_client::AuthServiceClient, ledger_service_client::LedgerServiceClient,
     partner_registry_service_client::PartnerRegistryServiceClient,
 };
 use tandem_storage::{Database, Location, testing::TestDatabase};
@@ -88,6 +89,10 @@ impl TestServer {
 
     pub fn registry(&self) -> PartnerRegistryServiceClient<Channel> {
         PartnerRegistryServiceClient::new(self.channel.clone())
+    }
+
+    pub fn linking(&self) -> AccountLinkingServiceClient<Channel> {
+        AccountLinkingServiceClient::new(self.channel.clone())
     }
 
     pub fn ledger(&self) -> LedgerServiceClient<Channel> {

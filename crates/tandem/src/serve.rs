@@ -5,7 +5,9 @@ use std::{sync::Arc, time::Duration};
 use anyhow::Context;
 use tandem_auth::{AuthGrpc, Authenticator, KeyStore, TokenSettings};
 use tandem_ledger::{Ledger, LedgerOptions};
+use tandem_linking::{Linking, LinkingGrpc, RegistryDirectory};
 use tandem_proto::v1::{
+    account_linking_service_server::AccountLinkingServiceServer,
     auth_service_server::AuthServiceServer, ledger_service_server::LedgerServiceServer,
     partner_registry_service_server::PartnerRegistryServiceServer,
 };
@@ -41,6 +43,7 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     let auth_database = Database::open(location, "auth", &tandem_auth::MIGRATOR).await?;
     let registry_database =
         Database::open(location, "registry", &tandem_registry::MIGRATOR).await?;
+    let linking_database = Database::open(location, "linking", &tandem_linking::MIGRATOR).await?;
     let settlement_database =
         Database::open(location, "settlement", &tandem_ledger::MIGRATOR).await?;
     let token_settings = TokenSettings {
@@ -64,7 +67,19 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         settlement_database.clone(),
         LedgerOptions::for_backend(settlement_database.backend()),
     );
-    let ledger_service = LedgerServiceServer::new(LedgerGrpc::new(ledger, authenticator));
+    let ledger_service = LedgerServiceServer::new(LedgerGrpc::new(ledger, authenticator.clone()));
+    // Linking asks the registry through its gRPC client even in one process, so the services can
+    // be split across processes without changing a line of either.
+    let registry_channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", reachable(address)))?
+            .connect_lazy();
+    let linking = Linking::new(
+        linking_database.clone(),
+        RegistryDirectory::new(registry_channel, authenticator.clone()),
+        settings.link_code_ttl,
+    );
+    let linking_service =
+        AccountLinkingServiceServer::new(LinkingGrpc::new(linking, authenticator));
     let mounted = vec![
         Mounted {
             name: <AuthServiceServer<AuthGrpc<Registry>> as NamedService>::NAME,
@@ -73,6 +88,11 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         Mounted {
             name: <PartnerRegistryServiceServer<RegistryGrpc> as NamedService>::NAME,
             database: registry_database.clone(),
+        },
+        Mounted {
+            name:
+                <AccountLinkingServiceServer<LinkingGrpc<RegistryDirectory>> as NamedService>::NAME,
+            database: linking_database.clone(),
         },
         Mounted {
             name: <LedgerServiceServer<LedgerGrpc> as NamedService>::NAME,
@@ -113,6 +133,7 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         .add_service(auth_service)
         .add_service(registry_service)
         .add_service(ledger_service)
+        .add_service(linking_service)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
             stopping.cancelled().await;
             // Load balancers stop sending new work while in-flight requests drain.
@@ -129,11 +150,30 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         .await
         .context("serving gRPC")?;
 
-    for database in [auth_database, registry_database, settlement_database] {
+    for database in [
+        auth_database,
+        registry_database,
+        linking_database,
+        settlement_database,
+    ] {
         database.close().await;
     }
     tracing::info!("tandem stopped");
     Ok(())
+}
+
+/// An address this process can call itself on: the listening address, with an unspecified IP
+/// (0.0.0.0 or ::) replaced by loopback.
+fn reachable(address: std::net::SocketAddr) -> std::net::SocketAddr {
+    let mut reachable = address;
+    if address.ip().is_unspecified() {
+        reachable.set_ip(if address.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    reachable
 }
 
 /// Each service is SERVING only while its database answers; the whole server ("") only while

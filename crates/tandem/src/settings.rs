@@ -42,6 +42,9 @@ pub struct ServeArgs {
     /// Lifetime of partner tokens from AuthService.IssueToken, such as 15m [default: 15m].
     #[arg(long, env = "TANDEM_PARTNER_TOKEN_TTL")]
     pub partner_token_ttl: Option<String>,
+    /// How long a link code works, such as 10m [default: 10m].
+    #[arg(long, env = "TANDEM_LINK_CODE_TTL")]
+    pub link_code_ttl: Option<String>,
     /// Longest a request may run before it fails with DEADLINE_EXCEEDED, such as 30s [default: 30s].
     #[arg(long, env = "TANDEM_REQUEST_TIMEOUT")]
     pub request_timeout: Option<String>,
@@ -57,6 +60,7 @@ struct FileSettings {
     log_format: Option<String>,
     token_audience: Option<String>,
     partner_token_ttl: Option<String>,
+    link_code_ttl: Option<String>,
     request_timeout: Option<String>,
 }
 
@@ -74,6 +78,7 @@ pub struct ServeSettings {
     pub common: Settings,
     pub listen: SocketAddr,
     pub partner_token_ttl: Duration,
+    pub link_code_ttl: Duration,
     pub request_timeout: Duration,
 }
 
@@ -198,6 +203,17 @@ impl ServeSettings {
         if partner_token_ttl > Duration::from_secs(24 * 3600) {
             problems.push("partner_token_ttl: must be at most 24h; short-lived tokens limit the harm of a leak".to_owned());
         }
+        let link_text = serve
+            .link_code_ttl
+            .clone()
+            .or_else(|| file.link_code_ttl.clone())
+            .unwrap_or_else(|| "10m".to_owned());
+        let link_code_ttl = duration("link_code_ttl", &link_text, &mut problems);
+        if link_code_ttl > Duration::from_secs(3600) {
+            problems.push(
+                "link_code_ttl: must be at most 1h; a short-lived code limits guessing".to_owned(),
+            );
+        }
         let timeout_text = serve
             .request_timeout
             .clone()
@@ -209,6 +225,7 @@ impl ServeSettings {
                 common,
                 listen,
                 partner_token_ttl,
+                link_code_ttl,
                 request_timeout,
             })
         } else {
@@ -235,6 +252,7 @@ mod tests {
         ServeArgs {
             listen: None,
             partner_token_ttl: None,
+            link_code_ttl: None,
             request_timeout: None,
         }
     }
@@ -278,6 +296,7 @@ mod tests {
         let serve = ServeArgs {
             listen: Some("nowhere".to_owned()),
             partner_token_ttl: Some("forever".to_owned()),
+            link_code_ttl: None,
             request_timeout: Some("0s".to_owned()),
         };
         let error = ServeSettings::load(&common, &serve).unwrap_err();

@@ -1,0 +1,149 @@
+//! What linking needs to know about partners, and where it asks: the partner registry, over its
+//! gRPC client (in one process too, as DESIGN.md has it), with a service token.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tandem_auth::{Authenticator, Caller, Role};
+use tandem_domain::{Category, PartnerId, PartnerStatus};
+use tandem_proto::v1::{self as pb, partner_registry_service_client::PartnerRegistryServiceClient};
+use tokio::sync::Mutex;
+use tonic::{Code, Request, transport::Channel};
+
+use crate::LinkingError;
+
+/// A partner as linking sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartnerFacts {
+    pub status: PartnerStatus,
+    pub category: Category,
+}
+
+pub trait PartnerDirectory: Send + Sync + 'static {
+    /// The partner, or `None` when there is no such partner.
+    fn partner(
+        &self,
+        id: PartnerId,
+    ) -> impl Future<Output = Result<Option<PartnerFacts>, LinkingError>> + Send;
+    /// Whether an ACTIVE agreement joins the two partners, in either direction.
+    fn active_agreement_between(
+        &self,
+        a: PartnerId,
+        b: PartnerId,
+    ) -> impl Future<Output = Result<bool, LinkingError>> + Send;
+}
+
+/// Service tokens live this long; a fresh one is minted a minute before expiry.
+const SERVICE_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// The registry over gRPC.
+#[derive(Clone)]
+pub struct RegistryDirectory {
+    client: PartnerRegistryServiceClient<Channel>,
+    authenticator: Arc<Authenticator>,
+    token: Arc<Mutex<Option<(String, std::time::Instant)>>>,
+}
+
+impl std::fmt::Debug for RegistryDirectory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryDirectory").finish_non_exhaustive()
+    }
+}
+
+impl RegistryDirectory {
+    pub fn new(channel: Channel, authenticator: Arc<Authenticator>) -> Self {
+        Self {
+            client: PartnerRegistryServiceClient::new(channel),
+            authenticator,
+            token: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    async fn authed<T>(&self, message: T) -> Result<Request<T>, LinkingError> {
+        let mut token = self.token.lock().await;
+        let fresh = token.as_ref().is_some_and(|(_, minted)| {
+            minted.elapsed() + Duration::from_secs(60) < SERVICE_TOKEN_TTL
+        });
+        if !fresh {
+            let caller = Caller::staff(Role::Service, "linking").expect("service is a staff role");
+            let issued = self.authenticator.issue(&caller, SERVICE_TOKEN_TTL).await?;
+            *token = Some((issued.token, std::time::Instant::now()));
+        }
+        let mut request = Request::new(message);
+        let value = format!("Bearer {}", token.as_ref().expect("just set").0);
+        request.metadata_mut().insert(
+            "authorization",
+            value
+                .parse()
+                .map_err(|_| LinkingError::Internal("token is not a header value".to_owned()))?,
+        );
+        Ok(request)
+    }
+}
+
+fn unavailable(status: tonic::Status) -> LinkingError {
+    LinkingError::DirectoryUnavailable(status.message().to_owned())
+}
+
+impl PartnerDirectory for RegistryDirectory {
+    async fn partner(&self, id: PartnerId) -> Result<Option<PartnerFacts>, LinkingError> {
+        let request = self
+            .authed(pb::GetPartnerRequest {
+                partner_id: id.to_string(),
+            })
+            .await?;
+        let partner = match self.client.clone().get_partner(request).await {
+            Ok(response) => response.into_inner().partner,
+            Err(status) if status.code() == Code::NotFound => return Ok(None),
+            Err(status) => return Err(unavailable(status)),
+        };
+        let Some(partner) = partner else {
+            return Ok(None);
+        };
+        let status = match pb::PartnerStatus::try_from(partner.status) {
+            Ok(pb::PartnerStatus::Active) => PartnerStatus::Active,
+            Ok(pb::PartnerStatus::Suspended) => PartnerStatus::Suspended,
+            _ => PartnerStatus::Offboarded,
+        };
+        let category_name = pb::PartnerCategory::try_from(partner.category)
+            .map(|category| category.as_str_name())
+            .unwrap_or_default();
+        let category = category_name
+            .trim_start_matches("PARTNER_CATEGORY_")
+            .parse()
+            .map_err(LinkingError::Internal)?;
+        Ok(Some(PartnerFacts { status, category }))
+    }
+
+    async fn active_agreement_between(
+        &self,
+        a: PartnerId,
+        b: PartnerId,
+    ) -> Result<bool, LinkingError> {
+        let (a, b) = (a.to_string(), b.to_string());
+        let mut page_token = String::new();
+        loop {
+            let list = pb::ListAgreementsRequest {
+                partner_id: a.clone(),
+                status: pb::AgreementStatus::Active.into(),
+                page_size: 500,
+                page_token,
+            };
+            let page = self
+                .client
+                .clone()
+                .list_agreements(self.authed(list).await?)
+                .await
+                .map_err(unavailable)?
+                .into_inner();
+            if page.agreements.iter().any(|agreement| {
+                agreement.source_partner_id == b || agreement.target_partner_id == b
+            }) {
+                return Ok(true);
+            }
+            if page.next_page_token.is_empty() {
+                return Ok(false);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+}
