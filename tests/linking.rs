@@ -620,6 +620,115 @@ async fn codes_expire(database: TestDatabase) {
     );
 }
 
+/// A partner's gateway: every member is in good standing except those whose id starts with
+/// "BANNED"; it remembers the bearer token Tandem called it with.
+#[derive(Default, Clone)]
+struct FakeGateway {
+    tokens: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+#[tonic::async_trait]
+impl pb::partner_gateway_service_server::PartnerGatewayService for FakeGateway {
+    async fn validate_member(
+        &self,
+        request: tonic::Request<pb::ValidateMemberRequest>,
+    ) -> Result<tonic::Response<pb::ValidateMemberResponse>, tonic::Status> {
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        self.tokens.lock().unwrap().push(token);
+        let standing = if request.get_ref().member_id.starts_with("BANNED") {
+            pb::MemberStanding::Blocked
+        } else {
+            pb::MemberStanding::Good
+        };
+        Ok(tonic::Response::new(pb::ValidateMemberResponse {
+            standing: standing.into(),
+            reason: String::new(),
+        }))
+    }
+}
+
+async fn the_members_own_brand_must_vouch_for_them(server: TestServer) {
+    let world = Coalition::new(server).await;
+    let gateway = FakeGateway::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let service =
+        pb::partner_gateway_service_server::PartnerGatewayServiceServer::new(gateway.clone());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let update = pb::UpdatePartnerRequest {
+        partner_id: world.ride.clone(),
+        display_name: None,
+        gateway_endpoint: Some(format!("http://{address}")),
+    };
+    world
+        .server
+        .registry()
+        .update_partner(authed(&world.ride_token, update))
+        .await
+        .unwrap();
+
+    let code = world
+        .start(world.hotel(), "H-1", &world.ride)
+        .await
+        .unwrap();
+    let blocked = world
+        .complete(world.ride(), "BANNED-7", &code)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        code_of(&blocked),
+        (Code::FailedPrecondition, "MEMBER_NOT_ELIGIBLE".to_owned())
+    );
+    world
+        .complete(world.ride(), "R-7", &code)
+        .await
+        .expect("a member in good standing links with the same code");
+    let tokens = gateway.tokens.lock().unwrap().clone();
+    assert_eq!(tokens.len(), 2);
+    assert!(
+        tokens.iter().all(|token| token.starts_with("Bearer ey")),
+        "Tandem calls gateways with its own signed token"
+    );
+
+    // A gateway that does not answer: the link is not made, and the caller may retry later.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let update = pb::UpdatePartnerRequest {
+        partner_id: world.ride.clone(),
+        display_name: None,
+        gateway_endpoint: Some(format!("http://{closed}")),
+    };
+    world
+        .server
+        .registry()
+        .update_partner(authed(&world.ride_token, update))
+        .await
+        .unwrap();
+    let code = world
+        .start(world.hotel(), "H-2", &world.ride)
+        .await
+        .unwrap();
+    let down = world
+        .complete(world.ride(), "R-8", &code)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        code_of(&down),
+        (Code::Unavailable, "GATEWAY_UNAVAILABLE".to_owned())
+    );
+}
+
 #[tokio::test]
 async fn codes_expire_on_sqlite() {
     codes_expire(TestDatabase::sqlite()).await;
@@ -639,4 +748,5 @@ on_every_backend!(
     one_link_per_partner_and_one_partner_per_category,
     forgetting_a_member_leaves_no_readable_member_id,
     two_simultaneous_completions_make_one_link,
+    the_members_own_brand_must_vouch_for_them,
 );

@@ -5,17 +5,22 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use tandem_auth::{Authenticator, Caller, Role};
 use tandem_domain::{Category, PartnerId, PartnerStatus};
-use tandem_proto::v1::{self as pb, partner_registry_service_client::PartnerRegistryServiceClient};
+use tandem_proto::v1::{
+    self as pb, partner_gateway_service_client::PartnerGatewayServiceClient,
+    partner_registry_service_client::PartnerRegistryServiceClient,
+};
 use tokio::sync::Mutex;
 use tonic::{Code, Request, transport::Channel};
 
-use crate::LinkingError;
+use crate::{LinkingError, MemberId};
 
 /// A partner as linking sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartnerFacts {
     pub status: PartnerStatus,
     pub category: Category,
+    /// Where the partner's PartnerGatewayService listens, if it runs one.
+    pub gateway_endpoint: Option<String>,
 }
 
 pub trait PartnerDirectory: Send + Sync + 'static {
@@ -30,7 +35,16 @@ pub trait PartnerDirectory: Send + Sync + 'static {
         a: PartnerId,
         b: PartnerId,
     ) -> impl Future<Output = Result<bool, LinkingError>> + Send;
+    /// Whether the partner's gateway at `endpoint` says the member exists and is in good standing.
+    fn member_in_good_standing(
+        &self,
+        endpoint: &str,
+        member: &MemberId,
+    ) -> impl Future<Output = Result<bool, LinkingError>> + Send;
 }
+
+/// How long Tandem waits for a partner's gateway before the link fails as UNAVAILABLE.
+const GATEWAY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Service tokens live this long; a fresh one is minted a minute before expiry.
 const SERVICE_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
@@ -111,7 +125,38 @@ impl PartnerDirectory for RegistryDirectory {
             .trim_start_matches("PARTNER_CATEGORY_")
             .parse()
             .map_err(LinkingError::Internal)?;
-        Ok(Some(PartnerFacts { status, category }))
+        let gateway_endpoint =
+            Some(partner.gateway_endpoint).filter(|endpoint| !endpoint.is_empty());
+        Ok(Some(PartnerFacts {
+            status,
+            category,
+            gateway_endpoint,
+        }))
+    }
+
+    async fn member_in_good_standing(
+        &self,
+        endpoint: &str,
+        member: &MemberId,
+    ) -> Result<bool, LinkingError> {
+        let gateway_unavailable = |error: String| LinkingError::GatewayUnavailable(error);
+        let channel = Channel::from_shared(endpoint.to_owned())
+            .map_err(|error| gateway_unavailable(error.to_string()))?
+            .connect_timeout(GATEWAY_TIMEOUT)
+            .timeout(GATEWAY_TIMEOUT)
+            .connect()
+            .await
+            .map_err(|error| gateway_unavailable(error.to_string()))?;
+        let request = self
+            .authed(pb::ValidateMemberRequest {
+                member_id: member.to_string(),
+            })
+            .await?;
+        let response = PartnerGatewayServiceClient::new(channel)
+            .validate_member(request)
+            .await
+            .map_err(|status| gateway_unavailable(status.message().to_owned()))?;
+        Ok(response.into_inner().standing == pb::MemberStanding::Good as i32)
     }
 
     async fn active_agreement_between(

@@ -55,9 +55,11 @@ fn to_status(error: LinkingError) -> Status {
         LinkingError::AlreadyLinked => (Code::FailedPrecondition, "ALREADY_LINKED"),
         LinkingError::CategoryTaken(_) => (Code::FailedPrecondition, "CATEGORY_ALREADY_LINKED"),
         LinkingError::SamePartner => (Code::InvalidArgument, "SAME_PARTNER"),
+        LinkingError::MemberNotEligible => (Code::FailedPrecondition, "MEMBER_NOT_ELIGIBLE"),
         LinkingError::LinkNotFound(_) => (Code::NotFound, "LINK_NOT_FOUND"),
         LinkingError::LinkEnded(_) => (Code::FailedPrecondition, "LINK_ENDED"),
         LinkingError::DirectoryUnavailable(_) => (Code::Unavailable, "REGISTRY_UNAVAILABLE"),
+        LinkingError::GatewayUnavailable(_) => (Code::Unavailable, "GATEWAY_UNAVAILABLE"),
     };
     status::with_reason(code, reason, message)
 }

@@ -57,12 +57,16 @@ pub enum LinkingError {
     AlreadyLinked,
     #[error("the member already has an active link to a partner of category {0}")]
     CategoryTaken(&'static str),
+    #[error("the member's own brand says they cannot link (unknown, closed or blocked)")]
+    MemberNotEligible,
     #[error("a member cannot link to the same partner")]
     SamePartner,
     #[error("link {0} not found")]
     LinkNotFound(String),
     #[error("link {0} is already ended")]
     LinkEnded(String),
+    #[error("the partner's gateway could not answer: {0}")]
+    GatewayUnavailable(String),
     #[error("the partner registry could not be reached: {0}")]
     DirectoryUnavailable(String),
     #[error("internal error: {0}")]
@@ -155,20 +159,14 @@ impl<D: PartnerDirectory> Linking<D> {
         Ok((request_id, code, expires_at))
     }
 
-    /// Partner B completes a link for its member with the customer's code.
-    pub async fn complete_link(
+    /// Checks a presented code against its request, recording a wrong secret (the lockout
+    /// counts it even though the call fails). Returns the request when the code is right.
+    async fn verify_code(
         &self,
-        caller: &Caller,
         partner: PartnerId,
-        member: MemberId,
-        code: LinkCode,
-    ) -> Result<Link> {
-        let partner = acting_partner(
-            caller,
-            partner,
-            "a partner completes links only for its own members",
-        )?;
-        let now = tandem_domain::now();
+        code: &LinkCode,
+        now: Timestamp,
+    ) -> Result<store::RequestRow> {
         let mut transaction = self.database.begin_write().await?;
         let request =
             store::request_by_handle(&mut transaction, self.database.backend(), &code.handle)
@@ -184,7 +182,6 @@ impl<D: PartnerDirectory> Linking<D> {
         }
         if store::secret_hash(&request.request_id, &code.secret) != request.secret_hash {
             let left = store::record_failure(&mut transaction, &request).await?;
-            // The failure is recorded even though the request fails: that is the lockout.
             transaction.commit().await?;
             tracing::warn!(request_id = request.request_id, left, "wrong link code");
             return Err(if left <= 0 {
@@ -193,10 +190,49 @@ impl<D: PartnerDirectory> Linking<D> {
                 LinkingError::WrongCode(left)
             });
         }
-        // The partnership may have changed since the link was started.
+        Ok(request)
+    }
+
+    /// Partner B completes a link for its member with the customer's code.
+    pub async fn complete_link(
+        &self,
+        caller: &Caller,
+        partner: PartnerId,
+        member: MemberId,
+        code: LinkCode,
+    ) -> Result<Link> {
+        let partner = acting_partner(
+            caller,
+            partner,
+            "a partner completes links only for its own members",
+        )?;
+        let now = tandem_domain::now();
+        let request = self.verify_code(partner, &code, now).await?;
+        // Calls to the registry and the partner's gateway run with no transaction open: the
+        // partnership may have changed since the link was started, and the member must be in
+        // good standing at their own brand.
         let (initiator_facts, acceptor_facts) = self
             .check_partnership(request.initiator_partner, partner)
             .await?;
+        if let Some(endpoint) = &acceptor_facts.gateway_endpoint
+            && !self
+                .directory
+                .member_in_good_standing(endpoint, &member)
+                .await?
+        {
+            return Err(LinkingError::MemberNotEligible);
+        }
+
+        let mut transaction = self.database.begin_write().await?;
+        // The request is read again, locked: a concurrent completion may have used it meanwhile.
+        let current =
+            store::request_by_handle(&mut transaction, self.database.backend(), &code.handle)
+                .await?;
+        if current.as_ref().is_none_or(|current| {
+            current.request_id != request.request_id || current.status != "OPEN"
+        }) {
+            return Err(LinkingError::CodeUsed);
+        }
         store::lock_members(
             &mut transaction,
             self.database.backend(),
