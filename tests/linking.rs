@@ -263,6 +263,17 @@ async fn each_side_sees_only_its_own_member_and_links_can_end_and_return(server:
         .collect();
     assert_eq!(kinds, ["STARTED", "COMPLETED", "UNLINKED"]);
     assert_eq!(ended.events[2].reason, "customer asked");
+    // Who started it, and when: the hotel's client, before the rideshare completed it.
+    assert!(
+        ended.events[0].actor.starts_with("tc_"),
+        "{:?}",
+        ended.events[0]
+    );
+    assert_eq!(ended.events[0].actor_partner_id, world.hotel);
+    assert!(
+        ended.events[0].event_time.as_ref().unwrap().seconds
+            <= ended.events[1].event_time.as_ref().unwrap().seconds
+    );
     let again = world
         .linking()
         .unlink(authed(&world.hotel_token, unlink))

@@ -17,6 +17,8 @@ CREATE TABLE link_requests (
     status TEXT NOT NULL,
     expires_at_micros BIGINT NOT NULL,
     created_at_micros BIGINT NOT NULL,
+    -- Who started it (a client id), for the link's history.
+    started_by TEXT NOT NULL,
     link_id TEXT
 );
 

@@ -152,9 +152,16 @@ impl<D: PartnerDirectory> Linking<D> {
         let now = tandem_domain::now();
         let expires_at =
             now + chrono::Duration::from_std(self.code_lifetime).unwrap_or(chrono::Duration::MAX);
-        let (request_id, code) =
-            store::insert_request(&self.database, partner, &member, target, now, expires_at)
-                .await?;
+        let (request_id, code) = store::insert_request(
+            &self.database,
+            caller.subject(),
+            partner,
+            &member,
+            target,
+            now,
+            expires_at,
+        )
+        .await?;
         tracing::info!(request_id, %partner, %target, "link started");
         Ok((request_id, code, expires_at))
     }
@@ -273,9 +280,9 @@ impl<D: PartnerDirectory> Linking<D> {
         let started = LinkEvent {
             kind: "STARTED".to_owned(),
             actor_partner: Some(link.initiator.partner),
-            actor: "link request".to_owned(),
+            actor: request.started_by.clone(),
             reason: None,
-            at: now,
+            at: request.created_at,
         };
         let completed = LinkEvent {
             kind: "COMPLETED".to_owned(),
@@ -351,13 +358,16 @@ impl<D: PartnerDirectory> Linking<D> {
         size: usize,
     ) -> Result<(Vec<Link>, Option<(i64, String)>)> {
         let partner = match caller.role() {
-            Role::Partner => Some(acting_partner(
-                caller,
-                partner
-                    .or(caller.partner_id())
-                    .unwrap_or_else(PartnerId::generate),
-                "a partner lists only its own links",
-            )?),
+            Role::Partner => {
+                let own = caller.partner_id().ok_or(LinkingError::PermissionDenied(
+                    "a partner token names its partner",
+                ))?;
+                Some(acting_partner(
+                    caller,
+                    partner.unwrap_or(own),
+                    "a partner lists only its own links",
+                )?)
+            }
             Role::Ops | Role::Service => partner,
             Role::Admin => {
                 return Err(LinkingError::PermissionDenied(

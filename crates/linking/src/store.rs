@@ -83,6 +83,8 @@ pub(crate) struct RequestRow {
     pub(crate) failed_attempts: i64,
     pub(crate) status: String,
     pub(crate) expires_at: Timestamp,
+    pub(crate) created_at: Timestamp,
+    pub(crate) started_by: String,
 }
 
 pub(crate) async fn policy(
@@ -137,6 +139,7 @@ pub(crate) async fn set_policy(
 /// still holds it. Returns the code (its secret exists only in this value).
 pub(crate) async fn insert_request(
     database: &Database,
+    started_by: &str,
     initiator: PartnerId,
     member: &MemberId,
     target: PartnerId,
@@ -154,8 +157,8 @@ pub(crate) async fn insert_request(
             .await?;
         let inserted = sqlx::query(
             "INSERT INTO link_requests (request_id, initiator_partner_id, initiator_member_id, target_partner_id, handle, open_handle, \
-             secret_hash, failed_attempts, status, expires_at_micros, created_at_micros) \
-             VALUES ($1, $2, $3, $4, $5, $5, $6, 0, 'OPEN', $7, $8) ON CONFLICT DO NOTHING",
+             secret_hash, failed_attempts, status, expires_at_micros, created_at_micros, started_by) \
+             VALUES ($1, $2, $3, $4, $5, $5, $6, 0, 'OPEN', $7, $8, $9) ON CONFLICT DO NOTHING",
         )
         .bind(&request_id)
         .bind(initiator.to_string())
@@ -165,6 +168,7 @@ pub(crate) async fn insert_request(
         .bind(secret_hash(&request_id, &code.secret))
         .bind(to_unix_micros(expires_at))
         .bind(to_unix_micros(now))
+        .bind(started_by)
         .execute(&mut *transaction)
         .await?;
         if inserted.rows_affected() == 1 {
@@ -191,7 +195,7 @@ pub(crate) async fn request_by_handle(
     };
     let query = format!(
         "SELECT request_id, initiator_partner_id, initiator_member_id, target_partner_id, secret_hash, failed_attempts, status, expires_at_micros \
-         FROM link_requests WHERE handle = $1 ORDER BY created_at_micros DESC LIMIT 1{lock}"
+         , created_at_micros, started_by FROM link_requests WHERE handle = $1 ORDER BY created_at_micros DESC LIMIT 1{lock}"
     );
     let row: Option<RequestSqlRow> = sqlx::query_as(sqlx::AssertSqlSafe(query))
         .bind(handle)
@@ -211,6 +215,8 @@ pub(crate) async fn request_by_handle(
             failed_attempts: row.failed_attempts,
             status: row.status,
             expires_at: from_unix_micros(row.expires_at_micros),
+            created_at: from_unix_micros(row.created_at_micros),
+            started_by: row.started_by,
             request_id: row.request_id,
         })
     })
@@ -227,6 +233,8 @@ struct RequestSqlRow {
     failed_attempts: i64,
     status: String,
     expires_at_micros: i64,
+    created_at_micros: i64,
+    started_by: String,
 }
 
 /// Counts a wrong secret; the request locks at the limit. Returns the attempts left.
