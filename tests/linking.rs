@@ -302,6 +302,37 @@ async fn each_side_sees_only_its_own_member_and_links_can_end_and_return(server:
         .into_inner()
         .links;
     assert_eq!(history.len(), 2, "the ended link stays in the history");
+    let first = pb::ListLinksRequest {
+        member_id: "H-1001".to_owned(),
+        page_size: 1,
+        ..Default::default()
+    };
+    let first = world
+        .linking()
+        .list_links(authed(&world.hotel_token, first))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.links[0].link_id, relinked.link_id, "newest first");
+    let second = pb::ListLinksRequest {
+        member_id: "H-1001".to_owned(),
+        page_size: 1,
+        page_token: first.next_page_token,
+        ..Default::default()
+    };
+    let second = world
+        .linking()
+        .list_links(authed(&world.hotel_token, second))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            second.links[0].link_id.as_str(),
+            second.next_page_token.as_str()
+        ),
+        (link.link_id.as_str(), "")
+    );
     // The hotel ends the new one from its side.
     world
         .linking()

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use tandem_auth::{Authenticator, Caller, Role};
 use tandem_domain::{Category, PartnerId};
 use tandem_proto::{
@@ -11,6 +10,7 @@ use tandem_proto::{
     time::timestamp,
     v1::{self as pb, account_linking_service_server::AccountLinkingService},
 };
+use tandem_storage::PageRequest;
 use tonic::{Code, Request, Response, Status};
 
 use crate::{
@@ -141,18 +141,6 @@ fn policy_to_pb(partner: PartnerId, policy: &LinkPolicy) -> pb::LinkPolicy {
     }
 }
 
-fn encode_cursor(cursor: &(i64, String)) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}:{}", cursor.0, cursor.1))
-}
-
-fn decode_cursor(token: &str) -> Result<(i64, String), Status> {
-    let bad = || invalid("page_token", "is not a page token from a previous response");
-    let text =
-        String::from_utf8(URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?).map_err(|_| bad())?;
-    let (micros, id) = text.split_once(':').ok_or_else(bad)?;
-    Ok((micros.parse().map_err(|_| bad())?, id.to_owned()))
-}
-
 #[tonic::async_trait]
 impl<D: PartnerDirectory> AccountLinkingService for LinkingGrpc<D> {
     async fn start_link(
@@ -232,19 +220,11 @@ impl<D: PartnerDirectory> AccountLinkingService for LinkingGrpc<D> {
             Ok(pb::LinkStatus::Ended) => Some(LinkStatus::Ended),
             Err(_) => return Err(invalid("status", "unknown link status")),
         };
-        let size = match request.page_size {
-            size if size < 0 => return Err(invalid("page_size", "must not be negative")),
-            0 => 50,
-            size => (size as usize).min(500),
-        };
-        let after = if request.page_token.is_empty() {
-            None
-        } else {
-            Some(decode_cursor(&request.page_token)?)
-        };
+        let page = PageRequest::parse(request.page_size, &request.page_token)
+            .map_err(|(field, message)| invalid(field, message))?;
         let (links, next) = self
             .linking
-            .list_links(&caller, partner, member, status, after, size)
+            .list_links(&caller, partner, member, status, &page)
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::ListLinksResponse {
@@ -252,7 +232,7 @@ impl<D: PartnerDirectory> AccountLinkingService for LinkingGrpc<D> {
                 .iter()
                 .map(|link| link_to_pb(link, &caller, false))
                 .collect(),
-            next_page_token: next.as_ref().map(encode_cursor).unwrap_or_default(),
+            next_page_token: next.map(|cursor| cursor.encode()).unwrap_or_default(),
         }))
     }
 

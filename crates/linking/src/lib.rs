@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tandem_auth::{Caller, Role};
 use tandem_domain::{PartnerId, PartnerStatus, Timestamp};
-use tandem_storage::Database;
+use tandem_storage::{Database, PageCursor, PageRequest};
 
 pub use directory::{PartnerDirectory, PartnerFacts, RegistryDirectory};
 pub use grpc::LinkingGrpc;
@@ -354,9 +354,8 @@ impl<D: PartnerDirectory> Linking<D> {
         partner: Option<PartnerId>,
         member: Option<MemberId>,
         status: Option<LinkStatus>,
-        after: Option<(i64, String)>,
-        size: usize,
-    ) -> Result<(Vec<Link>, Option<(i64, String)>)> {
+        page: &PageRequest,
+    ) -> Result<(Vec<Link>, Option<PageCursor>)> {
         let partner = match caller.role() {
             Role::Partner => {
                 let own = caller.partner_id().ok_or(LinkingError::PermissionDenied(
@@ -376,27 +375,19 @@ impl<D: PartnerDirectory> Linking<D> {
             }
         };
         let mut connection = self.database.pool().acquire().await?;
-        let mut links = store::links(
+        let links = store::links(
             &mut connection,
             partner,
             member.as_ref(),
             status,
-            after,
-            size + 1,
+            page.after.as_ref(),
+            page.size + 1,
         )
         .await?;
-        let next = if links.len() > size {
-            links.truncate(size);
-            links.last().map(|link| {
-                (
-                    tandem_domain::to_unix_micros(link.created_at),
-                    link.id.clone(),
-                )
-            })
-        } else {
-            None
-        };
-        Ok((links, next))
+        Ok(page.split(links, |link| PageCursor {
+            created_at_micros: tandem_domain::to_unix_micros(link.created_at),
+            id: link.id.clone(),
+        }))
     }
 
     /// Either partner ends an active link.

@@ -3,7 +3,7 @@
 use sha2::{Digest, Sha256};
 use sqlx::{AnyConnection, FromRow};
 use tandem_domain::{Category, PartnerId, Timestamp, from_unix_micros, to_unix_micros};
-use tandem_storage::{Backend, Database};
+use tandem_storage::{Backend, Database, PageCursor};
 
 use crate::{
     LinkingError,
@@ -414,7 +414,7 @@ pub(crate) async fn links(
     partner: Option<PartnerId>,
     member: Option<&MemberId>,
     status: Option<LinkStatus>,
-    after: Option<(i64, String)>,
+    after: Option<&PageCursor>,
     limit: usize,
 ) -> Result<Vec<Link>, sqlx::Error> {
     let query = format!(
@@ -425,8 +425,9 @@ pub(crate) async fn links(
            AND ($4 IS NULL OR created_at_micros < $4 OR (created_at_micros = $4 AND link_id < $5)) \
          ORDER BY created_at_micros DESC, link_id DESC LIMIT $6"
     );
-    let (after_micros, after_id) =
-        after.map_or((None, String::new()), |(micros, id)| (Some(micros), id));
+    let (after_micros, after_id) = after.map_or((None, String::new()), |cursor| {
+        (Some(cursor.created_at_micros), cursor.id.clone())
+    });
     let rows: Vec<LinkRow> = sqlx::query_as(sqlx::AssertSqlSafe(query))
         .bind(partner.map(|id| id.to_string()))
         .bind(member.map(|member| member.to_string()))

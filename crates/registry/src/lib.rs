@@ -6,7 +6,6 @@
 
 mod error;
 mod grpc;
-mod page;
 mod store;
 mod terms_document;
 
@@ -21,8 +20,8 @@ use tandem_storage::Database;
 
 pub use error::RegistryError;
 pub use grpc::RegistryGrpc;
-pub use page::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PageCursor, PageRequest};
 use store::{AgreementStatusFilter, Store, StoreError};
+pub use tandem_storage::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PageCursor, PageRequest};
 
 /// The registry database's migrations.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

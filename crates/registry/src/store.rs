@@ -10,10 +10,9 @@ use tandem_domain::{
 };
 use tandem_storage::{Database, is_retryable_conflict, violates_unique};
 
-use crate::{
-    page::{PageCursor, PageRequest},
-    terms_document::TermsDocument,
-};
+use tandem_storage::{PageCursor, PageRequest};
+
+use crate::terms_document::TermsDocument;
 
 /// What the store reports beyond plain database failures.
 #[derive(Debug, thiserror::Error)]

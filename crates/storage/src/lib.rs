@@ -6,6 +6,7 @@
 //! schema per service on PostgreSQL, each with its own migrations.
 
 mod errors;
+mod page;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -19,6 +20,7 @@ use sqlx::{
 };
 
 pub use errors::{is_retryable_conflict, violates_unique};
+pub use page::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PageCursor, PageRequest};
 
 /// Where the services keep their data.
 #[derive(Debug, Clone)]
