@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "tandem/v1/ledger.proto",
         "tandem/v1/linking.proto",
         "tandem/v1/partner_gateway.proto",
+        "tandem/sim/v1/partner_sim.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={}", proto_root.join(file).display());

@@ -12,6 +12,14 @@ pub mod v1 {
     tonic::include_proto!("tandem.v1");
 }
 
+/// The partner simulator's control service: package `tandem.sim.v1`.
+pub mod sim {
+    pub mod v1 {
+        #![allow(clippy::all, missing_docs)]
+        tonic::include_proto!("tandem.sim.v1");
+    }
+}
+
 /// The encoded file descriptor set of every Tandem proto, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/tandem_descriptor.bin"));

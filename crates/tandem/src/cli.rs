@@ -21,6 +21,8 @@ pub struct Cli {
 enum Command {
     /// Run every Tandem service in this process on one port (SQLite in ./tandem-data by default).
     Serve(ServeArgs),
+    /// Run the reference partner: a small loyalty program behind PartnerGatewayService.
+    PartnerSim(crate::partner_sim::PartnerSimArgs),
     /// Mint an operator token (admin or ops) with the deployment's signing key.
     Token {
         /// The role: admin (registry administration) or ops (operations, read access).
@@ -94,6 +96,11 @@ impl Cli {
                     crate::keys::mint_operator_token(&settings, &role, &subject, ttl).await?;
                 println!("{token}");
                 Ok(())
+            }
+            Command::PartnerSim(args) => {
+                let settings = Settings::load(&self.common)?;
+                let _telemetry = tandem_telemetry::init("tandem-partner-sim", settings.log_format);
+                crate::partner_sim::run(settings, args).await
             }
             Command::Bench {
                 command: BenchCommand::Ledger(args),

@@ -3,6 +3,7 @@
 mod bench;
 mod cli;
 mod keys;
+mod partner_sim;
 mod serve;
 mod settings;
 

@@ -210,7 +210,7 @@ async fn watch_health(health: HealthReporter, mounted: Vec<Mounted>, shutdown: C
     }
 }
 
-async fn stop_on_signal(shutdown: CancellationToken) {
+pub(crate) async fn stop_on_signal(shutdown: CancellationToken) {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     let terminate = async {

@@ -1,0 +1,322 @@
+//! The gateway Tandem calls, and the control service tests use.
+
+use std::sync::Arc;
+
+use tandem_proto::{
+    sim::v1::{self as sim, partner_sim_service_server::PartnerSimService},
+    status,
+    v1::{self as pb, partner_gateway_service_server::PartnerGatewayService},
+};
+use tonic::{Request, Response, Status};
+
+use crate::{Faults, Outcome, Refusal, TandemVerifier, Wallets, faults::Fault};
+
+/// `PartnerGatewayService` over the simulated program's wallets.
+pub struct GatewayGrpc {
+    wallets: Wallets,
+    faults: Faults,
+    verifier: Arc<TandemVerifier>,
+}
+
+impl GatewayGrpc {
+    pub fn new(wallets: Wallets, faults: Faults, verifier: Arc<TandemVerifier>) -> Self {
+        Self {
+            wallets,
+            faults,
+            verifier,
+        }
+    }
+
+    /// Authenticates the caller and applies an armed fault that acts before the call. Returns
+    /// whether the call must fail after applying.
+    async fn before<T>(&self, rpc: &str, request: &Request<T>) -> Result<Option<Fault>, Status> {
+        self.verifier.verify(request.metadata()).await?;
+        match self.faults.take(rpc) {
+            Some(Fault::Fail) => Err(Status::unavailable("simulated failure: not applied")),
+            Some(Fault::Delay(delay)) => {
+                tokio::time::sleep(delay).await;
+                Ok(None)
+            }
+            other => Ok(other),
+        }
+    }
+}
+
+fn refusal_to_pb(refusal: Refusal) -> pb::RefusalReason {
+    match refusal {
+        Refusal::UnknownMember => pb::RefusalReason::UnknownMember,
+        Refusal::MemberBlocked => pb::RefusalReason::MemberBlocked,
+        Refusal::InsufficientPoints => pb::RefusalReason::InsufficientPoints,
+        Refusal::KeyConflict => pb::RefusalReason::KeyConflict,
+        Refusal::AlreadyReversed => pb::RefusalReason::AlreadyReversed,
+        Refusal::PartnerRule => pb::RefusalReason::PartnerRule,
+    }
+}
+
+/// (outcome, refusal reason, balance after)
+fn outcome_to_pb(outcome: Outcome) -> (i32, i32, i64) {
+    match outcome {
+        Outcome::Applied {
+            balance_after_minor,
+        } => (pb::GatewayOutcome::Applied.into(), 0, balance_after_minor),
+        Outcome::AlreadyApplied {
+            balance_after_minor,
+        } => (
+            pb::GatewayOutcome::AlreadyApplied.into(),
+            0,
+            balance_after_minor,
+        ),
+        Outcome::Refused(refusal) => (
+            pb::GatewayOutcome::Refused.into(),
+            refusal_to_pb(refusal).into(),
+            0,
+        ),
+    }
+}
+
+fn valid_operation(key: &str, member: &str, amount_minor: i64) -> Result<(), Status> {
+    let mut violations = Vec::new();
+    if key.is_empty() || key.len() > 200 {
+        violations.push(("transaction_key", "must be 1 to 200 characters"));
+    }
+    if member.is_empty() || member.len() > 128 {
+        violations.push(("member_id", "must be 1 to 128 characters"));
+    }
+    if amount_minor < 1 {
+        violations.push(("amount_minor", "must be at least 1"));
+    }
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(status::invalid_argument(violations))
+    }
+}
+
+/// What a fault does after the wallets answered.
+fn after(fault: Option<Fault>, outcome: Outcome) -> Result<Outcome, Status> {
+    match fault {
+        Some(Fault::Refuse) => Ok(Outcome::Refused(Refusal::PartnerRule)),
+        Some(Fault::FailAfterApplying) => {
+            Err(Status::unavailable("simulated failure after applying"))
+        }
+        _ => Ok(outcome),
+    }
+}
+
+#[tonic::async_trait]
+impl PartnerGatewayService for GatewayGrpc {
+    async fn validate_member(
+        &self,
+        request: Request<pb::ValidateMemberRequest>,
+    ) -> Result<Response<pb::ValidateMemberResponse>, Status> {
+        let fault = self.before("ValidateMember", &request).await?;
+        let member = self
+            .wallets
+            .member(&request.get_ref().member_id)
+            .await
+            .map_err(|error| status::internal(&error))?;
+        let standing = match (fault, member) {
+            (Some(Fault::Refuse), _) => pb::MemberStanding::Blocked,
+            (_, None) => pb::MemberStanding::Unknown,
+            (_, Some((_, false))) => pb::MemberStanding::Blocked,
+            (_, Some((_, true))) => pb::MemberStanding::Good,
+        };
+        Ok(Response::new(pb::ValidateMemberResponse {
+            standing: standing.into(),
+            reason: String::new(),
+        }))
+    }
+
+    async fn debit_points(
+        &self,
+        request: Request<pb::DebitPointsRequest>,
+    ) -> Result<Response<pb::DebitPointsResponse>, Status> {
+        let fault = self.before("DebitPoints", &request).await?;
+        let request = request.into_inner();
+        valid_operation(
+            &request.transaction_key,
+            &request.member_id,
+            request.amount_minor,
+        )?;
+        let outcome = if fault == Some(Fault::Refuse) {
+            Outcome::Refused(Refusal::PartnerRule)
+        } else {
+            self.wallets
+                .debit(
+                    &request.transaction_key,
+                    &request.member_id,
+                    request.amount_minor,
+                )
+                .await
+                .map_err(|error| status::internal(&error))?
+        };
+        let (outcome, refusal_reason, balance_after_minor) = outcome_to_pb(after(fault, outcome)?);
+        Ok(Response::new(pb::DebitPointsResponse {
+            outcome,
+            refusal_reason,
+            balance_after_minor,
+        }))
+    }
+
+    async fn credit_points(
+        &self,
+        request: Request<pb::CreditPointsRequest>,
+    ) -> Result<Response<pb::CreditPointsResponse>, Status> {
+        let fault = self.before("CreditPoints", &request).await?;
+        let request = request.into_inner();
+        valid_operation(
+            &request.transaction_key,
+            &request.member_id,
+            request.amount_minor,
+        )?;
+        let outcome = if fault == Some(Fault::Refuse) {
+            Outcome::Refused(Refusal::PartnerRule)
+        } else {
+            self.wallets
+                .credit(
+                    &request.transaction_key,
+                    &request.member_id,
+                    request.amount_minor,
+                )
+                .await
+                .map_err(|error| status::internal(&error))?
+        };
+        let (outcome, refusal_reason, balance_after_minor) = outcome_to_pb(after(fault, outcome)?);
+        Ok(Response::new(pb::CreditPointsResponse {
+            outcome,
+            refusal_reason,
+            balance_after_minor,
+        }))
+    }
+
+    async fn reverse_points(
+        &self,
+        request: Request<pb::ReversePointsRequest>,
+    ) -> Result<Response<pb::ReversePointsResponse>, Status> {
+        let fault = self.before("ReversePoints", &request).await?;
+        let request = request.into_inner();
+        valid_operation(&request.transaction_key, "-", 1)?;
+        if request.original_transaction_key.is_empty() {
+            return Err(status::invalid_argument([(
+                "original_transaction_key",
+                "is required",
+            )]));
+        }
+        let outcome = if fault == Some(Fault::Refuse) {
+            Outcome::Refused(Refusal::PartnerRule)
+        } else {
+            self.wallets
+                .reverse(&request.transaction_key, &request.original_transaction_key)
+                .await
+                .map_err(|error| status::internal(&error))?
+        };
+        let (outcome, refusal_reason, _) = outcome_to_pb(after(fault, outcome)?);
+        Ok(Response::new(pb::ReversePointsResponse {
+            outcome,
+            refusal_reason,
+        }))
+    }
+}
+
+/// `PartnerSimService`: seeding members and arming faults. It serves the simulator's own tests
+/// and demos only; run the simulator on loopback.
+pub struct SimControlGrpc {
+    wallets: Wallets,
+    faults: Faults,
+}
+
+impl SimControlGrpc {
+    pub fn new(wallets: Wallets, faults: Faults) -> Self {
+        Self { wallets, faults }
+    }
+}
+
+#[tonic::async_trait]
+impl PartnerSimService for SimControlGrpc {
+    async fn put_member(
+        &self,
+        request: Request<sim::PutMemberRequest>,
+    ) -> Result<Response<sim::PutMemberResponse>, Status> {
+        let member = request
+            .into_inner()
+            .member
+            .ok_or_else(|| status::invalid_argument([("member", "is required")]))?;
+        if member.member_id.is_empty() || member.member_id.len() > 128 {
+            return Err(status::invalid_argument([(
+                "member.member_id",
+                "must be 1 to 128 characters",
+            )]));
+        }
+        self.wallets
+            .put_member(
+                &member.member_id,
+                member.balance_minor,
+                member.in_good_standing,
+            )
+            .await
+            .map_err(|error| status::internal(&error))?;
+        Ok(Response::new(sim::PutMemberResponse {
+            member: Some(member),
+        }))
+    }
+
+    async fn get_member(
+        &self,
+        request: Request<sim::GetMemberRequest>,
+    ) -> Result<Response<sim::GetMemberResponse>, Status> {
+        let member_id = request.into_inner().member_id;
+        let (balance_minor, in_good_standing) = self
+            .wallets
+            .member(&member_id)
+            .await
+            .map_err(|error| status::internal(&error))?
+            .ok_or_else(|| Status::not_found(format!("no member {member_id:?}")))?;
+        Ok(Response::new(sim::GetMemberResponse {
+            member: Some(sim::Member {
+                member_id,
+                balance_minor,
+                in_good_standing,
+            }),
+        }))
+    }
+
+    async fn set_fault(
+        &self,
+        request: Request<sim::SetFaultRequest>,
+    ) -> Result<Response<sim::SetFaultResponse>, Status> {
+        let request = request.into_inner();
+        if ![
+            "ValidateMember",
+            "DebitPoints",
+            "CreditPoints",
+            "ReversePoints",
+        ]
+        .contains(&request.rpc.as_str())
+        {
+            return Err(status::invalid_argument([(
+                "rpc",
+                "must be ValidateMember, DebitPoints, CreditPoints or ReversePoints",
+            )]));
+        }
+        let fault = match sim::Fault::try_from(request.fault) {
+            Ok(sim::Fault::Unspecified) => None,
+            Ok(sim::Fault::Refuse) => Some(Fault::Refuse),
+            Ok(sim::Fault::Fail) => Some(Fault::Fail),
+            Ok(sim::Fault::FailAfterApplying) => Some(Fault::FailAfterApplying),
+            Ok(sim::Fault::Delay) if (1..=60_000).contains(&request.delay_ms) => Some(
+                Fault::Delay(std::time::Duration::from_millis(request.delay_ms as u64)),
+            ),
+            Ok(sim::Fault::Delay) => {
+                return Err(status::invalid_argument([(
+                    "delay_ms",
+                    "must be 1 to 60000 for FAULT_DELAY",
+                )]));
+            }
+            Err(_) => return Err(status::invalid_argument([("fault", "unknown fault")])),
+        };
+        let times = u32::try_from(request.times)
+            .map_err(|_| status::invalid_argument([("times", "must not be negative")]))?;
+        self.faults.set(&request.rpc, fault, times);
+        Ok(Response::new(sim::SetFaultResponse {}))
+    }
+}

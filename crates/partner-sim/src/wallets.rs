@@ -1,0 +1,269 @@
+//! The wallet store. Each operation runs in one write transaction: look up the key, decide,
+//! apply, record. A key is applied at most once, whatever the concurrency.
+
+use sqlx::AnyConnection;
+use tandem_storage::Database;
+
+/// Why the program refused an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    UnknownMember,
+    MemberBlocked,
+    InsufficientPoints,
+    KeyConflict,
+    AlreadyReversed,
+    PartnerRule,
+}
+
+/// A definite answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Applied { balance_after_minor: i64 },
+    AlreadyApplied { balance_after_minor: i64 },
+    Refused(Refusal),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Debit,
+    Credit,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Debit => "DEBIT",
+            Kind::Credit => "CREDIT",
+        }
+    }
+}
+
+/// The simulated program's wallets.
+#[derive(Debug, Clone)]
+pub struct Wallets {
+    database: Database,
+}
+
+async fn balance(
+    connection: &mut AnyConnection,
+    member: &str,
+) -> Result<Option<(i64, bool)>, sqlx::Error> {
+    let row: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT balance_minor, in_good_standing FROM sim_members WHERE member_id = $1",
+    )
+    .bind(member)
+    .fetch_optional(connection)
+    .await?;
+    Ok(row.map(|(balance, standing)| (balance, standing != 0)))
+}
+
+async fn operation(
+    connection: &mut AnyConnection,
+    key: &str,
+) -> Result<Option<(String, String, i64, Option<String>, Option<String>)>, sqlx::Error> {
+    sqlx::query_as("SELECT kind, member_id, amount_minor, original_key, reversed_by FROM sim_operations WHERE transaction_key = $1")
+        .bind(key)
+        .fetch_optional(connection)
+        .await
+}
+
+impl Wallets {
+    pub fn new(database: Database) -> Self {
+        Self { database }
+    }
+
+    /// Creates or replaces a member.
+    pub async fn put_member(
+        &self,
+        member: &str,
+        balance_minor: i64,
+        in_good_standing: bool,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO sim_members (member_id, balance_minor, in_good_standing) VALUES ($1, $2, $3) \
+             ON CONFLICT (member_id) DO UPDATE SET balance_minor = excluded.balance_minor, in_good_standing = excluded.in_good_standing",
+        )
+        .bind(member)
+        .bind(balance_minor)
+        .bind(i64::from(in_good_standing))
+        .execute(self.database.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// A member's balance and standing.
+    pub async fn member(&self, member: &str) -> Result<Option<(i64, bool)>, sqlx::Error> {
+        let mut connection = self.database.pool().acquire().await?;
+        balance(&mut connection, member).await
+    }
+
+    pub async fn debit(
+        &self,
+        key: &str,
+        member: &str,
+        amount_minor: i64,
+    ) -> Result<Outcome, sqlx::Error> {
+        self.apply(key, member, amount_minor, Kind::Debit).await
+    }
+
+    pub async fn credit(
+        &self,
+        key: &str,
+        member: &str,
+        amount_minor: i64,
+    ) -> Result<Outcome, sqlx::Error> {
+        self.apply(key, member, amount_minor, Kind::Credit).await
+    }
+
+    async fn apply(
+        &self,
+        key: &str,
+        member: &str,
+        amount_minor: i64,
+        kind: Kind,
+    ) -> Result<Outcome, sqlx::Error> {
+        let mut transaction = self.database.begin_write().await?;
+        if let Some((stored_kind, stored_member, stored_amount, _, _)) =
+            operation(&mut transaction, key).await?
+        {
+            let same = stored_kind == kind.as_str()
+                && stored_member == member
+                && stored_amount == amount_minor;
+            if !same {
+                return Ok(Outcome::Refused(Refusal::KeyConflict));
+            }
+            let (balance_after_minor, _) =
+                balance(&mut transaction, member).await?.unwrap_or_default();
+            return Ok(Outcome::AlreadyApplied {
+                balance_after_minor,
+            });
+        }
+        let Some((current, in_good_standing)) = balance(&mut transaction, member).await? else {
+            return Ok(Outcome::Refused(Refusal::UnknownMember));
+        };
+        if !in_good_standing {
+            return Ok(Outcome::Refused(Refusal::MemberBlocked));
+        }
+        let balance_after_minor = match kind {
+            Kind::Debit if current < amount_minor => {
+                return Ok(Outcome::Refused(Refusal::InsufficientPoints));
+            }
+            Kind::Debit => current - amount_minor,
+            Kind::Credit => current
+                .checked_add(amount_minor)
+                .ok_or_else(|| sqlx::Error::Protocol("balance overflow".to_owned()))?,
+        };
+        sqlx::query("UPDATE sim_members SET balance_minor = $1 WHERE member_id = $2")
+            .bind(balance_after_minor)
+            .bind(member)
+            .execute(&mut *transaction)
+            .await?;
+        record(
+            &mut transaction,
+            key,
+            kind.as_str(),
+            member,
+            amount_minor,
+            None,
+        )
+        .await?;
+        transaction.commit().await?;
+        Ok(Outcome::Applied {
+            balance_after_minor,
+        })
+    }
+
+    /// Undoes the operation under `original`. If it was never seen, its key becomes void, so
+    /// that it is refused should it arrive later: a reversal is never overtaken.
+    pub async fn reverse(&self, key: &str, original: &str) -> Result<Outcome, sqlx::Error> {
+        let mut transaction = self.database.begin_write().await?;
+        if let Some((kind, member, _, stored_original, _)) =
+            operation(&mut transaction, key).await?
+        {
+            if kind != "REVERSAL" || stored_original.as_deref() != Some(original) {
+                return Ok(Outcome::Refused(Refusal::KeyConflict));
+            }
+            let (balance_after_minor, _) = balance(&mut transaction, &member)
+                .await?
+                .unwrap_or_default();
+            return Ok(Outcome::AlreadyApplied {
+                balance_after_minor,
+            });
+        }
+        let outcome = match operation(&mut transaction, original).await? {
+            None => {
+                record(&mut transaction, original, "VOID", "", 0, None).await?;
+                sqlx::query(
+                    "UPDATE sim_operations SET reversed_by = $1 WHERE transaction_key = $2",
+                )
+                .bind(key)
+                .bind(original)
+                .execute(&mut *transaction)
+                .await?;
+                record(&mut transaction, key, "REVERSAL", "", 0, Some(original)).await?;
+                Outcome::Applied {
+                    balance_after_minor: 0,
+                }
+            }
+            Some((_, _, _, _, Some(_))) => return Ok(Outcome::Refused(Refusal::AlreadyReversed)),
+            Some((kind, _, _, _, None)) if kind == "REVERSAL" || kind == "VOID" => {
+                return Ok(Outcome::Refused(Refusal::KeyConflict));
+            }
+            Some((kind, member, amount, _, None)) => {
+                // Undoing a credit may leave the member below zero if they spent the points; the
+                // books must still be restored, so the program lets the balance go negative.
+                let delta = if kind == "DEBIT" { amount } else { -amount };
+                let (current, _) = balance(&mut transaction, &member)
+                    .await?
+                    .unwrap_or_default();
+                let balance_after_minor = current + delta;
+                sqlx::query("UPDATE sim_members SET balance_minor = $1 WHERE member_id = $2")
+                    .bind(balance_after_minor)
+                    .bind(&member)
+                    .execute(&mut *transaction)
+                    .await?;
+                sqlx::query(
+                    "UPDATE sim_operations SET reversed_by = $1 WHERE transaction_key = $2",
+                )
+                .bind(key)
+                .bind(original)
+                .execute(&mut *transaction)
+                .await?;
+                record(
+                    &mut transaction,
+                    key,
+                    "REVERSAL",
+                    &member,
+                    amount,
+                    Some(original),
+                )
+                .await?;
+                Outcome::Applied {
+                    balance_after_minor,
+                }
+            }
+        };
+        transaction.commit().await?;
+        Ok(outcome)
+    }
+}
+
+async fn record(
+    connection: &mut AnyConnection,
+    key: &str,
+    kind: &str,
+    member: &str,
+    amount_minor: i64,
+    original: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO sim_operations (transaction_key, kind, member_id, amount_minor, original_key, applied_at_micros) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(key)
+        .bind(kind)
+        .bind(member)
+        .bind(amount_minor)
+        .bind(original)
+        .bind(tandem_domain::to_unix_micros(tandem_domain::now()))
+        .execute(connection)
+        .await?;
+    Ok(())
+}
