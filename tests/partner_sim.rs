@@ -4,61 +4,29 @@
 
 mod helpers;
 
-use std::process::Stdio;
-
-use helpers::{HOUR, TANDEM, TestServer, authed, storage_args};
+use helpers::{HOUR, TestServer, authed};
 use tandem_auth::{Caller, Role};
 use tandem_proto::{
     sim::v1::{self as sim, partner_sim_service_client::PartnerSimServiceClient},
     v1::{self as pb, partner_gateway_service_client::PartnerGatewayServiceClient},
 };
 use tandem_storage::testing::TestDatabase;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::{Code, transport::Channel};
 
 struct Simulator {
-    _child: tokio::process::Child,
+    _process: helpers::Simulator,
     gateway: PartnerGatewayServiceClient<Channel>,
     control: PartnerSimServiceClient<Channel>,
     token: String,
 }
 
 async fn simulator(server: &TestServer) -> Simulator {
-    let mut child = tokio::process::Command::new(TANDEM)
-        .args(storage_args(&server.database))
-        .args([
-            "partner-sim",
-            "--program",
-            "HOTEL_PTS",
-            "--tandem",
-            &format!("http://{}", server.address),
-        ])
-        .env("TANDEM_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let address = tokio::time::timeout(std::time::Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(address) = line.strip_prefix("partner-sim listening on ") {
-                return address.to_owned();
-            }
-        }
-        panic!("partner-sim exited before listening");
-    })
-    .await
-    .expect("partner-sim announced its address");
-    let channel = Channel::from_shared(format!("http://{address}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let process = helpers::Simulator::start(server).await;
     let token = server.staff_token(Role::Service).await;
     Simulator {
-        _child: child,
-        gateway: PartnerGatewayServiceClient::new(channel.clone()),
-        control: PartnerSimServiceClient::new(channel),
+        gateway: PartnerGatewayServiceClient::new(process.channel.clone()),
+        control: PartnerSimServiceClient::new(process.channel.clone()),
+        _process: process,
         token,
     }
 }

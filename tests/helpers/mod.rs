@@ -261,3 +261,66 @@ macro_rules! on_every_backend {
         }
     };
 }
+
+/// A running `tandem partner-sim` for the program HOTEL_PTS, calling back to `server` for keys.
+pub struct Simulator {
+    _child: Child,
+    pub address: String,
+    pub channel: Channel,
+}
+
+impl Simulator {
+    pub async fn start(server: &TestServer) -> Self {
+        let mut child = Command::new(TANDEM)
+            .args(storage_args(&server.database))
+            .args([
+                "partner-sim",
+                "--program",
+                "HOTEL_PTS",
+                "--tandem",
+                &format!("http://{}", server.address),
+            ])
+            .env("TANDEM_LOG", "warn")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn tandem partner-sim");
+        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let address = tokio::time::timeout(START_DEADLINE, async {
+            while let Some(line) = lines.next_line().await.expect("read partner-sim's stdout") {
+                if let Some(address) = line.strip_prefix("partner-sim listening on ") {
+                    return address.to_owned();
+                }
+            }
+            panic!("partner-sim exited before listening");
+        })
+        .await
+        .expect("partner-sim announced its address before the deadline");
+        let channel = Channel::from_shared(format!("http://{address}"))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to partner-sim");
+        Self {
+            _child: child,
+            address,
+            channel,
+        }
+    }
+
+    /// Creates or replaces a member of the simulated program.
+    pub async fn put_member(&self, member_id: &str, balance_minor: i64, in_good_standing: bool) {
+        use tandem_proto::sim::v1 as sim;
+        let member = sim::Member {
+            member_id: member_id.to_owned(),
+            balance_minor,
+            in_good_standing,
+        };
+        sim::partner_sim_service_client::PartnerSimServiceClient::new(self.channel.clone())
+            .put_member(sim::PutMemberRequest {
+                member: Some(member),
+            })
+            .await
+            .expect("put a member");
+    }
+}
