@@ -292,6 +292,39 @@ pub(crate) async fn accounts_touched(
     Ok(ids.iter().filter_map(|id| id.parse().ok()).collect())
 }
 
+/// An account's totals right now, for a guard check inside the write: every entry already on
+/// the account, whatever commit time it carries (a batch that started later may have committed
+/// first), and pending entries of transactions still unresolved and unexpired at `now`.
+pub(crate) async fn current_totals(
+    connection: &mut AnyConnection,
+    account: AccountId,
+    now: Timestamp,
+) -> Result<Totals, sqlx::Error> {
+    let posted = sqlx::query(
+        "SELECT CAST(COALESCE(SUM(debit_minor), 0) AS BIGINT) AS debits, CAST(COALESCE(SUM(credit_minor), 0) AS BIGINT) AS credits \
+         FROM ledger_entries WHERE account_id = $1 AND phase = 'POSTED'",
+    )
+    .bind(account.to_string())
+    .fetch_one(&mut *connection)
+    .await?;
+    let pending = sqlx::query(
+        "SELECT CAST(COALESCE(SUM(e.debit_minor), 0) AS BIGINT) AS debits, CAST(COALESCE(SUM(e.credit_minor), 0) AS BIGINT) AS credits \
+         FROM ledger_entries e JOIN ledger_transactions p ON p.transaction_id = e.transaction_id \
+         WHERE e.account_id = $1 AND e.phase = 'PENDING' AND p.expires_at_micros > $2 \
+           AND NOT EXISTS (SELECT 1 FROM ledger_transactions r WHERE r.resolves_pending_id = p.transaction_id)",
+    )
+    .bind(account.to_string())
+    .bind(to_unix_micros(now))
+    .fetch_one(&mut *connection)
+    .await?;
+    Ok(Totals {
+        posted_debits: posted.try_get("debits")?,
+        posted_credits: posted.try_get("credits")?,
+        pending_debits: pending.try_get("debits")?,
+        pending_credits: pending.try_get("credits")?,
+    })
+}
+
 /// An account's totals for entries committed at or before `at`; pending entries count while
 /// their transaction is open at `at`.
 pub(crate) async fn totals(
@@ -581,7 +614,7 @@ async fn check_guards(
         if account.guard == Guard::None {
             continue;
         }
-        let mut totals = totals(connection, account.id, now).await?;
+        let mut totals = current_totals(connection, account.id, now).await?;
         let amount = leg.amount_minor;
         let slot = match (leg.direction, pending) {
             (Direction::Debit, false) => &mut totals.posted_debits,
