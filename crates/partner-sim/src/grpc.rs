@@ -9,7 +9,7 @@ use tandem_proto::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::{Faults, Outcome, Refusal, TandemVerifier, Wallets, faults::Fault};
+use crate::{Faults, Movement, Outcome, Refusal, TandemVerifier, Wallets, faults::Fault};
 
 /// `PartnerGatewayService` over the simulated program's wallets.
 pub struct GatewayGrpc {
@@ -25,6 +25,28 @@ impl GatewayGrpc {
             faults,
             verifier,
         }
+    }
+
+    /// The shared body of DebitPoints and CreditPoints: check the request, move the points unless
+    /// a fault refuses, and let a fault fail the call after the points moved.
+    async fn move_points(
+        &self,
+        fault: Option<Fault>,
+        key: &str,
+        member: &str,
+        amount_minor: i64,
+        movement: Movement,
+    ) -> Result<(i32, i32, i64), Status> {
+        valid_operation(key, member, amount_minor)?;
+        let outcome = if fault == Some(Fault::Refuse) {
+            Outcome::Refused(Refusal::PartnerRule)
+        } else {
+            self.wallets
+                .apply(key, member, amount_minor, movement)
+                .await
+                .map_err(|error| status::internal(&error))?
+        };
+        Ok(outcome_to_pb(after(fault, outcome)?))
     }
 
     /// Authenticates the caller and applies an armed fault that acts before the call. Returns
@@ -133,24 +155,15 @@ impl PartnerGatewayService for GatewayGrpc {
     ) -> Result<Response<pb::DebitPointsResponse>, Status> {
         let fault = self.before("DebitPoints", &request).await?;
         let request = request.into_inner();
-        valid_operation(
-            &request.transaction_key,
-            &request.member_id,
-            request.amount_minor,
-        )?;
-        let outcome = if fault == Some(Fault::Refuse) {
-            Outcome::Refused(Refusal::PartnerRule)
-        } else {
-            self.wallets
-                .debit(
-                    &request.transaction_key,
-                    &request.member_id,
-                    request.amount_minor,
-                )
-                .await
-                .map_err(|error| status::internal(&error))?
-        };
-        let (outcome, refusal_reason, balance_after_minor) = outcome_to_pb(after(fault, outcome)?);
+        let (outcome, refusal_reason, balance_after_minor) = self
+            .move_points(
+                fault,
+                &request.transaction_key,
+                &request.member_id,
+                request.amount_minor,
+                Movement::Debit,
+            )
+            .await?;
         Ok(Response::new(pb::DebitPointsResponse {
             outcome,
             refusal_reason,
@@ -164,24 +177,15 @@ impl PartnerGatewayService for GatewayGrpc {
     ) -> Result<Response<pb::CreditPointsResponse>, Status> {
         let fault = self.before("CreditPoints", &request).await?;
         let request = request.into_inner();
-        valid_operation(
-            &request.transaction_key,
-            &request.member_id,
-            request.amount_minor,
-        )?;
-        let outcome = if fault == Some(Fault::Refuse) {
-            Outcome::Refused(Refusal::PartnerRule)
-        } else {
-            self.wallets
-                .credit(
-                    &request.transaction_key,
-                    &request.member_id,
-                    request.amount_minor,
-                )
-                .await
-                .map_err(|error| status::internal(&error))?
-        };
-        let (outcome, refusal_reason, balance_after_minor) = outcome_to_pb(after(fault, outcome)?);
+        let (outcome, refusal_reason, balance_after_minor) = self
+            .move_points(
+                fault,
+                &request.transaction_key,
+                &request.member_id,
+                request.amount_minor,
+                Movement::Credit,
+            )
+            .await?;
         Ok(Response::new(pb::CreditPointsResponse {
             outcome,
             refusal_reason,

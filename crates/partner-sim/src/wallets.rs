@@ -23,17 +23,18 @@ pub enum Outcome {
     Refused(Refusal),
 }
 
+/// Which way points move in a member's wallet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub enum Movement {
     Debit,
     Credit,
 }
 
-impl Kind {
+impl Movement {
     fn as_str(self) -> &'static str {
         match self {
-            Kind::Debit => "DEBIT",
-            Kind::Credit => "CREDIT",
+            Movement::Debit => "DEBIT",
+            Movement::Credit => "CREDIT",
         }
     }
 }
@@ -97,30 +98,14 @@ impl Wallets {
         balance(&mut connection, member).await
     }
 
-    pub async fn debit(
+    /// Debits or credits a member once per key: a repeat of the same operation is already
+    /// applied, a different operation under the same key is refused.
+    pub async fn apply(
         &self,
         key: &str,
         member: &str,
         amount_minor: i64,
-    ) -> Result<Outcome, sqlx::Error> {
-        self.apply(key, member, amount_minor, Kind::Debit).await
-    }
-
-    pub async fn credit(
-        &self,
-        key: &str,
-        member: &str,
-        amount_minor: i64,
-    ) -> Result<Outcome, sqlx::Error> {
-        self.apply(key, member, amount_minor, Kind::Credit).await
-    }
-
-    async fn apply(
-        &self,
-        key: &str,
-        member: &str,
-        amount_minor: i64,
-        kind: Kind,
+        kind: Movement,
     ) -> Result<Outcome, sqlx::Error> {
         let mut transaction = self.database.begin_write().await?;
         if let Some((stored_kind, stored_member, stored_amount, _, _)) =
@@ -145,11 +130,11 @@ impl Wallets {
             return Ok(Outcome::Refused(Refusal::MemberBlocked));
         }
         let balance_after_minor = match kind {
-            Kind::Debit if current < amount_minor => {
+            Movement::Debit if current < amount_minor => {
                 return Ok(Outcome::Refused(Refusal::InsufficientPoints));
             }
-            Kind::Debit => current - amount_minor,
-            Kind::Credit => current
+            Movement::Debit => current - amount_minor,
+            Movement::Credit => current
                 .checked_add(amount_minor)
                 .ok_or_else(|| sqlx::Error::Protocol("balance overflow".to_owned()))?,
         };
