@@ -8,7 +8,9 @@ mod helpers;
 use std::{future::Future, pin::Pin};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use helpers::{HOUR, TestServer, authed, create_partner, create_partner_request, terms};
+use helpers::{
+    HOUR, TestServer, authed, create_partner, create_partner_request, hotel_and_rideshare, terms,
+};
 use tandem_auth::{Caller, Role};
 use tandem_proto::v1::{self as pb, PartnerCategory};
 use tandem_storage::testing::TestDatabase;
@@ -192,22 +194,8 @@ impl LedgerFixture {
 impl World {
     async fn new(server: TestServer) -> Self {
         let admin = server.staff_token(Role::Admin).await;
-        let (hotel, hotel_credentials) = create_partner(
-            &server,
-            &admin,
-            "skyline-hotels",
-            PartnerCategory::Hotel,
-            "SKYLINE_PTS",
-        )
-        .await;
-        let (ride, ride_credentials) = create_partner(
-            &server,
-            &admin,
-            "zoom-rides",
-            PartnerCategory::Rideshare,
-            "ZOOM_MILES",
-        )
-        .await;
+        let ((hotel, hotel_credentials), (ride, ride_credentials)) =
+            hotel_and_rideshare(&server, &admin).await;
         let (airline, airline_credentials) = create_partner(
             &server,
             &admin,

@@ -7,7 +7,7 @@ mod helpers;
 
 use std::time::Duration;
 
-use helpers::{TestServer, authed, create_partner, reason, terms};
+use helpers::{TestServer, authed, create_partner, hotel_and_rideshare, reason, terms};
 use tandem_auth::Role;
 use tandem_proto::v1::{
     self as pb, PartnerCategory, account_linking_service_client::AccountLinkingServiceClient,
@@ -57,22 +57,8 @@ async fn agree(server: &TestServer, source: (&str, &str), target: (&str, &str)) 
 impl Coalition {
     async fn new(server: TestServer) -> Self {
         let admin = server.staff_token(Role::Admin).await;
-        let (hotel, hotel_credentials) = create_partner(
-            &server,
-            &admin,
-            "skyline-hotels",
-            PartnerCategory::Hotel,
-            "SKYLINE_PTS",
-        )
-        .await;
-        let (ride, ride_credentials) = create_partner(
-            &server,
-            &admin,
-            "zoom-rides",
-            PartnerCategory::Rideshare,
-            "ZOOM_MILES",
-        )
-        .await;
+        let ((hotel, hotel_credentials), (ride, ride_credentials)) =
+            hotel_and_rideshare(&server, &admin).await;
         let (harbor, harbor_credentials) = create_partner(
             &server,
             &admin,

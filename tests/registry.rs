@@ -6,8 +6,8 @@ mod helpers;
 use std::time::Duration;
 
 use helpers::{
-    HOUR, TestServer, authed, create_partner, create_partner_request, reason, terms,
-    violated_fields,
+    HOUR, TestServer, authed, create_partner, create_partner_request, hotel_and_rideshare, reason,
+    terms, violated_fields,
 };
 use tandem_auth::Role;
 use tandem_proto::{
@@ -47,22 +47,8 @@ async fn terms_version_at(
 
 async fn a_hotel_and_a_rideshare_agree_amend_and_the_right_terms_apply(server: TestServer) {
     let admin = server.staff_token(Role::Admin).await;
-    let (hotel, hotel_credentials) = create_partner(
-        &server,
-        &admin,
-        "skyline-hotels",
-        PartnerCategory::Hotel,
-        "SKYLINE_PTS",
-    )
-    .await;
-    let (ride, ride_credentials) = create_partner(
-        &server,
-        &admin,
-        "zoom-rides",
-        PartnerCategory::Rideshare,
-        "ZOOM_MILES",
-    )
-    .await;
+    let ((hotel, hotel_credentials), (ride, ride_credentials)) =
+        hotel_and_rideshare(&server, &admin).await;
     assert_eq!(hotel.status, pb::PartnerStatus::Active as i32);
     let hotel_token = server.partner_token(&hotel_credentials).await;
     let ride_token = server.partner_token(&ride_credentials).await;
@@ -307,22 +293,7 @@ async fn bad_input_names_each_field_and_writes_nothing(server: TestServer) {
         "a rejected request writes nothing"
     );
 
-    let (hotel, hotel_credentials) = create_partner(
-        &server,
-        &admin,
-        "skyline-hotels",
-        PartnerCategory::Hotel,
-        "SKYLINE_PTS",
-    )
-    .await;
-    let (ride, _) = create_partner(
-        &server,
-        &admin,
-        "zoom-rides",
-        PartnerCategory::Rideshare,
-        "ZOOM_MILES",
-    )
-    .await;
+    let ((hotel, hotel_credentials), (ride, _)) = hotel_and_rideshare(&server, &admin).await;
     let hotel_token = server.partner_token(&hotel_credentials).await;
     let mut bad_terms = terms("0");
     bad_terms.exchange_fee_basis_points = 20_000;
@@ -407,28 +378,14 @@ async fn bad_input_names_each_field_and_writes_nothing(server: TestServer) {
 
 async fn duplicates_competitors_and_suspended_partners_are_refused(server: TestServer) {
     let admin = server.staff_token(Role::Admin).await;
-    let (hotel, hotel_credentials) = create_partner(
-        &server,
-        &admin,
-        "skyline-hotels",
-        PartnerCategory::Hotel,
-        "SKYLINE_PTS",
-    )
-    .await;
+    let ((hotel, hotel_credentials), (ride, ride_credentials)) =
+        hotel_and_rideshare(&server, &admin).await;
     let (other_hotel, _) = create_partner(
         &server,
         &admin,
         "harbor-inns",
         PartnerCategory::Hotel,
         "HARBOR_PTS",
-    )
-    .await;
-    let (ride, ride_credentials) = create_partner(
-        &server,
-        &admin,
-        "zoom-rides",
-        PartnerCategory::Rideshare,
-        "ZOOM_MILES",
     )
     .await;
     let hotel_token = server.partner_token(&hotel_credentials).await;
@@ -530,22 +487,8 @@ async fn duplicates_competitors_and_suspended_partners_are_refused(server: TestS
 
 async fn credentials_rotate_and_offboarding_ends_everything(server: TestServer) {
     let admin = server.staff_token(Role::Admin).await;
-    let (hotel, old_credentials) = create_partner(
-        &server,
-        &admin,
-        "skyline-hotels",
-        PartnerCategory::Hotel,
-        "SKYLINE_PTS",
-    )
-    .await;
-    let (ride, ride_credentials) = create_partner(
-        &server,
-        &admin,
-        "zoom-rides",
-        PartnerCategory::Rideshare,
-        "ZOOM_MILES",
-    )
-    .await;
+    let ((hotel, old_credentials), (ride, ride_credentials)) =
+        hotel_and_rideshare(&server, &admin).await;
     let hotel_token = server.partner_token(&old_credentials).await;
 
     let rotated = server

@@ -229,6 +229,33 @@ pub async fn create_partner(
     (response.partner.unwrap(), response.credentials.unwrap())
 }
 
+/// The pair most tests start from: Skyline Hotels and Zoom Rides, registered by `admin`.
+pub async fn hotel_and_rideshare(
+    server: &TestServer,
+    admin: &str,
+) -> (
+    (pb::Partner, pb::ClientCredentials),
+    (pb::Partner, pb::ClientCredentials),
+) {
+    let hotel = create_partner(
+        server,
+        admin,
+        "skyline-hotels",
+        pb::PartnerCategory::Hotel,
+        "SKYLINE_PTS",
+    )
+    .await;
+    let ride = create_partner(
+        server,
+        admin,
+        "zoom-rides",
+        pb::PartnerCategory::Rideshare,
+        "ZOOM_MILES",
+    )
+    .await;
+    (hotel, ride)
+}
+
 pub fn terms(rate: &str) -> pb::AgreementTerms {
     pb::AgreementTerms {
         conversion_rate: rate.to_owned(),
