@@ -10,12 +10,14 @@ mod caller;
 mod grpc;
 mod keys;
 mod secrets;
+mod service_token;
 mod tokens;
 
 pub use caller::{Caller, Role};
 pub use grpc::{AuthGrpc, CredentialVerifier};
 pub use keys::{KeyStore, SigningKeyInfo};
 pub use secrets::{ClientCredentials, SecretHash, hash_secret, verify_secret};
+pub use service_token::ServiceToken;
 pub use tokens::{AuthError, Authenticator, IssuedToken, TokenSettings};
 
 /// The migrations of the auth database (signing keys).

@@ -3,13 +3,12 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use tandem_auth::{Authenticator, Caller, Role};
+use tandem_auth::{Authenticator, ServiceToken};
 use tandem_domain::{Category, PartnerId, PartnerStatus};
 use tandem_proto::v1::{
     self as pb, partner_gateway_service_client::PartnerGatewayServiceClient,
     partner_registry_service_client::PartnerRegistryServiceClient,
 };
-use tokio::sync::Mutex;
 use tonic::{Code, Request, transport::Channel};
 
 use crate::{LinkingError, MemberId};
@@ -46,51 +45,23 @@ pub trait PartnerDirectory: Send + Sync + 'static {
 /// How long Tandem waits for a partner's gateway before the link fails as UNAVAILABLE.
 const GATEWAY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Service tokens live this long; a fresh one is minted a minute before expiry.
-const SERVICE_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
-
 /// The registry over gRPC.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct RegistryDirectory {
     client: PartnerRegistryServiceClient<Channel>,
-    authenticator: Arc<Authenticator>,
-    token: Arc<Mutex<Option<(String, std::time::Instant)>>>,
-}
-
-impl std::fmt::Debug for RegistryDirectory {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegistryDirectory").finish_non_exhaustive()
-    }
+    token: ServiceToken,
 }
 
 impl RegistryDirectory {
     pub fn new(channel: Channel, authenticator: Arc<Authenticator>) -> Self {
         Self {
             client: PartnerRegistryServiceClient::new(channel),
-            authenticator,
-            token: Arc::new(Mutex::new(None)),
+            token: ServiceToken::new(authenticator, "linking"),
         }
     }
 
     async fn authed<T>(&self, message: T) -> Result<Request<T>, LinkingError> {
-        let mut token = self.token.lock().await;
-        let fresh = token.as_ref().is_some_and(|(_, minted)| {
-            minted.elapsed() + Duration::from_secs(60) < SERVICE_TOKEN_TTL
-        });
-        if !fresh {
-            let caller = Caller::staff(Role::Service, "linking").expect("service is a staff role");
-            let issued = self.authenticator.issue(&caller, SERVICE_TOKEN_TTL).await?;
-            *token = Some((issued.token, std::time::Instant::now()));
-        }
-        let mut request = Request::new(message);
-        let value = format!("Bearer {}", token.as_ref().expect("just set").0);
-        request.metadata_mut().insert(
-            "authorization",
-            value
-                .parse()
-                .map_err(|_| LinkingError::Internal("token is not a header value".to_owned()))?,
-        );
-        Ok(request)
+        Ok(self.token.authorize(message).await?)
     }
 }
 
