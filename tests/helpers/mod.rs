@@ -8,7 +8,8 @@ use std::{process::Stdio, time::Duration};
 use tandem_auth::{Authenticator, Caller, KeyStore, Role, TokenSettings};
 use tandem_proto::v1::{
     self as pb, account_linking_service_client::AccountLinkingServiceClient,
-    auth_service_client::AuthServiceClient, ledger_service_client::LedgerServiceClient,
+    auth_service_client::AuthServiceClient, exchange_service_client::ExchangeServiceClient,
+    ledger_service_client::LedgerServiceClient,
     partner_registry_service_client::PartnerRegistryServiceClient,
 };
 use tandem_storage::{Database, Location, testing::TestDatabase};
@@ -97,6 +98,10 @@ impl TestServer {
 
     pub fn ledger(&self) -> LedgerServiceClient<Channel> {
         LedgerServiceClient::new(self.channel.clone())
+    }
+
+    pub fn exchange(&self) -> ExchangeServiceClient<Channel> {
+        ExchangeServiceClient::new(self.channel.clone())
     }
 
     pub fn auth(&self) -> AuthServiceClient<Channel> {
@@ -266,6 +271,7 @@ pub fn terms(rate: &str) -> pb::AgreementTerms {
         settlement_price: "0.0085".to_owned(),
         exchange_fee_basis_points: 150,
         earn_rules: None,
+        conversion_reversal_hours: 72,
     }
 }
 
@@ -298,12 +304,17 @@ pub struct Simulator {
 
 impl Simulator {
     pub async fn start(server: &TestServer) -> Self {
+        Self::start_for(server, "HOTEL_PTS").await
+    }
+
+    /// A simulator of `program`, with its own wallet store beside the server's databases.
+    pub async fn start_for(server: &TestServer, program: &str) -> Self {
         let mut child = Command::new(TANDEM)
             .args(storage_args(&server.database))
             .args([
                 "partner-sim",
                 "--program",
-                "HOTEL_PTS",
+                program,
                 "--tandem",
                 &format!("http://{}", server.address),
             ])
@@ -349,5 +360,59 @@ impl Simulator {
             })
             .await
             .expect("put a member");
+    }
+
+    /// A member's balance now.
+    pub async fn balance(&self, member_id: &str) -> i64 {
+        use tandem_proto::sim::v1 as sim;
+        sim::partner_sim_service_client::PartnerSimServiceClient::new(self.channel.clone())
+            .get_member(sim::GetMemberRequest {
+                member_id: member_id.to_owned(),
+            })
+            .await
+            .expect("get a member")
+            .into_inner()
+            .member
+            .expect("a member")
+            .balance_minor
+    }
+
+    /// Arms a fault on one gateway RPC for the next `times` calls (0: until cleared).
+    pub async fn set_fault(
+        &self,
+        rpc: &str,
+        fault: tandem_proto::sim::v1::Fault,
+        times: i32,
+        delay_ms: i32,
+    ) {
+        use tandem_proto::sim::v1 as sim;
+        sim::partner_sim_service_client::PartnerSimServiceClient::new(self.channel.clone())
+            .set_fault(sim::SetFaultRequest {
+                rpc: rpc.to_owned(),
+                fault: fault.into(),
+                times,
+                delay_ms,
+            })
+            .await
+            .expect("set a fault");
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, failing after `deadline`.
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let give_up = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "gave up waiting after {deadline:?} for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -23,9 +23,13 @@ pub struct Terms {
     settlement_price: Price,
     exchange_fee: BasisPoints,
     earn_rules: Option<EarnRules>,
+    conversion_reversal_hours: u32,
 }
 
 impl Terms {
+    /// Longest reversal window an agreement may set: a year, so a conversion's books close.
+    pub const MAX_REVERSAL_HOURS: u32 = 8760;
+
     /// Joins already-valid fields, checking the rules between them: the minimum is a whole number
     /// of increments (so the minimum itself can be converted), and caps are not below the minimum
     /// (a cap below it would make the agreement unusable).
@@ -74,7 +78,26 @@ impl Terms {
             settlement_price,
             exchange_fee,
             earn_rules,
+            conversion_reversal_hours: 0,
         })
+    }
+
+    /// The same terms with a reversal window: conversions may be reversed for this many hours
+    /// after they complete. New terms allow no reversal.
+    pub fn with_conversion_reversal_hours(mut self, hours: u32) -> Result<Self, Violations> {
+        if hours > Self::MAX_REVERSAL_HOURS {
+            let mut violations = Violations::new();
+            violations.push(FieldViolation::new(
+                "conversion_reversal_hours",
+                format!(
+                    "must be from 0 to {}; got {hours}",
+                    Self::MAX_REVERSAL_HOURS
+                ),
+            ));
+            return Err(violations);
+        }
+        self.conversion_reversal_hours = hours;
+        Ok(self)
     }
 
     pub fn conversion_rate(&self) -> Rate {
@@ -100,6 +123,9 @@ impl Terms {
     }
     pub fn earn_rules(&self) -> Option<&EarnRules> {
         self.earn_rules.as_ref()
+    }
+    pub fn conversion_reversal_hours(&self) -> u32 {
+        self.conversion_reversal_hours
     }
 }
 

@@ -314,7 +314,8 @@ fn terms_from_pb(terms: pb::AgreementTerms) -> Result<Terms, Violations> {
         price,
         fee,
         earn_rules,
-    )
+    )?
+    .with_conversion_reversal_hours(terms.conversion_reversal_hours)
 }
 
 fn earn_rules_from_pb(rules: pb::EarnRules) -> Result<EarnRules, Violations> {
@@ -399,6 +400,7 @@ fn terms_to_pb(terms: &Terms) -> pb::AgreementTerms {
             .map(Points::minor_units),
         settlement_price: terms.settlement_price().to_string(),
         exchange_fee_basis_points: terms.exchange_fee().value(),
+        conversion_reversal_hours: terms.conversion_reversal_hours(),
         earn_rules: terms.earn_rules().map(|rules| pb::EarnRules {
             points_per_spend_unit: rules.points_per_spend_unit().to_string(),
             spend_currency: rules.spend_currency().code().to_owned(),

@@ -18,6 +18,9 @@ pub(crate) struct TermsDocument {
     settlement_price: String,
     exchange_fee_basis_points: u32,
     earn_rules: Option<EarnRulesDocument>,
+    /// Absent from documents stored before reversal windows existed: those allow no reversal.
+    #[serde(default)]
+    conversion_reversal_hours: u32,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -77,6 +80,7 @@ impl From<&Terms> for TermsDocument {
                 annual_spend_cap_minor: rules.annual_spend_cap_minor(),
                 hold_days: rules.hold_days(),
             }),
+            conversion_reversal_hours: terms.conversion_reversal_hours(),
         }
     }
 }
@@ -101,6 +105,7 @@ impl TermsDocument {
             BasisPoints::new(self.exchange_fee_basis_points)?,
             earn_rules,
         )
+        .and_then(|terms| terms.with_conversion_reversal_hours(self.conversion_reversal_hours))
         .map_err(|violations| violations.to_string())
     }
 }
