@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "tandem/v1/ledger.proto",
         "tandem/v1/linking.proto",
         "tandem/v1/partner_gateway.proto",
+        "tandem/v1/exchange.proto",
         "tandem/sim/v1/partner_sim.proto",
     ];
     for file in files {

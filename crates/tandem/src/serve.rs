@@ -4,11 +4,13 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tandem_auth::{AuthGrpc, Authenticator, KeyStore, TokenSettings};
+use tandem_exchange::{Exchange, ExchangeGrpc, ExchangeOptions, Peers};
 use tandem_ledger::{Ledger, LedgerOptions};
 use tandem_linking::{Linking, LinkingGrpc, RegistryDirectory};
 use tandem_proto::v1::{
     account_linking_service_server::AccountLinkingServiceServer,
-    auth_service_server::AuthServiceServer, ledger_service_server::LedgerServiceServer,
+    auth_service_server::AuthServiceServer, exchange_service_server::ExchangeServiceServer,
+    ledger_service_server::LedgerServiceServer,
     partner_registry_service_server::PartnerRegistryServiceServer,
 };
 use tandem_registry::{Registry, RegistryGrpc};
@@ -46,6 +48,8 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     let linking_database = Database::open(location, "linking", &tandem_linking::MIGRATOR).await?;
     let settlement_database =
         Database::open(location, "settlement", &tandem_ledger::MIGRATOR).await?;
+    let exchange_database =
+        Database::open(location, "exchange", &tandem_exchange::MIGRATOR).await?;
     let token_settings = TokenSettings {
         audience: settings.common.token_audience.clone(),
     };
@@ -75,11 +79,23 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
             .connect_lazy();
     let linking = Linking::new(
         linking_database.clone(),
-        RegistryDirectory::new(registry_channel, authenticator.clone()),
+        RegistryDirectory::new(registry_channel.clone(), authenticator.clone()),
         settings.link_code_ttl,
     );
     let linking_service =
-        AccountLinkingServiceServer::new(LinkingGrpc::new(linking, authenticator));
+        AccountLinkingServiceServer::new(LinkingGrpc::new(linking, authenticator.clone()));
+    // The exchange too reaches registry, linking and the ledger through their gRPC clients.
+    let exchange = Exchange::new(
+        exchange_database.clone(),
+        Peers::new(registry_channel, authenticator.clone()),
+        ExchangeOptions {
+            quote_lifetime: settings.quote_ttl,
+            saga_lease: settings.saga_lease,
+            ..ExchangeOptions::default()
+        },
+    );
+    let exchange_service =
+        ExchangeServiceServer::new(ExchangeGrpc::new(exchange.clone(), authenticator));
     let mounted = vec![
         Mounted {
             name: <AuthServiceServer<AuthGrpc<Registry>> as NamedService>::NAME,
@@ -98,6 +114,10 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
             name: <LedgerServiceServer<LedgerGrpc> as NamedService>::NAME,
             database: settlement_database.clone(),
         },
+        Mounted {
+            name: <ExchangeServiceServer<ExchangeGrpc> as NamedService>::NAME,
+            database: exchange_database.clone(),
+        },
     ];
 
     let service_names: Vec<&'static str> = mounted.iter().map(|service| service.name).collect();
@@ -115,6 +135,7 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     tokio::spawn(watch_health(health.clone(), mounted, shutdown.clone()));
+    let recovery = tokio::spawn(tandem_exchange::run_recovery(exchange, shutdown.clone()));
 
     tracing::info!(%address, storage = %location.describe(), "tandem serving");
     // Scripts and tests read this line to learn the port; it is the only thing serve prints to
@@ -134,6 +155,7 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         .add_service(registry_service)
         .add_service(ledger_service)
         .add_service(linking_service)
+        .add_service(exchange_service)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
             stopping.cancelled().await;
             // Load balancers stop sending new work while in-flight requests drain.
@@ -150,11 +172,16 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         .await
         .context("serving gRPC")?;
 
+    // The worker stops at its next look; a saga it was driving keeps its lease and is resumed
+    // by the next process once the lease lapses.
+    shutdown.cancel();
+    let _ = recovery.await;
     for database in [
         auth_database,
         registry_database,
         linking_database,
         settlement_database,
+        exchange_database,
     ] {
         database.close().await;
     }

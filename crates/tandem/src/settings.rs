@@ -48,6 +48,13 @@ pub struct ServeArgs {
     /// Longest a request may run before it fails with DEADLINE_EXCEEDED, such as 30s [default: 30s].
     #[arg(long, env = "TANDEM_REQUEST_TIMEOUT")]
     pub request_timeout: Option<String>,
+    /// How long a conversion quote can be executed, such as 5m [default: 5m].
+    #[arg(long, env = "TANDEM_QUOTE_TTL")]
+    pub quote_ttl: Option<String>,
+    /// How long a process owns a conversion or earning it drives before another may take it
+    /// over; also how soon a crashed process's work is resumed, such as 30s [default: 30s].
+    #[arg(long, env = "TANDEM_SAGA_LEASE")]
+    pub saga_lease: Option<String>,
 }
 
 /// The settings file. Every key is optional.
@@ -62,6 +69,8 @@ struct FileSettings {
     partner_token_ttl: Option<String>,
     link_code_ttl: Option<String>,
     request_timeout: Option<String>,
+    quote_ttl: Option<String>,
+    saga_lease: Option<String>,
 }
 
 /// Settings every command needs.
@@ -80,6 +89,8 @@ pub struct ServeSettings {
     pub partner_token_ttl: Duration,
     pub link_code_ttl: Duration,
     pub request_timeout: Duration,
+    pub quote_ttl: Duration,
+    pub saga_lease: Duration,
 }
 
 /// Everything wrong with the settings, one line each.
@@ -220,6 +231,31 @@ impl ServeSettings {
             .or_else(|| file.request_timeout.clone())
             .unwrap_or_else(|| "30s".to_owned());
         let request_timeout = duration("request_timeout", &timeout_text, &mut problems);
+        let quote_text = serve
+            .quote_ttl
+            .clone()
+            .or_else(|| file.quote_ttl.clone())
+            .unwrap_or_else(|| "5m".to_owned());
+        let quote_ttl = duration("quote_ttl", &quote_text, &mut problems);
+        if quote_ttl > Duration::from_secs(3600) {
+            problems.push(
+                "quote_ttl: must be at most 1h; a quote holds a price that terms may change"
+                    .to_owned(),
+            );
+        }
+        let lease_text = serve
+            .saga_lease
+            .clone()
+            .or_else(|| file.saga_lease.clone())
+            .unwrap_or_else(|| "30s".to_owned());
+        let saga_lease = duration("saga_lease", &lease_text, &mut problems);
+        if saga_lease < Duration::from_secs(1) {
+            problems.push(
+                "saga_lease: must be at least 1s; a shorter lease lets two processes drive one \
+                 conversion"
+                    .to_owned(),
+            );
+        }
         if problems.is_empty() {
             Ok(Self {
                 common,
@@ -227,6 +263,8 @@ impl ServeSettings {
                 partner_token_ttl,
                 link_code_ttl,
                 request_timeout,
+                quote_ttl,
+                saga_lease,
             })
         } else {
             Err(SettingsError(problems))
@@ -254,6 +292,8 @@ mod tests {
             partner_token_ttl: None,
             link_code_ttl: None,
             request_timeout: None,
+            quote_ttl: None,
+            saga_lease: None,
         }
     }
 
@@ -298,6 +338,8 @@ mod tests {
             partner_token_ttl: Some("forever".to_owned()),
             link_code_ttl: None,
             request_timeout: Some("0s".to_owned()),
+            quote_ttl: None,
+            saga_lease: None,
         };
         let error = ServeSettings::load(&common, &serve).unwrap_err();
         let fields: Vec<&str> = error

@@ -1,0 +1,1387 @@
+//! Quotes and conversions.
+//!
+//! A conversion's saga: debit the member at the source gateway, credit the member at the target
+//! gateway, post the ledger transaction, COMPLETED. A refusal compensates (the source debit is
+//! reversed) and ends FAILED. Steps forward are not written down one by one: every step is
+//! idempotent by its key, so a resumed saga simply asks again from the last written step. What is
+//! written before it is acted on is every decision that must not be taken back: to compensate,
+//! to reverse, and every end.
+
+use chrono::{Datelike, TimeZone, Utc};
+use rust_decimal::Decimal;
+use tandem_auth::Caller;
+use tandem_domain::{Currency, from_unix_micros};
+use tandem_proto::{status, time::datetime, v1 as pb};
+use tandem_storage::{Backend, PageCursor, PageRequest, violates_unique};
+use tonic::{Code, Status};
+
+use crate::{
+    Exchange, database_error, invalid, is_staff, new_id, now_micros, own_partner,
+    peers::{AccountName, GatewayAnswer, ledger_refused},
+    pricing::{self, Amount, ConversionTerms, PricingError, Scales},
+    refuse, require_partner,
+    rows::{CONVERSION_COLUMNS, ConversionRow, QUOTE_COLUMNS, QuoteRow, Viewer},
+    saga::{MAX_UNKNOWN_ATTEMPTS, SagaTable, TRIES_PER_DRIVE, backoff, quick_pause},
+};
+
+/// The owner name of the exchange's own ledger accounts.
+pub(crate) const EXCHANGE_OWNER: &str = "exchange";
+
+/// The link's two sides as the source partner sees them: (source member, target partner,
+/// target member).
+fn sides(link: &pb::Link, partner_id: &str) -> Option<(String, String, String)> {
+    let initiator = link.initiator.as_ref()?;
+    let acceptor = link.acceptor.as_ref()?;
+    if initiator.partner_id == partner_id {
+        Some((
+            initiator.member_id.clone(),
+            acceptor.partner_id.clone(),
+            acceptor.member_id.clone(),
+        ))
+    } else if acceptor.partner_id == partner_id {
+        Some((
+            acceptor.member_id.clone(),
+            initiator.partner_id.clone(),
+            initiator.member_id.clone(),
+        ))
+    } else {
+        None
+    }
+}
+
+pub(crate) fn require_active(partner: &pb::Partner) -> Result<(), Status> {
+    if partner.status != pb::PartnerStatus::Active as i32 {
+        return Err(refuse(
+            Code::FailedPrecondition,
+            "PARTNER_NOT_ACTIVE",
+            format!("partner {} is not ACTIVE", partner.partner_id),
+        ));
+    }
+    if partner.gateway_endpoint.is_empty() {
+        return Err(refuse(
+            Code::FailedPrecondition,
+            "GATEWAY_NOT_CONFIGURED",
+            format!(
+                "partner {} has no gateway endpoint, so its points cannot move",
+                partner.partner_id
+            ),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn decimal(text: &str, what: &str) -> Result<Decimal, Status> {
+    text.parse()
+        .map_err(|_| status::internal(&format!("terms carry an unreadable {what}: {text:?}")))
+}
+
+pub(crate) fn currency_scale(partner: &pb::Partner) -> Result<u32, Status> {
+    partner
+        .settlement_currency
+        .parse::<Currency>()
+        .map(|currency| currency.exponent())
+        .map_err(|error| status::internal(&error))
+}
+
+fn pricing_error(field: &str, error: PricingError) -> Status {
+    invalid(field, error)
+}
+
+/// Midnight UTC of the day and the first of the month of `micros`.
+fn day_and_month_start(micros: i64) -> (i64, i64) {
+    let at = from_unix_micros(micros);
+    let day = Utc
+        .with_ymd_and_hms(at.year(), at.month(), at.day(), 0, 0, 0)
+        .single()
+        .unwrap_or(at);
+    let month = Utc
+        .with_ymd_and_hms(at.year(), at.month(), 1, 0, 0, 0)
+        .single()
+        .unwrap_or(at);
+    (
+        tandem_domain::to_unix_micros(day),
+        tandem_domain::to_unix_micros(month),
+    )
+}
+
+/// Statuses whose points count against caps: everything not undone.
+const COUNTS_AGAINST_CAPS: &str = "status NOT IN ('FAILED', 'REVERSED')";
+
+/// Where a conversion's saga stands while it is driven.
+#[derive(Debug, Clone)]
+struct Progress {
+    status: &'static str,
+    step: &'static str,
+    attempts: i64,
+    last_error: String,
+    failure_reason: String,
+    ledger_transaction_id: String,
+    reversal_transaction_id: String,
+}
+
+fn static_status(text: &str) -> &'static str {
+    match text {
+        "PENDING" => "PENDING",
+        "COMPLETED" => "COMPLETED",
+        "FAILED" => "FAILED",
+        "REVERSING" => "REVERSING",
+        _ => "REVERSED",
+    }
+}
+
+fn static_step(text: &str) -> &'static str {
+    match text {
+        "DEBIT_SOURCE" => "DEBIT_SOURCE",
+        "CREDIT_TARGET" => "CREDIT_TARGET",
+        "POST_LEDGER" => "POST_LEDGER",
+        "UNDO_CREDIT" => "UNDO_CREDIT",
+        "UNDO_DEBIT" => "UNDO_DEBIT",
+        "REVERSE_DEBIT_TARGET" => "REVERSE_DEBIT_TARGET",
+        "REVERSE_CREDIT_SOURCE" => "REVERSE_CREDIT_SOURCE",
+        "REVERSE_LEDGER" => "REVERSE_LEDGER",
+        _ => "DONE",
+    }
+}
+
+/// What a drive does after one step.
+enum Next {
+    /// Go on to the next step now.
+    Continue,
+    /// Write the progress down, then go on.
+    Record,
+    /// Stop: a terminal state or a parked retry, written down.
+    Stop,
+}
+
+impl Exchange {
+    async fn load_quote(&self, quote_id: &str) -> Result<Option<QuoteRow>, Status> {
+        sqlx::query_as::<_, QuoteRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {QUOTE_COLUMNS} FROM quotes WHERE quote_id = $1"
+        )))
+        .bind(quote_id)
+        .fetch_optional(self.database.pool())
+        .await
+        .map_err(database_error)
+    }
+
+    async fn load_conversion(&self, id: &str) -> Result<Option<ConversionRow>, Status> {
+        sqlx::query_as::<_, ConversionRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {CONVERSION_COLUMNS} FROM conversions WHERE conversion_id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(self.database.pool())
+        .await
+        .map_err(database_error)
+    }
+
+    /// Source points a member (or the whole agreement) has converted since `since`.
+    async fn used_points(
+        connection: &mut sqlx::AnyConnection,
+        agreement_id: &str,
+        member: Option<&str>,
+        since: i64,
+    ) -> Result<i64, sqlx::Error> {
+        let total: Option<i64> = match member {
+            Some(member) => {
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT CAST(SUM(source_points) AS BIGINT) FROM conversions \
+                     WHERE agreement_id = $1 AND source_member_id = $2 \
+                     AND created_at_micros >= $3 AND {COUNTS_AGAINST_CAPS}"
+                )))
+                .bind(agreement_id)
+                .bind(member)
+                .bind(since)
+                .fetch_one(&mut *connection)
+                .await?
+            }
+            None => {
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT CAST(SUM(source_points) AS BIGINT) FROM conversions \
+                     WHERE agreement_id = $1 AND created_at_micros >= $2 AND {COUNTS_AGAINST_CAPS}"
+                )))
+                .bind(agreement_id)
+                .bind(since)
+                .fetch_one(&mut *connection)
+                .await?
+            }
+        };
+        Ok(total.unwrap_or(0))
+    }
+
+    /// RESOURCE_EXHAUSTED when converting `quote` would pass the member's daily or the
+    /// agreement's monthly cap.
+    async fn check_caps(
+        connection: &mut sqlx::AnyConnection,
+        quote: &QuoteRow,
+        now: i64,
+    ) -> Result<(), Status> {
+        let (day, month) = day_and_month_start(now);
+        if let Some(cap) = quote.member_daily_cap_points {
+            let used = Self::used_points(
+                connection,
+                &quote.agreement_id,
+                Some(&quote.source_member_id),
+                day,
+            )
+            .await
+            .map_err(database_error)?;
+            if used + quote.source_points > cap {
+                return Err(refuse(
+                    Code::ResourceExhausted,
+                    "MEMBER_DAILY_CAP_REACHED",
+                    format!(
+                        "the member may convert {cap} points a day under this agreement; \
+                         {used} are used today, so {} more is too many",
+                        quote.source_points
+                    ),
+                ));
+            }
+        }
+        if let Some(cap) = quote.agreement_monthly_cap_points {
+            let used = Self::used_points(connection, &quote.agreement_id, None, month)
+                .await
+                .map_err(database_error)?;
+            if used + quote.source_points > cap {
+                return Err(refuse(
+                    Code::ResourceExhausted,
+                    "AGREEMENT_MONTHLY_CAP_REACHED",
+                    format!(
+                        "the agreement allows {cap} points a month; {used} are used this month, \
+                         so {} more is too many",
+                        quote.source_points
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn get_quote(
+        &self,
+        caller: &Caller,
+        request: pb::GetQuoteRequest,
+    ) -> Result<pb::Quote, Status> {
+        require_partner(caller, &request.partner_id)?;
+        if request.link_id.is_empty() {
+            return Err(invalid("link_id", "is required"));
+        }
+        let amount = match request.amount {
+            Some(pb::get_quote_request::Amount::SourcePoints(points)) => Amount::Source(points),
+            Some(pb::get_quote_request::Amount::TargetPoints(points)) => Amount::Target(points),
+            None => return Err(invalid("amount", "set source_points or target_points")),
+        };
+        let link = self.peers.link(&request.link_id).await?;
+        let Some((source_member, target_partner_id, target_member)) =
+            sides(&link, &request.partner_id)
+        else {
+            return Err(refuse(
+                Code::NotFound,
+                "LINK_NOT_FOUND",
+                format!("link {} not found", request.link_id),
+            ));
+        };
+        if link.status != pb::LinkStatus::Active as i32 {
+            return Err(refuse(
+                Code::FailedPrecondition,
+                "LINK_NOT_ACTIVE",
+                "the link has ended; the member must link again",
+            ));
+        }
+        let (source, target) = tokio::try_join!(
+            self.peers.partner(&request.partner_id),
+            self.peers.partner(&target_partner_id)
+        )?;
+        require_active(&source)?;
+        require_active(&target)?;
+        let Some(agreement) = self
+            .peers
+            .agreement(&source.partner_id, &target.partner_id)
+            .await?
+        else {
+            return Err(refuse(
+                Code::FailedPrecondition,
+                "NO_ACTIVE_AGREEMENT",
+                "there is no ACTIVE agreement from your program to the linked partner's",
+            ));
+        };
+        let now = now_micros();
+        let Some(version) = self
+            .peers
+            .terms_in_force(&agreement.agreement_id, from_unix_micros(now))
+            .await?
+        else {
+            return Err(refuse(
+                Code::FailedPrecondition,
+                "NO_TERMS_IN_FORCE",
+                "no terms version of the agreement is in force now",
+            ));
+        };
+        let terms = version
+            .terms
+            .as_ref()
+            .ok_or_else(|| status::internal(&"terms version without terms"))?;
+        let conversion_terms = ConversionTerms {
+            rate: decimal(&terms.conversion_rate, "conversion rate")?,
+            minimum_source_points: terms.minimum_source_points,
+            increment_source_points: terms.increment_source_points.max(1),
+            settlement_price: decimal(&terms.settlement_price, "settlement price")?,
+            fee_basis_points: terms.exchange_fee_basis_points,
+        };
+        let program_scale = |partner: &pb::Partner| {
+            partner
+                .program
+                .as_ref()
+                .map(|program| (program.code.clone(), program.scale))
+                .ok_or_else(|| status::internal(&"partner without a program"))
+        };
+        let (source_program, source_scale) = program_scale(&source)?;
+        let (target_program, target_scale) = program_scale(&target)?;
+        let scales = Scales {
+            source_points: source_scale,
+            target_points: target_scale,
+            currency: currency_scale(&target)?,
+        };
+        let field = match amount {
+            Amount::Source(_) => "source_points",
+            Amount::Target(_) => "target_points",
+        };
+        let priced = pricing::price_conversion(&conversion_terms, amount, scales)
+            .map_err(|error| pricing_error(field, error))?;
+        let quote = QuoteRow {
+            quote_id: new_id(),
+            link_id: link.link_id.clone(),
+            source_partner_id: source.partner_id.clone(),
+            source_member_id: source_member,
+            source_gateway: source.gateway_endpoint.clone(),
+            source_program,
+            source_scale: source_scale.into(),
+            source_points: priced.source_points,
+            target_partner_id: target.partner_id.clone(),
+            target_member_id: target_member,
+            target_gateway: target.gateway_endpoint.clone(),
+            target_program,
+            target_scale: target_scale.into(),
+            target_points: priced.target_points,
+            agreement_id: agreement.agreement_id.clone(),
+            terms_version: version.version.into(),
+            conversion_rate: conversion_terms.rate.to_string(),
+            settlement_currency: target.settlement_currency.clone(),
+            currency_scale: scales.currency.into(),
+            settlement_amount_minor: priced.settlement_minor,
+            fee_amount_minor: priced.fee_minor,
+            member_daily_cap_points: terms.member_daily_cap_points,
+            agreement_monthly_cap_points: terms.agreement_monthly_cap_points,
+            reversal_hours: terms.conversion_reversal_hours.into(),
+            created_at_micros: now,
+            expires_at_micros: now + self.options.quote_lifetime.as_micros() as i64,
+        };
+        let mut connection = self
+            .database
+            .pool()
+            .acquire()
+            .await
+            .map_err(database_error)?;
+        Self::check_caps(connection.as_mut(), &quote, now).await?;
+        drop(connection);
+        self.insert_quote(&quote).await?;
+        Ok(quote.to_pb(Viewer::Partner(&request.partner_id)))
+    }
+
+    async fn insert_quote(&self, quote: &QuoteRow) -> Result<(), Status> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO quotes ({QUOTE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+             $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)"
+        )))
+        .bind(&quote.quote_id)
+        .bind(&quote.link_id)
+        .bind(&quote.source_partner_id)
+        .bind(&quote.source_member_id)
+        .bind(&quote.source_gateway)
+        .bind(&quote.source_program)
+        .bind(quote.source_scale)
+        .bind(quote.source_points)
+        .bind(&quote.target_partner_id)
+        .bind(&quote.target_member_id)
+        .bind(&quote.target_gateway)
+        .bind(&quote.target_program)
+        .bind(quote.target_scale)
+        .bind(quote.target_points)
+        .bind(&quote.agreement_id)
+        .bind(quote.terms_version)
+        .bind(&quote.conversion_rate)
+        .bind(&quote.settlement_currency)
+        .bind(quote.currency_scale)
+        .bind(quote.settlement_amount_minor)
+        .bind(quote.fee_amount_minor)
+        .bind(quote.member_daily_cap_points)
+        .bind(quote.agreement_monthly_cap_points)
+        .bind(quote.reversal_hours)
+        .bind(quote.created_at_micros)
+        .bind(quote.expires_at_micros)
+        .execute(self.database.pool())
+        .await
+        .map_err(database_error)?;
+        Ok(())
+    }
+
+    /// The conversion a partner made with `key`, if any.
+    async fn conversion_by_key(
+        &self,
+        partner_id: &str,
+        key: &str,
+    ) -> Result<Option<ConversionRow>, Status> {
+        sqlx::query_as::<_, ConversionRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {CONVERSION_COLUMNS} FROM conversions \
+             WHERE source_partner_id = $1 AND idempotency_key = $2"
+        )))
+        .bind(partner_id)
+        .bind(key)
+        .fetch_optional(self.database.pool())
+        .await
+        .map_err(database_error)
+    }
+
+    fn replay(existing: &ConversionRow, quote_id: &str) -> Result<(), Status> {
+        if existing.quote_id == quote_id {
+            Ok(())
+        } else {
+            Err(refuse(
+                Code::AlreadyExists,
+                "IDEMPOTENCY_KEY_REUSED",
+                format!(
+                    "idempotency key {:?} was used for another quote ({}); use a new key for a \
+                     new conversion",
+                    existing.idempotency_key, existing.quote_id
+                ),
+            ))
+        }
+    }
+
+    pub async fn execute_conversion(
+        &self,
+        caller: &Caller,
+        request: pb::ExecuteConversionRequest,
+    ) -> Result<(pb::Conversion, bool), Status> {
+        require_partner(caller, &request.partner_id)?;
+        let mut violations = Vec::new();
+        if request.quote_id.is_empty() {
+            violations.push(("quote_id", "is required"));
+        }
+        if request.idempotency_key.is_empty() || request.idempotency_key.len() > 200 {
+            violations.push(("idempotency_key", "must be 1 to 200 characters"));
+        }
+        if !violations.is_empty() {
+            return Err(status::invalid_argument(violations));
+        }
+        let viewer = Viewer::Partner(&request.partner_id);
+        if let Some(existing) = self
+            .conversion_by_key(&request.partner_id, &request.idempotency_key)
+            .await?
+        {
+            Self::replay(&existing, &request.quote_id)?;
+            return Ok((self.conversion_pb(&existing, viewer).await?, true));
+        }
+        let quote = self
+            .load_quote(&request.quote_id)
+            .await?
+            .filter(|quote| quote.source_partner_id == request.partner_id)
+            .ok_or_else(|| {
+                refuse(
+                    Code::NotFound,
+                    "QUOTE_NOT_FOUND",
+                    format!("quote {} not found", request.quote_id),
+                )
+            })?;
+        let now = now_micros();
+        if quote.expires_at_micros <= now {
+            return Err(refuse(
+                Code::FailedPrecondition,
+                "QUOTE_EXPIRED",
+                "the quote has expired; ask for a new one",
+            ));
+        }
+        // The member may have unlinked since the quote: consent is checked again.
+        let link = self.peers.link(&quote.link_id).await?;
+        if link.status != pb::LinkStatus::Active as i32 {
+            return Err(refuse(
+                Code::FailedPrecondition,
+                "LINK_NOT_ACTIVE",
+                "the link has ended since the quote; the member must link again",
+            ));
+        }
+
+        let conversion_id = new_id();
+        let owner = new_id();
+        let mut transaction = self.database.begin_write().await.map_err(database_error)?;
+        let capped =
+            quote.member_daily_cap_points.is_some() || quote.agreement_monthly_cap_points.is_some();
+        if capped {
+            // Caps are checked and taken under one lock per agreement, so two conversions
+            // cannot both fit under the last of a cap. SQLite's write transaction already
+            // serializes every writer.
+            if self.database.backend() == Backend::Postgres {
+                sqlx::query(
+                    "INSERT INTO cap_locks (agreement_id) VALUES ($1) ON CONFLICT DO NOTHING",
+                )
+                .bind(&quote.agreement_id)
+                .execute(&mut *transaction)
+                .await
+                .map_err(database_error)?;
+                sqlx::query(
+                    "SELECT agreement_id FROM cap_locks WHERE agreement_id = $1 FOR UPDATE",
+                )
+                .bind(&quote.agreement_id)
+                .fetch_all(&mut *transaction)
+                .await
+                .map_err(database_error)?;
+            }
+            Self::check_caps(&mut transaction, &quote, now).await?;
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO conversions (conversion_id, quote_id, source_partner_id, \
+             idempotency_key, source_member_id, target_partner_id, target_member_id, \
+             agreement_id, source_points, status, step, attempts, last_error, failure_reason, \
+             ledger_transaction_id, reversal_transaction_id, reverse_reason, \
+             next_attempt_micros, lease_owner, lease_until_micros, created_at_micros, \
+             updated_at_micros) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'PENDING', \
+             'DEBIT_SOURCE', 0, '', '', '', '', '', $10, $11, $12, $13, $13)",
+        )
+        .bind(&conversion_id)
+        .bind(&quote.quote_id)
+        .bind(&quote.source_partner_id)
+        .bind(&request.idempotency_key)
+        .bind(&quote.source_member_id)
+        .bind(&quote.target_partner_id)
+        .bind(&quote.target_member_id)
+        .bind(&quote.agreement_id)
+        .bind(quote.source_points)
+        .bind(now)
+        .bind(&owner)
+        .bind(self.lease_until())
+        .bind(now)
+        .execute(&mut *transaction)
+        .await;
+        match inserted {
+            Ok(_) => transaction.commit().await.map_err(database_error)?,
+            Err(error) => {
+                drop(transaction);
+                if violates_unique(
+                    &error,
+                    "conversions_idempotency_key",
+                    "conversions.idempotency_key",
+                ) {
+                    // A concurrent retry with the same key won the race: it is the original.
+                    let existing = self
+                        .conversion_by_key(&request.partner_id, &request.idempotency_key)
+                        .await?
+                        .ok_or_else(|| status::internal(&"conversion vanished"))?;
+                    Self::replay(&existing, &request.quote_id)?;
+                    return Ok((self.conversion_pb(&existing, viewer).await?, true));
+                }
+                if violates_unique(&error, "conversions_quote_key", "conversions.quote_id") {
+                    return Err(refuse(
+                        Code::AlreadyExists,
+                        "QUOTE_ALREADY_EXECUTED",
+                        "the quote was already executed under another idempotency key",
+                    ));
+                }
+                return Err(database_error(error));
+            }
+        }
+
+        self.drive_conversion(&conversion_id, &owner).await?;
+        let row = self
+            .load_conversion(&conversion_id)
+            .await?
+            .ok_or_else(|| status::internal(&"conversion vanished"))?;
+        Ok((self.conversion_pb_with(&row, &quote, viewer), false))
+    }
+
+    async fn conversion_pb(
+        &self,
+        row: &ConversionRow,
+        viewer: Viewer<'_>,
+    ) -> Result<pb::Conversion, Status> {
+        let quote = self
+            .load_quote(&row.quote_id)
+            .await?
+            .ok_or_else(|| status::internal(&"conversion without its quote"))?;
+        Ok(row.to_pb(&quote, viewer))
+    }
+
+    fn conversion_pb_with(
+        &self,
+        row: &ConversionRow,
+        quote: &QuoteRow,
+        viewer: Viewer<'_>,
+    ) -> pb::Conversion {
+        row.to_pb(quote, viewer)
+    }
+
+    /// Writes a saga's progress, if this driver still holds its lease. `finished` ends it;
+    /// otherwise `next_attempt` says when the worker may try again. Returns whether the write
+    /// happened (false: another driver took the saga over).
+    async fn record_conversion(
+        &self,
+        id: &str,
+        owner: &str,
+        progress: &Progress,
+        release_after: Option<std::time::Duration>,
+    ) -> Result<bool, Status> {
+        let now = now_micros();
+        let finished = progress.step == "DONE";
+        let (next_attempt, lease_until) = match release_after {
+            Some(wait) => (now + wait.as_micros() as i64, 0),
+            None => (now, self.lease_until()),
+        };
+        let written = sqlx::query(
+            "UPDATE conversions SET status = $1, step = $2, attempts = $3, last_error = $4, \
+             failure_reason = $5, ledger_transaction_id = $6, reversal_transaction_id = $7, \
+             next_attempt_micros = $8, lease_until_micros = $9, updated_at_micros = $10, \
+             finished_at_micros = CASE WHEN $11 = 1 THEN $10 ELSE finished_at_micros END \
+             WHERE conversion_id = $12 AND lease_owner = $13",
+        )
+        .bind(progress.status)
+        .bind(progress.step)
+        .bind(progress.attempts)
+        .bind(&progress.last_error)
+        .bind(&progress.failure_reason)
+        .bind(&progress.ledger_transaction_id)
+        .bind(&progress.reversal_transaction_id)
+        .bind(next_attempt)
+        .bind(lease_until)
+        .bind(now)
+        .bind(i64::from(finished))
+        .bind(id)
+        .bind(owner)
+        .execute(self.database.pool())
+        .await
+        .map_err(database_error)?
+        .rows_affected();
+        Ok(written == 1)
+    }
+
+    /// Drives a conversion's saga as far as it goes now. The caller holds the lease as `owner`.
+    pub(crate) async fn drive_conversion(&self, id: &str, owner: &str) -> Result<(), Status> {
+        let row = self
+            .load_conversion(id)
+            .await?
+            .ok_or_else(|| status::internal(&"conversion vanished"))?;
+        let quote = self
+            .load_quote(&row.quote_id)
+            .await?
+            .ok_or_else(|| status::internal(&"conversion without its quote"))?;
+        let mut progress = Progress {
+            status: static_status(&row.status),
+            step: static_step(&row.step),
+            attempts: row.attempts,
+            last_error: row.last_error.clone(),
+            failure_reason: row.failure_reason.clone(),
+            ledger_transaction_id: row.ledger_transaction_id.clone(),
+            reversal_transaction_id: row.reversal_transaction_id.clone(),
+        };
+        let mut tries = 0_u32;
+        loop {
+            if progress.step == "DONE" {
+                return Ok(());
+            }
+            tries += 1;
+            let outcome = self.conversion_step(id, &quote, &row, &mut progress).await;
+            let next = match outcome {
+                Ok(next) => {
+                    tries = 0;
+                    next
+                }
+                Err(error) => {
+                    // No definite answer: ask again soon, then park it for the worker.
+                    progress.attempts += 1;
+                    progress.last_error = error;
+                    if progress.attempts >= MAX_UNKNOWN_ATTEMPTS
+                        && matches!(progress.step, "DEBIT_SOURCE" | "CREDIT_TARGET")
+                    {
+                        progress.failure_reason = format!(
+                            "no answer from a partner's gateway after {} attempts",
+                            progress.attempts
+                        );
+                        progress.step = if progress.step == "CREDIT_TARGET" {
+                            "UNDO_CREDIT"
+                        } else {
+                            "UNDO_DEBIT"
+                        };
+                        progress.attempts = 0;
+                        Next::Record
+                    } else if tries < TRIES_PER_DRIVE {
+                        tokio::time::sleep(quick_pause(tries)).await;
+                        continue;
+                    } else {
+                        let wait = backoff(progress.attempts);
+                        tracing::warn!(conversion = id, step = progress.step, attempts = progress.attempts, error = %progress.last_error, "conversion parked until the next attempt");
+                        self.record_conversion(id, owner, &progress, Some(wait))
+                            .await?;
+                        return Ok(());
+                    }
+                }
+            };
+            match next {
+                Next::Continue => {}
+                Next::Record => {
+                    if !self.record_conversion(id, owner, &progress, None).await? {
+                        return Ok(());
+                    }
+                }
+                Next::Stop => {
+                    self.record_conversion(id, owner, &progress, Some(Default::default()))
+                        .await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// One step. `Err` is an unknown outcome (ask again); `Ok` says how to go on.
+    async fn conversion_step(
+        &self,
+        id: &str,
+        quote: &QuoteRow,
+        row: &ConversionRow,
+        progress: &mut Progress,
+    ) -> Result<Next, String> {
+        let key = |suffix: &str| format!("tandem:conversion:{id}:{suffix}");
+        let description = format!(
+            "Tandem conversion {id}: {} {} to {} {}",
+            quote.source_points, quote.source_program, quote.target_points, quote.target_program
+        );
+        let fresh = |progress: &mut Progress, step: &'static str| {
+            progress.step = step;
+            progress.attempts = 0;
+            progress.last_error.clear();
+        };
+        match progress.step {
+            "DEBIT_SOURCE" => match self
+                .peers
+                .move_points(
+                    &quote.source_gateway,
+                    false,
+                    key("debit"),
+                    &quote.source_member_id,
+                    quote.source_points,
+                    &description,
+                )
+                .await
+            {
+                GatewayAnswer::Applied => {
+                    fresh(progress, "CREDIT_TARGET");
+                    Ok(Next::Continue)
+                }
+                GatewayAnswer::Refused(reason) => {
+                    progress.status = "FAILED";
+                    progress.failure_reason =
+                        format!("the source partner refused the debit: {reason}");
+                    fresh(progress, "DONE");
+                    Ok(Next::Stop)
+                }
+                GatewayAnswer::Unknown(error) => Err(error),
+            },
+            "CREDIT_TARGET" => match self
+                .peers
+                .move_points(
+                    &quote.target_gateway,
+                    true,
+                    key("credit"),
+                    &quote.target_member_id,
+                    quote.target_points,
+                    &description,
+                )
+                .await
+            {
+                GatewayAnswer::Applied => {
+                    fresh(progress, "POST_LEDGER");
+                    Ok(Next::Continue)
+                }
+                GatewayAnswer::Refused(reason) => {
+                    progress.failure_reason =
+                        format!("the target partner refused the credit: {reason}");
+                    fresh(progress, "UNDO_DEBIT");
+                    Ok(Next::Record)
+                }
+                GatewayAnswer::Unknown(error) => Err(error),
+            },
+            "POST_LEDGER" => {
+                let request = self
+                    .conversion_transaction(id, quote, row)
+                    .await
+                    .map_err(|status| status.message().to_owned())?;
+                match self.peers.post(request).await {
+                    Ok(transaction) => {
+                        progress.status = "COMPLETED";
+                        progress.ledger_transaction_id = transaction.transaction_id;
+                        fresh(progress, "DONE");
+                        Ok(Next::Stop)
+                    }
+                    Err(status) if ledger_refused(&status) => {
+                        progress.failure_reason =
+                            format!("the ledger refused the conversion: {}", status.message());
+                        fresh(progress, "UNDO_CREDIT");
+                        Ok(Next::Record)
+                    }
+                    Err(status) => Err(status.message().to_owned()),
+                }
+            }
+            "UNDO_CREDIT" => match self
+                .peers
+                .reverse_points(&quote.target_gateway, key("credit:undo"), key("credit"))
+                .await
+            {
+                GatewayAnswer::Applied => {
+                    fresh(progress, "UNDO_DEBIT");
+                    Ok(Next::Continue)
+                }
+                GatewayAnswer::Refused(reason) => Err(format!(
+                    "the target partner refused to undo the credit ({reason}); ops must settle it"
+                )),
+                GatewayAnswer::Unknown(error) => Err(error),
+            },
+            "UNDO_DEBIT" => match self
+                .peers
+                .reverse_points(&quote.source_gateway, key("debit:undo"), key("debit"))
+                .await
+            {
+                GatewayAnswer::Applied => {
+                    progress.status = "FAILED";
+                    fresh(progress, "DONE");
+                    Ok(Next::Stop)
+                }
+                GatewayAnswer::Refused(reason) => Err(format!(
+                    "the source partner refused to give the points back ({reason}); ops must \
+                     settle it"
+                )),
+                GatewayAnswer::Unknown(error) => Err(error),
+            },
+            "REVERSE_DEBIT_TARGET" => match self
+                .peers
+                .move_points(
+                    &quote.target_gateway,
+                    false,
+                    key("reverse:debit"),
+                    &quote.target_member_id,
+                    quote.target_points,
+                    &format!("Reversal of Tandem conversion {id}"),
+                )
+                .await
+            {
+                GatewayAnswer::Applied => {
+                    fresh(progress, "REVERSE_CREDIT_SOURCE");
+                    Ok(Next::Record)
+                }
+                GatewayAnswer::Refused(reason) => {
+                    // Nothing moved: the conversion stands, with the refusal recorded.
+                    progress.status = "COMPLETED";
+                    progress.failure_reason =
+                        format!("reversal refused: the target partner refused the debit: {reason}");
+                    fresh(progress, "DONE");
+                    Ok(Next::Stop)
+                }
+                GatewayAnswer::Unknown(error) => Err(error),
+            },
+            "REVERSE_CREDIT_SOURCE" => match self
+                .peers
+                .move_points(
+                    &quote.source_gateway,
+                    true,
+                    key("reverse:credit"),
+                    &quote.source_member_id,
+                    quote.source_points,
+                    &format!("Reversal of Tandem conversion {id}"),
+                )
+                .await
+            {
+                GatewayAnswer::Applied => {
+                    fresh(progress, "REVERSE_LEDGER");
+                    Ok(Next::Continue)
+                }
+                GatewayAnswer::Refused(reason) => Err(format!(
+                    "the source partner refused to credit the points back ({reason}); ops must \
+                     settle it"
+                )),
+                GatewayAnswer::Unknown(error) => Err(error),
+            },
+            "REVERSE_LEDGER" => {
+                let reason = if row.reverse_reason.is_empty() {
+                    "conversion reversed".to_owned()
+                } else {
+                    row.reverse_reason.clone()
+                };
+                match self
+                    .peers
+                    .reverse(
+                        key("ledger:reverse"),
+                        &progress.ledger_transaction_id,
+                        &reason,
+                    )
+                    .await
+                {
+                    Ok(transaction) => {
+                        progress.status = "REVERSED";
+                        progress.reversal_transaction_id = transaction.transaction_id;
+                        fresh(progress, "DONE");
+                        Ok(Next::Stop)
+                    }
+                    Err(status) => Err(status.message().to_owned()),
+                }
+            }
+            _ => Ok(Next::Stop),
+        }
+    }
+
+    /// The ledger transaction of a completed conversion: the source points leg and the target
+    /// points leg, each through the exchange's clearing account for the program, and the money
+    /// the source owes: the settlement amount to the target, the fee to the exchange.
+    async fn conversion_transaction(
+        &self,
+        id: &str,
+        quote: &QuoteRow,
+        row: &ConversionRow,
+    ) -> Result<pb::PostTransactionRequest, Status> {
+        let mut legs = Vec::with_capacity(7);
+        legs.extend(
+            self.points_legs(
+                &quote.source_partner_id,
+                &quote.source_program,
+                quote.source_scale as u32,
+                quote.source_points,
+                false,
+            )
+            .await?,
+        );
+        legs.extend(
+            self.points_legs(
+                &quote.target_partner_id,
+                &quote.target_program,
+                quote.target_scale as u32,
+                quote.target_points,
+                true,
+            )
+            .await?,
+        );
+        legs.extend(
+            self.money_legs(
+                &quote.source_partner_id,
+                &quote.target_partner_id,
+                &quote.settlement_currency,
+                quote.currency_scale as u32,
+                quote.settlement_amount_minor,
+                quote.fee_amount_minor,
+            )
+            .await?,
+        );
+        Ok(pb::PostTransactionRequest {
+            idempotency_key: format!("tandem:conversion:{id}"),
+            legs,
+            kind: pb::TransactionKind::Posted.into(),
+            type_code: "CONVERSION".to_owned(),
+            external_reference: id.to_owned(),
+            effective_time: Some(tandem_proto::time::timestamp(from_unix_micros(
+                row.created_at_micros,
+            ))),
+            metadata: [
+                ("quote_id".to_owned(), quote.quote_id.clone()),
+                ("agreement_id".to_owned(), quote.agreement_id.clone()),
+                ("terms_version".to_owned(), quote.terms_version.to_string()),
+            ]
+            .into(),
+            pending_timeout_seconds: 0,
+        })
+    }
+
+    /// Points leaving (`issued == false`) or entering a partner's program, against the
+    /// exchange's clearing account for that program.
+    pub(crate) async fn points_legs(
+        &self,
+        partner_id: &str,
+        program: &str,
+        scale: u32,
+        points: i64,
+        issued: bool,
+    ) -> Result<[pb::Leg; 2], Status> {
+        let partner_account = self
+            .peers
+            .account(&AccountName {
+                owner: partner_id.to_owned(),
+                purpose: pb::AccountPurpose::ProgramClearing,
+                unit: program.to_owned(),
+                scale,
+            })
+            .await?;
+        let clearing = self
+            .peers
+            .account(&AccountName {
+                owner: EXCHANGE_OWNER.to_owned(),
+                purpose: pb::AccountPurpose::ProgramClearing,
+                unit: program.to_owned(),
+                scale,
+            })
+            .await?;
+        let (debited, credited) = if issued {
+            (clearing, partner_account)
+        } else {
+            (partner_account, clearing)
+        };
+        Ok([
+            leg(debited, pb::Direction::Debit, points),
+            leg(credited, pb::Direction::Credit, points),
+        ])
+    }
+
+    /// What the payer owes: the settlement amount to the payee's settlement account, the fee to
+    /// the exchange. Zero amounts have no leg.
+    pub(crate) async fn money_legs(
+        &self,
+        payer: &str,
+        payee: &str,
+        currency: &str,
+        scale: u32,
+        settlement_minor: i64,
+        fee_minor: i64,
+    ) -> Result<Vec<pb::Leg>, Status> {
+        let mut legs = Vec::with_capacity(3);
+        let total = settlement_minor + fee_minor;
+        if total == 0 {
+            return Ok(legs);
+        }
+        let settlement_account = |owner: &str, purpose: pb::AccountPurpose| AccountName {
+            owner: owner.to_owned(),
+            purpose,
+            unit: currency.to_owned(),
+            scale,
+        };
+        let payer_account = self
+            .peers
+            .account(&settlement_account(payer, pb::AccountPurpose::Settlement))
+            .await?;
+        legs.push(leg(payer_account, pb::Direction::Debit, total));
+        if settlement_minor > 0 {
+            let payee_account = self
+                .peers
+                .account(&settlement_account(payee, pb::AccountPurpose::Settlement))
+                .await?;
+            legs.push(leg(payee_account, pb::Direction::Credit, settlement_minor));
+        }
+        if fee_minor > 0 {
+            let fees = self
+                .peers
+                .account(&settlement_account(
+                    EXCHANGE_OWNER,
+                    pb::AccountPurpose::Fees,
+                ))
+                .await?;
+            legs.push(leg(fees, pb::Direction::Credit, fee_minor));
+        }
+        Ok(legs)
+    }
+
+    pub async fn get_conversion(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<pb::Conversion, Status> {
+        let not_found = || {
+            refuse(
+                Code::NotFound,
+                "CONVERSION_NOT_FOUND",
+                format!("conversion {id} not found"),
+            )
+        };
+        let row = self.load_conversion(id).await?.ok_or_else(not_found)?;
+        let own = own_partner(caller);
+        let viewer = match &own {
+            _ if is_staff(caller) => Viewer::Staff,
+            Some(own) if *own == row.source_partner_id || *own == row.target_partner_id => {
+                Viewer::Partner(own)
+            }
+            Some(_) => return Err(not_found()),
+            None => {
+                return Err(refuse(
+                    Code::PermissionDenied,
+                    "PERMISSION_DENIED",
+                    "conversions are read by ops and the partners involved",
+                ));
+            }
+        };
+        self.conversion_pb(&row, viewer).await
+    }
+
+    pub async fn list_conversions(
+        &self,
+        caller: &Caller,
+        request: pb::ListConversionsRequest,
+    ) -> Result<pb::ListConversionsResponse, Status> {
+        let own = own_partner(caller);
+        let viewer = match &own {
+            _ if is_staff(caller) => Viewer::Staff,
+            Some(own) if request.partner_id == *own => Viewer::Partner(own),
+            Some(_) => {
+                return Err(refuse(
+                    Code::PermissionDenied,
+                    "PERMISSION_DENIED",
+                    "a partner lists only its own conversions: partner_id must be your own",
+                ));
+            }
+            None => {
+                return Err(refuse(
+                    Code::PermissionDenied,
+                    "PERMISSION_DENIED",
+                    "conversions are listed by ops and the partners involved",
+                ));
+            }
+        };
+        if !request.member_id.is_empty() && request.partner_id.is_empty() {
+            return Err(invalid(
+                "member_id",
+                "needs partner_id: a member id belongs to a partner",
+            ));
+        }
+        let page = PageRequest::parse(request.page_size, &request.page_token)
+            .map_err(|(field, message)| invalid(field, message))?;
+        let time = |field: &str, value: &Option<tandem_proto::time::ProtoTimestamp>| {
+            value
+                .as_ref()
+                .map(|at| datetime(at).map(tandem_domain::to_unix_micros))
+                .transpose()
+                .map_err(|error| invalid(field, error))
+        };
+        let start = time("start_time", &request.start_time)?;
+        let end = time("end_time", &request.end_time)?;
+
+        let mut conditions = Vec::new();
+        let mut texts: Vec<String> = Vec::new();
+        let mut numbers: Vec<i64> = Vec::new();
+        // Placeholders are numbered texts first, then numbers.
+        let text = |value: String, texts: &mut Vec<String>| {
+            texts.push(value);
+            format!("${}", texts.len())
+        };
+        if !request.partner_id.is_empty() {
+            let partner = text(request.partner_id.clone(), &mut texts);
+            if request.member_id.is_empty() {
+                conditions.push(format!(
+                    "(source_partner_id = {partner} OR target_partner_id = {partner})"
+                ));
+            } else {
+                let member = text(request.member_id.clone(), &mut texts);
+                conditions.push(format!(
+                    "((source_partner_id = {partner} AND source_member_id = {member}) OR \
+                     (target_partner_id = {partner} AND target_member_id = {member}))"
+                ));
+            }
+        }
+        let status_filter = pb::ConversionStatus::try_from(request.status)
+            .map_err(|_| invalid("status", "is not a conversion status"))?;
+        if status_filter != pb::ConversionStatus::Unspecified {
+            let name = status_filter
+                .as_str_name()
+                .trim_start_matches("CONVERSION_STATUS_")
+                .to_owned();
+            let placeholder = text(name, &mut texts);
+            conditions.push(format!("status = {placeholder}"));
+        }
+        let cursor_id = page.after.as_ref().map(|cursor| cursor.id.clone());
+        let cursor_id_placeholder = cursor_id.map(|id| text(id, &mut texts));
+        let offset = texts.len();
+        let number = |value: i64, numbers: &mut Vec<i64>| {
+            numbers.push(value);
+            format!("${}", offset + numbers.len())
+        };
+        if let Some(start) = start {
+            let placeholder = number(start, &mut numbers);
+            conditions.push(format!("created_at_micros >= {placeholder}"));
+        }
+        if let Some(end) = end {
+            let placeholder = number(end, &mut numbers);
+            conditions.push(format!("created_at_micros < {placeholder}"));
+        }
+        if let (Some(cursor), Some(id)) = (&page.after, &cursor_id_placeholder) {
+            let at = number(cursor.created_at_micros, &mut numbers);
+            conditions.push(format!(
+                "(created_at_micros < {at} OR (created_at_micros = {at} AND conversion_id < {id}))"
+            ));
+        }
+        let limit = number(page.size as i64 + 1, &mut numbers);
+        let filter = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
+        let sql = format!(
+            "SELECT {CONVERSION_COLUMNS} FROM conversions {filter} \
+             ORDER BY created_at_micros DESC, conversion_id DESC LIMIT {limit}"
+        );
+        let mut query = sqlx::query_as::<_, ConversionRow>(sqlx::AssertSqlSafe(sql));
+        for value in texts {
+            query = query.bind(value);
+        }
+        for value in numbers {
+            query = query.bind(value);
+        }
+        let mut rows = query
+            .fetch_all(self.database.pool())
+            .await
+            .map_err(database_error)?;
+        let next_page_token = if rows.len() > page.size {
+            rows.truncate(page.size);
+            rows.last()
+                .map(|last| {
+                    PageCursor {
+                        created_at_micros: last.created_at_micros,
+                        id: last.conversion_id.clone(),
+                    }
+                    .encode()
+                })
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let mut conversions = Vec::with_capacity(rows.len());
+        for row in &rows {
+            conversions.push(self.conversion_pb(row, viewer).await?);
+        }
+        Ok(pb::ListConversionsResponse {
+            conversions,
+            next_page_token,
+        })
+    }
+
+    pub async fn reverse_conversion(
+        &self,
+        caller: &Caller,
+        request: pb::ReverseConversionRequest,
+    ) -> Result<pb::Conversion, Status> {
+        if request.reason.is_empty() || request.reason.chars().count() > 500 {
+            return Err(invalid("reason", "must be 1 to 500 characters"));
+        }
+        let not_found = || {
+            refuse(
+                Code::NotFound,
+                "CONVERSION_NOT_FOUND",
+                format!("conversion {} not found", request.conversion_id),
+            )
+        };
+        let row = self
+            .load_conversion(&request.conversion_id)
+            .await?
+            .ok_or_else(not_found)?;
+        let own = own_partner(caller);
+        let viewer = match &own {
+            _ if caller.role() == tandem_auth::Role::Ops => Viewer::Staff,
+            Some(own) if *own == row.source_partner_id => Viewer::Partner(own),
+            Some(own) if *own == row.target_partner_id => {
+                return Err(refuse(
+                    Code::PermissionDenied,
+                    "PERMISSION_DENIED",
+                    "only the source partner (or ops) may reverse a conversion",
+                ));
+            }
+            Some(_) => return Err(not_found()),
+            None => {
+                return Err(refuse(
+                    Code::PermissionDenied,
+                    "PERMISSION_DENIED",
+                    "only the source partner (or ops) may reverse a conversion",
+                ));
+            }
+        };
+        let quote = self
+            .load_quote(&row.quote_id)
+            .await?
+            .ok_or_else(|| status::internal(&"conversion without its quote"))?;
+        match row.status.as_str() {
+            "REVERSING" | "REVERSED" => return Ok(row.to_pb(&quote, viewer)),
+            "COMPLETED" if !row.failure_reason.is_empty() => {
+                return Err(refuse(
+                    Code::FailedPrecondition,
+                    "REVERSAL_REFUSED",
+                    row.failure_reason.clone(),
+                ));
+            }
+            "COMPLETED" => {}
+            _ => {
+                return Err(refuse(
+                    Code::FailedPrecondition,
+                    "CONVERSION_NOT_COMPLETED",
+                    format!(
+                        "only a COMPLETED conversion can be reversed; this one is {}",
+                        row.status
+                    ),
+                ));
+            }
+        }
+        if quote.reversal_hours == 0 {
+            return Err(refuse(
+                Code::FailedPrecondition,
+                "REVERSAL_NOT_ALLOWED",
+                "the agreement's terms allow no reversal of conversions",
+            ));
+        }
+        let now = now_micros();
+        let deadline = row.finished_at_micros.unwrap_or(row.created_at_micros)
+            + quote.reversal_hours * 3_600_000_000;
+        if now > deadline {
+            return Err(refuse(
+                Code::FailedPrecondition,
+                "REVERSAL_WINDOW_CLOSED",
+                format!(
+                    "conversions may be reversed for {} hours after they complete; that window \
+                     has closed",
+                    quote.reversal_hours
+                ),
+            ));
+        }
+        let owner = new_id();
+        let started = sqlx::query(
+            "UPDATE conversions SET status = 'REVERSING', step = 'REVERSE_DEBIT_TARGET', \
+             attempts = 0, last_error = '', reverse_reason = $1, lease_owner = $2, \
+             lease_until_micros = $3, updated_at_micros = $4 \
+             WHERE conversion_id = $5 AND status = 'COMPLETED' AND failure_reason = '' \
+             AND lease_until_micros < $4",
+        )
+        .bind(&request.reason)
+        .bind(&owner)
+        .bind(self.lease_until())
+        .bind(now)
+        .bind(&row.conversion_id)
+        .execute(self.database.pool())
+        .await
+        .map_err(database_error)?
+        .rows_affected();
+        if started == 1 {
+            self.drive_conversion(&row.conversion_id, &owner).await?;
+        }
+        let row = self
+            .load_conversion(&row.conversion_id)
+            .await?
+            .ok_or_else(not_found)?;
+        if row.status == "COMPLETED" && !row.failure_reason.is_empty() {
+            return Err(refuse(
+                Code::FailedPrecondition,
+                "REVERSAL_REFUSED",
+                row.failure_reason.clone(),
+            ));
+        }
+        Ok(row.to_pb(&quote, viewer))
+    }
+
+    /// Drives a saga the worker found due, if its lease can be taken.
+    pub(crate) async fn resume_conversion(&self, id: &str) -> Result<(), Status> {
+        if let Some(owner) = self.claim(SagaTable::Conversions, id).await? {
+            self.drive_conversion(id, &owner).await?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn leg(account_id: String, direction: pb::Direction, amount_minor: i64) -> pb::Leg {
+    pb::Leg {
+        account_id,
+        direction: direction.into(),
+        amount_minor,
+    }
+}

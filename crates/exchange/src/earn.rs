@@ -1,0 +1,1175 @@
+//! Cross-brand earn: a partner reports a member's purchase, and every linked partner whose
+//! agreement from the reporter has earn rules credits its points.
+//!
+//! Each earning is a saga like a conversion. Without a hold: credit at the target's gateway, then
+//! post the ledger transaction in which the reporter owes the target. With a hold: the ledger
+//! transaction is posted PENDING at once (the obligation is visible), and when the hold ends the
+//! worker credits the member and posts it. A refund inside the hold voids it; after it, the points
+//! are debited back and the ledger transaction reversed.
+
+use std::collections::HashMap;
+
+use chrono::Datelike;
+use rust_decimal::Decimal;
+use tandem_auth::Caller;
+use tandem_domain::{Currency, from_unix_micros, to_unix_micros};
+use tandem_proto::{status, time::datetime, v1 as pb};
+use tandem_storage::Backend;
+use tonic::{Code, Status};
+
+use crate::{
+    Exchange,
+    conversions::{currency_scale, decimal, require_active},
+    database_error, invalid, is_staff, new_id, now_micros, own_partner,
+    peers::{GatewayAnswer, ledger_refused},
+    pricing, refuse, require_partner,
+    rows::{ACTIVITY_COLUMNS, ActivityRow, EARNING_COLUMNS, EarningRow},
+    saga::{SagaTable, TRIES_PER_DRIVE, backoff, quick_pause},
+};
+
+/// How far in the future an activity time may be, for clock differences between systems.
+const CLOCK_SKEW_MICROS: i64 = 5 * 60 * 1_000_000;
+/// Pending ledger transactions of held earnings outlive the hold by this much, so a worker that
+/// is down for a while still finds them open.
+const HOLD_GRACE_SECONDS: i64 = 30 * 24 * 3600;
+const DAY_MICROS: i64 = 24 * 3600 * 1_000_000;
+
+/// What became of one report: (activity id, replayed, lease owner of its new earnings), or why
+/// it was refused.
+type RecordOutcome = Result<(String, bool, Option<String>), Status>;
+
+/// A checked activity report.
+#[derive(Debug, Clone)]
+pub(crate) struct Report {
+    pub partner_id: String,
+    pub external_id: String,
+    pub member_id: String,
+    pub spend_minor: i64,
+    pub currency: Currency,
+    pub category: String,
+    pub tier: String,
+    pub at_micros: i64,
+}
+
+impl Report {
+    pub fn parse(request: pb::RecordActivityRequest) -> Result<Self, Status> {
+        let mut violations: Vec<(&str, String)> = Vec::new();
+        if request.external_id.is_empty() || request.external_id.len() > 200 {
+            violations.push(("external_id", "must be 1 to 200 characters".into()));
+        }
+        if request.member_id.is_empty() || request.member_id.len() > 128 {
+            violations.push(("member_id", "must be 1 to 128 characters".into()));
+        }
+        if request.spend_amount_minor < 1 {
+            violations.push(("spend_amount_minor", "must be at least 1".into()));
+        }
+        let currency = request.spend_currency.parse::<Currency>();
+        if let Err(error) = &currency {
+            violations.push(("spend_currency", error.to_string()));
+        }
+        if request.category.is_empty() || request.category.chars().count() > 32 {
+            violations.push(("category", "must be 1 to 32 characters".into()));
+        }
+        if request.member_tier.chars().count() > 32 {
+            violations.push(("member_tier", "must be at most 32 characters".into()));
+        }
+        let at = match request.activity_time.as_ref().map(datetime) {
+            None => {
+                violations.push(("activity_time", "is required".into()));
+                None
+            }
+            Some(Err(error)) => {
+                violations.push(("activity_time", error));
+                None
+            }
+            Some(Ok(at)) if to_unix_micros(at) > now_micros() + CLOCK_SKEW_MICROS => {
+                violations.push(("activity_time", "must not be in the future".into()));
+                None
+            }
+            Some(Ok(at)) => Some(to_unix_micros(at)),
+        };
+        match (currency, at) {
+            (Ok(currency), Some(at_micros)) if violations.is_empty() => Ok(Self {
+                partner_id: request.partner_id,
+                external_id: request.external_id,
+                member_id: request.member_id,
+                spend_minor: request.spend_amount_minor,
+                currency,
+                category: request.category,
+                tier: request.member_tier,
+                at_micros,
+            }),
+            _ => Err(status::invalid_argument(
+                violations
+                    .iter()
+                    .map(|(field, message)| (*field, message.as_str())),
+            )),
+        }
+    }
+
+    fn same_as(&self, row: &ActivityRow) -> bool {
+        row.member_id == self.member_id
+            && row.spend_amount_minor == self.spend_minor
+            && row.spend_currency == self.currency.code()
+            && row.category == self.category
+            && row.member_tier == self.tier
+            && row.activity_at_micros == self.at_micros
+    }
+}
+
+/// An earning worked out before the annual cap is applied (which happens inside the write).
+#[derive(Debug, Clone)]
+struct Plan {
+    row: EarningRow,
+    points_per_spend_unit: Decimal,
+    multiplier: Decimal,
+    price: Decimal,
+    fee_basis_points: u32,
+    spend_scale: u32,
+    annual_cap: Option<i64>,
+}
+
+/// What one stream (or one call) has already looked up, so a day of rides asks the registry and
+/// linking once per partner and member rather than once per ride.
+#[derive(Default)]
+pub(crate) struct Lookups {
+    partners: HashMap<String, pb::Partner>,
+    agreements: HashMap<(String, String), Option<pb::Agreement>>,
+    links: HashMap<String, Vec<pb::Link>>,
+}
+
+/// The accepted terms version in force at `at`: the latest effective time not after it.
+fn terms_at(agreement: &pb::Agreement, at: i64) -> Option<&pb::TermsVersion> {
+    if agreement
+        .terminate_time
+        .as_ref()
+        .and_then(|end| datetime(end).ok())
+        .is_some_and(|end| to_unix_micros(end) <= at)
+    {
+        return None;
+    }
+    agreement
+        .terms_versions
+        .iter()
+        .filter(|version| version.status == pb::TermsVersionStatus::Accepted as i32)
+        .filter_map(|version| {
+            let effective = version
+                .effective_time
+                .as_ref()
+                .and_then(|t| datetime(t).ok())?;
+            (to_unix_micros(effective) <= at).then_some((to_unix_micros(effective), version))
+        })
+        .max_by_key(|(effective, version)| (*effective, version.version))
+        .map(|(_, version)| version)
+}
+
+fn in_window(window: &pb::PromotionWindow, at: i64) -> bool {
+    let micros = |t: &Option<tandem_proto::time::ProtoTimestamp>| {
+        t.as_ref()
+            .and_then(|t| datetime(t).ok())
+            .map(to_unix_micros)
+    };
+    matches!((micros(&window.start_time), micros(&window.end_time)), (Some(start), Some(end)) if start <= at && at < end)
+}
+
+impl Exchange {
+    async fn cached_partner(
+        &self,
+        lookups: &mut Lookups,
+        partner_id: &str,
+    ) -> Result<pb::Partner, Status> {
+        if let Some(partner) = lookups.partners.get(partner_id) {
+            return Ok(partner.clone());
+        }
+        let partner = self.peers.partner(partner_id).await?;
+        lookups
+            .partners
+            .insert(partner_id.to_owned(), partner.clone());
+        Ok(partner)
+    }
+
+    /// The earnings an activity makes, one per linked partner with earn rules from the reporter.
+    async fn plan(
+        &self,
+        lookups: &mut Lookups,
+        report: &Report,
+        activity_id: &str,
+    ) -> Result<Vec<Plan>, Status> {
+        let links = match lookups.links.get(&report.member_id) {
+            Some(links) => links.clone(),
+            None => {
+                let links = self
+                    .peers
+                    .active_links(&report.partner_id, &report.member_id)
+                    .await?;
+                lookups
+                    .links
+                    .insert(report.member_id.clone(), links.clone());
+                links
+            }
+        };
+        let mut plans = Vec::new();
+        for link in links {
+            let (initiator, acceptor) = match (&link.initiator, &link.acceptor) {
+                (Some(initiator), Some(acceptor)) => (initiator, acceptor),
+                _ => continue,
+            };
+            let target_side = if initiator.partner_id == report.partner_id
+                && initiator.member_id == report.member_id
+            {
+                acceptor
+            } else {
+                initiator
+            };
+            let pair = (report.partner_id.clone(), target_side.partner_id.clone());
+            let agreement = match lookups.agreements.get(&pair) {
+                Some(agreement) => agreement.clone(),
+                None => {
+                    let agreement = self.peers.agreement(&pair.0, &pair.1).await?;
+                    lookups.agreements.insert(pair.clone(), agreement.clone());
+                    agreement
+                }
+            };
+            let Some(agreement) = agreement else { continue };
+            let Some(version) = terms_at(&agreement, report.at_micros) else {
+                continue;
+            };
+            let Some(terms) = version.terms.as_ref() else {
+                continue;
+            };
+            let Some(rules) = terms.earn_rules.as_ref() else {
+                continue;
+            };
+            let target = self
+                .cached_partner(lookups, &target_side.partner_id)
+                .await?;
+            if require_active(&target).is_err() {
+                continue;
+            }
+            let target_scale = target.program.as_ref().map_or(0, |program| program.scale);
+            let tier = rules
+                .tier_multipliers
+                .iter()
+                .find(|entry| !report.tier.is_empty() && entry.tier == report.tier)
+                .map(|entry| decimal(&entry.multiplier, "tier multiplier"))
+                .transpose()?;
+            let mut promotions = Vec::new();
+            for window in rules
+                .promotions
+                .iter()
+                .filter(|window| in_window(window, report.at_micros))
+            {
+                promotions.push(decimal(&window.multiplier, "promotion multiplier")?);
+            }
+            let multiplier = pricing::earn_multiplier(tier, promotions.into_iter());
+            let mut note = String::new();
+            if rules.spend_currency != report.currency.code() {
+                note = format!(
+                    "spend in {} does not earn: the earn rules count spend in {}",
+                    report.currency.code(),
+                    rules.spend_currency
+                );
+            } else if rules
+                .excluded_spend_categories
+                .iter()
+                .any(|category| category.eq_ignore_ascii_case(&report.category))
+            {
+                note = format!("category {} is excluded from earning", report.category);
+            }
+            let hold_until = (rules.hold_days > 0)
+                .then(|| report.at_micros + i64::from(rules.hold_days) * DAY_MICROS);
+            let row = EarningRow {
+                earning_id: new_id(),
+                activity_id: activity_id.to_owned(),
+                source_partner_id: report.partner_id.clone(),
+                source_member_id: report.member_id.clone(),
+                target_partner_id: target.partner_id.clone(),
+                target_member_id: target_side.member_id.clone(),
+                target_gateway: target.gateway_endpoint.clone(),
+                link_id: link.link_id.clone(),
+                agreement_id: agreement.agreement_id.clone(),
+                terms_version: version.version.into(),
+                target_program: target
+                    .program
+                    .as_ref()
+                    .map(|program| program.code.clone())
+                    .unwrap_or_default(),
+                target_scale: target_scale.into(),
+                points: 0,
+                eligible_spend_minor: if note.is_empty() {
+                    report.spend_minor
+                } else {
+                    0
+                },
+                spend_year: from_unix_micros(report.at_micros).year().into(),
+                multiplier: multiplier.normalize().to_string(),
+                settlement_currency: target.settlement_currency.clone(),
+                currency_scale: currency_scale(&target)?.into(),
+                settlement_amount_minor: 0,
+                fee_amount_minor: 0,
+                status: if note.is_empty() {
+                    "CREDITING"
+                } else {
+                    "NOT_EARNED"
+                }
+                .to_owned(),
+                step: "DONE".to_owned(),
+                refund_requested: 0,
+                hold_until_micros: hold_until,
+                note,
+                ledger_transaction_id: String::new(),
+                attempts: 0,
+                last_error: String::new(),
+            };
+            plans.push(Plan {
+                row,
+                points_per_spend_unit: decimal(&rules.points_per_spend_unit, "earn rate")?,
+                multiplier,
+                price: decimal(&terms.settlement_price, "settlement price")?,
+                fee_basis_points: terms.exchange_fee_basis_points,
+                spend_scale: report.currency.exponent(),
+                annual_cap: rules.annual_spend_cap_minor,
+            });
+        }
+        Ok(plans)
+    }
+
+    /// Applies the annual cap (with the agreement locked) and prices each earning.
+    async fn finish_plan(
+        &self,
+        transaction: &mut sqlx::AnyConnection,
+        plan: &mut Plan,
+    ) -> Result<(), Status> {
+        let row = &mut plan.row;
+        if row.status == "NOT_EARNED" {
+            return Ok(());
+        }
+        if let Some(cap) = plan.annual_cap {
+            if self.database.backend() == Backend::Postgres {
+                sqlx::query(
+                    "INSERT INTO cap_locks (agreement_id) VALUES ($1) ON CONFLICT DO NOTHING",
+                )
+                .bind(&row.agreement_id)
+                .execute(&mut *transaction)
+                .await
+                .map_err(database_error)?;
+                sqlx::query(
+                    "SELECT agreement_id FROM cap_locks WHERE agreement_id = $1 FOR UPDATE",
+                )
+                .bind(&row.agreement_id)
+                .fetch_all(&mut *transaction)
+                .await
+                .map_err(database_error)?;
+            }
+            let used: Option<i64> = sqlx::query_scalar(
+                "SELECT CAST(SUM(eligible_spend_minor) AS BIGINT) FROM earnings \
+                 WHERE agreement_id = $1 AND source_member_id = $2 AND spend_year = $3 \
+                 AND status NOT IN ('VOIDED', 'REVERSED', 'FAILED')",
+            )
+            .bind(&row.agreement_id)
+            .bind(&row.source_member_id)
+            .bind(row.spend_year)
+            .fetch_one(&mut *transaction)
+            .await
+            .map_err(database_error)?;
+            let left = (cap - used.unwrap_or(0)).max(0);
+            if left < row.eligible_spend_minor {
+                row.eligible_spend_minor = left;
+                row.note = format!("the annual spend cap of {cap} minor units limited what earns");
+            }
+        }
+        let points = pricing::earned_points(
+            plan.points_per_spend_unit,
+            row.eligible_spend_minor,
+            plan.spend_scale,
+            plan.multiplier,
+            row.target_scale as u32,
+        )
+        .ok_or_else(|| invalid("spend_amount_minor", "is too large to earn on"))?;
+        if points < 1 {
+            row.status = "NOT_EARNED".to_owned();
+            if row.note.is_empty() {
+                row.note = "the spend earns less than one point".to_owned();
+            } else if row.eligible_spend_minor == 0 {
+                row.note = "the annual spend cap is reached: nothing earns".to_owned();
+            }
+            row.eligible_spend_minor = 0;
+            return Ok(());
+        }
+        let (settlement, fee) = pricing::settlement(
+            points,
+            row.target_scale as u32,
+            plan.price,
+            row.currency_scale as u32,
+            plan.fee_basis_points,
+        )
+        .ok_or_else(|| invalid("spend_amount_minor", "is too large to earn on"))?;
+        row.points = points;
+        row.settlement_amount_minor = settlement;
+        row.fee_amount_minor = fee;
+        if row.hold_until_micros.is_some() {
+            row.status = "HELD".to_owned();
+            row.step = "POST_HOLD".to_owned();
+        } else {
+            row.status = "CREDITING".to_owned();
+            row.step = "CREDIT".to_owned();
+        }
+        Ok(())
+    }
+
+    async fn activity_by_external_id(
+        &self,
+        partner_id: &str,
+        external_id: &str,
+    ) -> Result<Option<ActivityRow>, Status> {
+        sqlx::query_as::<_, ActivityRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {ACTIVITY_COLUMNS} FROM activities WHERE partner_id = $1 AND external_id = $2"
+        )))
+        .bind(partner_id)
+        .bind(external_id)
+        .fetch_optional(self.database.pool())
+        .await
+        .map_err(database_error)
+    }
+
+    async fn earnings_of(&self, activity_id: &str) -> Result<Vec<EarningRow>, Status> {
+        sqlx::query_as::<_, EarningRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {EARNING_COLUMNS} FROM earnings WHERE activity_id = $1 ORDER BY earning_id"
+        )))
+        .bind(activity_id)
+        .fetch_all(self.database.pool())
+        .await
+        .map_err(database_error)
+    }
+
+    async fn activity_pb(&self, row: &ActivityRow) -> Result<pb::Activity, Status> {
+        Ok(row.to_pb(&self.earnings_of(&row.activity_id).await?))
+    }
+
+    fn check_replay(report: &Report, existing: &ActivityRow) -> Result<(), Status> {
+        if report.same_as(existing) {
+            Ok(())
+        } else {
+            Err(refuse(
+                Code::AlreadyExists,
+                "EXTERNAL_ID_REUSED",
+                format!(
+                    "external id {:?} was reported before with different content",
+                    report.external_id
+                ),
+            ))
+        }
+    }
+
+    pub async fn record_activity(
+        &self,
+        caller: &Caller,
+        request: pb::RecordActivityRequest,
+    ) -> Result<(pb::Activity, bool), Status> {
+        require_partner(caller, &request.partner_id)?;
+        let report = Report::parse(request)?;
+        let mut lookups = Lookups::default();
+        let (activity_id, replayed, owner) = self
+            .record_group(&mut lookups, std::slice::from_ref(&report))
+            .await?
+            .pop()
+            .ok_or_else(|| status::internal(&"report not handled"))??;
+        if let Some(owner) = owner {
+            self.drive_earnings_of(&activity_id, &owner).await?;
+        }
+        let row = self
+            .activity_by_external_id(&report.partner_id, &report.external_id)
+            .await?
+            .ok_or_else(|| status::internal(&"activity vanished"))?;
+        Ok((self.activity_pb(&row).await?, replayed))
+    }
+
+    /// Records checked reports in one write transaction: for each, (activity id, replayed,
+    /// lease owner of its new earnings) or why it was refused. A report whose external id is
+    /// already recorded is a replay when its content matches.
+    pub(crate) async fn record_group(
+        &self,
+        lookups: &mut Lookups,
+        reports: &[Report],
+    ) -> Result<Vec<RecordOutcome>, Status> {
+        let mut outcomes: Vec<Option<RecordOutcome>> = vec![None; reports.len()];
+        let mut planned = Vec::new();
+        for (index, report) in reports.iter().enumerate() {
+            if let Some(existing) = self
+                .activity_by_external_id(&report.partner_id, &report.external_id)
+                .await?
+            {
+                outcomes[index] = Some(
+                    Self::check_replay(report, &existing)
+                        .map(|()| (existing.activity_id, true, None)),
+                );
+                continue;
+            }
+            let activity_id = new_id();
+            match self.plan(lookups, report, &activity_id).await {
+                Ok(plans) => planned.push((index, activity_id, plans)),
+                Err(status) if status.code() == Code::Unavailable => return Err(status),
+                Err(status) => outcomes[index] = Some(Err(status)),
+            }
+        }
+        let owner = new_id();
+        let now = now_micros();
+        let lease_until = self.lease_until();
+        let mut collided = Vec::new();
+        if !planned.is_empty() {
+            let mut transaction = self.database.begin_write().await.map_err(database_error)?;
+            for (index, activity_id, plans) in &mut planned {
+                let report = &reports[*index];
+                let mut refusal = None;
+                for plan in plans.iter_mut() {
+                    if let Err(status) = self.finish_plan(&mut transaction, plan).await {
+                        if status.code() != Code::InvalidArgument {
+                            return Err(status);
+                        }
+                        refusal = Some(status);
+                        break;
+                    }
+                }
+                if let Some(status) = refusal {
+                    outcomes[*index] = Some(Err(status));
+                    continue;
+                }
+                // ON CONFLICT DO NOTHING rather than a unique violation: on PostgreSQL a failed
+                // statement would abort the whole group's transaction.
+                let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO activities ({ACTIVITY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, \
+                     $7, $8, $9, $10, 'RECORDED', '') ON CONFLICT DO NOTHING"
+                )))
+                .bind(&*activity_id)
+                .bind(&report.partner_id)
+                .bind(&report.external_id)
+                .bind(&report.member_id)
+                .bind(report.spend_minor)
+                .bind(report.currency.code())
+                .bind(&report.category)
+                .bind(&report.tier)
+                .bind(report.at_micros)
+                .bind(now)
+                .execute(&mut *transaction)
+                .await
+                .map_err(database_error)?
+                .rows_affected();
+                if inserted == 0 {
+                    collided.push(*index);
+                    continue;
+                }
+                for plan in plans.iter() {
+                    self.insert_earning(&mut transaction, &plan.row, now, &owner, lease_until)
+                        .await?;
+                }
+                outcomes[*index] = Some(Ok((activity_id.clone(), false, Some(owner.clone()))));
+            }
+            transaction.commit().await.map_err(database_error)?;
+        }
+        // Reported twice (in this group, or concurrently elsewhere): the first one stands.
+        for index in collided {
+            let report = &reports[index];
+            let existing = self
+                .activity_by_external_id(&report.partner_id, &report.external_id)
+                .await?
+                .ok_or_else(|| status::internal(&"activity vanished"))?;
+            outcomes[index] = Some(
+                Self::check_replay(report, &existing).map(|()| (existing.activity_id, true, None)),
+            );
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| outcome.unwrap_or_else(|| Err(status::internal(&"report not handled"))))
+            .collect())
+    }
+
+    async fn insert_earning(
+        &self,
+        transaction: &mut sqlx::AnyConnection,
+        row: &EarningRow,
+        now: i64,
+        owner: &str,
+        lease_until: i64,
+    ) -> Result<(), Status> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO earnings ({EARNING_COLUMNS}, next_attempt_micros, lease_owner, \
+             lease_until_micros, updated_at_micros) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
+             $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, \
+             $25, $26, $27, $28, $29, $30, $31, $32)"
+        )))
+        .bind(&row.earning_id)
+        .bind(&row.activity_id)
+        .bind(&row.source_partner_id)
+        .bind(&row.source_member_id)
+        .bind(&row.target_partner_id)
+        .bind(&row.target_member_id)
+        .bind(&row.target_gateway)
+        .bind(&row.link_id)
+        .bind(&row.agreement_id)
+        .bind(row.terms_version)
+        .bind(&row.target_program)
+        .bind(row.target_scale)
+        .bind(row.points)
+        .bind(row.eligible_spend_minor)
+        .bind(row.spend_year)
+        .bind(&row.multiplier)
+        .bind(&row.settlement_currency)
+        .bind(row.currency_scale)
+        .bind(row.settlement_amount_minor)
+        .bind(row.fee_amount_minor)
+        .bind(&row.status)
+        .bind(&row.step)
+        .bind(row.refund_requested)
+        .bind(row.hold_until_micros)
+        .bind(&row.note)
+        .bind(&row.ledger_transaction_id)
+        .bind(row.attempts)
+        .bind(&row.last_error)
+        .bind(now)
+        .bind(owner)
+        .bind(lease_until)
+        .bind(now)
+        .execute(&mut *transaction)
+        .await
+        .map_err(database_error)?;
+        Ok(())
+    }
+
+    /// Drives every unfinished earning of an activity that `owner` leases, side by side.
+    pub(crate) async fn drive_earnings_of(
+        &self,
+        activity_id: &str,
+        owner: &str,
+    ) -> Result<(), Status> {
+        let earnings = self.earnings_of(activity_id).await?;
+        let drives = earnings
+            .into_iter()
+            .filter(|earning| earning.step != "DONE")
+            .map(|earning| async move { self.drive_earning(earning, owner).await });
+        for result in futures::future::join_all(drives).await {
+            result?;
+        }
+        Ok(())
+    }
+
+    async fn load_earning(&self, id: &str) -> Result<Option<EarningRow>, Status> {
+        sqlx::query_as::<_, EarningRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {EARNING_COLUMNS} FROM earnings WHERE earning_id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(self.database.pool())
+        .await
+        .map_err(database_error)
+    }
+
+    pub(crate) async fn resume_earning(&self, id: &str) -> Result<(), Status> {
+        if let Some(owner) = self.claim(SagaTable::Earnings, id).await?
+            && let Some(earning) = self.load_earning(id).await?
+        {
+            self.drive_earning(earning, &owner).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes an earning's progress if `owner` still holds it; `wait` releases the lease and
+    /// says when the worker may try again.
+    async fn record_earning(
+        &self,
+        earning: &EarningRow,
+        owner: &str,
+        wait: Option<std::time::Duration>,
+        next_at: Option<i64>,
+    ) -> Result<bool, Status> {
+        let now = now_micros();
+        let (next_attempt, lease_until) = match (wait, next_at) {
+            (_, Some(at)) => (at, 0),
+            (Some(wait), None) => (now + wait.as_micros() as i64, 0),
+            (None, None) => (now, self.lease_until()),
+        };
+        let written = sqlx::query(
+            "UPDATE earnings SET status = $1, step = $2, attempts = $3, last_error = $4, \
+             note = $5, ledger_transaction_id = $6, next_attempt_micros = $7, \
+             lease_until_micros = $8, updated_at_micros = $9 \
+             WHERE earning_id = $10 AND lease_owner = $11",
+        )
+        .bind(&earning.status)
+        .bind(&earning.step)
+        .bind(earning.attempts)
+        .bind(&earning.last_error)
+        .bind(&earning.note)
+        .bind(&earning.ledger_transaction_id)
+        .bind(next_attempt)
+        .bind(lease_until)
+        .bind(now)
+        .bind(&earning.earning_id)
+        .bind(owner)
+        .execute(self.database.pool())
+        .await
+        .map_err(database_error)?
+        .rows_affected();
+        Ok(written == 1)
+    }
+
+    async fn earning_transaction(
+        &self,
+        earning: &EarningRow,
+        key: String,
+        kind: pb::TransactionKind,
+        timeout_seconds: i64,
+    ) -> Result<pb::PostTransactionRequest, Status> {
+        let mut legs = Vec::with_capacity(5);
+        legs.extend(
+            self.points_legs(
+                &earning.target_partner_id,
+                &earning.target_program,
+                earning.target_scale as u32,
+                earning.points,
+                true,
+            )
+            .await?,
+        );
+        legs.extend(
+            self.money_legs(
+                &earning.source_partner_id,
+                &earning.target_partner_id,
+                &earning.settlement_currency,
+                earning.currency_scale as u32,
+                earning.settlement_amount_minor,
+                earning.fee_amount_minor,
+            )
+            .await?,
+        );
+        Ok(pb::PostTransactionRequest {
+            idempotency_key: key,
+            legs,
+            kind: kind.into(),
+            type_code: "EARN".to_owned(),
+            external_reference: earning.activity_id.clone(),
+            effective_time: None,
+            metadata: [
+                ("earning_id".to_owned(), earning.earning_id.clone()),
+                ("agreement_id".to_owned(), earning.agreement_id.clone()),
+                (
+                    "terms_version".to_owned(),
+                    earning.terms_version.to_string(),
+                ),
+            ]
+            .into(),
+            pending_timeout_seconds: timeout_seconds,
+        })
+    }
+
+    /// Drives one earning as far as it goes now; the caller holds its lease as `owner`.
+    async fn drive_earning(&self, mut earning: EarningRow, owner: &str) -> Result<(), Status> {
+        let mut tries = 0_u32;
+        loop {
+            if earning.step == "DONE" {
+                return Ok(());
+            }
+            tries += 1;
+            match self.earning_step(&mut earning).await {
+                Ok(EarnNext::Continue) => tries = 0,
+                Ok(EarnNext::Record) => {
+                    tries = 0;
+                    if !self.record_earning(&earning, owner, None, None).await? {
+                        return Ok(());
+                    }
+                }
+                Ok(EarnNext::WaitUntil(at)) => {
+                    self.record_earning(&earning, owner, None, Some(at)).await?;
+                    return Ok(());
+                }
+                Ok(EarnNext::Stop) => {
+                    self.record_earning(&earning, owner, Some(Default::default()), None)
+                        .await?;
+                    return Ok(());
+                }
+                Err(error) => {
+                    earning.attempts += 1;
+                    earning.last_error = error;
+                    if tries < TRIES_PER_DRIVE {
+                        tokio::time::sleep(quick_pause(tries)).await;
+                        continue;
+                    }
+                    tracing::warn!(earning = %earning.earning_id, step = %earning.step, error = %earning.last_error, "earning parked until the next attempt");
+                    self.record_earning(&earning, owner, Some(backoff(earning.attempts)), None)
+                        .await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    async fn earning_step(&self, earning: &mut EarningRow) -> Result<EarnNext, String> {
+        let id = earning.earning_id.clone();
+        let key = |suffix: &str| format!("tandem:earning:{id}:{suffix}");
+        let refund = earning.refund_requested == 1;
+        let go = |earning: &mut EarningRow, status: &str, step: &str| {
+            earning.status = status.to_owned();
+            earning.step = step.to_owned();
+            earning.attempts = 0;
+            earning.last_error.clear();
+        };
+        let description = format!("Earned with a partner purchase ({})", earning.activity_id);
+        match earning.step.as_str() {
+            "CREDIT" | "RELEASE_CREDIT" => {
+                let release = earning.step == "RELEASE_CREDIT";
+                match self
+                    .peers
+                    .move_points(
+                        &earning.target_gateway,
+                        true,
+                        key("credit"),
+                        &earning.target_member_id,
+                        earning.points,
+                        &description,
+                    )
+                    .await
+                {
+                    GatewayAnswer::Applied => {
+                        let next = if release { "RELEASE_POST" } else { "POST" };
+                        let status = earning.status.clone();
+                        go(earning, &status, next);
+                        Ok(EarnNext::Continue)
+                    }
+                    GatewayAnswer::Refused(reason) => {
+                        earning.note = format!("the target partner refused the credit: {reason}");
+                        if release {
+                            // The ledger holds a pending transaction that must now be voided.
+                            go(earning, "HELD", "VOID_FAILED");
+                            Ok(EarnNext::Record)
+                        } else {
+                            go(earning, "FAILED", "DONE");
+                            Ok(EarnNext::Stop)
+                        }
+                    }
+                    GatewayAnswer::Unknown(error) => Err(error),
+                }
+            }
+            "POST" => {
+                let request = self
+                    .earning_transaction(earning, key("ledger"), pb::TransactionKind::Posted, 0)
+                    .await
+                    .map_err(|status| status.message().to_owned())?;
+                match self.peers.post(request).await {
+                    Ok(transaction) => {
+                        earning.ledger_transaction_id = transaction.transaction_id;
+                        self.after_posting(earning, refund)
+                    }
+                    Err(status) if ledger_refused(&status) => Err(format!(
+                        "the ledger refused the earning ({}); ops must look",
+                        status.message()
+                    )),
+                    Err(status) => Err(status.message().to_owned()),
+                }
+            }
+            "POST_HOLD" => {
+                let hold_until = earning.hold_until_micros.unwrap_or_default();
+                let timeout = ((hold_until - now_micros()) / 1_000_000).max(0) + HOLD_GRACE_SECONDS;
+                let request = self
+                    .earning_transaction(
+                        earning,
+                        key("hold"),
+                        pb::TransactionKind::Pending,
+                        timeout,
+                    )
+                    .await
+                    .map_err(|status| status.message().to_owned())?;
+                match self.peers.post(request).await {
+                    Ok(transaction) => {
+                        earning.ledger_transaction_id = transaction.transaction_id;
+                        go(earning, "HELD", "WAIT_HOLD");
+                        Ok(EarnNext::Continue)
+                    }
+                    Err(status) => Err(status.message().to_owned()),
+                }
+            }
+            "WAIT_HOLD" => {
+                let hold_until = earning.hold_until_micros.unwrap_or_default();
+                if refund {
+                    go(earning, "HELD", "VOID");
+                    Ok(EarnNext::Continue)
+                } else if hold_until <= now_micros() {
+                    go(earning, "HELD", "RELEASE_CREDIT");
+                    Ok(EarnNext::Record)
+                } else {
+                    Ok(EarnNext::WaitUntil(hold_until))
+                }
+            }
+            "VOID" | "VOID_FAILED" => {
+                let failed = earning.step == "VOID_FAILED";
+                match self
+                    .peers
+                    .resolve(
+                        key("void"),
+                        &earning.ledger_transaction_id,
+                        pb::PendingResolution::Void,
+                    )
+                    .await
+                {
+                    Ok(_) => {
+                        go(earning, if failed { "FAILED" } else { "VOIDED" }, "DONE");
+                        Ok(EarnNext::Stop)
+                    }
+                    Err(status) => Err(status.message().to_owned()),
+                }
+            }
+            "RELEASE_POST" => match self
+                .peers
+                .resolve(
+                    key("release"),
+                    &earning.ledger_transaction_id,
+                    pb::PendingResolution::Post,
+                )
+                .await
+            {
+                Ok(transaction) => {
+                    earning.ledger_transaction_id = transaction.transaction_id;
+                    self.after_posting(earning, refund)
+                }
+                Err(status) => Err(status.message().to_owned()),
+            },
+            "CLAWBACK" => match self
+                .peers
+                .move_points(
+                    &earning.target_gateway,
+                    false,
+                    key("clawback"),
+                    &earning.target_member_id,
+                    earning.points,
+                    &format!("Refunded partner purchase ({})", earning.activity_id),
+                )
+                .await
+            {
+                GatewayAnswer::Applied => {
+                    go(earning, "CLAWING_BACK", "REVERSE_LEDGER");
+                    Ok(EarnNext::Continue)
+                }
+                GatewayAnswer::Refused(reason) => {
+                    earning.note = format!(
+                        "the target partner refused to take the points back ({reason}); they \
+                         stay earned and paid for"
+                    );
+                    go(earning, "CLAWBACK_REFUSED", "DONE");
+                    Ok(EarnNext::Stop)
+                }
+                GatewayAnswer::Unknown(error) => Err(error),
+            },
+            "REVERSE_LEDGER" => match self
+                .peers
+                .reverse(
+                    key("reverse"),
+                    &earning.ledger_transaction_id,
+                    "the purchase was refunded",
+                )
+                .await
+            {
+                Ok(_) => {
+                    go(earning, "REVERSED", "DONE");
+                    Ok(EarnNext::Stop)
+                }
+                Err(status) => Err(status.message().to_owned()),
+            },
+            _ => Ok(EarnNext::Stop),
+        }
+    }
+
+    /// Once posted: done, or on to the clawback when a refund arrived meanwhile.
+    fn after_posting(&self, earning: &mut EarningRow, refund: bool) -> Result<EarnNext, String> {
+        earning.attempts = 0;
+        earning.last_error.clear();
+        if refund {
+            earning.status = "CLAWING_BACK".to_owned();
+            earning.step = "CLAWBACK".to_owned();
+            Ok(EarnNext::Record)
+        } else {
+            earning.status = "POSTED".to_owned();
+            earning.step = "DONE".to_owned();
+            Ok(EarnNext::Stop)
+        }
+    }
+
+    pub async fn get_activity(&self, caller: &Caller, id: &str) -> Result<pb::Activity, Status> {
+        let not_found = || {
+            refuse(
+                Code::NotFound,
+                "ACTIVITY_NOT_FOUND",
+                format!("activity {id} not found"),
+            )
+        };
+        let row = sqlx::query_as::<_, ActivityRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {ACTIVITY_COLUMNS} FROM activities WHERE activity_id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(self.database.pool())
+        .await
+        .map_err(database_error)?
+        .ok_or_else(not_found)?;
+        if !is_staff(caller) {
+            match own_partner(caller) {
+                Some(own) if own == row.partner_id => {}
+                Some(_) => return Err(not_found()),
+                None => {
+                    return Err(refuse(
+                        Code::PermissionDenied,
+                        "PERMISSION_DENIED",
+                        "activities are read by ops and the reporting partner",
+                    ));
+                }
+            }
+        }
+        self.activity_pb(&row).await
+    }
+
+    pub async fn reverse_activity(
+        &self,
+        caller: &Caller,
+        request: pb::ReverseActivityRequest,
+    ) -> Result<pb::Activity, Status> {
+        require_partner(caller, &request.partner_id)?;
+        if request.reason.is_empty() || request.reason.chars().count() > 500 {
+            return Err(invalid("reason", "must be 1 to 500 characters"));
+        }
+        let row = self
+            .activity_by_external_id(&request.partner_id, &request.external_id)
+            .await?
+            .ok_or_else(|| {
+                refuse(
+                    Code::NotFound,
+                    "ACTIVITY_NOT_FOUND",
+                    format!("no activity with external id {:?}", request.external_id),
+                )
+            })?;
+        if row.status == "RECORDED" {
+            let mut transaction = self.database.begin_write().await.map_err(database_error)?;
+            sqlx::query(
+                "UPDATE activities SET status = 'REVERSED', reverse_reason = $1 \
+                 WHERE activity_id = $2 AND status = 'RECORDED'",
+            )
+            .bind(&request.reason)
+            .bind(&row.activity_id)
+            .execute(&mut *transaction)
+            .await
+            .map_err(database_error)?;
+            // Posted earnings re-enter the saga to be clawed back; the rest notice the flag.
+            sqlx::query(
+                "UPDATE earnings SET refund_requested = 1, \
+                 step = CASE WHEN step = 'DONE' AND status = 'POSTED' THEN 'CLAWBACK' ELSE step END, \
+                 status = CASE WHEN step = 'DONE' AND status = 'POSTED' THEN 'CLAWING_BACK' ELSE status END, \
+                 next_attempt_micros = $1 WHERE activity_id = $2",
+            )
+            .bind(now_micros())
+            .bind(&row.activity_id)
+            .execute(&mut *transaction)
+            .await
+            .map_err(database_error)?;
+            transaction.commit().await.map_err(database_error)?;
+        }
+        // Drive what can be driven now; earnings another driver holds finish there.
+        for earning in self.earnings_of(&row.activity_id).await? {
+            if earning.step != "DONE" {
+                self.resume_earning(&earning.earning_id).await?;
+            }
+        }
+        let row = self
+            .activity_by_external_id(&request.partner_id, &request.external_id)
+            .await?
+            .ok_or_else(|| status::internal(&"activity vanished"))?;
+        self.activity_pb(&row).await
+    }
+
+    /// Records a stream of reports in groups: lookups are shared across the stream, and each
+    /// group's earnings are driven side by side.
+    pub async fn record_activities(
+        &self,
+        caller: &Caller,
+        requests: Vec<pb::RecordActivityRequest>,
+    ) -> Result<pb::RecordActivitiesResponse, Status> {
+        let mut lookups = Lookups::default();
+        let mut results = Vec::with_capacity(requests.len());
+        let mut recorded = 0;
+        let mut refused = 0;
+        for group in requests.chunks(GROUP_SIZE) {
+            let mut group_results = Vec::with_capacity(group.len());
+            let mut reports = Vec::with_capacity(group.len());
+            let mut positions = Vec::with_capacity(group.len());
+            for request in group {
+                let parsed = require_partner(caller, &request.partner_id)
+                    .and_then(|()| Report::parse(request.clone()));
+                match parsed {
+                    Ok(report) => {
+                        positions.push(group_results.len());
+                        reports.push(report);
+                        group_results.push(pb::ActivityResult {
+                            external_id: request.external_id.clone(),
+                            ..Default::default()
+                        });
+                    }
+                    Err(status) => {
+                        group_results.push(refused_result(&request.external_id, &status))
+                    }
+                }
+            }
+            let outcomes = self.record_group(&mut lookups, &reports).await?;
+            let mut owned = Vec::new();
+            for (position, outcome) in positions.into_iter().zip(outcomes) {
+                let result = &mut group_results[position];
+                match outcome {
+                    Ok((activity_id, replayed, owner)) => {
+                        if let Some(owner) = owner {
+                            owned.push((activity_id.clone(), owner));
+                        }
+                        result.activity_id = activity_id;
+                        result.replayed = replayed;
+                    }
+                    Err(status) => *result = refused_result(&result.external_id, &status),
+                }
+            }
+            let drives = owned
+                .iter()
+                .map(|(activity_id, owner)| self.drive_earnings_of(activity_id, owner));
+            for result in futures::future::join_all(drives).await {
+                result?;
+            }
+            for result in &mut group_results {
+                if result.activity_id.is_empty() {
+                    refused += 1;
+                } else {
+                    recorded += 1;
+                    result.points = self
+                        .earnings_of(&result.activity_id)
+                        .await?
+                        .iter()
+                        .map(|earning| earning.points)
+                        .sum();
+                }
+            }
+            results.extend(group_results);
+        }
+        Ok(pb::RecordActivitiesResponse {
+            results,
+            recorded,
+            refused,
+        })
+    }
+}
+
+fn refused_result(external_id: &str, status: &Status) -> pb::ActivityResult {
+    pb::ActivityResult {
+        external_id: external_id.to_owned(),
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+        ..Default::default()
+    }
+}
+
+/// Reports recorded in one transaction, whose earnings are then driven side by side.
+const GROUP_SIZE: usize = 256;
+
+/// What an earning's drive does after one step.
+enum EarnNext {
+    Continue,
+    Record,
+    WaitUntil(i64),
+    Stop,
+}

@@ -1,0 +1,128 @@
+//! The exchange: quotes, conversions and cross-brand earning.
+//!
+//! Points live in each brand's own loyalty system, so the exchange moves them by calling the
+//! partners' gateways, and records who owes whom in the ledger. Each conversion and each earning
+//! is a saga whose whole state is a row in the exchange's database, written before any partner is
+//! called. Every call carries a key derived from the row's id, so asking again is harmless; a
+//! crash leaves a row that the recovery worker picks up and finishes. Whoever drives a saga holds
+//! a lease on its row, so two processes never drive one saga at once.
+
+mod conversions;
+mod earn;
+mod grpc;
+mod peers;
+pub mod pricing;
+mod rows;
+mod saga;
+mod worker;
+
+use std::time::Duration;
+
+use tandem_auth::{Caller, Role};
+use tandem_proto::status;
+use tandem_storage::Database;
+use tonic::{Code, Status};
+
+pub use grpc::ExchangeGrpc;
+pub use peers::Peers;
+pub use worker::run_recovery;
+
+/// The exchange database's migrations.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// How the exchange behaves; the defaults suit production.
+#[derive(Debug, Clone)]
+pub struct ExchangeOptions {
+    /// How long a quote can be executed.
+    pub quote_lifetime: Duration,
+    /// How long a driver owns a saga before another may take it over. Longer than the slowest
+    /// step (a gateway call times out after 5 s), short enough that a crash is recovered soon.
+    pub saga_lease: Duration,
+    /// How often the recovery worker looks for sagas to resume.
+    pub recovery_interval: Duration,
+}
+
+impl Default for ExchangeOptions {
+    fn default() -> Self {
+        Self {
+            quote_lifetime: Duration::from_secs(5 * 60),
+            saga_lease: Duration::from_secs(30),
+            recovery_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The exchange's logic, over its database and its peers.
+#[derive(Clone, Debug)]
+pub struct Exchange {
+    database: Database,
+    peers: Peers,
+    options: ExchangeOptions,
+}
+
+impl Exchange {
+    pub fn new(database: Database, peers: Peers, options: ExchangeOptions) -> Self {
+        Self {
+            database,
+            peers,
+            options,
+        }
+    }
+}
+
+/// A status with a stable reason.
+pub(crate) fn refuse(code: Code, reason: &str, message: impl Into<String>) -> Status {
+    status::with_reason(code, reason, message)
+}
+
+pub(crate) fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
+    status::invalid_argument([(field, message.to_string().as_str())])
+}
+
+pub(crate) fn database_error(error: sqlx::Error) -> Status {
+    if tandem_storage::is_retryable_conflict(&error) {
+        return refuse(
+            Code::Aborted,
+            "CONFLICT",
+            "the request conflicted with another; retry it",
+        );
+    }
+    status::internal(&error)
+}
+
+/// The caller's own partner id, when it is a partner acting for `partner_id`.
+pub(crate) fn require_partner(caller: &Caller, partner_id: &str) -> Result<(), Status> {
+    match caller.partner_id() {
+        Some(own) if caller.role() == Role::Partner && own.to_string() == partner_id => Ok(()),
+        _ if caller.role() == Role::Partner => Err(refuse(
+            Code::PermissionDenied,
+            "PERMISSION_DENIED",
+            "a partner may act only for itself: partner_id must be your own",
+        )),
+        _ => Err(refuse(
+            Code::PermissionDenied,
+            "PERMISSION_DENIED",
+            "only the partner itself may do this",
+        )),
+    }
+}
+
+pub(crate) fn is_staff(caller: &Caller) -> bool {
+    caller.is_any(&[Role::Ops, Role::Service])
+}
+
+/// The partner id a partner caller acts for, as text.
+pub(crate) fn own_partner(caller: &Caller) -> Option<String> {
+    caller
+        .partner_id()
+        .filter(|_| caller.role() == Role::Partner)
+        .map(|id| id.to_string())
+}
+
+pub(crate) fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+pub(crate) fn now_micros() -> i64 {
+    tandem_domain::to_unix_micros(tandem_domain::now())
+}

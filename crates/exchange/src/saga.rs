@@ -1,0 +1,102 @@
+//! What conversions and earnings share as sagas: leases on their rows, and how long to wait
+//! before asking a partner again.
+
+use std::time::Duration;
+
+use tonic::Status;
+
+use crate::{Exchange, database_error, new_id, now_micros};
+
+/// A gateway answer that never came is asked again this many times within one drive, with
+/// short pauses, before the saga is parked for the recovery worker.
+pub(crate) const TRIES_PER_DRIVE: u32 = 3;
+
+/// After this many unanswered attempts at a debit or credit, the saga stops asking and
+/// compensates instead: a gateway voids a key it never saw when asked to reverse it, so giving
+/// up is safe.
+pub(crate) const MAX_UNKNOWN_ATTEMPTS: i64 = 10;
+
+/// The pause between tries within one drive.
+pub(crate) fn quick_pause(try_number: u32) -> Duration {
+    Duration::from_millis(100 * 3_u64.pow(try_number.saturating_sub(1)))
+}
+
+/// How long a parked saga waits before the worker tries again: doubling from a second, at most a
+/// minute.
+pub(crate) fn backoff(attempts: i64) -> Duration {
+    let exponent = attempts.clamp(0, 6) as u32;
+    Duration::from_secs(2_u64.pow(exponent)).min(Duration::from_secs(60))
+}
+
+/// The tables whose rows are sagas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SagaTable {
+    Conversions,
+    Earnings,
+}
+
+impl SagaTable {
+    fn table(self) -> &'static str {
+        match self {
+            SagaTable::Conversions => "conversions",
+            SagaTable::Earnings => "earnings",
+        }
+    }
+
+    fn id_column(self) -> &'static str {
+        match self {
+            SagaTable::Conversions => "conversion_id",
+            SagaTable::Earnings => "earning_id",
+        }
+    }
+}
+
+impl Exchange {
+    /// When a lease taken now ends.
+    pub(crate) fn lease_until(&self) -> i64 {
+        now_micros() + self.options.saga_lease.as_micros() as i64
+    }
+
+    /// Takes the lease on a saga row unless another driver holds it; the lease owner on success.
+    pub(crate) async fn claim(&self, table: SagaTable, id: &str) -> Result<Option<String>, Status> {
+        let owner = new_id();
+        let sql = format!(
+            "UPDATE {} SET lease_owner = $1, lease_until_micros = $2 \
+             WHERE {} = $3 AND lease_until_micros < $4",
+            table.table(),
+            table.id_column()
+        );
+        let claimed = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&owner)
+            .bind(self.lease_until())
+            .bind(id)
+            .bind(now_micros())
+            .execute(self.database.pool())
+            .await
+            .map_err(database_error)?
+            .rows_affected();
+        Ok((claimed == 1).then_some(owner))
+    }
+
+    /// Ids of sagas whose next attempt is due and whose lease has lapsed.
+    pub(crate) async fn due(&self, table: SagaTable, limit: i64) -> Result<Vec<String>, Status> {
+        let now = now_micros();
+        let unfinished = match table {
+            SagaTable::Conversions => "status IN ('PENDING', 'REVERSING')",
+            SagaTable::Earnings => "step <> 'DONE'",
+        };
+        let sql = format!(
+            "SELECT {id} FROM {table} WHERE {unfinished} AND next_attempt_micros <= $1 \
+             AND lease_until_micros < $2 ORDER BY next_attempt_micros LIMIT $3",
+            id = table.id_column(),
+            table = table.table(),
+        );
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(now)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(self.database.pool())
+            .await
+            .map_err(database_error)
+    }
+}

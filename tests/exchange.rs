@@ -1,0 +1,866 @@
+//! The exchange end to end: `tandem serve` with two partner-sim processes (Skyline Hotels'
+//! SKYLINE_PTS and Zoom Rides' ZOOM_MILES). A linked member converts hotel points into ride
+//! miles and both wallets and the ledger agree; a rider earns hotel points on rides, with tier
+//! and promotion multipliers, holds, and refunds; and the saga's failures: a refused credit, a
+//! credit that timed out after applying, and the server killed mid-conversion.
+
+mod helpers;
+
+use std::time::Duration;
+
+use helpers::{
+    Backend, Simulator, TestServer, authed, create_partner_request, eventually, reason, terms,
+};
+use prost_types::Timestamp;
+use tandem_auth::Role;
+use tandem_proto::{sim::v1::Fault, v1 as pb};
+use tandem_storage::testing::TestDatabase;
+use tonic::Code;
+
+const HOTEL_MEMBER: &str = "H-1001";
+const RIDER: &str = "R-77";
+/// Longest a saga may take to finish on a busy machine.
+const SAGA_DEADLINE: Duration = Duration::from_secs(60);
+
+struct Coalition {
+    server: TestServer,
+    hotel_sim: Simulator,
+    ride_sim: Simulator,
+    hotel: String,
+    hotel_token: String,
+    ride: String,
+    ride_token: String,
+    link_id: String,
+    ops_token: String,
+    /// When the rides of a test happened: one fixed time, so a report sent twice is the same.
+    ride_time: Timestamp,
+}
+
+fn at(offset_seconds: i64) -> Timestamp {
+    tandem_proto::time::timestamp(chrono::Utc::now() + chrono::Duration::seconds(offset_seconds))
+}
+
+async fn register(
+    server: &TestServer,
+    admin: &str,
+    code: &str,
+    category: pb::PartnerCategory,
+    program: &str,
+    sim: &Simulator,
+) -> (String, String) {
+    let mut request = create_partner_request(code, category, program);
+    request.gateway_endpoint = format!("http://{}", sim.address);
+    let created = server
+        .registry()
+        .create_partner(authed(admin, request))
+        .await
+        .expect("create a partner")
+        .into_inner();
+    let token = server
+        .partner_token(created.credentials.as_ref().unwrap())
+        .await;
+    (created.partner.unwrap().partner_id, token)
+}
+
+async fn agree(
+    server: &TestServer,
+    source: (&str, &str),
+    target: (&str, &str),
+    terms: pb::AgreementTerms,
+) {
+    let agreement = server
+        .registry()
+        .propose_agreement(authed(
+            source.1,
+            pb::ProposeAgreementRequest {
+                source_partner_id: source.0.to_owned(),
+                target_partner_id: target.0.to_owned(),
+                terms: Some(terms),
+                effective_time: None,
+            },
+        ))
+        .await
+        .expect("propose")
+        .into_inner()
+        .agreement
+        .unwrap();
+    server
+        .registry()
+        .accept_agreement(authed(
+            target.1,
+            pb::AcceptAgreementRequest {
+                agreement_id: agreement.agreement_id,
+                terms_version: 1,
+            },
+        ))
+        .await
+        .expect("accept");
+}
+
+/// Two rides per dollar, GOLD members earn 1.5×, and a double-points window around now.
+fn earn_terms(hold_days: u32) -> pb::AgreementTerms {
+    let mut terms = terms("4");
+    terms.settlement_price = "0.01".to_owned();
+    terms.earn_rules = Some(pb::EarnRules {
+        points_per_spend_unit: "2".to_owned(),
+        spend_currency: "USD".to_owned(),
+        tier_multipliers: vec![pb::TierMultiplier {
+            tier: "GOLD".to_owned(),
+            multiplier: "1.5".to_owned(),
+        }],
+        promotions: vec![pb::PromotionWindow {
+            name: "double points".to_owned(),
+            start_time: Some(at(-60)),
+            end_time: Some(at(3600)),
+            multiplier: "2".to_owned(),
+        }],
+        excluded_spend_categories: vec!["TIPS".to_owned()],
+        annual_spend_cap_minor: Some(100_000),
+        hold_days,
+    });
+    terms
+}
+
+impl Coalition {
+    /// Skyline Hotels and Zoom Rides with their gateways, agreements both ways (hotel points
+    /// convert into miles; rides earn hotel points with `hold_days`), and H-1001 linked to R-77.
+    async fn new(server: TestServer, hold_days: u32) -> Self {
+        let admin = server.staff_token(Role::Admin).await;
+        let ops_token = server.staff_token(Role::Ops).await;
+        let hotel_sim = Simulator::start_for(&server, "SKYLINE_PTS").await;
+        let ride_sim = Simulator::start_for(&server, "ZOOM_MILES").await;
+        let (hotel, hotel_token) = register(
+            &server,
+            &admin,
+            "skyline-hotels",
+            pb::PartnerCategory::Hotel,
+            "SKYLINE_PTS",
+            &hotel_sim,
+        )
+        .await;
+        let (ride, ride_token) = register(
+            &server,
+            &admin,
+            "zoom-rides",
+            pb::PartnerCategory::Rideshare,
+            "ZOOM_MILES",
+            &ride_sim,
+        )
+        .await;
+        agree(
+            &server,
+            (&hotel, &hotel_token),
+            (&ride, &ride_token),
+            terms("0.25"),
+        )
+        .await;
+        agree(
+            &server,
+            (&ride, &ride_token),
+            (&hotel, &hotel_token),
+            earn_terms(hold_days),
+        )
+        .await;
+        hotel_sim.put_member(HOTEL_MEMBER, 50_000, true).await;
+        ride_sim.put_member(RIDER, 0, true).await;
+        let started = server
+            .linking()
+            .start_link(authed(
+                &hotel_token,
+                pb::StartLinkRequest {
+                    partner_id: hotel.clone(),
+                    member_id: HOTEL_MEMBER.to_owned(),
+                    target_partner_id: ride.clone(),
+                },
+            ))
+            .await
+            .expect("start a link")
+            .into_inner();
+        let link_id = server
+            .linking()
+            .complete_link(authed(
+                &ride_token,
+                pb::CompleteLinkRequest {
+                    partner_id: ride.clone(),
+                    member_id: RIDER.to_owned(),
+                    code: started.code,
+                },
+            ))
+            .await
+            .expect("complete the link")
+            .into_inner()
+            .link
+            .unwrap()
+            .link_id;
+        Self {
+            server,
+            hotel_sim,
+            ride_sim,
+            hotel,
+            hotel_token,
+            ride,
+            ride_token,
+            link_id,
+            ops_token,
+            ride_time: at(0),
+        }
+    }
+
+    async fn quote(&self, source_points: i64) -> Result<pb::Quote, tonic::Status> {
+        self.server
+            .exchange()
+            .get_quote(authed(
+                &self.hotel_token,
+                pb::GetQuoteRequest {
+                    partner_id: self.hotel.clone(),
+                    link_id: self.link_id.clone(),
+                    amount: Some(pb::get_quote_request::Amount::SourcePoints(source_points)),
+                },
+            ))
+            .await
+            .map(|response| response.into_inner().quote.unwrap())
+    }
+
+    async fn execute(
+        &self,
+        quote_id: &str,
+        key: &str,
+    ) -> Result<pb::ExecuteConversionResponse, tonic::Status> {
+        self.server
+            .exchange()
+            .execute_conversion(authed(
+                &self.hotel_token,
+                pb::ExecuteConversionRequest {
+                    partner_id: self.hotel.clone(),
+                    quote_id: quote_id.to_owned(),
+                    idempotency_key: key.to_owned(),
+                },
+            ))
+            .await
+            .map(|response| response.into_inner())
+    }
+
+    async fn conversion(&self, id: &str) -> pb::Conversion {
+        self.server
+            .exchange()
+            .get_conversion(authed(
+                &self.ops_token,
+                pb::GetConversionRequest {
+                    conversion_id: id.to_owned(),
+                },
+            ))
+            .await
+            .expect("get a conversion")
+            .into_inner()
+            .conversion
+            .unwrap()
+    }
+
+    /// The ledger transactions that carry `reference`.
+    async fn ledger_transactions(&self, reference: &str) -> Vec<pb::Transaction> {
+        self.server
+            .ledger()
+            .list_transactions(authed(
+                &self.ops_token,
+                pb::ListTransactionsRequest {
+                    external_reference: reference.to_owned(),
+                },
+            ))
+            .await
+            .expect("list ledger transactions")
+            .into_inner()
+            .transactions
+    }
+
+    async fn trial_balance_is_zero(&self) {
+        let trial = self
+            .server
+            .ledger()
+            .get_trial_balance(authed(
+                &self.ops_token,
+                pb::GetTrialBalanceRequest::default(),
+            ))
+            .await
+            .expect("trial balance")
+            .into_inner();
+        assert!(trial.balanced, "every unit must sum to zero: {trial:?}");
+    }
+
+    async fn ride(
+        &self,
+        external_id: &str,
+        spend_minor: i64,
+        tier: &str,
+        category: &str,
+    ) -> Result<pb::Activity, tonic::Status> {
+        self.server
+            .exchange()
+            .record_activity(authed(
+                &self.ride_token,
+                pb::RecordActivityRequest {
+                    partner_id: self.ride.clone(),
+                    external_id: external_id.to_owned(),
+                    member_id: RIDER.to_owned(),
+                    spend_amount_minor: spend_minor,
+                    spend_currency: "USD".to_owned(),
+                    category: category.to_owned(),
+                    member_tier: tier.to_owned(),
+                    activity_time: Some(self.ride_time),
+                },
+            ))
+            .await
+            .map(|response| response.into_inner().activity.unwrap())
+    }
+
+    async fn refund(&self, external_id: &str) -> pb::Activity {
+        self.server
+            .exchange()
+            .reverse_activity(authed(
+                &self.ride_token,
+                pb::ReverseActivityRequest {
+                    partner_id: self.ride.clone(),
+                    external_id: external_id.to_owned(),
+                    reason: "ride refunded".to_owned(),
+                },
+            ))
+            .await
+            .expect("reverse an activity")
+            .into_inner()
+            .activity
+            .unwrap()
+    }
+
+    async fn activity(&self, id: &str) -> pb::Activity {
+        self.server
+            .exchange()
+            .get_activity(authed(
+                &self.ride_token,
+                pb::GetActivityRequest {
+                    activity_id: id.to_owned(),
+                },
+            ))
+            .await
+            .expect("get an activity")
+            .into_inner()
+            .activity
+            .unwrap()
+    }
+}
+
+async fn a_member_converts_and_wallets_and_ledger_agree(server: TestServer) {
+    let coalition = Coalition::new(server, 0).await;
+    let quote = coalition.quote(10_000).await.expect("a quote");
+    // 10,000 × 0.25 = 2,500 miles; 2,500 × $0.0085 = $21.25; a 1.5% fee of 31.875¢ is 32¢.
+    assert_eq!(quote.target_points, 2_500);
+    assert_eq!(quote.settlement_amount_minor, 2_125);
+    assert_eq!(quote.fee_amount_minor, 32);
+    assert_eq!(quote.source_member_id, HOTEL_MEMBER);
+    assert_eq!(
+        quote.target_member_id, "",
+        "the hotel never sees the rider's member id"
+    );
+
+    let executed = coalition
+        .execute(&quote.quote_id, "convert-1")
+        .await
+        .expect("execute");
+    let conversion = executed.conversion.unwrap();
+    assert!(!executed.replayed);
+    assert_eq!(
+        conversion.status,
+        pb::ConversionStatus::Completed as i32,
+        "{conversion:?}"
+    );
+    assert_eq!(coalition.hotel_sim.balance(HOTEL_MEMBER).await, 40_000);
+    assert_eq!(coalition.ride_sim.balance(RIDER).await, 2_500);
+    let posted = coalition
+        .ledger_transactions(&conversion.conversion_id)
+        .await;
+    assert_eq!(posted.len(), 1, "one ledger transaction per conversion");
+    assert_eq!(posted[0].transaction_id, conversion.ledger_transaction_id);
+    assert_eq!(
+        posted[0].legs.len(),
+        7,
+        "two points legs each side and three money legs"
+    );
+    coalition.trial_balance_is_zero().await;
+
+    // A retry with the same key is the same conversion; nothing moves again.
+    let replay = coalition
+        .execute(&quote.quote_id, "convert-1")
+        .await
+        .expect("replay");
+    assert!(replay.replayed);
+    assert_eq!(
+        replay.conversion.unwrap().conversion_id,
+        conversion.conversion_id
+    );
+    assert_eq!(coalition.hotel_sim.balance(HOTEL_MEMBER).await, 40_000);
+    // The same key for another quote, and the same quote under another key, are refused.
+    let other = coalition.quote(1_000).await.unwrap();
+    let reused = coalition
+        .execute(&other.quote_id, "convert-1")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (reused.code(), reason(&reused).as_str()),
+        (Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED")
+    );
+    let twice = coalition
+        .execute(&quote.quote_id, "convert-2")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (twice.code(), reason(&twice).as_str()),
+        (Code::AlreadyExists, "QUOTE_ALREADY_EXECUTED")
+    );
+
+    // The rideshare sees the conversion with its own member, not the hotel's.
+    let seen_by_ride = coalition
+        .server
+        .exchange()
+        .get_conversion(authed(
+            &coalition.ride_token,
+            pb::GetConversionRequest {
+                conversion_id: conversion.conversion_id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .conversion
+        .unwrap();
+    let seen_quote = seen_by_ride.quote.unwrap();
+    assert_eq!(
+        (
+            seen_quote.source_member_id.as_str(),
+            seen_quote.target_member_id.as_str()
+        ),
+        ("", RIDER)
+    );
+    let listed = coalition
+        .server
+        .exchange()
+        .list_conversions(authed(
+            &coalition.hotel_token,
+            pb::ListConversionsRequest {
+                partner_id: coalition.hotel.clone(),
+                member_id: HOTEL_MEMBER.to_owned(),
+                status: pb::ConversionStatus::Completed.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.conversions.len(), 1);
+
+    // Reversal inside the window: the miles go back, the points come home, the ledger mirrors.
+    let reversed = coalition
+        .server
+        .exchange()
+        .reverse_conversion(authed(
+            &coalition.hotel_token,
+            pb::ReverseConversionRequest {
+                conversion_id: conversion.conversion_id.clone(),
+                reason: "member changed their mind".to_owned(),
+            },
+        ))
+        .await
+        .expect("reverse")
+        .into_inner()
+        .conversion
+        .unwrap();
+    assert_eq!(
+        reversed.status,
+        pb::ConversionStatus::Reversed as i32,
+        "{reversed:?}"
+    );
+    assert_eq!(coalition.hotel_sim.balance(HOTEL_MEMBER).await, 50_000);
+    assert_eq!(coalition.ride_sim.balance(RIDER).await, 0);
+    let kinds: Vec<i32> = coalition
+        .ledger_transactions(&conversion.conversion_id)
+        .await
+        .iter()
+        .map(|transaction| transaction.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            pb::TransactionKind::Posted as i32,
+            pb::TransactionKind::Reversal as i32
+        ]
+    );
+    assert!(!reversed.reversal_transaction_id.is_empty());
+    coalition.trial_balance_is_zero().await;
+}
+
+async fn caps_expired_quotes_and_bad_amounts_are_refused(server: TestServer) {
+    let coalition = Coalition::new(server, 0).await;
+    let below = coalition.quote(900).await.unwrap_err();
+    assert_eq!(helpers::violated_fields(&below), ["source_points"]);
+    // The member may convert 50,000 a day.
+    coalition
+        .hotel_sim
+        .put_member(HOTEL_MEMBER, 100_000, true)
+        .await;
+    let all = coalition.quote(50_000).await.unwrap();
+    let done = coalition
+        .execute(&all.quote_id, "cap-1")
+        .await
+        .unwrap()
+        .conversion
+        .unwrap();
+    assert_eq!(done.status, pb::ConversionStatus::Completed as i32);
+    let over = coalition.quote(1_000).await.unwrap_err();
+    assert_eq!(
+        (over.code(), reason(&over).as_str()),
+        (Code::ResourceExhausted, "MEMBER_DAILY_CAP_REACHED")
+    );
+    assert_eq!(coalition.hotel_sim.balance(HOTEL_MEMBER).await, 50_000);
+}
+
+async fn a_refused_credit_is_compensated(server: TestServer) {
+    let coalition = Coalition::new(server, 0).await;
+    coalition
+        .ride_sim
+        .set_fault("CreditPoints", Fault::Refuse, 1, 0)
+        .await;
+    let quote = coalition.quote(10_000).await.unwrap();
+    let conversion = coalition
+        .execute(&quote.quote_id, "refused")
+        .await
+        .unwrap()
+        .conversion
+        .unwrap();
+    assert_eq!(
+        conversion.status,
+        pb::ConversionStatus::Failed as i32,
+        "{conversion:?}"
+    );
+    assert!(
+        conversion.failure_reason.contains("refused the credit"),
+        "{}",
+        conversion.failure_reason
+    );
+    assert_eq!(
+        coalition.hotel_sim.balance(HOTEL_MEMBER).await,
+        50_000,
+        "the debit was given back"
+    );
+    assert_eq!(coalition.ride_sim.balance(RIDER).await, 0);
+    let seen_by_ops = coalition.conversion(&conversion.conversion_id).await;
+    assert_eq!(
+        (seen_by_ops.status, seen_by_ops.step),
+        (
+            pb::ConversionStatus::Failed as i32,
+            pb::ConversionStep::Done as i32
+        )
+    );
+    assert!(
+        coalition
+            .ledger_transactions(&conversion.conversion_id)
+            .await
+            .is_empty()
+    );
+}
+
+async fn a_credit_that_timed_out_after_applying_credits_once(server: TestServer) {
+    let coalition = Coalition::new(server, 0).await;
+    coalition
+        .ride_sim
+        .set_fault("CreditPoints", Fault::FailAfterApplying, 1, 0)
+        .await;
+    let quote = coalition.quote(10_000).await.unwrap();
+    let conversion = coalition
+        .execute(&quote.quote_id, "timeout")
+        .await
+        .unwrap()
+        .conversion
+        .unwrap();
+    assert_eq!(
+        conversion.status,
+        pb::ConversionStatus::Completed as i32,
+        "{conversion:?}"
+    );
+    assert_eq!(
+        coalition.ride_sim.balance(RIDER).await,
+        2_500,
+        "exactly one credit"
+    );
+    assert_eq!(coalition.hotel_sim.balance(HOTEL_MEMBER).await, 40_000);
+    assert_eq!(
+        coalition
+            .ledger_transactions(&conversion.conversion_id)
+            .await
+            .len(),
+        1
+    );
+}
+
+async fn rides_earn_hotel_points_with_tier_and_promotion(server: TestServer) {
+    let coalition = Coalition::new(server, 0).await;
+    // $23.45 × 2 points per dollar × 1.5 (GOLD) × 2 (double points) = 140.7 → 140 points.
+    let activity = coalition
+        .ride("ride-1", 2_345, "GOLD", "RIDE")
+        .await
+        .expect("record a ride");
+    assert_eq!(activity.earnings.len(), 1);
+    let earning = &activity.earnings[0];
+    assert_eq!(earning.points, 140);
+    assert_eq!(
+        earning.status,
+        pb::EarningStatus::Posted as i32,
+        "{earning:?}"
+    );
+    assert_eq!(coalition.hotel_sim.balance(HOTEL_MEMBER).await, 50_140);
+    let posted = coalition.ledger_transactions(&activity.activity_id).await;
+    assert_eq!(posted.len(), 1);
+    assert_eq!(posted[0].type_code, "EARN");
+    // A replay is the same activity; different content under the same id is refused.
+    let again = coalition
+        .ride("ride-1", 2_345, "GOLD", "RIDE")
+        .await
+        .unwrap();
+    assert_eq!(again.activity_id, activity.activity_id);
+    assert_eq!(coalition.hotel_sim.balance(HOTEL_MEMBER).await, 50_140);
+    let changed = coalition
+        .ride("ride-1", 9_999, "GOLD", "RIDE")
+        .await
+        .unwrap_err();
+    assert_eq!(changed.code(), Code::AlreadyExists);
+    // Tips earn nothing; a refund after posting takes the points back.
+    let tip = coalition.ride("tip-1", 500, "", "TIPS").await.unwrap();
+    assert_eq!(tip.earnings[0].status, pb::EarningStatus::NotEarned as i32);
+    let refunded = coalition.refund("ride-1").await;
+    assert_eq!(refunded.status, pb::ActivityStatus::Reversed as i32);
+    assert_eq!(
+        refunded.earnings[0].status,
+        pb::EarningStatus::Reversed as i32,
+        "{refunded:?}"
+    );
+    assert_eq!(coalition.hotel_sim.balance(HOTEL_MEMBER).await, 50_000);
+    coalition.trial_balance_is_zero().await;
+    // The annual cap ($1,000 of spend): a $1,500 ride earns on $1,000 only.
+    let big = coalition.ride("ride-2", 150_000, "", "RIDE").await.unwrap();
+    assert_eq!(big.earnings[0].eligible_spend_minor, 100_000);
+    assert_eq!(big.earnings[0].points, 4_000);
+    let capped = coalition.ride("ride-3", 1_000, "", "RIDE").await.unwrap();
+    assert_eq!(
+        capped.earnings[0].status,
+        pb::EarningStatus::NotEarned as i32
+    );
+}
+
+/// Moves an activity's hold end to now, as if the hold period had passed.
+async fn end_hold(server: &TestServer, activity_id: &str) {
+    let database = tandem_storage::Database::open(
+        server.database.location(),
+        "exchange",
+        &tandem_exchange::MIGRATOR,
+    )
+    .await
+    .expect("open the exchange database");
+    let now = tandem_domain::to_unix_micros(tandem_domain::now());
+    sqlx::query("UPDATE earnings SET hold_until_micros = $1, next_attempt_micros = $1 WHERE activity_id = $2")
+        .bind(now)
+        .bind(activity_id)
+        .execute(database.pool())
+        .await
+        .expect("end the hold");
+    database.close().await;
+}
+
+async fn held_points_post_after_the_hold_and_refunds_inside_it_void(server: TestServer) {
+    let coalition = Coalition::new(server, 7).await;
+    let held = coalition
+        .ride("ride-held", 1_000, "", "RIDE")
+        .await
+        .unwrap();
+    let earning = &held.earnings[0];
+    assert_eq!(
+        earning.status,
+        pb::EarningStatus::Held as i32,
+        "{earning:?}"
+    );
+    assert_eq!(
+        coalition.hotel_sim.balance(HOTEL_MEMBER).await,
+        50_000,
+        "nothing reaches the member yet"
+    );
+    let pending = coalition.ledger_transactions(&held.activity_id).await;
+    assert_eq!(pending[0].kind, pb::TransactionKind::Pending as i32);
+
+    // Refunded inside the hold: voided, and the member never saw the points.
+    let voided = coalition
+        .ride("ride-voided", 1_000, "", "RIDE")
+        .await
+        .unwrap();
+    let refunded = coalition.refund("ride-voided").await;
+    assert_eq!(
+        refunded.earnings[0].status,
+        pb::EarningStatus::Voided as i32,
+        "{refunded:?}"
+    );
+    assert_eq!(coalition.hotel_sim.balance(HOTEL_MEMBER).await, 50_000);
+    let _ = voided;
+
+    // When the hold ends, the worker credits the member and posts the ledger transaction.
+    end_hold(&coalition.server, &held.activity_id).await;
+    let points = earning.points;
+    eventually(SAGA_DEADLINE, "the held earning to post", || async {
+        let activity = coalition.activity(&held.activity_id).await;
+        (activity.earnings[0].status == pb::EarningStatus::Posted as i32).then_some(())
+    })
+    .await;
+    assert_eq!(
+        coalition.hotel_sim.balance(HOTEL_MEMBER).await,
+        50_000 + points
+    );
+    coalition.trial_balance_is_zero().await;
+}
+
+async fn expired_quotes_cannot_be_executed(database: TestDatabase) {
+    let server = TestServer::start_on(database, &["--quote-ttl", "1s"]).await;
+    let coalition = Coalition::new(server, 0).await;
+    let quote = coalition.quote(1_000).await.unwrap();
+    let expires = tandem_proto::time::datetime(quote.expire_time.as_ref().unwrap()).unwrap();
+    eventually(Duration::from_secs(10), "the quote to expire", || async {
+        (chrono::Utc::now() > expires).then_some(())
+    })
+    .await;
+    let expired = coalition
+        .execute(&quote.quote_id, "late")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (expired.code(), reason(&expired).as_str()),
+        (Code::FailedPrecondition, "QUOTE_EXPIRED")
+    );
+    assert_eq!(coalition.hotel_sim.balance(HOTEL_MEMBER).await, 50_000);
+}
+
+/// The server is killed while a conversion waits on the target gateway; a new server on the same
+/// databases finishes it, once.
+async fn a_conversion_interrupted_by_a_crash_finishes_once(database: TestDatabase) {
+    let flags = ["--saga-lease", "1s"];
+    let server = TestServer::start_on(database, &flags).await;
+    let coalition = Coalition::new(server, 0).await;
+    coalition
+        .ride_sim
+        .set_fault("CreditPoints", Fault::Delay, 1, 5_000)
+        .await;
+    let quote = coalition.quote(10_000).await.unwrap();
+    let executing = {
+        let mut exchange = coalition.server.exchange();
+        let request = authed(
+            &coalition.hotel_token,
+            pb::ExecuteConversionRequest {
+                partner_id: coalition.hotel.clone(),
+                quote_id: quote.quote_id.clone(),
+                idempotency_key: "crash".to_owned(),
+            },
+        );
+        tokio::spawn(async move { exchange.execute_conversion(request).await })
+    };
+    eventually(SAGA_DEADLINE, "the source debit", || async {
+        (coalition.hotel_sim.balance(HOTEL_MEMBER).await == 40_000).then_some(())
+    })
+    .await;
+    let Coalition {
+        server,
+        hotel_sim,
+        ride_sim,
+        ops_token,
+        ..
+    } = coalition;
+    let TestServer {
+        mut child,
+        database,
+        ..
+    } = server;
+    child.start_kill().expect("SIGKILL the server");
+    child.wait().await.expect("the server exits");
+    assert!(
+        executing.await.unwrap().is_err(),
+        "the caller saw the connection drop"
+    );
+
+    let server = TestServer::start_on(database, &flags).await;
+    let conversions = eventually(SAGA_DEADLINE, "the conversion to finish", || async {
+        let listed = server
+            .exchange()
+            .list_conversions(authed(&ops_token, pb::ListConversionsRequest::default()))
+            .await
+            .unwrap()
+            .into_inner()
+            .conversions;
+        listed
+            .iter()
+            .all(|conversion| conversion.status == pb::ConversionStatus::Completed as i32)
+            .then_some(listed)
+    })
+    .await;
+    assert_eq!(conversions.len(), 1);
+    assert_eq!(
+        hotel_sim.balance(HOTEL_MEMBER).await,
+        40_000,
+        "debited once"
+    );
+    assert_eq!(ride_sim.balance(RIDER).await, 2_500, "credited once");
+    let posted = server
+        .ledger()
+        .list_transactions(authed(
+            &ops_token,
+            pb::ListTransactionsRequest {
+                external_reference: conversions[0].conversion_id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .transactions;
+    assert_eq!(posted.len(), 1, "posted once");
+}
+
+on_every_backend!(
+    a_member_converts_and_wallets_and_ledger_agree,
+    caps_expired_quotes_and_bad_amounts_are_refused,
+    a_refused_credit_is_compensated,
+    a_credit_that_timed_out_after_applying_credits_once,
+    rides_earn_hotel_points_with_tier_and_promotion,
+    held_points_post_after_the_hold_and_refunds_inside_it_void,
+);
+
+#[tokio::test]
+async fn expired_quotes_on_sqlite() {
+    expired_quotes_cannot_be_executed(TestDatabase::sqlite()).await;
+}
+
+#[tokio::test]
+async fn expired_quotes_on_postgres() {
+    if let Some(database) = TestDatabase::postgres().await {
+        expired_quotes_cannot_be_executed(database).await;
+    }
+}
+
+#[tokio::test]
+async fn crash_recovery_on_sqlite() {
+    crash_recovery(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn crash_recovery_on_postgres() {
+    crash_recovery(Backend::Postgres).await;
+}
+
+async fn crash_recovery(backend: Backend) {
+    let database = match backend {
+        Backend::Sqlite => TestDatabase::sqlite(),
+        Backend::Postgres => match TestDatabase::postgres().await {
+            Some(database) => database,
+            None => return,
+        },
+    };
+    a_conversion_interrupted_by_a_crash_finishes_once(database).await;
+}
