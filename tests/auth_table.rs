@@ -9,7 +9,8 @@ use std::{future::Future, pin::Pin};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use helpers::{
-    HOUR, TestServer, authed, create_partner, create_partner_request, hotel_and_rideshare, terms,
+    HOUR, Simulator, TestServer, authed, create_partner, create_partner_request,
+    hotel_and_rideshare, terms,
 };
 use tandem_auth::{Caller, Role};
 use tandem_proto::v1::{self as pb, PartnerCategory};
@@ -56,6 +57,94 @@ struct World {
     agreement_id: String,
     ledger: LedgerFixture,
     link_id: String,
+    exchange: ExchangeFixture,
+}
+
+/// Gateways for the hotel and the rideshare, a completed conversion, and a recorded activity.
+struct ExchangeFixture {
+    _gateways: (Simulator, Simulator),
+    quote_id: String,
+    conversion_id: String,
+}
+
+impl ExchangeFixture {
+    async fn new(
+        server: &TestServer,
+        hotel: &pb::Partner,
+        ride: &pb::Partner,
+        tokens: &[(TokenKind, Option<String>)],
+        link_id: &str,
+    ) -> Self {
+        let token = |wanted: TokenKind| {
+            tokens
+                .iter()
+                .find(|(kind, _)| *kind == wanted)
+                .and_then(|(_, token)| token.clone())
+                .unwrap()
+        };
+        let (admin, hotel_token) = (token(Admin), token(ThePartner));
+        let hotel_gateway = Simulator::start_for(server, "SKYLINE_PTS").await;
+        let ride_gateway = Simulator::start_for(server, "ZOOM_MILES").await;
+        for (partner, gateway) in [(hotel, &hotel_gateway), (ride, &ride_gateway)] {
+            let update = pb::UpdatePartnerRequest {
+                partner_id: partner.partner_id.clone(),
+                display_name: None,
+                gateway_endpoint: Some(format!("http://{}", gateway.address)),
+            };
+            server
+                .registry()
+                .update_partner(authed(&admin, update))
+                .await
+                .unwrap();
+        }
+        hotel_gateway.put_member("H-1", 100_000, true).await;
+        ride_gateway.put_member("R-1", 0, true).await;
+        let mut exchange = server.exchange();
+        let quote = pb::GetQuoteRequest {
+            partner_id: hotel.partner_id.clone(),
+            link_id: link_id.to_owned(),
+            amount: Some(pb::get_quote_request::Amount::SourcePoints(1_000)),
+        };
+        let quote_id = exchange
+            .get_quote(authed(&hotel_token, quote))
+            .await
+            .unwrap()
+            .into_inner()
+            .quote
+            .unwrap()
+            .quote_id;
+        let execute = pb::ExecuteConversionRequest {
+            partner_id: hotel.partner_id.clone(),
+            quote_id: quote_id.clone(),
+            idempotency_key: "fixture".to_owned(),
+        };
+        let conversion_id = exchange
+            .execute_conversion(authed(&hotel_token, execute))
+            .await
+            .unwrap()
+            .into_inner()
+            .conversion
+            .unwrap()
+            .conversion_id;
+        Self {
+            _gateways: (hotel_gateway, ride_gateway),
+            quote_id,
+            conversion_id,
+        }
+    }
+}
+
+fn activity(world: &World, external_id: String) -> pb::RecordActivityRequest {
+    pb::RecordActivityRequest {
+        partner_id: world.hotel.partner_id.clone(),
+        external_id,
+        member_id: "H-1".to_owned(),
+        spend_amount_minor: 10_000,
+        spend_currency: "USD".to_owned(),
+        category: "STAY".to_owned(),
+        member_tier: String::new(),
+        activity_time: Some(tandem_proto::time::timestamp(chrono::Utc::now())),
+    }
 }
 
 /// The rideshare accepts the hotel's agreement, and a hotel member links to a rider.
@@ -290,6 +379,7 @@ impl World {
             &agreement.agreement_id,
         )
         .await;
+        let exchange = ExchangeFixture::new(&server, &hotel, &ride, &tokens, &link_id).await;
         Self {
             server,
             tokens,
@@ -299,6 +389,7 @@ impl World {
             agreement_id: agreement.agreement_id,
             ledger,
             link_id,
+            exchange,
         }
     }
 }
@@ -975,6 +1066,190 @@ fn rows() -> Vec<Row> {
                         .server
                         .linking()
                         .forget_member(request_with(token, request))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "ExchangeService.GetQuote",
+            allowed: &[ThePartner],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let request = pb::GetQuoteRequest {
+                        partner_id: world.hotel.partner_id.clone(),
+                        link_id: world.link_id.clone(),
+                        amount: Some(pb::get_quote_request::Amount::SourcePoints(1_000)),
+                    };
+                    world
+                        .server
+                        .exchange()
+                        .get_quote(request_with(token, request))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "ExchangeService.ExecuteConversion",
+            allowed: &[ThePartner],
+            call: |world, token, attempt| {
+                Box::pin(async move {
+                    let request = pb::ExecuteConversionRequest {
+                        partner_id: world.hotel.partner_id.clone(),
+                        quote_id: world.exchange.quote_id.clone(),
+                        idempotency_key: format!("table-{attempt}"),
+                    };
+                    world
+                        .server
+                        .exchange()
+                        .execute_conversion(request_with(token, request))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "ExchangeService.GetConversion",
+            allowed: &[Ops, Service, ThePartner],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let request = pb::GetConversionRequest {
+                        conversion_id: world.exchange.conversion_id.clone(),
+                    };
+                    world
+                        .server
+                        .exchange()
+                        .get_conversion(request_with(token, request))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "ExchangeService.ListConversions",
+            allowed: &[Ops, Service, ThePartner],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let request = pb::ListConversionsRequest {
+                        partner_id: world.hotel.partner_id.clone(),
+                        ..Default::default()
+                    };
+                    world
+                        .server
+                        .exchange()
+                        .list_conversions(request_with(token, request))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "ExchangeService.ReverseConversion",
+            allowed: &[Ops, ThePartner],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let request = pb::ReverseConversionRequest {
+                        conversion_id: world.exchange.conversion_id.clone(),
+                        reason: "table".to_owned(),
+                    };
+                    world
+                        .server
+                        .exchange()
+                        .reverse_conversion(request_with(token, request))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "ExchangeService.RecordActivity",
+            allowed: &[ThePartner],
+            call: |world, token, attempt| {
+                Box::pin(async move {
+                    world
+                        .server
+                        .exchange()
+                        .record_activity(request_with(
+                            token,
+                            activity(world, format!("stay-{attempt}")),
+                        ))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "ExchangeService.RecordActivities",
+            allowed: &[ThePartner],
+            call: |world, token, attempt| {
+                Box::pin(async move {
+                    let records = vec![pb::RecordActivitiesRequest {
+                        activity: Some(activity(world, format!("stays-{attempt}"))),
+                    }];
+                    let response = world
+                        .server
+                        .exchange()
+                        .record_activities(request_with(token, futures::stream::iter(records)))
+                        .await?
+                        .into_inner();
+                    // A refusal inside the stream is a refusal of the caller too.
+                    match response
+                        .results
+                        .first()
+                        .map(|result| Code::from(result.code))
+                    {
+                        Some(code) if code != Code::Ok => Err(Status::new(code, "refused")),
+                        _ => Ok(()),
+                    }
+                })
+            },
+        },
+        Row {
+            rpc: "ExchangeService.GetActivity",
+            allowed: &[Ops, Service, ThePartner],
+            call: |world, token, attempt| {
+                Box::pin(async move {
+                    // The hotel's own report of this attempt, read back with the token under test.
+                    let hotel = world
+                        .tokens
+                        .iter()
+                        .find(|(kind, _)| *kind == ThePartner)
+                        .and_then(|(_, token)| token.clone())
+                        .unwrap();
+                    let activity_id = world
+                        .server
+                        .exchange()
+                        .record_activity(authed(&hotel, activity(world, format!("read-{attempt}"))))
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .activity
+                        .unwrap()
+                        .activity_id;
+                    world
+                        .server
+                        .exchange()
+                        .get_activity(request_with(token, pb::GetActivityRequest { activity_id }))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "ExchangeService.ReverseActivity",
+            allowed: &[ThePartner],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let request = pb::ReverseActivityRequest {
+                        partner_id: world.hotel.partner_id.clone(),
+                        external_id: "stay-1".to_owned(),
+                        reason: "table".to_owned(),
+                    };
+                    world
+                        .server
+                        .exchange()
+                        .reverse_activity(request_with(token, request))
                         .await
                         .map(drop)
                 })

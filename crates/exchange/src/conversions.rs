@@ -1091,21 +1091,27 @@ impl Exchange {
                 format!("conversion {id} not found"),
             )
         };
-        let row = self.load_conversion(id).await?.ok_or_else(not_found)?;
         let own = own_partner(caller);
+        if own.is_none() && !is_staff(caller) {
+            return Err(refuse(
+                Code::PermissionDenied,
+                "PERMISSION_DENIED",
+                "conversions are read by ops and the partners involved",
+            ));
+        }
+        let row = self.load_conversion(id).await?.ok_or_else(not_found)?;
         let viewer = match &own {
-            _ if is_staff(caller) => Viewer::Staff,
             Some(own) if *own == row.source_partner_id || *own == row.target_partner_id => {
                 Viewer::Partner(own)
             }
-            Some(_) => return Err(not_found()),
-            None => {
+            Some(_) => {
                 return Err(refuse(
                     Code::PermissionDenied,
                     "PERMISSION_DENIED",
-                    "conversions are read by ops and the partners involved",
+                    "a partner reads only the conversions it takes part in",
                 ));
             }
+            None => Viewer::Staff,
         };
         self.conversion_pb(&row, viewer).await
     }
@@ -1265,29 +1271,25 @@ impl Exchange {
                 format!("conversion {} not found", request.conversion_id),
             )
         };
+        let own = own_partner(caller);
+        let only_source = || {
+            refuse(
+                Code::PermissionDenied,
+                "PERMISSION_DENIED",
+                "only the source partner (or ops) may reverse a conversion",
+            )
+        };
+        if own.is_none() && caller.role() != tandem_auth::Role::Ops {
+            return Err(only_source());
+        }
         let row = self
             .load_conversion(&request.conversion_id)
             .await?
             .ok_or_else(not_found)?;
-        let own = own_partner(caller);
         let viewer = match &own {
-            _ if caller.role() == tandem_auth::Role::Ops => Viewer::Staff,
             Some(own) if *own == row.source_partner_id => Viewer::Partner(own),
-            Some(own) if *own == row.target_partner_id => {
-                return Err(refuse(
-                    Code::PermissionDenied,
-                    "PERMISSION_DENIED",
-                    "only the source partner (or ops) may reverse a conversion",
-                ));
-            }
-            Some(_) => return Err(not_found()),
-            None => {
-                return Err(refuse(
-                    Code::PermissionDenied,
-                    "PERMISSION_DENIED",
-                    "only the source partner (or ops) may reverse a conversion",
-                ));
-            }
+            Some(_) => return Err(only_source()),
+            None => Viewer::Staff,
         };
         let quote = self
             .load_quote(&row.quote_id)

@@ -990,13 +990,17 @@ impl Exchange {
     }
 
     pub async fn get_activity(&self, caller: &Caller, id: &str) -> Result<pb::Activity, Status> {
-        let not_found = || {
+        let denied = || {
             refuse(
-                Code::NotFound,
-                "ACTIVITY_NOT_FOUND",
-                format!("activity {id} not found"),
+                Code::PermissionDenied,
+                "PERMISSION_DENIED",
+                "activities are read by ops and the reporting partner",
             )
         };
+        let own = own_partner(caller);
+        if own.is_none() && !is_staff(caller) {
+            return Err(denied());
+        }
         let row = sqlx::query_as::<_, ActivityRow>(sqlx::AssertSqlSafe(format!(
             "SELECT {ACTIVITY_COLUMNS} FROM activities WHERE activity_id = $1"
         )))
@@ -1004,19 +1008,15 @@ impl Exchange {
         .fetch_optional(self.database.pool())
         .await
         .map_err(database_error)?
-        .ok_or_else(not_found)?;
-        if !is_staff(caller) {
-            match own_partner(caller) {
-                Some(own) if own == row.partner_id => {}
-                Some(_) => return Err(not_found()),
-                None => {
-                    return Err(refuse(
-                        Code::PermissionDenied,
-                        "PERMISSION_DENIED",
-                        "activities are read by ops and the reporting partner",
-                    ));
-                }
-            }
+        .ok_or_else(|| {
+            refuse(
+                Code::NotFound,
+                "ACTIVITY_NOT_FOUND",
+                format!("activity {id} not found"),
+            )
+        })?;
+        if own.is_some_and(|own| own != row.partner_id) {
+            return Err(denied());
         }
         self.activity_pb(&row).await
     }
