@@ -182,6 +182,12 @@ async fn open_sqlite(
     })
 }
 
+/// Connections each service keeps to PostgreSQL. `tandem serve` runs five services and a partner
+/// gateway often shares the server, so this stays well inside PostgreSQL's default limit of 100
+/// connections; past it, requests queue for a connection instead of failing to connect. Work is
+/// bounded by commits, which the busy services batch, not by connections.
+const POSTGRES_CONNECTIONS_PER_SERVICE: u32 = 10;
+
 async fn open_postgres(
     url: &SecretString,
     service: &'static str,
@@ -201,7 +207,7 @@ async fn open_postgres(
     setup.close().await;
 
     let pool = AnyPoolOptions::new()
-        .max_connections(32)
+        .max_connections(POSTGRES_CONNECTIONS_PER_SERVICE)
         .acquire_timeout(Duration::from_secs(10))
         .after_connect(move |connection, _| {
             Box::pin(async move {

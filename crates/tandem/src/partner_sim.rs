@@ -68,7 +68,10 @@ pub async fn run(settings: Settings, args: PartnerSimArgs) -> anyhow::Result<()>
         .add_service(PartnerSimServiceServer::new(SimControlGrpc::new(
             wallets, faults,
         )))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown.cancelled_owned(),
+        )
         .await
         .context("serving gRPC")?;
     database.close().await;

@@ -156,19 +156,22 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         .add_service(ledger_service)
         .add_service(linking_service)
         .add_service(exchange_service)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
-            stopping.cancelled().await;
-            // Load balancers stop sending new work while in-flight requests drain.
-            draining_health
-                .set_service_status("", ServingStatus::NotServing)
-                .await;
-            for name in service_names {
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move {
+                stopping.cancelled().await;
+                // Load balancers stop sending new work while in-flight requests drain.
                 draining_health
-                    .set_service_status(name, ServingStatus::NotServing)
+                    .set_service_status("", ServingStatus::NotServing)
                     .await;
-            }
-            tracing::info!("shutting down: draining in-flight requests");
-        })
+                for name in service_names {
+                    draining_health
+                        .set_service_status(name, ServingStatus::NotServing)
+                        .await;
+                }
+                tracing::info!("shutting down: draining in-flight requests");
+            },
+        )
         .await
         .context("serving gRPC")?;
 
