@@ -687,8 +687,13 @@ impl Exchange {
             (None, None) => (now, self.lease_until()),
         };
         let written = sqlx::query(
-            "UPDATE earnings SET status = $1, step = $2, attempts = $3, last_error = $4, \
-             note = $5, ledger_transaction_id = $6, next_attempt_micros = $7, \
+            // A refund may have been recorded while this driver worked: an earning that has just
+            // posted goes on to its clawback, and a waiting one is due now.
+            "UPDATE earnings SET \
+             status = CASE WHEN refund_requested = 1 AND $1 = 'POSTED' THEN 'CLAWING_BACK' ELSE $1 END, \
+             step = CASE WHEN refund_requested = 1 AND $1 = 'POSTED' THEN 'CLAWBACK' ELSE $2 END, \
+             attempts = $3, last_error = $4, note = $5, ledger_transaction_id = $6, \
+             next_attempt_micros = CASE WHEN refund_requested = 1 THEN $9 ELSE $7 END, \
              lease_until_micros = $8, updated_at_micros = $9 \
              WHERE earning_id = $10 AND lease_owner = $11",
         )

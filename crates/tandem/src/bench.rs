@@ -49,14 +49,14 @@ struct Measurement {
 }
 
 /// A fresh database on the server, dropped when the bench ends.
-struct ScratchDatabase {
+pub(crate) struct ScratchDatabase {
     admin_url: String,
     name: String,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl ScratchDatabase {
-    async fn create(admin_url: &str, purpose: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn create(admin_url: &str, purpose: &str) -> anyhow::Result<Self> {
         let name = format!("tandem_bench_{purpose}_{}", std::process::id());
         let mut admin = AnyConnection::connect(admin_url)
             .await
@@ -84,7 +84,7 @@ impl ScratchDatabase {
         })
     }
 
-    async fn drop_now(self) -> anyhow::Result<()> {
+    pub(crate) async fn drop_now(self) -> anyhow::Result<()> {
         let mut admin = AnyConnection::connect(&self.admin_url).await?;
         admin
             .execute(sqlx::AssertSqlSafe(format!(
@@ -137,30 +137,11 @@ pub async fn ledger(args: LedgerBenchArgs) -> anyhow::Result<()> {
     database.close().await;
     scratch.drop_now().await?;
 
-    let mut pgbench = BTreeMap::new();
-    if !args.without_pgbench {
-        let scratch = ScratchDatabase::create(&args.postgres, "pgbench").await?;
-        run_pgbench(&["-i", "-s", "10", "-q", &scratch.url])?;
-        for &clients in &args.writers {
-            let threads = clients
-                .min(std::thread::available_parallelism().map_or(2, usize::from))
-                .to_string();
-            let output = run_pgbench(&[
-                "-n",
-                "-c",
-                &clients.to_string(),
-                "-j",
-                &threads,
-                "-T",
-                &duration.as_secs().max(1).to_string(),
-                &scratch.url,
-            ])?;
-            let tps = parse_tps(&output).context("reading pgbench's tps")?;
-            eprintln!(" pgbench × {clients:>2} clients: {tps:>8.0} tps");
-            pgbench.insert(clients, tps);
-        }
-        scratch.drop_now().await?;
-    }
+    let pgbench = if args.without_pgbench {
+        BTreeMap::new()
+    } else {
+        pgbench_tps(&args.postgres, &args.writers, duration).await?
+    };
     print_table(&results, &pgbench);
     Ok(())
 }
@@ -295,6 +276,38 @@ fn uuid_like() -> String {
             .unwrap_or_default()
             .as_nanos()
     )
+}
+
+/// pgbench's TPC-B transactions per second at each client count, on a scratch database of
+/// scale 10 on the same server: the yardstick every Tandem benchmark is compared against.
+pub(crate) async fn pgbench_tps(
+    admin_url: &str,
+    client_counts: &[usize],
+    duration: Duration,
+) -> anyhow::Result<BTreeMap<usize, f64>> {
+    let mut tps_by_clients = BTreeMap::new();
+    let scratch = ScratchDatabase::create(admin_url, "pgbench").await?;
+    run_pgbench(&["-i", "-s", "10", "-q", &scratch.url])?;
+    for &clients in client_counts {
+        let threads = clients
+            .min(std::thread::available_parallelism().map_or(2, usize::from))
+            .to_string();
+        let output = run_pgbench(&[
+            "-n",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &threads,
+            "-T",
+            &duration.as_secs().max(1).to_string(),
+            &scratch.url,
+        ])?;
+        let tps = parse_tps(&output).context("reading pgbench's tps")?;
+        eprintln!(" pgbench × {clients:>2} clients: {tps:>8.0} tps");
+        tps_by_clients.insert(clients, tps);
+    }
+    scratch.drop_now().await?;
+    Ok(tps_by_clients)
 }
 
 fn run_pgbench(args: &[&str]) -> anyhow::Result<String> {

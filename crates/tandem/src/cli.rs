@@ -19,6 +19,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the whole story on this machine: Tandem, two partner gateways, a link, a conversion
+    /// and a ride that earns points, ending with wallets and ledger checked against each other.
+    Demo,
     /// Run every Tandem service in this process on one port (SQLite in ./tandem-data by default).
     Serve(ServeArgs),
     /// Run the reference partner: a small loyalty program behind PartnerGatewayService.
@@ -51,6 +54,10 @@ enum Command {
 enum BenchCommand {
     /// Ledger transfers per second on PostgreSQL, spread and on one hot pair, beside pgbench TPC-B.
     Ledger(crate::bench::LedgerBenchArgs),
+    /// Conversions per second end to end over gRPC (two partner-sims, PostgreSQL), beside pgbench.
+    Convert(crate::bench_exchange::ExchangeBenchArgs),
+    /// Activities per second streamed over RecordActivities, beside pgbench.
+    Earn(crate::bench_exchange::ExchangeBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,6 +90,7 @@ impl Cli {
 
     async fn dispatch(self) -> anyhow::Result<()> {
         match self.command {
+            Command::Demo => crate::demo::run(&self.common).await,
             Command::Serve(serve) => {
                 let settings = ServeSettings::load(&self.common, &serve)?;
                 let _telemetry = tandem_telemetry::init("tandem", settings.common.log_format);
@@ -109,6 +117,12 @@ impl Cli {
                     tandem_telemetry::init("tandem-bench", tandem_telemetry::LogFormat::Human);
                 crate::bench::ledger(args).await
             }
+            Command::Bench {
+                command: BenchCommand::Convert(args),
+            } => crate::bench_exchange::run(crate::bench_exchange::Workload::Convert, args).await,
+            Command::Bench {
+                command: BenchCommand::Earn(args),
+            } => crate::bench_exchange::run(crate::bench_exchange::Workload::Earn, args).await,
             Command::Keys { command } => {
                 let settings = Settings::load(&self.common)?;
                 match command {

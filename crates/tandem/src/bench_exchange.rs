@@ -1,0 +1,281 @@
+//! `tandem bench convert` and `tandem bench earn`: the exchange end to end over gRPC (auth,
+//! PostgreSQL, two partner-sim gateways on loopback), beside pgbench TPC-B measured on the same
+//! server in the same run.
+//!
+//! - convert: each client is a partner app converting for its own linked member, quote then
+//!   execute, back to back; a conversion counts once it is COMPLETED.
+//! - earn: each client streams rides over RecordActivities in batches; a ride counts once its
+//!   earning is credited and posted.
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use tandem_proto::v1 as pb;
+
+use crate::{
+    bench::{ScratchDatabase, pgbench_tps},
+    coalition::{Coalition, Stack},
+    settings::{CommonArgs, Settings},
+};
+
+/// What the exchange benchmarks take.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExchangeBenchArgs {
+    /// A postgres:// URL of the server to measure; the bench creates and drops its own databases there.
+    #[arg(long, env = "TANDEM_BENCH_DATABASE_URL", hide_env_values = true)]
+    pub postgres: String,
+    /// How long each measurement runs.
+    #[arg(long, default_value = "10s")]
+    pub duration: String,
+    /// Concurrent clients (and pgbench clients), comma-separated.
+    #[arg(long, default_value = "1,8,32,64", value_delimiter = ',')]
+    pub clients: Vec<usize>,
+    /// For `earn`: rides per RecordActivities stream.
+    #[arg(long, default_value_t = 1_000)]
+    pub batch: usize,
+    /// Skip pgbench (when it is not installed).
+    #[arg(long)]
+    pub without_pgbench: bool,
+}
+
+/// What one client count achieved.
+struct Run {
+    clients: usize,
+    per_second: f64,
+    p50: Duration,
+    p99: Duration,
+    failed: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    Convert,
+    Earn,
+}
+
+fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
+    sorted[index]
+}
+
+pub async fn run(workload: Workload, args: ExchangeBenchArgs) -> anyhow::Result<()> {
+    if !(args.postgres.starts_with("postgres://") || args.postgres.starts_with("postgresql://")) {
+        bail!("--postgres must be a postgres:// URL");
+    }
+    if args.clients.is_empty() || args.clients.contains(&0) {
+        bail!("--clients: give one or more counts above zero");
+    }
+    if workload == Workload::Earn && !(1..=20_000).contains(&args.batch) {
+        bail!("--batch: must be from 1 to 20000 (one stream's limit)");
+    }
+    let duration = humantime::parse_duration(&args.duration).context("--duration")?;
+    sqlx::any::install_default_drivers();
+    let scratch = ScratchDatabase::create(
+        &args.postgres,
+        match workload {
+            Workload::Convert => "convert",
+            Workload::Earn => "earn",
+        },
+    )
+    .await?;
+    let common = CommonArgs {
+        config: None,
+        data_dir: None,
+        database_url: Some(scratch.url.clone()),
+        log_format: None,
+        token_audience: None,
+    };
+    let settings = Settings::load(&common)?;
+    let storage = vec!["--database-url".to_owned(), scratch.url.clone()];
+    let runs = {
+        let stack = Stack::start(&storage, &[]).await?;
+        // No caps: a capped agreement serializes its conversions on one lock, which is a
+        // business rule, not the exchange's speed.
+        let coalition = Arc::new(Coalition::form(&stack, &settings, false, 0).await?);
+        let members = *args.clients.iter().max().expect("checked above");
+        eprintln!("linking {members} members");
+        let mut links = Vec::with_capacity(members);
+        for index in 0..members {
+            let (hotel_member, rider) = (format!("H-{index}"), format!("R-{index}"));
+            Coalition::put_member(&coalition.hotel_gateway, &hotel_member, 1_000_000_000_000)
+                .await?;
+            Coalition::put_member(&coalition.ride_gateway, &rider, 0).await?;
+            links.push((coalition.link(&hotel_member, &rider).await?, rider));
+        }
+        let links = Arc::new(links);
+        // One short warm-up, so connection set-up and first-use account opening are not timed.
+        measure(
+            workload,
+            &coalition,
+            &links,
+            1,
+            Duration::from_secs(1),
+            args.batch,
+        )
+        .await?;
+        let mut runs = Vec::new();
+        for &clients in &args.clients {
+            let run = measure(workload, &coalition, &links, clients, duration, args.batch).await?;
+            eprintln!(
+                "{workload:?} × {clients:>2} clients: {:>8.0}/s, p50 {:?}, p99 {:?}, {} failed",
+                run.per_second, run.p50, run.p99, run.failed
+            );
+            runs.push(run);
+        }
+        runs
+    };
+    scratch.drop_now().await?;
+    let pgbench = if args.without_pgbench {
+        BTreeMap::new()
+    } else {
+        pgbench_tps(&args.postgres, &args.clients, duration).await?
+    };
+    print_table(workload, &runs, &pgbench);
+    Ok(())
+}
+
+async fn measure(
+    workload: Workload,
+    coalition: &Arc<Coalition>,
+    links: &Arc<Vec<(String, String)>>,
+    clients: usize,
+    duration: Duration,
+    batch: usize,
+) -> anyhow::Result<Run> {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::with_capacity(clients);
+    for client in 0..clients {
+        let coalition = coalition.clone();
+        let links = links.clone();
+        tasks.push(tokio::spawn(async move {
+            let (link_id, rider) = &links[client];
+            let mut latencies = Vec::new();
+            let mut done = 0_usize;
+            let mut failed = 0_usize;
+            let mut sequence = 0_u64;
+            while Instant::now() < deadline {
+                let began = Instant::now();
+                match workload {
+                    Workload::Convert => {
+                        let outcome = async {
+                            let quote = coalition.hotel.quote_source_points(link_id, 1_000).await?;
+                            coalition.hotel.convert(&quote.quote_id).await
+                        }
+                        .await;
+                        match outcome {
+                            Ok(conversion)
+                                if conversion.status() == pb::ConversionStatus::Completed =>
+                            {
+                                done += 1;
+                                latencies.push(began.elapsed());
+                            }
+                            _ => failed += 1,
+                        }
+                    }
+                    Workload::Earn => {
+                        let rides = (0..batch)
+                            .map(|_| {
+                                sequence += 1;
+                                pb::RecordActivityRequest {
+                                    external_id: format!(
+                                        "{client}-{sequence}-{}",
+                                        began.elapsed().as_nanos()
+                                    ),
+                                    member_id: rider.clone(),
+                                    spend_amount_minor: 1_850,
+                                    spend_currency: "USD".to_owned(),
+                                    category: "RIDE".to_owned(),
+                                    activity_time: Some(tandem_proto::time::timestamp(
+                                        chrono::Utc::now(),
+                                    )),
+                                    ..Default::default()
+                                }
+                            })
+                            .collect();
+                        match coalition.ride.record_activities(rides).await {
+                            Ok(answer) => {
+                                done += answer.recorded as usize;
+                                failed += answer.refused as usize;
+                                latencies.push(began.elapsed());
+                            }
+                            Err(_) => failed += batch,
+                        }
+                    }
+                }
+            }
+            (done, failed, latencies)
+        }));
+    }
+    let mut done = 0;
+    let mut failed = 0;
+    let mut latencies = Vec::new();
+    for task in tasks {
+        let (task_done, task_failed, task_latencies) = task.await?;
+        done += task_done;
+        failed += task_failed;
+        latencies.extend(task_latencies);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    Ok(Run {
+        clients,
+        per_second: done as f64 / elapsed,
+        p50: percentile(&latencies, 0.50),
+        p99: percentile(&latencies, 0.99),
+        failed,
+    })
+}
+
+fn print_table(workload: Workload, runs: &[Run], pgbench: &BTreeMap<usize, f64>) {
+    let (rate, latency) = match workload {
+        Workload::Convert => ("conversions/s", "per conversion"),
+        Workload::Earn => ("activities/s", "per stream"),
+    };
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header([
+        "clients".to_owned(),
+        rate.to_owned(),
+        format!("p50 {latency}"),
+        format!("p99 {latency}"),
+        "failed".to_owned(),
+        "pgbench TPC-B tps".to_owned(),
+        "÷ pgbench".to_owned(),
+    ]);
+    for run in runs {
+        let yardstick = pgbench.get(&run.clients).copied();
+        table.add_row([
+            run.clients.to_string(),
+            format!("{:.0}", run.per_second),
+            format!("{:.1} ms", run.p50.as_secs_f64() * 1000.0),
+            format!("{:.1} ms", run.p99.as_secs_f64() * 1000.0),
+            run.failed.to_string(),
+            yardstick.map_or("–".to_owned(), |tps| format!("{tps:.0}")),
+            yardstick.map_or("–".to_owned(), |tps| {
+                format!("{:.2}", run.per_second / tps)
+            }),
+        ]);
+    }
+    println!("{table}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_the_nearest_rank() {
+        let sorted: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&sorted, 0.50), Duration::from_millis(51));
+        assert_eq!(percentile(&sorted, 0.99), Duration::from_millis(99));
+        assert_eq!(percentile(&[], 0.99), Duration::ZERO);
+    }
+}
