@@ -17,7 +17,7 @@ use tonic::{Code, Status};
 
 use crate::{
     Exchange, database_error, invalid, is_staff, new_id, now_micros, own_partner,
-    peers::{AccountName, GatewayAnswer, ledger_refused},
+    peers::{AccountName, GatewayAnswer, ledger_refused, terms_at},
     pricing::{self, Amount, ConversionTerms, PricingError, Scales},
     refuse, require_partner,
     rows::{CONVERSION_COLUMNS, ConversionRow, QUOTE_COLUMNS, QuoteRow, Viewer},
@@ -117,6 +117,8 @@ struct Progress {
     failure_reason: String,
     ledger_transaction_id: String,
     reversal_transaction_id: String,
+    /// When the progress was last written.
+    written_at: i64,
 }
 
 fn static_status(text: &str) -> &'static str {
@@ -305,11 +307,7 @@ impl Exchange {
             ));
         };
         let now = now_micros();
-        let Some(version) = self
-            .peers
-            .terms_in_force(&agreement.agreement_id, from_unix_micros(now))
-            .await?
-        else {
+        let Some(version) = terms_at(&agreement, now).cloned() else {
             return Err(refuse(
                 Code::FailedPrecondition,
                 "NO_TERMS_IN_FORCE",
@@ -589,12 +587,36 @@ impl Exchange {
             }
         }
 
-        self.drive_conversion(&conversion_id, &owner).await?;
-        let row = self
-            .load_conversion(&conversion_id)
-            .await?
-            .ok_or_else(|| status::internal(&"conversion vanished"))?;
-        Ok((self.conversion_pb_with(&row, &quote, viewer), false))
+        let mut row = ConversionRow {
+            conversion_id,
+            quote_id: quote.quote_id.clone(),
+            source_partner_id: quote.source_partner_id.clone(),
+            idempotency_key: request.idempotency_key.clone(),
+            target_partner_id: quote.target_partner_id.clone(),
+            status: "PENDING".to_owned(),
+            step: "DEBIT_SOURCE".to_owned(),
+            attempts: 0,
+            last_error: String::new(),
+            failure_reason: String::new(),
+            ledger_transaction_id: String::new(),
+            reversal_transaction_id: String::new(),
+            reverse_reason: String::new(),
+            created_at_micros: now,
+            updated_at_micros: now,
+            finished_at_micros: None,
+        };
+        let progress = self.drive_loaded(&row, &quote, &owner).await?;
+        // What the drive wrote, without reading it back.
+        let at = progress.written_at;
+        row.status = progress.status.to_owned();
+        row.step = progress.step.to_owned();
+        row.attempts = progress.attempts;
+        row.last_error = progress.last_error;
+        row.failure_reason = progress.failure_reason;
+        row.ledger_transaction_id = progress.ledger_transaction_id;
+        row.updated_at_micros = at;
+        row.finished_at_micros = (row.step == "DONE").then_some(at);
+        Ok((row.to_pb(&quote, viewer), false))
     }
 
     async fn conversion_pb(
@@ -609,15 +631,6 @@ impl Exchange {
         Ok(row.to_pb(&quote, viewer))
     }
 
-    fn conversion_pb_with(
-        &self,
-        row: &ConversionRow,
-        quote: &QuoteRow,
-        viewer: Viewer<'_>,
-    ) -> pb::Conversion {
-        row.to_pb(quote, viewer)
-    }
-
     /// Writes a saga's progress, if this driver still holds its lease. `finished` ends it;
     /// otherwise `next_attempt` says when the worker may try again. Returns whether the write
     /// happened (false: another driver took the saga over).
@@ -625,10 +638,11 @@ impl Exchange {
         &self,
         id: &str,
         owner: &str,
-        progress: &Progress,
+        progress: &mut Progress,
         release_after: Option<std::time::Duration>,
     ) -> Result<bool, Status> {
         let now = now_micros();
+        progress.written_at = now;
         let finished = progress.step == "DONE";
         let (next_attempt, lease_until) = match release_after {
             Some(wait) => (now + wait.as_micros() as i64, 0),
@@ -671,6 +685,17 @@ impl Exchange {
             .load_quote(&row.quote_id)
             .await?
             .ok_or_else(|| status::internal(&"conversion without its quote"))?;
+        self.drive_loaded(&row, &quote, owner).await.map(drop)
+    }
+
+    /// Drives a conversion already in hand; returns where it stands after.
+    async fn drive_loaded(
+        &self,
+        row: &ConversionRow,
+        quote: &QuoteRow,
+        owner: &str,
+    ) -> Result<Progress, Status> {
+        let (id, quote) = (row.conversion_id.as_str(), quote);
         let mut progress = Progress {
             status: static_status(&row.status),
             step: static_step(&row.step),
@@ -679,14 +704,15 @@ impl Exchange {
             failure_reason: row.failure_reason.clone(),
             ledger_transaction_id: row.ledger_transaction_id.clone(),
             reversal_transaction_id: row.reversal_transaction_id.clone(),
+            written_at: row.updated_at_micros,
         };
         let mut tries = 0_u32;
         loop {
             if progress.step == "DONE" {
-                return Ok(());
+                return Ok(progress);
             }
             tries += 1;
-            let outcome = self.conversion_step(id, &quote, &row, &mut progress).await;
+            let outcome = self.conversion_step(id, quote, row, &mut progress).await;
             let next = match outcome {
                 Ok(next) => {
                     tries = 0;
@@ -716,23 +742,26 @@ impl Exchange {
                     } else {
                         let wait = backoff(progress.attempts);
                         tracing::warn!(conversion = id, step = progress.step, attempts = progress.attempts, error = %progress.last_error, "conversion parked until the next attempt");
-                        self.record_conversion(id, owner, &progress, Some(wait))
+                        self.record_conversion(id, owner, &mut progress, Some(wait))
                             .await?;
-                        return Ok(());
+                        return Ok(progress);
                     }
                 }
             };
             match next {
                 Next::Continue => {}
                 Next::Record => {
-                    if !self.record_conversion(id, owner, &progress, None).await? {
-                        return Ok(());
+                    if !self
+                        .record_conversion(id, owner, &mut progress, None)
+                        .await?
+                    {
+                        return Ok(progress);
                     }
                 }
                 Next::Stop => {
-                    self.record_conversion(id, owner, &progress, Some(Default::default()))
+                    self.record_conversion(id, owner, &mut progress, Some(Default::default()))
                         .await?;
-                    return Ok(());
+                    return Ok(progress);
                 }
             }
         }

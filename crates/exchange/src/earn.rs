@@ -21,7 +21,7 @@ use crate::{
     Exchange,
     conversions::{currency_scale, decimal, require_active},
     database_error, invalid, is_staff, new_id, now_micros, own_partner,
-    peers::{GatewayAnswer, ledger_refused},
+    peers::{GatewayAnswer, ledger_refused, terms_at},
     pricing, refuse, require_partner,
     rows::{ACTIVITY_COLUMNS, ActivityRow, EARNING_COLUMNS, EarningRow},
     saga::{SagaTable, TRIES_PER_DRIVE, backoff, quick_pause},
@@ -34,9 +34,17 @@ const CLOCK_SKEW_MICROS: i64 = 5 * 60 * 1_000_000;
 const HOLD_GRACE_SECONDS: i64 = 30 * 24 * 3600;
 const DAY_MICROS: i64 = 24 * 3600 * 1_000_000;
 
-/// What became of one report: (activity id, replayed, lease owner of its new earnings), or why
-/// it was refused.
-type RecordOutcome = Result<(String, bool, Option<String>), Status>;
+/// What became of one report that was recorded (or had been).
+#[derive(Debug)]
+pub(crate) struct Recorded {
+    activity_id: String,
+    replayed: bool,
+    /// For a new activity: the lease owner of its earnings, and the earnings as written.
+    new_earnings: Option<(String, Vec<EarningRow>)>,
+}
+
+/// A recorded report, or why it was refused.
+type RecordOutcome = Result<Recorded, Status>;
 
 /// A checked activity report.
 #[derive(Debug, Clone)]
@@ -136,31 +144,6 @@ pub(crate) struct Lookups {
     partners: HashMap<String, pb::Partner>,
     agreements: HashMap<(String, String), Option<pb::Agreement>>,
     links: HashMap<String, Vec<pb::Link>>,
-}
-
-/// The accepted terms version in force at `at`: the latest effective time not after it.
-fn terms_at(agreement: &pb::Agreement, at: i64) -> Option<&pb::TermsVersion> {
-    if agreement
-        .terminate_time
-        .as_ref()
-        .and_then(|end| datetime(end).ok())
-        .is_some_and(|end| to_unix_micros(end) <= at)
-    {
-        return None;
-    }
-    agreement
-        .terms_versions
-        .iter()
-        .filter(|version| version.status == pb::TermsVersionStatus::Accepted as i32)
-        .filter_map(|version| {
-            let effective = version
-                .effective_time
-                .as_ref()
-                .and_then(|t| datetime(t).ok())?;
-            (to_unix_micros(effective) <= at).then_some((to_unix_micros(effective), version))
-        })
-        .max_by_key(|(effective, version)| (*effective, version.version))
-        .map(|(_, version)| version)
 }
 
 fn in_window(window: &pb::PromotionWindow, at: i64) -> bool {
@@ -469,13 +452,14 @@ impl Exchange {
         require_partner(caller, &request.partner_id)?;
         let report = Report::parse(request)?;
         let mut lookups = Lookups::default();
-        let (activity_id, replayed, owner) = self
+        let recorded = self
             .record_group(&mut lookups, std::slice::from_ref(&report))
             .await?
             .pop()
             .ok_or_else(|| status::internal(&"report not handled"))??;
-        if let Some(owner) = owner {
-            self.drive_earnings_of(&activity_id, &owner).await?;
+        let replayed = recorded.replayed;
+        if let Some((owner, earnings)) = recorded.new_earnings {
+            self.drive_earnings(earnings, &owner).await?;
         }
         let row = self
             .activity_by_external_id(&report.partner_id, &report.external_id)
@@ -492,17 +476,18 @@ impl Exchange {
         lookups: &mut Lookups,
         reports: &[Report],
     ) -> Result<Vec<RecordOutcome>, Status> {
-        let mut outcomes: Vec<Option<RecordOutcome>> = vec![None; reports.len()];
+        let mut outcomes: Vec<Option<RecordOutcome>> = (0..reports.len()).map(|_| None).collect();
         let mut planned = Vec::new();
+        let existing = self.recorded_already(reports).await?;
         for (index, report) in reports.iter().enumerate() {
-            if let Some(existing) = self
-                .activity_by_external_id(&report.partner_id, &report.external_id)
-                .await?
+            if let Some(existing) =
+                existing.get(&(report.partner_id.clone(), report.external_id.clone()))
             {
-                outcomes[index] = Some(
-                    Self::check_replay(report, &existing)
-                        .map(|()| (existing.activity_id, true, None)),
-                );
+                outcomes[index] = Some(Self::check_replay(report, existing).map(|()| Recorded {
+                    activity_id: existing.activity_id.clone(),
+                    replayed: true,
+                    new_earnings: None,
+                }));
                 continue;
             }
             let activity_id = new_id();
@@ -562,7 +547,14 @@ impl Exchange {
                     self.insert_earning(&mut transaction, &plan.row, now, &owner, lease_until)
                         .await?;
                 }
-                outcomes[*index] = Some(Ok((activity_id.clone(), false, Some(owner.clone()))));
+                outcomes[*index] = Some(Ok(Recorded {
+                    activity_id: activity_id.clone(),
+                    replayed: false,
+                    new_earnings: Some((
+                        owner.clone(),
+                        plans.iter().map(|plan| plan.row.clone()).collect(),
+                    )),
+                }));
             }
             transaction.commit().await.map_err(database_error)?;
         }
@@ -573,9 +565,11 @@ impl Exchange {
                 .activity_by_external_id(&report.partner_id, &report.external_id)
                 .await?
                 .ok_or_else(|| status::internal(&"activity vanished"))?;
-            outcomes[index] = Some(
-                Self::check_replay(report, &existing).map(|()| (existing.activity_id, true, None)),
-            );
+            outcomes[index] = Some(Self::check_replay(report, &existing).map(|()| Recorded {
+                activity_id: existing.activity_id,
+                replayed: true,
+                new_earnings: None,
+            }));
         }
         Ok(outcomes
             .into_iter()
@@ -635,13 +629,8 @@ impl Exchange {
         Ok(())
     }
 
-    /// Drives every unfinished earning of an activity that `owner` leases, side by side.
-    pub(crate) async fn drive_earnings_of(
-        &self,
-        activity_id: &str,
-        owner: &str,
-    ) -> Result<(), Status> {
-        let earnings = self.earnings_of(activity_id).await?;
+    /// Drives every unfinished earning `owner` leases, side by side.
+    async fn drive_earnings(&self, earnings: Vec<EarningRow>, owner: &str) -> Result<(), Status> {
         let drives = earnings
             .into_iter()
             .filter(|earning| earning.step != "DONE")
@@ -650,6 +639,52 @@ impl Exchange {
             result?;
         }
         Ok(())
+    }
+
+    /// The activities already recorded under the reports' external ids, by (partner, external
+    /// id): one query per group rather than one per report.
+    async fn recorded_already(
+        &self,
+        reports: &[Report],
+    ) -> Result<HashMap<(String, String), ActivityRow>, Status> {
+        let mut found = HashMap::new();
+        let Some(first) = reports.first() else {
+            return Ok(found);
+        };
+        if reports
+            .iter()
+            .any(|report| report.partner_id != first.partner_id)
+        {
+            for report in reports {
+                if let Some(row) = self
+                    .activity_by_external_id(&report.partner_id, &report.external_id)
+                    .await?
+                {
+                    found.insert((row.partner_id.clone(), row.external_id.clone()), row);
+                }
+            }
+            return Ok(found);
+        }
+        let placeholders: Vec<String> = (0..reports.len())
+            .map(|index| format!("${}", index + 2))
+            .collect();
+        let sql = format!(
+            "SELECT {ACTIVITY_COLUMNS} FROM activities WHERE partner_id = $1 AND external_id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut query =
+            sqlx::query_as::<_, ActivityRow>(sqlx::AssertSqlSafe(sql)).bind(&first.partner_id);
+        for report in reports {
+            query = query.bind(&report.external_id);
+        }
+        for row in query
+            .fetch_all(self.database.pool())
+            .await
+            .map_err(database_error)?
+        {
+            found.insert((row.partner_id.clone(), row.external_id.clone()), row);
+        }
+        Ok(found)
     }
 
     async fn load_earning(&self, id: &str) -> Result<Option<EarningRow>, Status> {
@@ -1117,36 +1152,44 @@ impl Exchange {
             }
             let outcomes = self.record_group(&mut lookups, &reports).await?;
             let mut owned = Vec::new();
+            let mut replays = Vec::new();
             for (position, outcome) in positions.into_iter().zip(outcomes) {
                 let result = &mut group_results[position];
                 match outcome {
-                    Ok((activity_id, replayed, owner)) => {
-                        if let Some(owner) = owner {
-                            owned.push((activity_id.clone(), owner));
+                    Ok(recorded) => {
+                        result.activity_id = recorded.activity_id;
+                        result.replayed = recorded.replayed;
+                        match recorded.new_earnings {
+                            Some((owner, earnings)) => {
+                                result.points = earnings.iter().map(|earning| earning.points).sum();
+                                owned.push((owner, earnings));
+                            }
+                            None => replays.push(position),
                         }
-                        result.activity_id = activity_id;
-                        result.replayed = replayed;
                     }
                     Err(status) => *result = refused_result(&result.external_id, &status),
                 }
             }
-            let drives = owned
-                .iter()
-                .map(|(activity_id, owner)| self.drive_earnings_of(activity_id, owner));
+            let drives = owned.into_iter().map(|(owner, earnings)| async move {
+                self.drive_earnings(earnings, &owner).await
+            });
             for result in futures::future::join_all(drives).await {
                 result?;
             }
-            for result in &mut group_results {
+            for position in replays {
+                let result = &mut group_results[position];
+                result.points = self
+                    .earnings_of(&result.activity_id)
+                    .await?
+                    .iter()
+                    .map(|earning| earning.points)
+                    .sum();
+            }
+            for result in &group_results {
                 if result.activity_id.is_empty() {
                     refused += 1;
                 } else {
                     recorded += 1;
-                    result.points = self
-                        .earnings_of(&result.activity_id)
-                        .await?
-                        .iter()
-                        .map(|earning| earning.points)
-                        .sum();
                 }
             }
             results.extend(group_results);

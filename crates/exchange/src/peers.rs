@@ -5,14 +5,12 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tandem_auth::{Authenticator, ServiceToken};
-use tandem_domain::Timestamp;
 use tandem_proto::{
     status,
-    time::timestamp,
     v1::{
         self as pb, account_linking_service_client::AccountLinkingServiceClient,
         ledger_service_client::LedgerServiceClient,
@@ -51,6 +49,60 @@ pub struct Peers {
     token: ServiceToken,
     gateways: Arc<Mutex<HashMap<String, Channel>>>,
     accounts: Arc<Mutex<HashMap<AccountName, String>>>,
+    partners: Arc<Mutex<Lookups<String, pb::Partner>>>,
+    agreements: Arc<Mutex<AgreementLookups>>,
+}
+
+/// The ACTIVE agreement (or none) by source and target partner.
+type AgreementLookups = Lookups<(String, String), Option<pb::Agreement>>;
+
+/// Registry answers by key, with when they were read.
+type Lookups<K, V> = HashMap<K, (Instant, V)>;
+
+/// How long a partner or an agreement read from the registry is reused. Every quote needs both
+/// partners and the agreement, and asking the registry each time made it the busiest service;
+/// a change (a suspension, an accepted amendment) is seen within this long. Links are never
+/// reused: consent is checked afresh every time.
+const LOOKUP_TTL: Duration = Duration::from_secs(1);
+
+fn fresh<K: std::hash::Hash + Eq, V: Clone>(
+    cache: &Mutex<HashMap<K, (Instant, V)>>,
+    key: &K,
+) -> Option<V> {
+    let cache = cache.lock().expect("lookup cache lock");
+    cache
+        .get(key)
+        .filter(|(at, _)| at.elapsed() < LOOKUP_TTL)
+        .map(|(_, value)| value.clone())
+}
+
+/// The accepted terms version of `agreement` in force at `at_micros`: the one with the latest
+/// effective time not after it (versions take effect in order), unless the agreement has been
+/// terminated by then. The registry's own rule, applied to the agreement it returned.
+pub(crate) fn terms_at(agreement: &pb::Agreement, at_micros: i64) -> Option<&pb::TermsVersion> {
+    let micros = |timestamp: &tandem_proto::time::ProtoTimestamp| {
+        tandem_proto::time::datetime(timestamp)
+            .ok()
+            .map(tandem_domain::to_unix_micros)
+    };
+    if agreement
+        .terminate_time
+        .as_ref()
+        .and_then(micros)
+        .is_some_and(|end| end <= at_micros)
+    {
+        return None;
+    }
+    agreement
+        .terms_versions
+        .iter()
+        .filter(|version| version.status == pb::TermsVersionStatus::Accepted as i32)
+        .filter_map(|version| {
+            let effective = version.effective_time.as_ref().and_then(micros)?;
+            (effective <= at_micros).then_some((effective, version))
+        })
+        .max_by_key(|(effective, version)| (*effective, version.version))
+        .map(|(_, version)| version)
 }
 
 impl std::fmt::Debug for Peers {
@@ -80,6 +132,8 @@ impl Peers {
             token: ServiceToken::new(authenticator, "exchange"),
             gateways: Arc::default(),
             accounts: Arc::default(),
+            partners: Arc::default(),
+            agreements: Arc::default(),
         }
     }
 
@@ -92,6 +146,18 @@ impl Peers {
 
     /// A partner, or NOT_FOUND.
     pub async fn partner(&self, partner_id: &str) -> Result<pb::Partner, Status> {
+        if let Some(partner) = fresh(&self.partners, &partner_id.to_owned()) {
+            return Ok(partner);
+        }
+        let partner = self.fetch_partner(partner_id).await?;
+        self.partners
+            .lock()
+            .expect("lookup cache lock")
+            .insert(partner_id.to_owned(), (Instant::now(), partner.clone()));
+        Ok(partner)
+    }
+
+    async fn fetch_partner(&self, partner_id: &str) -> Result<pb::Partner, Status> {
         let request = self
             .authed(pb::GetPartnerRequest {
                 partner_id: partner_id.to_owned(),
@@ -173,6 +239,23 @@ impl Peers {
         source: &str,
         target: &str,
     ) -> Result<Option<pb::Agreement>, Status> {
+        let key = (source.to_owned(), target.to_owned());
+        if let Some(agreement) = fresh(&self.agreements, &key) {
+            return Ok(agreement);
+        }
+        let agreement = self.fetch_agreement(source, target).await?;
+        self.agreements
+            .lock()
+            .expect("lookup cache lock")
+            .insert(key, (Instant::now(), agreement.clone()));
+        Ok(agreement)
+    }
+
+    async fn fetch_agreement(
+        &self,
+        source: &str,
+        target: &str,
+    ) -> Result<Option<pb::Agreement>, Status> {
         let mut page_token = String::new();
         loop {
             let request = self
@@ -199,27 +282,6 @@ impl Peers {
                 return Ok(None);
             }
             page_token = page.next_page_token;
-        }
-    }
-
-    /// The terms version in force at `at`, if any version applies then.
-    pub async fn terms_in_force(
-        &self,
-        agreement_id: &str,
-        at: Timestamp,
-    ) -> Result<Option<pb::TermsVersion>, Status> {
-        let request = self
-            .authed(pb::GetTermsInForceRequest {
-                agreement_id: agreement_id.to_owned(),
-                at_time: Some(timestamp(at)),
-            })
-            .await?;
-        match self.registry.clone().get_terms_in_force(request).await {
-            Ok(response) => Ok(response.into_inner().terms_version),
-            Err(error) if matches!(error.code(), Code::NotFound | Code::FailedPrecondition) => {
-                Ok(None)
-            }
-            Err(error) => Err(peer_unavailable("partner registry", &error)),
         }
     }
 

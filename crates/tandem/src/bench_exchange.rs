@@ -38,6 +38,11 @@ pub struct ExchangeBenchArgs {
     /// For `earn`: rides per RecordActivities stream.
     #[arg(long, default_value_t = 1_000)]
     pub batch: usize,
+    /// For `earn`: the hold period of the earn rules, in days. With 0 each ride's points are
+    /// credited at the hotel's gateway at once; with a hold the ledger holds them PENDING and the
+    /// gateway is called when the hold ends (after the benchmark).
+    #[arg(long, default_value_t = 0)]
+    pub hold_days: u32,
     /// Skip pgbench (when it is not installed).
     #[arg(long)]
     pub without_pgbench: bool,
@@ -99,7 +104,7 @@ pub async fn run(workload: Workload, args: ExchangeBenchArgs) -> anyhow::Result<
         let stack = Stack::start(&storage, &[]).await?;
         // No caps: a capped agreement serializes its conversions on one lock, which is a
         // business rule, not the exchange's speed.
-        let coalition = Arc::new(Coalition::form(&stack, &settings, false, 0).await?);
+        let coalition = Arc::new(Coalition::form(&stack, &settings, false, args.hold_days).await?);
         let members = *args.clients.iter().max().expect("checked above");
         eprintln!("linking {members} members");
         let mut links = Vec::with_capacity(members);
