@@ -29,9 +29,11 @@ use crate::{
 
 /// How far in the future an activity time may be, for clock differences between systems.
 const CLOCK_SKEW_MICROS: i64 = 5 * 60 * 1_000_000;
-/// Pending ledger transactions of held earnings outlive the hold by this much, so a worker that
-/// is down for a while still finds them open.
-const HOLD_GRACE_SECONDS: i64 = 30 * 24 * 3600;
+/// How long the pending ledger transaction of a held earning lives: the ledger's longest, 400
+/// days, which outlives the longest hold (365 days from the activity) by more than a month, so a
+/// worker that is down for a while still finds it open. It is the same for every attempt: a retry
+/// must send the very same request, or the ledger refuses the key as reused.
+const HOLD_TIMEOUT_SECONDS: i64 = 400 * 24 * 3600;
 const DAY_MICROS: i64 = 24 * 3600 * 1_000_000;
 
 /// What became of one report that was recorded (or had been).
@@ -904,14 +906,12 @@ impl Exchange {
                 }
             }
             "POST_HOLD" => {
-                let hold_until = earning.hold_until_micros.unwrap_or_default();
-                let timeout = ((hold_until - now_micros()) / 1_000_000).max(0) + HOLD_GRACE_SECONDS;
                 let request = self
                     .earning_transaction(
                         earning,
                         key("hold"),
                         pb::TransactionKind::Pending,
-                        timeout,
+                        HOLD_TIMEOUT_SECONDS,
                     )
                     .await
                     .map_err(|status| status.message().to_owned())?;
