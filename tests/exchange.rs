@@ -520,19 +520,28 @@ async fn caps_expired_quotes_and_bad_amounts_are_refused(server: TestServer) {
     assert_eq!(coalition.hotel_sim.balance(HOTEL_MEMBER).await, 50_000);
 }
 
-async fn a_refused_credit_is_compensated(server: TestServer) {
+/// Converts 10,000 hotel points with `fault` armed once on the rideshare's CreditPoints.
+async fn convert_with_credit_fault(
+    server: TestServer,
+    fault: Fault,
+) -> (Coalition, pb::Conversion) {
     let coalition = Coalition::new(server, 0).await;
     coalition
         .ride_sim
-        .set_fault("CreditPoints", Fault::Refuse, 1, 0)
+        .set_fault("CreditPoints", fault, 1, 0)
         .await;
     let quote = coalition.quote(10_000).await.unwrap();
     let conversion = coalition
-        .execute(&quote.quote_id, "refused")
+        .execute(&quote.quote_id, "with-a-fault")
         .await
         .unwrap()
         .conversion
         .unwrap();
+    (coalition, conversion)
+}
+
+async fn a_refused_credit_is_compensated(server: TestServer) {
+    let (coalition, conversion) = convert_with_credit_fault(server, Fault::Refuse).await;
     assert_eq!(
         conversion.status,
         pb::ConversionStatus::Failed as i32,
@@ -566,18 +575,7 @@ async fn a_refused_credit_is_compensated(server: TestServer) {
 }
 
 async fn a_credit_that_timed_out_after_applying_credits_once(server: TestServer) {
-    let coalition = Coalition::new(server, 0).await;
-    coalition
-        .ride_sim
-        .set_fault("CreditPoints", Fault::FailAfterApplying, 1, 0)
-        .await;
-    let quote = coalition.quote(10_000).await.unwrap();
-    let conversion = coalition
-        .execute(&quote.quote_id, "timeout")
-        .await
-        .unwrap()
-        .conversion
-        .unwrap();
+    let (coalition, conversion) = convert_with_credit_fault(server, Fault::FailAfterApplying).await;
     assert_eq!(
         conversion.status,
         pb::ConversionStatus::Completed as i32,

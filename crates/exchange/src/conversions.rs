@@ -210,6 +210,30 @@ impl Exchange {
         Ok(total.unwrap_or(0))
     }
 
+    /// Takes the agreement's cap lock for the rest of `transaction`: caps are checked and taken
+    /// under it, so two conversions (or earnings) cannot both fit under the last of a cap.
+    /// SQLite's write transaction already serializes every writer.
+    pub(crate) async fn lock_caps(
+        &self,
+        transaction: &mut sqlx::AnyConnection,
+        agreement_id: &str,
+    ) -> Result<(), Status> {
+        if self.database.backend() != Backend::Postgres {
+            return Ok(());
+        }
+        sqlx::query("INSERT INTO cap_locks (agreement_id) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(agreement_id)
+            .execute(&mut *transaction)
+            .await
+            .map_err(database_error)?;
+        sqlx::query("SELECT agreement_id FROM cap_locks WHERE agreement_id = $1 FOR UPDATE")
+            .bind(agreement_id)
+            .fetch_all(&mut *transaction)
+            .await
+            .map_err(database_error)?;
+        Ok(())
+    }
+
     /// RESOURCE_EXHAUSTED when converting `quote` would pass the member's daily or the
     /// agreement's monthly cap.
     async fn check_caps(
@@ -514,25 +538,8 @@ impl Exchange {
         let capped =
             quote.member_daily_cap_points.is_some() || quote.agreement_monthly_cap_points.is_some();
         if capped {
-            // Caps are checked and taken under one lock per agreement, so two conversions
-            // cannot both fit under the last of a cap. SQLite's write transaction already
-            // serializes every writer.
-            if self.database.backend() == Backend::Postgres {
-                sqlx::query(
-                    "INSERT INTO cap_locks (agreement_id) VALUES ($1) ON CONFLICT DO NOTHING",
-                )
-                .bind(&quote.agreement_id)
-                .execute(&mut *transaction)
-                .await
-                .map_err(database_error)?;
-                sqlx::query(
-                    "SELECT agreement_id FROM cap_locks WHERE agreement_id = $1 FOR UPDATE",
-                )
-                .bind(&quote.agreement_id)
-                .fetch_all(&mut *transaction)
-                .await
-                .map_err(database_error)?;
-            }
+            self.lock_caps(&mut transaction, &quote.agreement_id)
+                .await?;
             Self::check_caps(&mut transaction, &quote, now).await?;
         }
         let inserted = sqlx::query(

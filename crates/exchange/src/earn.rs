@@ -14,7 +14,6 @@ use rust_decimal::Decimal;
 use tandem_auth::Caller;
 use tandem_domain::{Currency, from_unix_micros, to_unix_micros};
 use tandem_proto::{status, time::datetime, v1 as pb};
-use tandem_storage::Backend;
 use tonic::{Code, Status};
 
 use crate::{
@@ -330,22 +329,7 @@ impl Exchange {
             return Ok(());
         }
         if let Some(cap) = plan.annual_cap {
-            if self.database.backend() == Backend::Postgres {
-                sqlx::query(
-                    "INSERT INTO cap_locks (agreement_id) VALUES ($1) ON CONFLICT DO NOTHING",
-                )
-                .bind(&row.agreement_id)
-                .execute(&mut *transaction)
-                .await
-                .map_err(database_error)?;
-                sqlx::query(
-                    "SELECT agreement_id FROM cap_locks WHERE agreement_id = $1 FOR UPDATE",
-                )
-                .bind(&row.agreement_id)
-                .fetch_all(&mut *transaction)
-                .await
-                .map_err(database_error)?;
-            }
+            self.lock_caps(transaction, &row.agreement_id).await?;
             let used: Option<i64> = sqlx::query_scalar(
                 "SELECT CAST(SUM(eligible_spend_minor) AS BIGINT) FROM earnings \
                  WHERE agreement_id = $1 AND source_member_id = $2 AND spend_year = $3 \

@@ -80,6 +80,16 @@ pub(crate) fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
 }
 
 pub(crate) fn database_error(error: sqlx::Error) -> Status {
+    // Every connection busy for the whole acquire timeout: overload, which passes. UNAVAILABLE
+    // tells clients to retry, where INTERNAL would tell them to give up.
+    if matches!(error, sqlx::Error::PoolTimedOut) {
+        tracing::warn!("no database connection came free in time");
+        return refuse(
+            Code::Unavailable,
+            "DATABASE_BUSY",
+            "the exchange's database is busy; retry shortly",
+        );
+    }
     if tandem_storage::is_retryable_conflict(&error) {
         return refuse(
             Code::Aborted,

@@ -184,7 +184,14 @@ async fn measure(
                                 done += 1;
                                 latencies.push(began.elapsed());
                             }
-                            _ => failed += 1,
+                            Ok(conversion) => {
+                                tracing::warn!(status = ?conversion.status(), error = %conversion.last_error, "a conversion did not complete in its call");
+                                failed += 1;
+                            }
+                            Err(error) => {
+                                tracing::warn!(%error, "a conversion failed");
+                                failed += 1;
+                            }
                         }
                     }
                     Workload::Earn => {
@@ -212,8 +219,16 @@ async fn measure(
                                 done += answer.recorded as usize;
                                 failed += answer.refused as usize;
                                 latencies.push(began.elapsed());
+                                if let Some(refused) =
+                                    answer.results.iter().find(|result| result.code != 0)
+                                {
+                                    tracing::warn!(code = refused.code, message = %refused.message, "a ride was refused");
+                                }
                             }
-                            Err(_) => failed += batch,
+                            Err(error) => {
+                                tracing::warn!(%error, "a stream failed");
+                                failed += batch;
+                            }
                         }
                     }
                 }

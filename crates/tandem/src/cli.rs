@@ -119,10 +119,18 @@ impl Cli {
             }
             Command::Bench {
                 command: BenchCommand::Convert(args),
-            } => crate::bench_exchange::run(crate::bench_exchange::Workload::Convert, args).await,
+            } => {
+                let _telemetry =
+                    tandem_telemetry::init("tandem-bench", tandem_telemetry::LogFormat::Human);
+                crate::bench_exchange::run(crate::bench_exchange::Workload::Convert, args).await
+            }
             Command::Bench {
                 command: BenchCommand::Earn(args),
-            } => crate::bench_exchange::run(crate::bench_exchange::Workload::Earn, args).await,
+            } => {
+                let _telemetry =
+                    tandem_telemetry::init("tandem-bench", tandem_telemetry::LogFormat::Human);
+                crate::bench_exchange::run(crate::bench_exchange::Workload::Earn, args).await
+            }
             Command::Keys { command } => {
                 let settings = Settings::load(&self.common)?;
                 match command {
