@@ -301,8 +301,87 @@ async fn faults_misbehave_as_switched(server: TestServer) {
     assert_eq!(sim.balance("M-1").await, 700);
 }
 
+/// Many movements on one member at once, as when the exchange drives several sagas side by side:
+/// every one counts, and two reversals of one original undo it once.
+async fn concurrent_movements_on_one_member_all_count(server: TestServer) {
+    let mut sim = simulator(&server).await;
+    sim.put("M-1", 1_000, true).await;
+    let gateway = sim.gateway.clone();
+    let token = sim.token.clone();
+    let calls = (0..20).map(|index| {
+        let mut gateway = gateway.clone();
+        let token = token.clone();
+        async move {
+            let (key, amount) = (format!("move-{index}"), 10 + index);
+            let outcome = if index % 2 == 0 {
+                let request = pb::CreditPointsRequest {
+                    transaction_key: key,
+                    member_id: "M-1".to_owned(),
+                    amount_minor: amount,
+                    description: "earn".to_owned(),
+                };
+                gateway
+                    .credit_points(authed(&token, request))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .outcome()
+            } else {
+                let request = pb::DebitPointsRequest {
+                    transaction_key: key,
+                    member_id: "M-1".to_owned(),
+                    amount_minor: amount,
+                    description: "conversion".to_owned(),
+                };
+                gateway
+                    .debit_points(authed(&token, request))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .outcome()
+            };
+            assert_eq!(outcome, Outcome::Applied);
+        }
+    });
+    futures::future::join_all(calls).await;
+    // Credits of 10, 12, …, 28 and debits of 11, 13, …, 29: ten points less than before.
+    assert_eq!(sim.balance("M-1").await, 990);
+
+    let reversals = (0..2).map(|index| {
+        let mut gateway = gateway.clone();
+        let token = token.clone();
+        async move {
+            let request = pb::ReversePointsRequest {
+                transaction_key: format!("undo-{index}"),
+                original_transaction_key: "move-0".to_owned(),
+            };
+            gateway
+                .reverse_points(authed(&token, request))
+                .await
+                .unwrap()
+                .into_inner()
+                .outcome()
+        }
+    });
+    let outcomes = futures::future::join_all(reversals).await;
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|outcome| **outcome == Outcome::Applied)
+            .count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        sim.balance("M-1").await,
+        980,
+        "the credit of 10 is undone once"
+    );
+}
+
 on_every_backend!(
     each_key_applies_once_with_a_definite_outcome,
     only_tandems_services_may_call,
-    faults_misbehave_as_switched
+    faults_misbehave_as_switched,
+    concurrent_movements_on_one_member_all_count
 );

@@ -123,26 +123,22 @@ impl Wallets {
                 balance_after_minor,
             });
         }
-        let Some((current, in_good_standing)) = balance(&mut transaction, member).await? else {
+        let Some((_, in_good_standing)) = balance(&mut transaction, member).await? else {
             return Ok(Outcome::Refused(Refusal::UnknownMember));
         };
         if !in_good_standing {
             return Ok(Outcome::Refused(Refusal::MemberBlocked));
         }
-        let balance_after_minor = match kind {
-            Movement::Debit if current < amount_minor => {
-                return Ok(Outcome::Refused(Refusal::InsufficientPoints));
-            }
-            Movement::Debit => current - amount_minor,
-            Movement::Credit => current
-                .checked_add(amount_minor)
-                .ok_or_else(|| sqlx::Error::Protocol("balance overflow".to_owned()))?,
+        let delta = match kind {
+            Movement::Debit => -amount_minor,
+            Movement::Credit => amount_minor,
         };
-        sqlx::query("UPDATE sim_members SET balance_minor = $1 WHERE member_id = $2")
-            .bind(balance_after_minor)
-            .bind(member)
-            .execute(&mut *transaction)
-            .await?;
+        // Relative and guarded in one statement: concurrent movements on one member queue on its
+        // row and each sees the balance the previous one left, so none is lost.
+        let Some(balance_after_minor) = move_balance(&mut transaction, member, delta, true).await?
+        else {
+            return Ok(Outcome::Refused(Refusal::InsufficientPoints));
+        };
         record(
             &mut transaction,
             key,
@@ -198,22 +194,23 @@ impl Wallets {
                 // Undoing a credit may leave the member below zero if they spent the points; the
                 // books must still be restored, so the program lets the balance go negative.
                 let delta = if kind == "DEBIT" { amount } else { -amount };
-                let (current, _) = balance(&mut transaction, &member)
-                    .await?
-                    .unwrap_or_default();
-                let balance_after_minor = current + delta;
-                sqlx::query("UPDATE sim_members SET balance_minor = $1 WHERE member_id = $2")
-                    .bind(balance_after_minor)
-                    .bind(&member)
-                    .execute(&mut *transaction)
-                    .await?;
-                sqlx::query(
-                    "UPDATE sim_operations SET reversed_by = $1 WHERE transaction_key = $2",
+                // Claim the original first, so two reversals racing under different keys undo
+                // it once.
+                let claimed = sqlx::query(
+                    "UPDATE sim_operations SET reversed_by = $1 \
+                     WHERE transaction_key = $2 AND reversed_by IS NULL",
                 )
                 .bind(key)
                 .bind(original)
                 .execute(&mut *transaction)
-                .await?;
+                .await?
+                .rows_affected();
+                if claimed == 0 {
+                    return Ok(Outcome::Refused(Refusal::AlreadyReversed));
+                }
+                let balance_after_minor = move_balance(&mut transaction, &member, delta, false)
+                    .await?
+                    .unwrap_or_default();
                 record(
                     &mut transaction,
                     key,
@@ -231,6 +228,28 @@ impl Wallets {
         transaction.commit().await?;
         Ok(outcome)
     }
+}
+
+/// Adds `delta` to a member's balance and returns the new balance; with `guarded`, only if it
+/// stays at or above zero (`None` otherwise).
+async fn move_balance(
+    connection: &mut AnyConnection,
+    member: &str,
+    delta: i64,
+    guarded: bool,
+) -> Result<Option<i64>, sqlx::Error> {
+    let statement = if guarded {
+        "UPDATE sim_members SET balance_minor = balance_minor + $1 \
+         WHERE member_id = $2 AND balance_minor + $1 >= 0 RETURNING balance_minor"
+    } else {
+        "UPDATE sim_members SET balance_minor = balance_minor + $1 \
+         WHERE member_id = $2 RETURNING balance_minor"
+    };
+    sqlx::query_scalar(statement)
+        .bind(delta)
+        .bind(member)
+        .fetch_optional(connection)
+        .await
 }
 
 async fn record(
