@@ -26,7 +26,9 @@ pub struct TandemVerifier {
     client: AuthServiceClient<Channel>,
     audience: String,
     keys: Mutex<HashMap<String, DecodingKey>>,
-    refreshed_at: Mutex<Option<Instant>>,
+    /// When the keys were last fetched. Held across the fetch, so calls that arrive during one
+    /// wait for it instead of failing for want of a key it is about to bring.
+    refreshed_at: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl TandemVerifier {
@@ -35,18 +37,20 @@ impl TandemVerifier {
             client: AuthServiceClient::new(channel),
             audience,
             keys: Mutex::new(HashMap::new()),
-            refreshed_at: Mutex::new(None),
+            refreshed_at: tokio::sync::Mutex::new(None),
         }
     }
 
-    async fn refresh(&self) -> Result<(), Status> {
-        {
-            let mut refreshed_at = self.refreshed_at.lock().expect("refresh lock");
-            if refreshed_at.is_some_and(|at| at.elapsed() < REFRESH_INTERVAL) {
-                return Ok(());
-            }
-            *refreshed_at = Some(Instant::now());
+    async fn refresh(&self, kid: &str) -> Result<(), Status> {
+        let mut refreshed_at = self.refreshed_at.lock().await;
+        if self.key(kid).is_some() {
+            // A refresh that finished while this call waited brought the key.
+            return Ok(());
         }
+        if refreshed_at.is_some_and(|at| at.elapsed() < REFRESH_INTERVAL) {
+            return Ok(());
+        }
+        *refreshed_at = Some(Instant::now());
         let keys = self
             .client
             .clone()
@@ -81,7 +85,7 @@ impl TandemVerifier {
             .kid
             .ok_or_else(|| Status::unauthenticated("the token names no key"))?;
         if self.key(&kid).is_none() {
-            self.refresh().await.map_err(|status| {
+            self.refresh(&kid).await.map_err(|status| {
                 Status::unavailable(format!("cannot fetch Tandem's keys: {}", status.message()))
             })?;
         }
