@@ -738,31 +738,36 @@ async fn expired_quotes_cannot_be_executed(database: TestDatabase) {
     assert_eq!(coalition.hotel_sim.balance(HOTEL_MEMBER).await, 50_000);
 }
 
-/// The server is killed while a conversion waits on the target gateway; a new server on the same
-/// databases finishes it, once.
-async fn a_conversion_interrupted_by_a_crash_finishes_once(database: TestDatabase) {
+/// The server is killed while four conversions wait on the target gateway, each already debited
+/// at the source; a new server on the same databases finishes every one of them, once.
+async fn conversions_interrupted_by_a_crash_finish_once(database: TestDatabase) {
+    const IN_FLIGHT: usize = 4;
     let flags = ["--saga-lease", "1s"];
     let server = TestServer::start_on(database, &flags).await;
     let coalition = Coalition::new(server, 0).await;
+    // Every credit waits 4 s (inside the exchange's 5 s gateway timeout) until cleared.
     coalition
         .ride_sim
-        .set_fault("CreditPoints", Fault::Delay, 1, 5_000)
+        .set_fault("CreditPoints", Fault::Delay, 0, 4_000)
         .await;
-    let quote = coalition.quote(10_000).await.unwrap();
-    let executing = {
+    let mut executing = Vec::new();
+    for index in 0..IN_FLIGHT {
+        let quote = coalition.quote(10_000).await.unwrap();
         let mut exchange = coalition.server.exchange();
         let request = authed(
             &coalition.hotel_token,
             pb::ExecuteConversionRequest {
                 partner_id: coalition.hotel.clone(),
                 quote_id: quote.quote_id.clone(),
-                idempotency_key: "crash".to_owned(),
+                idempotency_key: format!("crash-{index}"),
             },
         );
-        tokio::spawn(async move { exchange.execute_conversion(request).await })
-    };
-    eventually(SAGA_DEADLINE, "the source debit", || async {
-        (coalition.hotel_sim.balance(HOTEL_MEMBER).await == 40_000).then_some(())
+        executing.push(tokio::spawn(async move {
+            exchange.execute_conversion(request).await
+        }));
+    }
+    eventually(SAGA_DEADLINE, "every source debit", || async {
+        (coalition.hotel_sim.balance(HOTEL_MEMBER).await == 10_000).then_some(())
     })
     .await;
     let Coalition {
@@ -779,13 +784,18 @@ async fn a_conversion_interrupted_by_a_crash_finishes_once(database: TestDatabas
     } = server;
     child.start_kill().expect("SIGKILL the server");
     child.wait().await.expect("the server exits");
-    assert!(
-        executing.await.unwrap().is_err(),
-        "the caller saw the connection drop"
-    );
+    for call in executing {
+        assert!(
+            call.await.unwrap().is_err(),
+            "the caller saw the connection drop"
+        );
+    }
+    ride_sim
+        .set_fault("CreditPoints", Fault::Unspecified, 0, 0)
+        .await;
 
     let server = TestServer::start_on(database, &flags).await;
-    let conversions = eventually(SAGA_DEADLINE, "the conversion to finish", || async {
+    let conversions = eventually(SAGA_DEADLINE, "every conversion to finish", || async {
         let listed = server
             .exchange()
             .list_conversions(authed(&ops_token, pb::ListConversionsRequest::default()))
@@ -799,26 +809,39 @@ async fn a_conversion_interrupted_by_a_crash_finishes_once(database: TestDatabas
             .then_some(listed)
     })
     .await;
-    assert_eq!(conversions.len(), 1);
+    assert_eq!(conversions.len(), IN_FLIGHT);
     assert_eq!(
         hotel_sim.balance(HOTEL_MEMBER).await,
-        40_000,
-        "debited once"
+        10_000,
+        "each debited once"
     );
-    assert_eq!(ride_sim.balance(RIDER).await, 2_500, "credited once");
-    let posted = server
+    assert_eq!(
+        ride_sim.balance(RIDER).await,
+        2_500 * IN_FLIGHT as i64,
+        "each credited once"
+    );
+    for conversion in &conversions {
+        let posted = server
+            .ledger()
+            .list_transactions(authed(
+                &ops_token,
+                pb::ListTransactionsRequest {
+                    external_reference: conversion.conversion_id.clone(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .transactions;
+        assert_eq!(posted.len(), 1, "each posted once");
+    }
+    let trial = server
         .ledger()
-        .list_transactions(authed(
-            &ops_token,
-            pb::ListTransactionsRequest {
-                external_reference: conversions[0].conversion_id.clone(),
-            },
-        ))
+        .get_trial_balance(authed(&ops_token, pb::GetTrialBalanceRequest::default()))
         .await
         .unwrap()
-        .into_inner()
-        .transactions;
-    assert_eq!(posted.len(), 1, "posted once");
+        .into_inner();
+    assert!(trial.balanced, "{trial:?}");
 }
 
 on_every_backend!(
@@ -860,5 +883,5 @@ async fn crash_recovery(backend: Backend) {
             None => return,
         },
     };
-    a_conversion_interrupted_by_a_crash_finishes_once(database).await;
+    conversions_interrupted_by_a_crash_finish_once(database).await;
 }
