@@ -106,7 +106,13 @@ pub async fn run(workload: Workload, args: ExchangeBenchArgs) -> anyhow::Result<
         // No caps: a capped agreement serializes its conversions on one lock, which is a
         // business rule, not the exchange's speed.
         let coalition = Arc::new(Coalition::form(&stack, &settings, false, args.hold_days).await?);
-        let members = *args.clients.iter().max().expect("checked above");
+        // One member per converting client; rides are spread over at least 64 riders, as a
+        // day of rides is, so no one hotel wallet takes every credit.
+        let most_clients = *args.clients.iter().max().expect("checked above");
+        let members = match workload {
+            Workload::Convert => most_clients,
+            Workload::Earn => most_clients.max(64),
+        };
         eprintln!("linking {members} members");
         let mut links = Vec::with_capacity(members);
         for index in 0..members {
@@ -163,7 +169,7 @@ async fn measure(
         let coalition = coalition.clone();
         let links = links.clone();
         tasks.push(tokio::spawn(async move {
-            let (link_id, rider) = &links[client];
+            let link_id = &links[client].0;
             let mut latencies = Vec::new();
             let mut done = 0_usize;
             let mut failed = 0_usize;
@@ -203,7 +209,7 @@ async fn measure(
                                         "{client}-{sequence}-{}",
                                         began.elapsed().as_nanos()
                                     ),
-                                    member_id: rider.clone(),
+                                    member_id: links[sequence as usize % links.len()].1.clone(),
                                     spend_amount_minor: 1_850,
                                     spend_currency: "USD".to_owned(),
                                     category: "RIDE".to_owned(),
