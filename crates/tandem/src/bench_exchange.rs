@@ -205,10 +205,9 @@ async fn measure(
                             .map(|_| {
                                 sequence += 1;
                                 pb::RecordActivityRequest {
-                                    external_id: format!(
-                                        "{client}-{sequence}-{}",
-                                        began.elapsed().as_nanos()
-                                    ),
+                                    // Unique across every run of the benchmark: a repeated id with other content is
+                                    // refused as reused.
+                                    external_id: uuid::Uuid::new_v4().to_string(),
                                     member_id: links[sequence as usize % links.len()].1.clone(),
                                     spend_amount_minor: 1_850,
                                     spend_currency: "USD".to_owned(),
