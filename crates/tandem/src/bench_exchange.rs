@@ -205,8 +205,8 @@ async fn measure(
                             .map(|_| {
                                 sequence += 1;
                                 pb::RecordActivityRequest {
-                                    // Unique across every run of the benchmark: a repeated id with other content is
-                                    // refused as reused.
+                                    // Unique across every run: a repeated id with other
+                                    // content is refused as reused.
                                     external_id: uuid::Uuid::new_v4().to_string(),
                                     member_id: links[sequence as usize % links.len()].1.clone(),
                                     spend_amount_minor: 1_850,
