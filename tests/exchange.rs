@@ -9,7 +9,8 @@ mod helpers;
 use std::time::Duration;
 
 use helpers::{
-    Backend, Simulator, TestServer, authed, create_partner_request, eventually, reason, terms,
+    Backend, Simulator, TestServer, agree, authed, create_partner_request, eventually, reason,
+    terms,
 };
 use prost_types::Timestamp;
 use tandem_auth::Role;
@@ -60,41 +61,6 @@ async fn register(
         .partner_token(created.credentials.as_ref().unwrap())
         .await;
     (created.partner.unwrap().partner_id, token)
-}
-
-async fn agree(
-    server: &TestServer,
-    source: (&str, &str),
-    target: (&str, &str),
-    terms: pb::AgreementTerms,
-) {
-    let agreement = server
-        .registry()
-        .propose_agreement(authed(
-            source.1,
-            pb::ProposeAgreementRequest {
-                source_partner_id: source.0.to_owned(),
-                target_partner_id: target.0.to_owned(),
-                terms: Some(terms),
-                effective_time: None,
-            },
-        ))
-        .await
-        .expect("propose")
-        .into_inner()
-        .agreement
-        .unwrap();
-    server
-        .registry()
-        .accept_agreement(authed(
-            target.1,
-            pb::AcceptAgreementRequest {
-                agreement_id: agreement.agreement_id,
-                terms_version: 1,
-            },
-        ))
-        .await
-        .expect("accept");
 }
 
 /// Two rides per dollar, GOLD members earn 1.5×, and a double-points window around now.

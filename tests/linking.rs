@@ -7,7 +7,7 @@ mod helpers;
 
 use std::time::Duration;
 
-use helpers::{TestServer, authed, create_partner, hotel_and_rideshare, reason, terms};
+use helpers::{TestServer, agree, authed, create_partner, hotel_and_rideshare, reason, terms};
 use tandem_auth::Role;
 use tandem_proto::v1::{
     self as pb, PartnerCategory, account_linking_service_client::AccountLinkingServiceClient,
@@ -24,34 +24,6 @@ struct Coalition {
     ride_token: String,
     harbor: String,
     harbor_token: String,
-}
-
-async fn agree(server: &TestServer, source: (&str, &str), target: (&str, &str)) {
-    let proposal = pb::ProposeAgreementRequest {
-        source_partner_id: source.0.to_owned(),
-        target_partner_id: target.0.to_owned(),
-        terms: Some(terms("0.25")),
-        effective_time: None,
-    };
-    let agreement = server
-        .registry()
-        .propose_agreement(authed(source.1, proposal))
-        .await
-        .unwrap()
-        .into_inner()
-        .agreement
-        .unwrap();
-    server
-        .registry()
-        .accept_agreement(authed(
-            target.1,
-            pb::AcceptAgreementRequest {
-                agreement_id: agreement.agreement_id,
-                terms_version: 1,
-            },
-        ))
-        .await
-        .unwrap();
 }
 
 impl Coalition {
@@ -74,6 +46,7 @@ impl Coalition {
             &server,
             (&hotel.partner_id, &hotel_token),
             (&ride.partner_id, &ride_token),
+            terms("0.25"),
         )
         .await;
         // The other direction, to show either direction counts.
@@ -81,6 +54,7 @@ impl Coalition {
             &server,
             (&ride.partner_id, &ride_token),
             (&harbor.partner_id, &harbor_token),
+            terms("0.25"),
         )
         .await;
         Self {

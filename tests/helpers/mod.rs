@@ -261,6 +261,43 @@ pub async fn hotel_and_rideshare(
     (hotel, ride)
 }
 
+/// `source` proposes `terms` to `target` and `target` accepts version 1; each is (partner id,
+/// token).
+pub async fn agree(
+    server: &TestServer,
+    source: (&str, &str),
+    target: (&str, &str),
+    terms: pb::AgreementTerms,
+) {
+    let agreement = server
+        .registry()
+        .propose_agreement(authed(
+            source.1,
+            pb::ProposeAgreementRequest {
+                source_partner_id: source.0.to_owned(),
+                target_partner_id: target.0.to_owned(),
+                terms: Some(terms),
+                effective_time: None,
+            },
+        ))
+        .await
+        .expect("propose")
+        .into_inner()
+        .agreement
+        .unwrap();
+    server
+        .registry()
+        .accept_agreement(authed(
+            target.1,
+            pb::AcceptAgreementRequest {
+                agreement_id: agreement.agreement_id,
+                terms_version: 1,
+            },
+        ))
+        .await
+        .expect("accept");
+}
+
 pub fn terms(rate: &str) -> pb::AgreementTerms {
     pb::AgreementTerms {
         conversion_rate: rate.to_owned(),

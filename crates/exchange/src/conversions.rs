@@ -7,6 +7,8 @@
 //! written before it is acted on is every decision that must not be taken back: to compensate,
 //! to reverse, and every end.
 
+use std::collections::HashMap;
+
 use chrono::{Datelike, TimeZone, Utc};
 use rust_decimal::Decimal;
 use tandem_auth::Caller;
@@ -29,7 +31,7 @@ pub(crate) const EXCHANGE_OWNER: &str = "exchange";
 
 /// The link's two sides as the source partner sees them: (source member, target partner,
 /// target member).
-fn sides(link: &pb::Link, partner_id: &str) -> Option<(String, String, String)> {
+pub(crate) fn sides(link: &pb::Link, partner_id: &str) -> Option<(String, String, String)> {
     let initiator = link.initiator.as_ref()?;
     let acceptor = link.acceptor.as_ref()?;
     if initiator.partner_id == partner_id {
@@ -702,7 +704,7 @@ impl Exchange {
         quote: &QuoteRow,
         owner: &str,
     ) -> Result<Progress, Status> {
-        let (id, quote) = (row.conversion_id.as_str(), quote);
+        let id = row.conversion_id.as_str();
         let mut progress = Progress {
             status: static_status(&row.status),
             step: static_step(&row.step),
@@ -1282,9 +1284,33 @@ impl Exchange {
         } else {
             String::new()
         };
+        // The page's quotes in one query rather than one per conversion.
+        let mut quotes = HashMap::new();
+        if !rows.is_empty() {
+            let placeholders: Vec<String> =
+                (1..=rows.len()).map(|index| format!("${index}")).collect();
+            let sql = format!(
+                "SELECT {QUOTE_COLUMNS} FROM quotes WHERE quote_id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query_as::<_, QuoteRow>(sqlx::AssertSqlSafe(sql));
+            for row in &rows {
+                query = query.bind(&row.quote_id);
+            }
+            for quote in query
+                .fetch_all(self.database.pool())
+                .await
+                .map_err(database_error)?
+            {
+                quotes.insert(quote.quote_id.clone(), quote);
+            }
+        }
         let mut conversions = Vec::with_capacity(rows.len());
         for row in &rows {
-            conversions.push(self.conversion_pb(row, viewer).await?);
+            let quote = quotes
+                .get(&row.quote_id)
+                .ok_or_else(|| status::internal(&"conversion without its quote"))?;
+            conversions.push(row.to_pb(quote, viewer));
         }
         Ok(pb::ListConversionsResponse {
             conversions,

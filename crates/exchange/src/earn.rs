@@ -18,7 +18,7 @@ use tonic::{Code, Status};
 
 use crate::{
     Exchange,
-    conversions::{currency_scale, decimal, require_active},
+    conversions::{currency_scale, decimal, require_active, sides},
     database_error, invalid, is_staff, new_id, now_micros, own_partner,
     peers::{GatewayAnswer, ledger_refused, terms_at},
     pricing, refuse, require_partner,
@@ -138,12 +138,11 @@ struct Plan {
     annual_cap: Option<i64>,
 }
 
-/// What one stream (or one call) has already looked up, so a day of rides asks the registry and
-/// linking once per partner and member rather than once per ride.
+/// The member links one stream (or one call) has already looked up, so a day of rides asks
+/// linking once per member rather than once per ride. Partners and agreements come from the
+/// registry lookups `Peers` already reuses.
 #[derive(Default)]
 pub(crate) struct Lookups {
-    partners: HashMap<String, pb::Partner>,
-    agreements: HashMap<(String, String), Option<pb::Agreement>>,
     links: HashMap<String, Vec<pb::Link>>,
 }
 
@@ -157,21 +156,6 @@ fn in_window(window: &pb::PromotionWindow, at: i64) -> bool {
 }
 
 impl Exchange {
-    async fn cached_partner(
-        &self,
-        lookups: &mut Lookups,
-        partner_id: &str,
-    ) -> Result<pb::Partner, Status> {
-        if let Some(partner) = lookups.partners.get(partner_id) {
-            return Ok(partner.clone());
-        }
-        let partner = self.peers.partner(partner_id).await?;
-        lookups
-            .partners
-            .insert(partner_id.to_owned(), partner.clone());
-        Ok(partner)
-    }
-
     /// The earnings an activity makes, one per linked partner with earn rules from the reporter.
     async fn plan(
         &self,
@@ -194,27 +178,17 @@ impl Exchange {
         };
         let mut plans = Vec::new();
         for link in links {
-            let (initiator, acceptor) = match (&link.initiator, &link.acceptor) {
-                (Some(initiator), Some(acceptor)) => (initiator, acceptor),
-                _ => continue,
+            let Some((_, target_partner_id, target_member_id)) = sides(&link, &report.partner_id)
+            else {
+                continue;
             };
-            let target_side = if initiator.partner_id == report.partner_id
-                && initiator.member_id == report.member_id
-            {
-                acceptor
-            } else {
-                initiator
+            let Some(agreement) = self
+                .peers
+                .agreement(&report.partner_id, &target_partner_id)
+                .await?
+            else {
+                continue;
             };
-            let pair = (report.partner_id.clone(), target_side.partner_id.clone());
-            let agreement = match lookups.agreements.get(&pair) {
-                Some(agreement) => agreement.clone(),
-                None => {
-                    let agreement = self.peers.agreement(&pair.0, &pair.1).await?;
-                    lookups.agreements.insert(pair.clone(), agreement.clone());
-                    agreement
-                }
-            };
-            let Some(agreement) = agreement else { continue };
             let Some(version) = terms_at(&agreement, report.at_micros) else {
                 continue;
             };
@@ -224,9 +198,7 @@ impl Exchange {
             let Some(rules) = terms.earn_rules.as_ref() else {
                 continue;
             };
-            let target = self
-                .cached_partner(lookups, &target_side.partner_id)
-                .await?;
+            let target = self.peers.partner(&target_partner_id).await?;
             if require_active(&target).is_err() {
                 continue;
             }
@@ -268,7 +240,7 @@ impl Exchange {
                 source_partner_id: report.partner_id.clone(),
                 source_member_id: report.member_id.clone(),
                 target_partner_id: target.partner_id.clone(),
-                target_member_id: target_side.member_id.clone(),
+                target_member_id,
                 target_gateway: target.gateway_endpoint.clone(),
                 link_id: link.link_id.clone(),
                 agreement_id: agreement.agreement_id.clone(),
