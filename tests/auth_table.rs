@@ -806,6 +806,39 @@ fn rows() -> Vec<Row> {
             },
         },
         Row {
+            rpc: "LedgerService.PostTransactions",
+            allowed: LEDGER_WRITERS,
+            call: |world, token, attempt| {
+                Box::pin(async move {
+                    let transaction = pb::PostTransactionRequest {
+                        idempotency_key: format!("table-batch-{attempt}"),
+                        legs: vec![
+                            pb::Leg {
+                                account_id: world.ledger.from.clone(),
+                                direction: pb::Direction::Debit.into(),
+                                amount_minor: 1,
+                            },
+                            pb::Leg {
+                                account_id: world.ledger.to.clone(),
+                                direction: pb::Direction::Credit.into(),
+                                amount_minor: 1,
+                            },
+                        ],
+                        ..Default::default()
+                    };
+                    let request = pb::PostTransactionsRequest {
+                        transactions: vec![transaction],
+                    };
+                    world
+                        .server
+                        .ledger()
+                        .post_transactions(request_with(token, request))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
             rpc: "LedgerService.ResolvePending",
             allowed: LEDGER_WRITERS,
             call: |world, token, attempt| {

@@ -1,6 +1,7 @@
 //! The ledger through the real server's LedgerService: a conversion-shaped transaction with a
 //! points leg, a money leg and a fee leg; idempotent replays and conflicting keys; holds that
-//! post or void once; reversals once; balances, entries and the trial balance.
+//! post or void once; reversals once; balances, entries and the trial balance; batches of
+//! transactions answered one by one.
 
 mod helpers;
 
@@ -386,7 +387,121 @@ async fn holds_post_or_void_once_and_guards_refuse_overdrafts(server: TestServer
     assert!(rest.next_page_token.is_empty());
 }
 
+/// A batch answers each transaction as PostTransaction would, in the order sent.
+async fn a_batch_answers_each_transaction_on_its_own(server: TestServer) {
+    let token = server.staff_token(Role::Service).await;
+    let mut books = Books {
+        client: server.ledger(),
+        token: token.clone(),
+    };
+    let hotel = "01a20560-0000-7000-8000-00000000000a";
+    let (from, to) = (
+        books
+            .open(hotel, pb::AccountPurpose::Settlement, "USD", 2)
+            .await,
+        books
+            .open("exchange", pb::AccountPurpose::Fees, "USD", 2)
+            .await,
+    );
+    let transfer = |key: &str, debit: i64, credit: i64| pb::PostTransactionRequest {
+        idempotency_key: key.to_owned(),
+        legs: vec![
+            leg(&from, pb::Direction::Debit, debit),
+            leg(&to, pb::Direction::Credit, credit),
+        ],
+        type_code: "FEE".to_owned(),
+        external_reference: "batch".to_owned(),
+        ..Default::default()
+    };
+    let first = transfer("batch-1", 100, 100);
+    let batch = |transactions| authed(&token, pb::PostTransactionsRequest { transactions });
+    let results = books
+        .client
+        .post_transactions(batch(vec![
+            first.clone(),
+            transfer("batch-2", 250, 250),
+            // The first again, as a retry inside the same call.
+            first.clone(),
+            // The first's key with another amount.
+            transfer("batch-1", 101, 101),
+            transfer("batch-3", 10, 9),
+            pb::PostTransactionRequest {
+                idempotency_key: String::new(),
+                ..transfer("", 1, 1)
+            },
+        ]))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 6);
+    let posted = |index: usize| results[index].transaction.clone().unwrap();
+    assert_eq!((results[0].code, results[0].replayed), (0, false));
+    assert_eq!(posted(0).legs[0].amount_minor, 100);
+    assert_eq!((results[1].code, results[1].replayed), (0, false));
+    assert_eq!(
+        (
+            results[2].code,
+            results[2].replayed,
+            posted(2).transaction_id
+        ),
+        (0, true, posted(0).transaction_id),
+        "a retry in the same call gets the original"
+    );
+    assert_eq!(
+        (results[3].code, results[3].reason.as_str()),
+        (Code::AlreadyExists as i32, "IDEMPOTENCY_KEY_REUSED")
+    );
+    assert!(results[3].transaction.is_none());
+    assert_eq!(
+        (results[4].code, results[4].reason.as_str()),
+        (Code::InvalidArgument as i32, "INVALID_ARGUMENT")
+    );
+    assert!(
+        results[4].message.contains("legs"),
+        "{}",
+        results[4].message
+    );
+    assert_eq!(results[5].code, Code::InvalidArgument as i32);
+    assert!(
+        results[5].message.contains("idempotency_key"),
+        "{}",
+        results[5].message
+    );
+    assert_eq!(
+        books.balance(&from).await,
+        (350, 0, 0, 0),
+        "only the two good transfers moved money, once each"
+    );
+
+    // The same call again is all replays.
+    let again = books
+        .client
+        .post_transactions(batch(vec![first.clone(), transfer("batch-2", 250, 250)]))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert!(
+        again
+            .iter()
+            .all(|result| result.code == 0 && result.replayed)
+    );
+    assert_eq!(books.balance(&from).await, (350, 0, 0, 0));
+
+    for size in [0, 1_001] {
+        let error = books
+            .client
+            .post_transactions(batch(vec![first.clone(); size]))
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), Code::InvalidArgument, "{size} transactions");
+        assert_eq!(violated_fields(&error), ["transactions"]);
+    }
+}
+
 on_every_backend!(
     a_conversion_posts_balanced_legs_once_and_reverses_once,
-    holds_post_or_void_once_and_guards_refuse_overdrafts
+    holds_post_or_void_once_and_guards_refuse_overdrafts,
+    a_batch_answers_each_transaction_on_its_own
 );

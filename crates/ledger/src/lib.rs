@@ -185,6 +185,17 @@ impl Ledger {
         key: String,
         request: store::WriteRequest,
     ) -> Result<Posted, LedgerError> {
+        let outcome = self.submit(key, request).await?;
+        outcome.await.map_err(|_| LedgerError::Stopped)?
+    }
+
+    /// Checks a request and queues it for the writers; the receiver answers once its batch has
+    /// committed.
+    async fn submit(
+        &self,
+        key: String,
+        request: store::WriteRequest,
+    ) -> Result<oneshot::Receiver<Result<Posted, LedgerError>>, LedgerError> {
         let mut violations = Violations::new();
         model::check_key(&mut violations, &key);
         if let store::WriteRequest::Post(transaction) = &request
@@ -204,7 +215,31 @@ impl Ledger {
             })
             .await
             .map_err(|_| LedgerError::Stopped)?;
-        outcome.await.map_err(|_| LedgerError::Stopped)?
+        Ok(outcome)
+    }
+
+    /// Posts many transactions, each exactly as [`Ledger::post`] would (its own key, its own
+    /// outcome, in the order given). They are queued together, so they share commits.
+    pub async fn post_many(
+        &self,
+        transactions: Vec<NewTransaction>,
+    ) -> Vec<Result<Posted, LedgerError>> {
+        let mut queued = Vec::with_capacity(transactions.len());
+        for transaction in transactions {
+            let key = transaction.idempotency_key.clone();
+            queued.push(
+                self.submit(key, store::WriteRequest::Post(transaction))
+                    .await,
+            );
+        }
+        let mut outcomes = Vec::with_capacity(queued.len());
+        for queued in queued {
+            outcomes.push(match queued {
+                Ok(outcome) => outcome.await.unwrap_or(Err(LedgerError::Stopped)),
+                Err(error) => Err(error),
+            });
+        }
+        outcomes
     }
 
     /// Posts a balanced transaction (POSTED or PENDING).

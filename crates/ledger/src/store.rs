@@ -510,6 +510,7 @@ async fn replay(
 }
 
 /// Everything about a new transaction row except its legs.
+#[derive(Clone)]
 struct Header<'a> {
     key: &'a str,
     content: String,
@@ -568,16 +569,19 @@ async fn post(
     transaction: &NewTransaction,
     now: Timestamp,
 ) -> Result<Posted, Step> {
-    let mut resolved = Vec::with_capacity(transaction.legs.len());
-    for leg in &transaction.legs {
-        let account = accounts
-            .get(&leg.account)
-            .ok_or(LedgerError::AccountNotFound(leg.account))?;
-        resolved.push((leg, &account.unit));
-    }
-    check_balanced(resolved).map_err(LedgerError::Unbalanced)?;
+    let header = checked_header(accounts, key, request, transaction, now)?;
     let pending = matches!(transaction.kind, NewKind::Pending { .. });
     check_guards(connection, accounts, &transaction.legs, pending, now).await?;
+    insert(connection, accounts, &header, &transaction.legs, now).await
+}
+
+/// The row of a new POSTED or PENDING transaction.
+fn new_header<'a>(
+    key: &'a str,
+    request: &WriteRequest,
+    transaction: &'a NewTransaction,
+    now: Timestamp,
+) -> Header<'a> {
     let (kind, expires_at_micros) = match transaction.kind {
         NewKind::Posted => (TransactionKind::Posted, None),
         NewKind::Pending { timeout_seconds } => (
@@ -585,7 +589,7 @@ async fn post(
             Some(to_unix_micros(now) + timeout_seconds * 1_000_000),
         ),
     };
-    let header = Header {
+    Header {
         key,
         content: request.content(),
         kind,
@@ -597,8 +601,7 @@ async fn post(
         metadata: &transaction.metadata,
         related: None,
         expires_at_micros,
-    };
-    insert(connection, accounts, &header, &transaction.legs, now).await
+    }
 }
 
 /// Refuses the legs if, added to what is already on the accounts, they would break a guard.
@@ -721,6 +724,38 @@ async fn reverse(
     insert(connection, accounts, &header, &mirrored, now).await
 }
 
+/// A transaction row about to be written, with its legs.
+struct NewRow<'a> {
+    id: TransactionId,
+    header: Header<'a>,
+    legs: &'a [Leg],
+}
+
+impl NewRow<'_> {
+    fn posted(&self, committed_at_micros: i64) -> Posted {
+        let header = &self.header;
+        let pending_status =
+            (header.kind == TransactionKind::Pending).then_some(PendingStatus::Open);
+        Posted {
+            transaction: Transaction {
+                id: self.id,
+                idempotency_key: header.key.to_owned(),
+                kind: header.kind,
+                legs: self.legs.to_vec(),
+                type_code: header.type_code.to_owned(),
+                external_reference: header.external_reference.to_owned(),
+                effective_at: from_unix_micros(header.effective_at_micros),
+                committed_at: from_unix_micros(committed_at_micros),
+                metadata: header.metadata.clone(),
+                related: header.related,
+                expires_at: header.expires_at_micros.map(from_unix_micros),
+                pending_status,
+            },
+            replayed: false,
+        }
+    }
+}
+
 async fn insert(
     connection: &mut AnyConnection,
     accounts: &HashMap<AccountId, Account>,
@@ -728,64 +763,218 @@ async fn insert(
     legs: &[Leg],
     now: Timestamp,
 ) -> Result<Posted, Step> {
-    let id = TransactionId::generate();
-    let committed_at_micros = to_unix_micros(now);
-    let (resolves, reverses) = match header.kind {
-        TransactionKind::PostPending | TransactionKind::VoidPending => (header.related, None),
-        TransactionKind::Reversal => (None, header.related),
-        _ => (None, None),
+    let row = NewRow {
+        id: TransactionId::generate(),
+        header: header.clone(),
+        legs,
     };
-    let inserted = sqlx::query(
-        "INSERT INTO ledger_transactions (transaction_id, idempotency_key, content, kind, type_code, external_reference, effective_at_micros, \
-         committed_at_micros, metadata, related_transaction_id, resolves_pending_id, reverses_id, expires_at_micros) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT DO NOTHING",
-    )
-    .bind(id.to_string())
-    .bind(header.key)
-    .bind(&header.content)
-    .bind(header.kind.as_str())
-    .bind(header.type_code)
-    .bind(header.external_reference)
-    .bind(header.effective_at_micros)
-    .bind(committed_at_micros)
-    .bind(serde_json::to_string(header.metadata).expect("string metadata serializes"))
-    .bind(header.related.map(|id| id.to_string()))
-    .bind(resolves.map(|id| id.to_string()))
-    .bind(reverses.map(|id| id.to_string()))
-    .bind(header.expires_at_micros)
-    .execute(&mut *connection)
-    .await?;
-    if inserted.rows_affected() == 0 {
+    let inserted = insert_rows(connection, accounts, std::slice::from_ref(&row), now).await?;
+    if !inserted[0] {
         return Err(taken(connection, header, now).await);
     }
-    insert_entries(
-        connection,
-        accounts,
-        id,
-        header.kind,
-        legs,
-        committed_at_micros,
-    )
-    .await?;
-    let pending_status = (header.kind == TransactionKind::Pending).then_some(PendingStatus::Open);
-    let transaction = Transaction {
-        id,
-        idempotency_key: header.key.to_owned(),
-        kind: header.kind,
-        legs: legs.to_vec(),
-        type_code: header.type_code.to_owned(),
-        external_reference: header.external_reference.to_owned(),
-        effective_at: from_unix_micros(header.effective_at_micros),
-        committed_at: from_unix_micros(committed_at_micros),
-        metadata: header.metadata.clone(),
-        related: header.related,
-        expires_at: header.expires_at_micros.map(from_unix_micros),
-        pending_status,
-    };
-    Ok(Posted {
-        transaction,
-        replayed: false,
-    })
+    Ok(row.posted(to_unix_micros(now)))
+}
+
+/// Most rows one multi-row statement carries, well inside both backends' limits on bound
+/// parameters (SQLite's is 32,766).
+const ROWS_PER_STATEMENT: usize = 2_000;
+
+/// Inserts transaction rows and the entries of those that landed, in as few statements as the
+/// parameter limits allow: one for the transactions and one for their entries, for a typical
+/// batch. Returns, for each row, whether it landed: a row whose key (or pending resolution, or
+/// reversal) was already taken is skipped by `ON CONFLICT DO NOTHING`, so it never aborts the
+/// batch.
+async fn insert_rows(
+    connection: &mut AnyConnection,
+    accounts: &HashMap<AccountId, Account>,
+    rows: &[NewRow<'_>],
+    now: Timestamp,
+) -> Result<Vec<bool>, sqlx::Error> {
+    const COLUMNS: usize = 13;
+    let committed_at_micros = to_unix_micros(now);
+    let mut landed = std::collections::HashSet::with_capacity(rows.len());
+    for chunk in rows.chunks(ROWS_PER_STATEMENT / COLUMNS * 8) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|index| format!("({})", placeholders(COLUMNS, index * COLUMNS + 1)))
+            .collect();
+        let query = format!(
+            "INSERT INTO ledger_transactions (transaction_id, idempotency_key, content, kind, type_code, external_reference, effective_at_micros, \
+             committed_at_micros, metadata, related_transaction_id, resolves_pending_id, reverses_id, expires_at_micros) \
+             VALUES {} ON CONFLICT DO NOTHING RETURNING transaction_id",
+            values.join(", ")
+        );
+        let mut statement = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(query));
+        for row in chunk {
+            let header = &row.header;
+            let (resolves, reverses) = match header.kind {
+                TransactionKind::PostPending | TransactionKind::VoidPending => {
+                    (header.related, None)
+                }
+                TransactionKind::Reversal => (None, header.related),
+                _ => (None, None),
+            };
+            statement = statement
+                .bind(row.id.to_string())
+                .bind(header.key.to_owned())
+                .bind(header.content.clone())
+                .bind(header.kind.as_str())
+                .bind(header.type_code.to_owned())
+                .bind(header.external_reference.to_owned())
+                .bind(header.effective_at_micros)
+                .bind(committed_at_micros)
+                .bind(serde_json::to_string(header.metadata).expect("string metadata serializes"))
+                .bind(header.related.map(|id| id.to_string()))
+                .bind(resolves.map(|id| id.to_string()))
+                .bind(reverses.map(|id| id.to_string()))
+                .bind(header.expires_at_micros);
+        }
+        landed.extend(statement.fetch_all(&mut *connection).await?);
+    }
+    let inserted: Vec<bool> = rows
+        .iter()
+        .map(|row| landed.contains(&row.id.to_string()))
+        .collect();
+    let with_entries: Vec<&NewRow<'_>> = rows
+        .iter()
+        .zip(&inserted)
+        .filter_map(|(row, inserted)| inserted.then_some(row))
+        .collect();
+    insert_entries(connection, accounts, &with_entries, committed_at_micros).await?;
+    Ok(inserted)
+}
+
+/// The entries of newly inserted transactions, many transactions to a statement.
+async fn insert_entries(
+    connection: &mut AnyConnection,
+    accounts: &HashMap<AccountId, Account>,
+    rows: &[&NewRow<'_>],
+    committed_at_micros: i64,
+) -> Result<(), sqlx::Error> {
+    const COLUMNS: usize = 8;
+    let mut entries = Vec::new();
+    for row in rows {
+        let phase = if row.header.kind == TransactionKind::Pending {
+            "PENDING"
+        } else {
+            "POSTED"
+        };
+        for (index, leg) in row.legs.iter().enumerate() {
+            let unit = match accounts.get(&leg.account) {
+                Some(account) => account.unit.to_string(),
+                None => {
+                    sqlx::query_scalar("SELECT unit FROM ledger_accounts WHERE account_id = $1")
+                        .bind(leg.account.to_string())
+                        .fetch_one(&mut *connection)
+                        .await?
+                }
+            };
+            entries.push((row.id, index as i64, leg, unit, phase));
+        }
+    }
+    for chunk in entries.chunks(ROWS_PER_STATEMENT) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|index| format!("({})", placeholders(COLUMNS, index * COLUMNS + 1)))
+            .collect();
+        let query = format!(
+            "INSERT INTO ledger_entries (transaction_id, leg, account_id, unit, debit_minor, credit_minor, phase, committed_at_micros) VALUES {}",
+            values.join(", ")
+        );
+        let mut statement = sqlx::query(sqlx::AssertSqlSafe(query));
+        for (id, index, leg, unit, phase) in chunk {
+            let (debit, credit) = match leg.direction {
+                Direction::Debit => (leg.amount_minor, 0),
+                Direction::Credit => (0, leg.amount_minor),
+            };
+            statement = statement
+                .bind(id.to_string())
+                .bind(*index)
+                .bind(leg.account.to_string())
+                .bind(unit.clone())
+                .bind(debit)
+                .bind(credit)
+                .bind(*phase)
+                .bind(committed_at_micros);
+        }
+        statement.execute(&mut *connection).await?;
+    }
+    Ok(())
+}
+
+/// Posts a batch's plain transfers together: transactions without a guarded account, which need
+/// no look-up before their insert. Each is checked on its own (a refused one is skipped), then
+/// all are inserted in bulk; one whose key was already taken is answered as a replay or a
+/// conflict, as a single post would be.
+pub(crate) async fn post_plain(
+    connection: &mut AnyConnection,
+    accounts: &HashMap<AccountId, Account>,
+    jobs: &[(&str, &WriteRequest, &NewTransaction)],
+    now: Timestamp,
+) -> Result<Vec<Result<Posted, LedgerError>>, sqlx::Error> {
+    let mut outcomes: Vec<Result<Posted, LedgerError>> = Vec::with_capacity(jobs.len());
+    let mut rows = Vec::with_capacity(jobs.len());
+    let mut positions = Vec::with_capacity(jobs.len());
+    for (position, (key, request, transaction)) in jobs.iter().enumerate() {
+        match checked_header(accounts, key, request, transaction, now) {
+            Ok(header) => {
+                rows.push(NewRow {
+                    id: TransactionId::generate(),
+                    header,
+                    legs: &transaction.legs,
+                });
+                positions.push(position);
+                // Answered below, once the insert tells whether the key was free.
+                outcomes.push(Err(LedgerError::Stopped));
+            }
+            Err(error) => outcomes.push(Err(error)),
+        }
+    }
+    let inserted = insert_rows(connection, accounts, &rows, now).await?;
+    let committed_at_micros = to_unix_micros(now);
+    for ((row, inserted), position) in rows.iter().zip(inserted).zip(positions) {
+        outcomes[position] = if inserted {
+            Ok(row.posted(committed_at_micros))
+        } else {
+            match taken(connection, &row.header, now).await {
+                Step::Replayed(posted) => Ok(posted),
+                Step::Refused(error) => Err(error),
+                Step::Database(error) => return Err(error),
+            }
+        };
+    }
+    Ok(outcomes)
+}
+
+/// The row of a new transaction, or why it is refused: an unknown account or legs that do not
+/// balance. Guards are checked separately, inside the write.
+fn checked_header<'a>(
+    accounts: &HashMap<AccountId, Account>,
+    key: &'a str,
+    request: &WriteRequest,
+    transaction: &'a NewTransaction,
+    now: Timestamp,
+) -> Result<Header<'a>, LedgerError> {
+    let mut resolved = Vec::with_capacity(transaction.legs.len());
+    for leg in &transaction.legs {
+        let account = accounts
+            .get(&leg.account)
+            .ok_or(LedgerError::AccountNotFound(leg.account))?;
+        resolved.push((leg, &account.unit));
+    }
+    check_balanced(resolved).map_err(LedgerError::Unbalanced)?;
+    Ok(new_header(key, request, transaction, now))
+}
+
+/// Whether a request is a plain transfer: a post touching no guarded account, whose checks do
+/// not depend on the ledger's history.
+pub(crate) fn is_plain(request: &WriteRequest, accounts: &HashMap<AccountId, Account>) -> bool {
+    match request {
+        WriteRequest::Post(transaction) => transaction.legs.iter().all(|leg| {
+            accounts
+                .get(&leg.account)
+                .is_some_and(|account| account.guard == Guard::None)
+        }),
+        WriteRequest::Resolve { .. } | WriteRequest::Reverse { .. } => false,
+    }
 }
 
 /// Why an insert found its place taken: the key was used (a replay or a conflict), or the
@@ -812,59 +1001,6 @@ async fn taken(connection: &mut AnyConnection, header: &Header<'_>, now: Timesta
             }
         }
     }
-}
-
-/// All of a transaction's entries in one statement.
-async fn insert_entries(
-    connection: &mut AnyConnection,
-    accounts: &HashMap<AccountId, Account>,
-    id: TransactionId,
-    kind: TransactionKind,
-    legs: &[Leg],
-    committed_at_micros: i64,
-) -> Result<(), sqlx::Error> {
-    if legs.is_empty() {
-        return Ok(());
-    }
-    let phase = if kind == TransactionKind::Pending {
-        "PENDING"
-    } else {
-        "POSTED"
-    };
-    let rows: Vec<String> = (0..legs.len())
-        .map(|index| format!("({})", placeholders(8, index * 8 + 1)))
-        .collect();
-    let query = format!(
-        "INSERT INTO ledger_entries (transaction_id, leg, account_id, unit, debit_minor, credit_minor, phase, committed_at_micros) VALUES {}",
-        rows.join(", ")
-    );
-    let mut statement = sqlx::query(sqlx::AssertSqlSafe(query));
-    for (index, leg) in legs.iter().enumerate() {
-        let unit = match accounts.get(&leg.account) {
-            Some(account) => account.unit.to_string(),
-            None => {
-                sqlx::query_scalar("SELECT unit FROM ledger_accounts WHERE account_id = $1")
-                    .bind(leg.account.to_string())
-                    .fetch_one(&mut *connection)
-                    .await?
-            }
-        };
-        let (debit, credit) = match leg.direction {
-            Direction::Debit => (leg.amount_minor, 0),
-            Direction::Credit => (0, leg.amount_minor),
-        };
-        statement = statement
-            .bind(id.to_string())
-            .bind(index as i64)
-            .bind(leg.account.to_string())
-            .bind(unit)
-            .bind(debit)
-            .bind(credit)
-            .bind(phase)
-            .bind(committed_at_micros);
-    }
-    statement.execute(connection).await?;
-    Ok(())
 }
 
 /// One entry as it landed on an account.

@@ -85,6 +85,15 @@ async fn run_batch(database: &Database, cache: &AccountCache, jobs: Vec<Job>) {
     }
 }
 
+/// A request's own outcome, or the database failure that rolls back its whole batch.
+fn settle(outcome: Result<Posted, Step>) -> Result<Result<Posted, LedgerError>, sqlx::Error> {
+    match outcome {
+        Ok(posted) | Err(Step::Replayed(posted)) => Ok(Ok(posted)),
+        Err(Step::Refused(error)) => Ok(Err(error)),
+        Err(Step::Database(error)) => Err(error),
+    }
+}
+
 /// Applies every job in one transaction. A job refused for its own reason wrote nothing, and the
 /// others go on; a database failure rolls back the whole batch, which is then retried or failed.
 async fn apply_batch(
@@ -125,16 +134,35 @@ async fn apply_batch(
         .collect();
     store::lock_guarded(&mut transaction, database.backend(), &guarded).await?;
 
-    let mut outcomes = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        outcomes.push(
-            match store::apply(&mut transaction, &accounts, &job.key, &job.request, now).await {
-                Ok(posted) | Err(Step::Replayed(posted)) => Ok(posted),
-                Err(Step::Refused(error)) => Err(error),
-                Err(Step::Database(error)) => return Err(error),
-            },
-        );
+    // Plain transfers first, all in a couple of statements; then each other request in queue
+    // order. Every request of a batch commits at the same instant, so their order inside it is
+    // not observable.
+    let mut outcomes: Vec<Option<Result<Posted, LedgerError>>> = vec![None; jobs.len()];
+    let mut plain = Vec::new();
+    let mut plain_positions = Vec::new();
+    for (position, job) in jobs.iter().enumerate() {
+        if let store::WriteRequest::Post(new) = &job.request
+            && store::is_plain(&job.request, &accounts)
+        {
+            plain.push((job.key.as_str(), &job.request, new));
+            plain_positions.push(position);
+        }
     }
+    let posted = store::post_plain(&mut transaction, &accounts, &plain, now).await?;
+    for (position, outcome) in plain_positions.into_iter().zip(posted) {
+        outcomes[position] = Some(outcome);
+    }
+    for (job, outcome) in jobs.iter().zip(outcomes.iter_mut()) {
+        if outcome.is_none() {
+            let applied =
+                store::apply(&mut transaction, &accounts, &job.key, &job.request, now).await;
+            *outcome = Some(settle(applied)?);
+        }
+    }
+    let outcomes = outcomes
+        .into_iter()
+        .map(|outcome| outcome.expect("every job has an outcome"))
+        .collect();
     transaction.commit().await?;
     Ok(outcomes)
 }

@@ -36,6 +36,15 @@ pub fn invalid_argument<'a>(violations: impl IntoIterator<Item = (&'a str, &'a s
     )
 }
 
+/// The stable reason of a status's `ErrorInfo`, or an empty string when it carries none.
+pub fn reason(status: &Status) -> String {
+    status
+        .get_error_details()
+        .error_info()
+        .map(|info| info.reason.clone())
+        .unwrap_or_default()
+}
+
 /// INTERNAL with a generic message. The cause is logged here and never sent: it may carry
 /// details of the database or the host that a caller has no business seeing.
 pub fn internal(cause: &dyn std::fmt::Display) -> Status {

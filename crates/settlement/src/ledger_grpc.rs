@@ -281,6 +281,19 @@ fn new_transaction_from_pb(request: pb::PostTransactionRequest) -> Result<NewTra
     })
 }
 
+/// Most transactions one PostTransactions call carries.
+const MAX_TRANSACTIONS_PER_CALL: usize = 1_000;
+
+/// A transaction of a batch that was not posted, answered as PostTransaction would have been.
+fn refused_result(status: &Status) -> pb::PostTransactionResult {
+    pb::PostTransactionResult {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+        reason: status::reason(status),
+        ..Default::default()
+    }
+}
+
 fn posted_response(posted: Posted) -> (Option<pb::Transaction>, bool) {
     (
         Some(transaction_to_pb(&posted.transaction)),
@@ -359,6 +372,54 @@ impl LedgerService for LedgerGrpc {
             transaction,
             replayed,
         }))
+    }
+
+    async fn post_transactions(
+        &self,
+        request: Request<pb::PostTransactionsRequest>,
+    ) -> Result<Response<pb::PostTransactionsResponse>, Status> {
+        self.require(
+            &request,
+            WRITERS,
+            "only Tandem's services post to the ledger",
+        )
+        .await?;
+        let requests = request.into_inner().transactions;
+        if !(1..=MAX_TRANSACTIONS_PER_CALL).contains(&requests.len()) {
+            return Err(invalid(
+                "transactions",
+                format!("must hold 1 to {MAX_TRANSACTIONS_PER_CALL} transactions"),
+            ));
+        }
+        // Malformed transactions are answered without reaching the ledger; the rest are posted
+        // together and their answers put back in place.
+        let mut results = vec![pb::PostTransactionResult::default(); requests.len()];
+        let mut transactions = Vec::with_capacity(requests.len());
+        let mut positions = Vec::with_capacity(requests.len());
+        for (position, request) in requests.into_iter().enumerate() {
+            match new_transaction_from_pb(request) {
+                Ok(transaction) => {
+                    transactions.push(transaction);
+                    positions.push(position);
+                }
+                Err(status) => results[position] = refused_result(&status),
+            }
+        }
+        let outcomes = self.ledger.post_many(transactions).await;
+        for (position, outcome) in positions.into_iter().zip(outcomes) {
+            results[position] = match outcome {
+                Ok(posted) => {
+                    let (transaction, replayed) = posted_response(posted);
+                    pb::PostTransactionResult {
+                        transaction,
+                        replayed,
+                        ..Default::default()
+                    }
+                }
+                Err(error) => refused_result(&to_status(error)),
+            };
+        }
+        Ok(Response::new(pb::PostTransactionsResponse { results }))
     }
 
     async fn resolve_pending(
