@@ -1,6 +1,6 @@
 //! The reference partner as a process beside the real server: wallets that apply each key once
-//! with a definite outcome, reversals that are never overtaken, Tandem's token checked against
-//! Tandem's published keys, and the faults the exchange's tests will need.
+//! with a definite outcome, alone or in batches, reversals that are never overtaken, Tandem's
+//! token checked against Tandem's published keys, and the faults the exchange's tests will need.
 
 mod helpers;
 
@@ -126,6 +126,29 @@ impl Simulator {
         (response.outcome(), response.refusal_reason())
     }
 
+    async fn batch(
+        &mut self,
+        movements: Vec<pb::PointMovement>,
+    ) -> Result<Vec<(pb::GatewayOutcome, pb::RefusalReason, i64)>, tonic::Status> {
+        let request = pb::BatchMovePointsRequest { movements };
+        let response = self
+            .gateway
+            .batch_move_points(authed(&self.token, request))
+            .await?
+            .into_inner();
+        Ok(response
+            .results
+            .iter()
+            .map(|result| {
+                (
+                    result.outcome(),
+                    result.refusal_reason(),
+                    result.balance_after_minor,
+                )
+            })
+            .collect())
+    }
+
     async fn fault(&mut self, rpc: &str, fault: sim::Fault, times: i32) {
         let request = sim::SetFaultRequest {
             rpc: rpc.to_owned(),
@@ -138,6 +161,43 @@ impl Simulator {
 }
 
 use pb::{GatewayOutcome as Outcome, RefusalReason as Refusal};
+
+fn debit(key: &str, member: &str, amount_minor: i64) -> pb::PointMovement {
+    pb::PointMovement {
+        operation: Some(pb::point_movement::Operation::Debit(
+            pb::DebitPointsRequest {
+                transaction_key: key.to_owned(),
+                member_id: member.to_owned(),
+                amount_minor,
+                description: "conversion".to_owned(),
+            },
+        )),
+    }
+}
+
+fn credit(key: &str, member: &str, amount_minor: i64) -> pb::PointMovement {
+    pb::PointMovement {
+        operation: Some(pb::point_movement::Operation::Credit(
+            pb::CreditPointsRequest {
+                transaction_key: key.to_owned(),
+                member_id: member.to_owned(),
+                amount_minor,
+                description: "earn".to_owned(),
+            },
+        )),
+    }
+}
+
+fn reverse(key: &str, original: &str) -> pb::PointMovement {
+    pb::PointMovement {
+        operation: Some(pb::point_movement::Operation::Reverse(
+            pb::ReversePointsRequest {
+                transaction_key: key.to_owned(),
+                original_transaction_key: original.to_owned(),
+            },
+        )),
+    }
+}
 
 async fn each_key_applies_once_with_a_definite_outcome(server: TestServer) {
     let mut sim = simulator(&server).await;
@@ -379,7 +439,212 @@ async fn concurrent_movements_on_one_member_all_count(server: TestServer) {
     );
 }
 
+/// A batch answers each movement as its own call would, in order: a later movement sees the
+/// balance an earlier one left, a key repeated inside the batch is already applied, and a
+/// malformed movement is refused without stopping the rest.
+async fn a_batch_applies_each_movement_once_in_order(server: TestServer) {
+    let mut sim = simulator(&server).await;
+    sim.put("M-1", 100, true).await;
+    sim.put("M-2", 0, true).await;
+    let movements = vec![
+        credit("k1", "M-1", 50),
+        debit("k2", "M-1", 120),
+        debit("k3", "M-1", 40),
+        credit("k1", "M-1", 50),
+        credit("k1", "M-1", 51),
+        credit("k4", "M-2", 7),
+        reverse("r1", "k2"),
+        reverse("r2", "k2"),
+        reverse("r3", "k-late"),
+        debit("k-late", "M-1", 1),
+        credit("k5", "NOBODY", 1),
+        credit("k6", "M-1", 0),
+        pb::PointMovement { operation: None },
+    ];
+    let expected = vec![
+        (Outcome::Applied, Refusal::Unspecified, 150),
+        (Outcome::Applied, Refusal::Unspecified, 30),
+        (Outcome::Refused, Refusal::InsufficientPoints, 0),
+        (Outcome::AlreadyApplied, Refusal::Unspecified, 30),
+        (Outcome::Refused, Refusal::KeyConflict, 0),
+        (Outcome::Applied, Refusal::Unspecified, 7),
+        (Outcome::Applied, Refusal::Unspecified, 0),
+        (Outcome::Refused, Refusal::AlreadyReversed, 0),
+        (Outcome::Applied, Refusal::Unspecified, 0),
+        (Outcome::Refused, Refusal::KeyConflict, 0),
+        (Outcome::Refused, Refusal::UnknownMember, 0),
+        (Outcome::Refused, Refusal::InvalidRequest, 0),
+        (Outcome::Refused, Refusal::InvalidRequest, 0),
+    ];
+    let outcomes = sim.batch(movements.clone()).await.unwrap();
+    // A reversal's balance is its member's after it; only the outcome and reason are compared.
+    let without_reversal_balances = |outcomes: Vec<(Outcome, Refusal, i64)>| {
+        outcomes
+            .into_iter()
+            .enumerate()
+            .map(|(index, (outcome, refusal, balance))| {
+                (outcome, refusal, if index == 6 { 0 } else { balance })
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(without_reversal_balances(outcomes), expected);
+    assert_eq!(sim.balance("M-1").await, 150, "the debit of 120 is undone");
+    assert_eq!(sim.balance("M-2").await, 7);
+
+    // The same batch again: what applied is already applied. A refusal is not remembered, so
+    // the debit of 40, refused for want of points, now finds them.
+    let again = sim.batch(movements).await.unwrap();
+    assert_eq!(again[0].0, Outcome::AlreadyApplied);
+    assert_eq!(again[1].0, Outcome::AlreadyApplied);
+    assert_eq!(again[2], (Outcome::Applied, Refusal::Unspecified, 110));
+    assert_eq!(again[5].0, Outcome::AlreadyApplied);
+    assert_eq!(again[6].0, Outcome::AlreadyApplied);
+    assert_eq!(again[8].0, Outcome::AlreadyApplied);
+    assert_eq!(
+        (sim.balance("M-1").await, sim.balance("M-2").await),
+        (110, 7)
+    );
+    // A single call sees what the batch did.
+    assert_eq!(
+        sim.debit("k2", "M-1", 120).await.unwrap().0,
+        Outcome::AlreadyApplied
+    );
+
+    for size in [0, 1_001] {
+        let error = sim
+            .batch(vec![credit("k-size", "M-1", 1); size])
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), Code::InvalidArgument, "{size} movements");
+    }
+    let unauthenticated = sim
+        .gateway
+        .batch_move_points(pb::BatchMovePointsRequest {
+            movements: vec![credit("k-anon", "M-1", 1)],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unauthenticated.code(), Code::Unauthenticated);
+    assert_eq!(sim.balance("M-1").await, 110);
+}
+
+/// Faults armed on a single RPC act on the movements of its kind inside a batch.
+async fn faults_act_on_the_movements_of_a_batch(server: TestServer) {
+    let mut sim = simulator(&server).await;
+    sim.put("M-1", 1_000, true).await;
+    sim.fault("CreditPoints", sim::Fault::Refuse, 1).await;
+    let outcomes = sim
+        .batch(vec![credit("c1", "M-1", 10), credit("c2", "M-1", 10)])
+        .await
+        .unwrap();
+    assert_eq!(
+        (outcomes[0].1, outcomes[1].0),
+        (Refusal::PartnerRule, Outcome::Applied),
+        "the refusal lasted one movement"
+    );
+
+    sim.fault("DebitPoints", sim::Fault::Fail, 1).await;
+    let failed = sim
+        .batch(vec![credit("c3", "M-1", 10), debit("d1", "M-1", 10)])
+        .await
+        .unwrap_err();
+    assert_eq!(failed.code(), Code::Unavailable);
+    assert_eq!(
+        sim.balance("M-1").await,
+        1_010,
+        "FAIL applies nothing of the batch"
+    );
+
+    sim.fault("DebitPoints", sim::Fault::FailAfterApplying, 1)
+        .await;
+    let failed = sim
+        .batch(vec![credit("c3", "M-1", 10), debit("d1", "M-1", 10)])
+        .await
+        .unwrap_err();
+    assert_eq!(failed.code(), Code::Unavailable);
+    assert_eq!(sim.balance("M-1").await, 1_010, "+10 -10: both applied");
+    let retried = sim
+        .batch(vec![credit("c3", "M-1", 10), debit("d1", "M-1", 10)])
+        .await
+        .unwrap();
+    assert!(
+        retried
+            .iter()
+            .all(|outcome| outcome.0 == Outcome::AlreadyApplied),
+        "a retry finds both applied, once: {retried:?}"
+    );
+
+    sim.fault("BatchMovePoints", sim::Fault::Unimplemented, 0)
+        .await;
+    let unimplemented = sim.batch(vec![credit("c4", "M-1", 10)]).await.unwrap_err();
+    assert_eq!(unimplemented.code(), Code::Unimplemented);
+    sim.fault("BatchMovePoints", sim::Fault::Unspecified, 0)
+        .await;
+    assert_eq!(sim.balance("M-1").await, 1_010);
+}
+
+/// Batches racing on the same members and the same keys: every key applies once and every
+/// movement counts.
+async fn concurrent_batches_apply_each_key_once(server: TestServer) {
+    let mut sim = simulator(&server).await;
+    for member in ["M-1", "M-2", "M-3"] {
+        sim.put(member, 10_000, true).await;
+    }
+    let gateway = sim.gateway.clone();
+    let token = sim.token.clone();
+    // Eight batches; batch b credits keys b and b+1 of 0..9, so each key is sent twice, and
+    // debits 5 from a member under a key of its own.
+    let batches = (0..8).map(|batch| {
+        let mut gateway = gateway.clone();
+        let token = token.clone();
+        async move {
+            let members = ["M-1", "M-2", "M-3"];
+            let movements = vec![
+                credit(&format!("shared-{batch}"), members[batch % 3], 10),
+                credit(
+                    &format!("shared-{}", batch + 1),
+                    members[(batch + 1) % 3],
+                    10,
+                ),
+                debit(&format!("own-{batch}"), members[(batch + 2) % 3], 5),
+            ];
+            let request = pb::BatchMovePointsRequest { movements };
+            gateway
+                .batch_move_points(authed(&token, request))
+                .await
+                .unwrap()
+                .into_inner()
+                .results
+        }
+    });
+    let results: Vec<_> = futures::future::join_all(batches).await;
+    let applied = results
+        .iter()
+        .flatten()
+        .filter(|result| result.outcome() == Outcome::Applied)
+        .count();
+    assert_eq!(
+        applied,
+        9 + 8,
+        "nine shared keys and eight own debits, once each"
+    );
+    assert!(
+        results
+            .iter()
+            .flatten()
+            .all(|result| matches!(result.outcome(), Outcome::Applied | Outcome::AlreadyApplied))
+    );
+    let mut total = 0;
+    for member in ["M-1", "M-2", "M-3"] {
+        total += sim.balance(member).await;
+    }
+    assert_eq!(total, 30_000 + 9 * 10 - 8 * 5);
+}
+
 on_every_backend!(
+    a_batch_applies_each_movement_once_in_order,
+    faults_act_on_the_movements_of_a_batch,
+    concurrent_batches_apply_each_key_once,
     each_key_applies_once_with_a_definite_outcome,
     only_tandems_services_may_call,
     faults_misbehave_as_switched,

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, FromRow, Row};
 use tandem_domain::{Timestamp, from_unix_micros, to_unix_micros};
-use tandem_storage::Backend;
+use tandem_storage::{Backend, placeholders, row_placeholders};
 
 use crate::{
     LedgerError,
@@ -217,13 +217,6 @@ pub(crate) async fn account(
         .fetch_optional(connection)
         .await?;
     row.map(AccountRow::into_account).transpose()
-}
-
-fn placeholders(count: usize, first: usize) -> String {
-    (first..first + count)
-        .map(|index| format!("${index}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// The accounts with these ids; missing ones are simply absent.
@@ -794,14 +787,11 @@ async fn insert_rows(
     let committed_at_micros = to_unix_micros(now);
     let mut landed = std::collections::HashSet::with_capacity(rows.len());
     for chunk in rows.chunks(ROWS_PER_STATEMENT / COLUMNS * 8) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|index| format!("({})", placeholders(COLUMNS, index * COLUMNS + 1)))
-            .collect();
         let query = format!(
             "INSERT INTO ledger_transactions (transaction_id, idempotency_key, content, kind, type_code, external_reference, effective_at_micros, \
              committed_at_micros, metadata, related_transaction_id, resolves_pending_id, reverses_id, expires_at_micros) \
              VALUES {} ON CONFLICT DO NOTHING RETURNING transaction_id",
-            values.join(", ")
+            row_placeholders(chunk.len(), COLUMNS, 1)
         );
         let mut statement = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(query));
         for row in chunk {
@@ -872,12 +862,9 @@ async fn insert_entries(
         }
     }
     for chunk in entries.chunks(ROWS_PER_STATEMENT) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|index| format!("({})", placeholders(COLUMNS, index * COLUMNS + 1)))
-            .collect();
         let query = format!(
             "INSERT INTO ledger_entries (transaction_id, leg, account_id, unit, debit_minor, credit_minor, phase, committed_at_micros) VALUES {}",
-            values.join(", ")
+            row_placeholders(chunk.len(), COLUMNS, 1)
         );
         let mut statement = sqlx::query(sqlx::AssertSqlSafe(query));
         for (id, index, leg, unit, phase) in chunk {

@@ -13,6 +13,8 @@ pub enum Fault {
     Fail,
     FailAfterApplying,
     Delay(Duration),
+    /// Answer UNIMPLEMENTED, as a gateway without the RPC would.
+    Unimplemented,
 }
 
 #[derive(Debug, Clone, Copy)]

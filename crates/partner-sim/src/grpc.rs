@@ -9,7 +9,9 @@ use tandem_proto::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::{Faults, Movement, Outcome, Refusal, TandemVerifier, Wallets, faults::Fault};
+use crate::{
+    Faults, Movement, Operation, Outcome, Refusal, TandemVerifier, Wallets, faults::Fault,
+};
 
 /// `PartnerGatewayService` over the simulated program's wallets.
 pub struct GatewayGrpc {
@@ -59,8 +61,71 @@ impl GatewayGrpc {
                 tokio::time::sleep(delay).await;
                 Ok(None)
             }
+            Some(Fault::Unimplemented) => Err(Status::unimplemented(format!(
+                "simulated gateway without {rpc}"
+            ))),
             other => Ok(other),
         }
+    }
+}
+
+/// Most movements one BatchMovePoints call carries.
+pub const MAX_BATCH_MOVEMENTS: usize = 1_000;
+
+/// A movement of a batch as the wallets take it, with the single RPC whose faults act on it; or
+/// `None` when it is malformed.
+fn operation_of(movement: pb::PointMovement) -> Option<(&'static str, Operation)> {
+    let moved = |rpc, key: String, member: String, amount_minor, movement| {
+        valid_operation(&key, &member, amount_minor).ok()?;
+        Some((
+            rpc,
+            Operation::Move {
+                key,
+                member,
+                amount_minor,
+                movement,
+            },
+        ))
+    };
+    match movement.operation? {
+        pb::point_movement::Operation::Debit(debit) => moved(
+            "DebitPoints",
+            debit.transaction_key,
+            debit.member_id,
+            debit.amount_minor,
+            Movement::Debit,
+        ),
+        pb::point_movement::Operation::Credit(credit) => moved(
+            "CreditPoints",
+            credit.transaction_key,
+            credit.member_id,
+            credit.amount_minor,
+            Movement::Credit,
+        ),
+        pb::point_movement::Operation::Reverse(reverse) => {
+            valid_operation(&reverse.transaction_key, "-", 1).ok()?;
+            if reverse.original_transaction_key.is_empty()
+                || reverse.original_transaction_key.len() > 200
+            {
+                return None;
+            }
+            Some((
+                "ReversePoints",
+                Operation::Reverse {
+                    key: reverse.transaction_key,
+                    original: reverse.original_transaction_key,
+                },
+            ))
+        }
+    }
+}
+
+fn movement_result(outcome: Outcome) -> pb::PointMovementResult {
+    let (outcome, refusal_reason, balance_after_minor) = outcome_to_pb(outcome);
+    pb::PointMovementResult {
+        outcome,
+        refusal_reason,
+        balance_after_minor,
     }
 }
 
@@ -72,6 +137,7 @@ fn refusal_to_pb(refusal: Refusal) -> pb::RefusalReason {
         Refusal::KeyConflict => pb::RefusalReason::KeyConflict,
         Refusal::AlreadyReversed => pb::RefusalReason::AlreadyReversed,
         Refusal::PartnerRule => pb::RefusalReason::PartnerRule,
+        Refusal::InvalidRequest => pb::RefusalReason::InvalidRequest,
     }
 }
 
@@ -193,6 +259,61 @@ impl PartnerGatewayService for GatewayGrpc {
         }))
     }
 
+    async fn batch_move_points(
+        &self,
+        request: Request<pb::BatchMovePointsRequest>,
+    ) -> Result<Response<pb::BatchMovePointsResponse>, Status> {
+        let fault = self.before("BatchMovePoints", &request).await?;
+        let movements = request.into_inner().movements;
+        if !(1..=MAX_BATCH_MOVEMENTS).contains(&movements.len()) {
+            return Err(status::invalid_argument([(
+                "movements",
+                "must hold 1 to 1000 movements",
+            )]));
+        }
+        // Faults armed on the single RPCs act on each movement of their kind.
+        let mut results = vec![pb::PointMovementResult::default(); movements.len()];
+        let mut operations = Vec::with_capacity(movements.len());
+        let mut positions = Vec::with_capacity(movements.len());
+        let mut fail_after_applying = fault == Some(Fault::FailAfterApplying);
+        let mut delay = None;
+        for (position, movement) in movements.into_iter().enumerate() {
+            let Some((rpc, operation)) = operation_of(movement) else {
+                results[position] = movement_result(Outcome::Refused(Refusal::InvalidRequest));
+                continue;
+            };
+            match self.faults.take(rpc) {
+                Some(Fault::Refuse) => {
+                    results[position] = movement_result(Outcome::Refused(Refusal::PartnerRule));
+                    continue;
+                }
+                Some(Fault::Fail | Fault::Unimplemented) => {
+                    return Err(Status::unavailable("simulated failure: not applied"));
+                }
+                Some(Fault::FailAfterApplying) => fail_after_applying = true,
+                Some(Fault::Delay(wait)) => delay = delay.max(Some(wait)),
+                None => {}
+            }
+            operations.push(operation);
+            positions.push(position);
+        }
+        if let Some(wait) = delay {
+            tokio::time::sleep(wait).await;
+        }
+        let outcomes = self
+            .wallets
+            .apply_batch(&operations)
+            .await
+            .map_err(|error| status::internal(&error))?;
+        for (position, outcome) in positions.into_iter().zip(outcomes) {
+            results[position] = movement_result(outcome);
+        }
+        if fail_after_applying {
+            return Err(Status::unavailable("simulated failure after applying"));
+        }
+        Ok(Response::new(pb::BatchMovePointsResponse { results }))
+    }
+
     async fn reverse_points(
         &self,
         request: Request<pb::ReversePointsRequest>,
@@ -294,12 +415,14 @@ impl PartnerSimService for SimControlGrpc {
             "DebitPoints",
             "CreditPoints",
             "ReversePoints",
+            "BatchMovePoints",
         ]
         .contains(&request.rpc.as_str())
         {
             return Err(status::invalid_argument([(
                 "rpc",
-                "must be ValidateMember, DebitPoints, CreditPoints or ReversePoints",
+                "must be ValidateMember, DebitPoints, CreditPoints, ReversePoints or \
+                 BatchMovePoints",
             )]));
         }
         let fault = match sim::Fault::try_from(request.fault) {
@@ -307,6 +430,7 @@ impl PartnerSimService for SimControlGrpc {
             Ok(sim::Fault::Refuse) => Some(Fault::Refuse),
             Ok(sim::Fault::Fail) => Some(Fault::Fail),
             Ok(sim::Fault::FailAfterApplying) => Some(Fault::FailAfterApplying),
+            Ok(sim::Fault::Unimplemented) => Some(Fault::Unimplemented),
             Ok(sim::Fault::Delay) if (1..=60_000).contains(&request.delay_ms) => Some(
                 Fault::Delay(std::time::Duration::from_millis(request.delay_ms as u64)),
             ),

@@ -1,6 +1,8 @@
 //! The wallet store. Each operation runs in one write transaction: look up the key, decide,
 //! apply, record. A key is applied at most once, whatever the concurrency.
 
+use std::collections::HashMap;
+
 use sqlx::AnyConnection;
 use tandem_storage::Database;
 
@@ -13,6 +15,8 @@ pub enum Refusal {
     KeyConflict,
     AlreadyReversed,
     PartnerRule,
+    /// A movement of a batch that is malformed; the single RPCs answer INVALID_ARGUMENT.
+    InvalidRequest,
 }
 
 /// A definite answer.
@@ -31,7 +35,7 @@ pub enum Movement {
 }
 
 impl Movement {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Movement::Debit => "DEBIT",
             Movement::Credit => "CREDIT",
@@ -270,4 +274,431 @@ async fn record(
         .execute(connection)
         .await?;
     Ok(())
+}
+
+/// One operation of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    /// A debit or credit of a member.
+    Move {
+        key: String,
+        member: String,
+        amount_minor: i64,
+        movement: Movement,
+    },
+    /// The undoing of the operation under `original`.
+    Reverse { key: String, original: String },
+}
+
+/// An operation as stored: its kind (DEBIT, CREDIT, REVERSAL or VOID), member, amount, the key
+/// a reversal undoes, and the reversal that undid it.
+#[derive(Debug, Clone)]
+struct StoredOperation {
+    kind: String,
+    member: String,
+    amount_minor: i64,
+    original: Option<String>,
+    reversed_by: Option<String>,
+}
+
+/// A member's wallet as a batch sees it.
+#[derive(Debug, Clone, Copy)]
+struct Wallet {
+    balance_minor: i64,
+    in_good_standing: bool,
+    changed: bool,
+}
+
+/// A batch worked out in memory: the outcomes, and the writes that make them true.
+#[derive(Default)]
+struct Plan {
+    outcomes: Vec<Outcome>,
+    /// New operations, in order, with the reversal that already undid them (a key reversed
+    /// before it was seen becomes a VOID undone by that reversal).
+    inserts: Vec<(String, StoredOperation)>,
+    /// Operations stored before the batch that a reversal in it claims.
+    claims: Vec<(String, String)>,
+}
+
+/// How many times a batch that lost a race with another (the same new key, or a deadlock) is
+/// worked out again from what is then stored.
+const BATCH_ATTEMPTS: usize = 5;
+
+impl Wallets {
+    /// Applies operations in order, each exactly as [`Wallets::apply`] or [`Wallets::reverse`]
+    /// would, in one write transaction: the stored operations and wallets a batch names are read
+    /// once (the wallets locked, in member order), every outcome is worked out in memory, and the
+    /// writes go out in a few multi-row statements.
+    pub async fn apply_batch(&self, operations: &[Operation]) -> Result<Vec<Outcome>, sqlx::Error> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_batch(operations).await {
+                Ok(Some(outcomes)) => return Ok(outcomes),
+                Ok(None) if attempt < BATCH_ATTEMPTS => {
+                    tracing::debug!(attempt, "another batch reversed an operation first");
+                }
+                Err(error)
+                    if attempt < BATCH_ATTEMPTS
+                        && (tandem_storage::is_retryable_conflict(&error)
+                            || tandem_storage::violates_unique(
+                                &error,
+                                "sim_operations_pkey",
+                                "sim_operations.transaction_key",
+                            )) =>
+                {
+                    tracing::debug!(%error, attempt, "a batch raced another; working it out again");
+                }
+                Ok(None) => {
+                    return Err(sqlx::Error::Protocol(
+                        "concurrent batches kept reversing the same operations".to_owned(),
+                    ));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// One attempt at a batch; `None` when another batch claimed an operation first, and
+    /// nothing was written.
+    async fn try_batch(
+        &self,
+        operations: &[Operation],
+    ) -> Result<Option<Vec<Outcome>>, sqlx::Error> {
+        let mut transaction = self.database.begin_write().await?;
+        let mut keys: Vec<&str> = Vec::with_capacity(operations.len() * 2);
+        for operation in operations {
+            match operation {
+                Operation::Move { key, .. } => keys.push(key),
+                Operation::Reverse { key, original } => keys.extend([key.as_str(), original]),
+            }
+        }
+        let mut stored = stored_operations(&mut transaction, &keys).await?;
+        let mut members: Vec<&str> = operations
+            .iter()
+            .filter_map(|operation| match operation {
+                Operation::Move { member, .. } => Some(member.as_str()),
+                Operation::Reverse { .. } => None,
+            })
+            .chain(stored.values().map(|operation| operation.member.as_str()))
+            .filter(|member| !member.is_empty())
+            .collect();
+        members.sort_unstable();
+        members.dedup();
+        let locking = self.database.backend() == tandem_storage::Backend::Postgres;
+        let mut wallets = locked_wallets(&mut transaction, &members, locking).await?;
+        let plan = work_out(operations, &mut stored, &mut wallets);
+        if !write_plan(&mut transaction, &plan, &wallets).await? {
+            return Ok(None);
+        }
+        transaction.commit().await?;
+        Ok(Some(plan.outcomes))
+    }
+}
+
+async fn stored_operations(
+    connection: &mut AnyConnection,
+    keys: &[&str],
+) -> Result<HashMap<String, StoredOperation>, sqlx::Error> {
+    let mut found = HashMap::new();
+    for chunk in keys.chunks(STATEMENT_ROWS) {
+        let query = format!(
+            "SELECT transaction_key, kind, member_id, amount_minor, original_key, reversed_by \
+             FROM sim_operations WHERE transaction_key IN ({})",
+            tandem_storage::placeholders(chunk.len(), 1)
+        );
+        let mut statement = sqlx::query_as::<
+            _,
+            (String, String, String, i64, Option<String>, Option<String>),
+        >(sqlx::AssertSqlSafe(query));
+        for key in chunk {
+            statement = statement.bind(*key);
+        }
+        for (key, kind, member, amount_minor, original, reversed_by) in
+            statement.fetch_all(&mut *connection).await?
+        {
+            found.insert(
+                key,
+                StoredOperation {
+                    kind,
+                    member,
+                    amount_minor,
+                    original,
+                    reversed_by,
+                },
+            );
+        }
+    }
+    Ok(found)
+}
+
+/// Rows per multi-row statement, inside both backends' limits on bound parameters.
+const STATEMENT_ROWS: usize = 1_000;
+
+/// The wallets of `members` (sorted), locked for the rest of the transaction on PostgreSQL so
+/// that concurrent batches take them in one order and never deadlock on them; SQLite's write
+/// lock already serializes batches.
+async fn locked_wallets(
+    connection: &mut AnyConnection,
+    members: &[&str],
+    locking: bool,
+) -> Result<HashMap<String, Wallet>, sqlx::Error> {
+    let mut wallets = HashMap::new();
+    for chunk in members.chunks(STATEMENT_ROWS) {
+        let query = format!(
+            "SELECT member_id, balance_minor, in_good_standing FROM sim_members \
+             WHERE member_id IN ({}) ORDER BY member_id{}",
+            tandem_storage::placeholders(chunk.len(), 1),
+            if locking { " FOR UPDATE" } else { "" }
+        );
+        let mut statement = sqlx::query_as::<_, (String, i64, i64)>(sqlx::AssertSqlSafe(query));
+        for member in chunk {
+            statement = statement.bind(*member);
+        }
+        for (member, balance_minor, standing) in statement.fetch_all(&mut *connection).await? {
+            wallets.insert(
+                member,
+                Wallet {
+                    balance_minor,
+                    in_good_standing: standing != 0,
+                    changed: false,
+                },
+            );
+        }
+    }
+    Ok(wallets)
+}
+
+/// Works out every operation in order against the stored state, updating it in memory as each
+/// applies, so a later operation sees what an earlier one did.
+fn work_out(
+    operations: &[Operation],
+    stored: &mut HashMap<String, StoredOperation>,
+    wallets: &mut HashMap<String, Wallet>,
+) -> Plan {
+    let mut plan = Plan::default();
+    for operation in operations {
+        let outcome = match operation {
+            Operation::Move {
+                key,
+                member,
+                amount_minor,
+                movement,
+            } => work_out_move(
+                &mut plan,
+                stored,
+                wallets,
+                key,
+                member,
+                *amount_minor,
+                *movement,
+            ),
+            Operation::Reverse { key, original } => {
+                work_out_reversal(&mut plan, stored, wallets, key, original)
+            }
+        };
+        plan.outcomes.push(outcome);
+    }
+    plan
+}
+
+fn balance_of(wallets: &HashMap<String, Wallet>, member: &str) -> i64 {
+    wallets.get(member).map_or(0, |wallet| wallet.balance_minor)
+}
+
+fn work_out_move(
+    plan: &mut Plan,
+    stored: &mut HashMap<String, StoredOperation>,
+    wallets: &mut HashMap<String, Wallet>,
+    key: &str,
+    member: &str,
+    amount_minor: i64,
+    movement: Movement,
+) -> Outcome {
+    if let Some(existing) = stored.get(key) {
+        let same = existing.kind == movement.as_str()
+            && existing.member == member
+            && existing.amount_minor == amount_minor;
+        if !same {
+            return Outcome::Refused(Refusal::KeyConflict);
+        }
+        return Outcome::AlreadyApplied {
+            balance_after_minor: balance_of(wallets, member),
+        };
+    }
+    let Some(wallet) = wallets.get_mut(member) else {
+        return Outcome::Refused(Refusal::UnknownMember);
+    };
+    if !wallet.in_good_standing {
+        return Outcome::Refused(Refusal::MemberBlocked);
+    }
+    let delta = match movement {
+        Movement::Debit => -amount_minor,
+        Movement::Credit => amount_minor,
+    };
+    let Some(balance_after_minor) = wallet
+        .balance_minor
+        .checked_add(delta)
+        .filter(|balance| *balance >= 0)
+    else {
+        return Outcome::Refused(Refusal::InsufficientPoints);
+    };
+    wallet.balance_minor = balance_after_minor;
+    wallet.changed = true;
+    let operation = StoredOperation {
+        kind: movement.as_str().to_owned(),
+        member: member.to_owned(),
+        amount_minor,
+        original: None,
+        reversed_by: None,
+    };
+    stored.insert(key.to_owned(), operation.clone());
+    plan.inserts.push((key.to_owned(), operation));
+    Outcome::Applied {
+        balance_after_minor,
+    }
+}
+
+fn work_out_reversal(
+    plan: &mut Plan,
+    stored: &mut HashMap<String, StoredOperation>,
+    wallets: &mut HashMap<String, Wallet>,
+    key: &str,
+    original: &str,
+) -> Outcome {
+    if let Some(existing) = stored.get(key) {
+        if existing.kind != "REVERSAL" || existing.original.as_deref() != Some(original) {
+            return Outcome::Refused(Refusal::KeyConflict);
+        }
+        return Outcome::AlreadyApplied {
+            balance_after_minor: balance_of(wallets, &existing.member),
+        };
+    }
+    let reversal = |member: &str, amount_minor: i64| StoredOperation {
+        kind: "REVERSAL".to_owned(),
+        member: member.to_owned(),
+        amount_minor,
+        original: Some(original.to_owned()),
+        reversed_by: None,
+    };
+    let Some(undone) = stored.get(original).cloned() else {
+        // Never seen: the key becomes void, so that it is refused should it arrive later.
+        let void = StoredOperation {
+            kind: "VOID".to_owned(),
+            member: String::new(),
+            amount_minor: 0,
+            original: None,
+            reversed_by: Some(key.to_owned()),
+        };
+        stored.insert(original.to_owned(), void.clone());
+        plan.inserts.push((original.to_owned(), void));
+        let reversal = reversal("", 0);
+        stored.insert(key.to_owned(), reversal.clone());
+        plan.inserts.push((key.to_owned(), reversal));
+        return Outcome::Applied {
+            balance_after_minor: 0,
+        };
+    };
+    if undone.reversed_by.is_some() {
+        return Outcome::Refused(Refusal::AlreadyReversed);
+    }
+    if undone.kind == "REVERSAL" || undone.kind == "VOID" {
+        return Outcome::Refused(Refusal::KeyConflict);
+    }
+    // Undoing a credit may leave the member below zero if they spent the points; the books
+    // must still be restored, so the program lets the balance go negative.
+    let delta = if undone.kind == "DEBIT" {
+        undone.amount_minor
+    } else {
+        -undone.amount_minor
+    };
+    let balance_after_minor = match wallets.get_mut(&undone.member) {
+        Some(wallet) => {
+            wallet.balance_minor += delta;
+            wallet.changed = true;
+            wallet.balance_minor
+        }
+        None => 0,
+    };
+    // Claim the original: one inserted by this batch carries its reversal from the start; one
+    // stored before is claimed by an update that another batch cannot also win.
+    match plan
+        .inserts
+        .iter_mut()
+        .find(|(inserted, _)| inserted == original)
+    {
+        Some((_, inserted)) => inserted.reversed_by = Some(key.to_owned()),
+        None => plan.claims.push((original.to_owned(), key.to_owned())),
+    }
+    if let Some(entry) = stored.get_mut(original) {
+        entry.reversed_by = Some(key.to_owned());
+    }
+    let reversal = reversal(&undone.member, undone.amount_minor);
+    stored.insert(key.to_owned(), reversal.clone());
+    plan.inserts.push((key.to_owned(), reversal));
+    Outcome::Applied {
+        balance_after_minor,
+    }
+}
+
+/// Writes a worked-out batch; false when a claim on a stored operation was lost to another
+/// batch, in which case the transaction must be dropped and the batch worked out again.
+async fn write_plan(
+    connection: &mut AnyConnection,
+    plan: &Plan,
+    wallets: &HashMap<String, Wallet>,
+) -> Result<bool, sqlx::Error> {
+    let now = tandem_domain::to_unix_micros(tandem_domain::now());
+    for chunk in plan.inserts.chunks(STATEMENT_ROWS) {
+        let query = format!(
+            "INSERT INTO sim_operations (transaction_key, kind, member_id, amount_minor, \
+             original_key, reversed_by, applied_at_micros) VALUES {}",
+            tandem_storage::row_placeholders(chunk.len(), 7, 1)
+        );
+        let mut statement = sqlx::query(sqlx::AssertSqlSafe(query));
+        for (key, operation) in chunk {
+            statement = statement
+                .bind(key.as_str())
+                .bind(operation.kind.as_str())
+                .bind(operation.member.as_str())
+                .bind(operation.amount_minor)
+                .bind(operation.original.as_deref())
+                .bind(operation.reversed_by.as_deref())
+                .bind(now);
+        }
+        statement.execute(&mut *connection).await?;
+    }
+    for (original, reversal) in &plan.claims {
+        let claimed = sqlx::query(
+            "UPDATE sim_operations SET reversed_by = $1 \
+             WHERE transaction_key = $2 AND reversed_by IS NULL",
+        )
+        .bind(reversal.as_str())
+        .bind(original.as_str())
+        .execute(&mut *connection)
+        .await?
+        .rows_affected();
+        if claimed == 0 {
+            return Ok(false);
+        }
+    }
+    let changed: Vec<(&String, &Wallet)> = wallets
+        .iter()
+        .filter(|(_, wallet)| wallet.changed)
+        .collect();
+    for chunk in changed.chunks(STATEMENT_ROWS) {
+        // The wallets are locked (or the whole database is, on SQLite), so writing the balances
+        // worked out in memory loses no concurrent movement.
+        let query = format!(
+            "UPDATE sim_members SET balance_minor = moved.column2 FROM (VALUES {}) AS moved \
+             WHERE sim_members.member_id = moved.column1",
+            tandem_storage::row_placeholders(chunk.len(), 2, 1)
+        );
+        let mut statement = sqlx::query(sqlx::AssertSqlSafe(query));
+        for (member, wallet) in chunk {
+            statement = statement.bind(member.as_str()).bind(wallet.balance_minor);
+        }
+        statement.execute(&mut *connection).await?;
+    }
+    Ok(true)
 }

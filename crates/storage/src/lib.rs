@@ -22,6 +22,29 @@ use sqlx::{
 pub use errors::{is_retryable_conflict, violates_unique};
 pub use page::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PageCursor, PageRequest};
 
+/// `count` numbered placeholders from `first`: `$3, $4, $5`.
+pub fn placeholders(count: usize, first: usize) -> String {
+    let mut text = String::with_capacity(count * 5);
+    for index in first..first + count {
+        if index > first {
+            text.push_str(", ");
+        }
+        text.push('$');
+        text.push_str(&index.to_string());
+    }
+    text
+}
+
+/// Placeholders for a multi-row `VALUES`: `rows` rows of `columns` each, numbered from `first`,
+/// as in `($1, $2), ($3, $4)`. Multi-row statements are how batches reach the database in a
+/// few round trips instead of one per row.
+pub fn row_placeholders(rows: usize, columns: usize, first: usize) -> String {
+    (0..rows)
+        .map(|row| format!("({})", placeholders(columns, first + row * columns)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Where the services keep their data.
 #[derive(Debug, Clone)]
 pub enum Location {
@@ -226,4 +249,17 @@ async fn open_postgres(
         pool,
         backend: Backend::Postgres,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_number_rows_one_after_another() {
+        assert_eq!(placeholders(3, 2), "$2, $3, $4");
+        assert_eq!(placeholders(0, 1), "");
+        assert_eq!(row_placeholders(2, 2, 1), "($1, $2), ($3, $4)");
+        assert_eq!(row_placeholders(1, 3, 4), "($4, $5, $6)");
+    }
 }
