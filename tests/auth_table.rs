@@ -1007,6 +1007,25 @@ fn rows() -> Vec<Row> {
             },
         },
         Row {
+            rpc: "AccountLinkingService.BatchGetLinks",
+            // Another partner is let through and finds nothing: the links it may not read are
+            // left out of the answer.
+            allowed: &[Ops, Service, ThePartner, AnotherPartner],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let request = pb::BatchGetLinksRequest {
+                        link_ids: vec![world.link_id.clone()],
+                    };
+                    world
+                        .server
+                        .linking()
+                        .batch_get_links(request_with(token, request))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
             rpc: "AccountLinkingService.ListLinks",
             allowed: LINK_READERS,
             call: |world, token, _| {

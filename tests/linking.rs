@@ -1,7 +1,7 @@
 //! Account linking end to end through the real server: a hotel member links to a rideshare
 //! member with a code; each side sees only its own member id; unlink and re-link; wrong, used,
 //! expired and locked codes; agreements and partner status; the one-link rules; forgetting a
-//! member; and two simultaneous completions with one code.
+//! member; two simultaneous completions with one code; and many links read at once.
 
 mod helpers;
 
@@ -705,7 +705,140 @@ async fn codes_expire_on_postgres() {
     }
 }
 
+/// Many links at once: by id for the exchange's checks, and by a set of members for a partner
+/// reporting a day of purchases. Each caller still sees only what it may.
+async fn links_are_read_many_at_once(server: TestServer) {
+    let world = Coalition::new(server).await;
+    let mut links = Vec::new();
+    for index in 0..3 {
+        let code = world
+            .start(world.hotel(), &format!("H-{index}"), &world.ride)
+            .await
+            .unwrap();
+        links.push(
+            world
+                .complete(world.ride(), &format!("R-{index}"), &code)
+                .await
+                .unwrap(),
+        );
+    }
+    // The harbor's own link with the rideshare, which the hotel may not read.
+    let code = world
+        .start(world.ride(), "R-9", &world.harbor)
+        .await
+        .unwrap();
+    let harbor_link = world.complete(world.harbor(), "B-9", &code).await.unwrap();
+
+    let batch_get = |token: &str, ids: Vec<String>| {
+        let mut linking = world.linking();
+        let request = authed(token, pb::BatchGetLinksRequest { link_ids: ids });
+        async move { linking.batch_get_links(request).await }
+    };
+    let mut asked: Vec<String> = links.iter().map(|link| link.link_id.clone()).collect();
+    asked.push(harbor_link.link_id.clone());
+    asked.push("01a20560-0000-7000-8000-00000000dead".to_owned());
+    let seen = batch_get(&world.hotel_token, asked.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .links;
+    let mut seen_ids: Vec<&str> = seen.iter().map(|link| link.link_id.as_str()).collect();
+    seen_ids.sort_unstable();
+    let mut own_ids: Vec<&str> = links.iter().map(|link| link.link_id.as_str()).collect();
+    own_ids.sort_unstable();
+    assert_eq!(seen_ids, own_ids, "the hotel's own links only");
+    for link in &seen {
+        assert!(link.initiator.as_ref().unwrap().member_id.starts_with("H-"));
+        assert_eq!(link.acceptor.as_ref().unwrap().member_id, "");
+        assert!(link.events.is_empty(), "no history in a batch");
+    }
+    let service = world.server.staff_token(Role::Service).await;
+    let seen_by_service = batch_get(&service, asked).await.unwrap().into_inner().links;
+    assert_eq!(seen_by_service.len(), 4, "every link that exists");
+    assert!(
+        seen_by_service
+            .iter()
+            .all(|link| !link.acceptor.as_ref().unwrap().member_id.is_empty())
+    );
+    for size in [0, 1_001] {
+        let error = batch_get(&service, vec![links[0].link_id.clone(); size])
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), Code::InvalidArgument, "{size} ids");
+    }
+
+    // The rideshare's links of two of its riders, one page at a time.
+    let list = |token: &str, request: pb::ListLinksRequest| {
+        let mut linking = world.linking();
+        let request = authed(token, request);
+        async move { linking.list_links(request).await }
+    };
+    let riders = pb::ListLinksRequest {
+        partner_id: world.ride.clone(),
+        member_ids: vec!["R-0".to_owned(), "R-2".to_owned(), "R-404".to_owned()],
+        status: pb::LinkStatus::Active.into(),
+        page_size: 1,
+        ..Default::default()
+    };
+    let first = list(&world.ride_token, riders.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.links.len(), 1);
+    let second = list(
+        &world.ride_token,
+        pb::ListLinksRequest {
+            page_token: first.next_page_token.clone(),
+            ..riders.clone()
+        },
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    let mut listed: Vec<String> = first
+        .links
+        .iter()
+        .chain(&second.links)
+        .map(|link| link.acceptor.as_ref().unwrap().member_id.clone())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, ["R-0", "R-2"]);
+    assert!(second.next_page_token.is_empty(), "two riders, two pages");
+
+    let both = list(
+        &world.ride_token,
+        pb::ListLinksRequest {
+            member_id: "R-1".to_owned(),
+            ..riders.clone()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(both.code(), Code::InvalidArgument);
+    let without_partner = list(
+        &service,
+        pb::ListLinksRequest {
+            partner_id: String::new(),
+            ..riders.clone()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(without_partner.code(), Code::InvalidArgument);
+    let too_many = list(
+        &world.ride_token,
+        pb::ListLinksRequest {
+            member_ids: (0..1_001).map(|index| format!("R-{index}")).collect(),
+            ..riders
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(too_many.code(), Code::InvalidArgument);
+}
+
 on_every_backend!(
+    links_are_read_many_at_once,
     each_side_sees_only_its_own_member_and_links_can_end_and_return,
     wrong_codes_count_and_lock_the_request,
     links_need_an_agreement_and_active_partners,

@@ -216,6 +216,7 @@ impl Peers {
                     status: pb::LinkStatus::Active.into(),
                     page_size: 500,
                     page_token,
+                    member_ids: Vec::new(),
                 })
                 .await?;
             let page = self

@@ -64,6 +64,11 @@ fn to_status(error: LinkingError) -> Status {
     status::with_reason(code, reason, message)
 }
 
+/// Most ids one BatchGetLinks call names.
+const MAX_BATCH_LINKS: usize = 1_000;
+/// Most member ids one ListLinks call names.
+const MAX_LISTED_MEMBERS: usize = 1_000;
+
 fn invalid(field: &'static str, message: impl Into<String>) -> Status {
     to_status(LinkingError::InvalidArgument {
         field,
@@ -198,6 +203,32 @@ impl<D: PartnerDirectory> AccountLinkingService for LinkingGrpc<D> {
         }))
     }
 
+    async fn batch_get_links(
+        &self,
+        request: Request<pb::BatchGetLinksRequest>,
+    ) -> Result<Response<pb::BatchGetLinksResponse>, Status> {
+        let caller = self.caller(&request).await?;
+        let ids = &request.get_ref().link_ids;
+        if !(1..=MAX_BATCH_LINKS).contains(&ids.len()) {
+            return Err(invalid(
+                "link_ids",
+                format!("must hold 1 to {MAX_BATCH_LINKS} link ids"),
+            ));
+        }
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let links = self
+            .linking
+            .links_by_id(&caller, &ids)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::BatchGetLinksResponse {
+            links: links
+                .iter()
+                .map(|link| link_to_pb(link, &caller, false))
+                .collect(),
+        }))
+    }
+
     async fn list_links(
         &self,
         request: Request<pb::ListLinksRequest>,
@@ -209,11 +240,25 @@ impl<D: PartnerDirectory> AccountLinkingService for LinkingGrpc<D> {
         } else {
             Some(partner_id("partner_id", &request.partner_id)?)
         };
-        let member = if request.member_id.is_empty() {
-            None
-        } else {
-            Some(member_id("member_id", &request.member_id)?)
-        };
+        if !request.member_id.is_empty() && !request.member_ids.is_empty() {
+            return Err(invalid(
+                "member_ids",
+                "set member_id or member_ids, not both",
+            ));
+        }
+        if request.member_ids.len() > MAX_LISTED_MEMBERS {
+            return Err(invalid(
+                "member_ids",
+                format!("at most {MAX_LISTED_MEMBERS} member ids"),
+            ));
+        }
+        let mut members = Vec::with_capacity(request.member_ids.len().max(1));
+        if !request.member_id.is_empty() {
+            members.push(member_id("member_id", &request.member_id)?);
+        }
+        for member in &request.member_ids {
+            members.push(member_id("member_ids", member)?);
+        }
         let status = match pb::LinkStatus::try_from(request.status) {
             Ok(pb::LinkStatus::Unspecified) => None,
             Ok(pb::LinkStatus::Active) => Some(LinkStatus::Active),
@@ -224,7 +269,7 @@ impl<D: PartnerDirectory> AccountLinkingService for LinkingGrpc<D> {
             .map_err(|(field, message)| invalid(field, message))?;
         let (links, next) = self
             .linking
-            .list_links(&caller, partner, member, status, &page)
+            .list_links(&caller, partner, &members, status, &page)
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::ListLinksResponse {

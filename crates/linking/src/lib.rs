@@ -347,12 +347,32 @@ impl<D: PartnerDirectory> Linking<D> {
         self.readable_link(caller, link_id).await
     }
 
-    /// A page of links of `partner` (newest first), with the cursor of the next page.
+    /// Links by id, without history: those that exist and `caller` may read.
+    pub async fn links_by_id(&self, caller: &Caller, ids: &[&str]) -> Result<Vec<Link>> {
+        let staff = caller.is_any(&[Role::Ops, Role::Service]);
+        let own = caller
+            .partner_id()
+            .filter(|_| caller.role() == Role::Partner);
+        if !staff && own.is_none() {
+            return Err(LinkingError::PermissionDenied(
+                "links are read by partners, ops and services",
+            ));
+        }
+        let mut connection = self.database.pool().acquire().await?;
+        let links = store::links_by_id(&mut connection, ids).await?;
+        Ok(links
+            .into_iter()
+            .filter(|link| staff || own.is_some_and(|partner| link.involves(partner)))
+            .collect())
+    }
+
+    /// A page of links of `partner` (newest first), of some of its `members` when any are
+    /// named, with the cursor of the next page.
     pub async fn list_links(
         &self,
         caller: &Caller,
         partner: Option<PartnerId>,
-        member: Option<MemberId>,
+        members: &[MemberId],
         status: Option<LinkStatus>,
         page: &PageRequest,
     ) -> Result<(Vec<Link>, Option<PageCursor>)> {
@@ -375,10 +395,17 @@ impl<D: PartnerDirectory> Linking<D> {
             }
         };
         let mut connection = self.database.pool().acquire().await?;
+        if partner.is_none() && !members.is_empty() {
+            return Err(LinkingError::InvalidArgument {
+                field: "partner_id",
+                message: "is required to list members' links: a member id belongs to a partner"
+                    .to_owned(),
+            });
+        }
         let links = store::links(
             &mut connection,
             partner,
-            member.as_ref(),
+            members,
             status,
             page.after.as_ref(),
             page.size + 1,

@@ -409,41 +409,103 @@ struct EventRow {
 }
 
 /// A page of a partner's links (either side), newest first.
+/// The links with these ids, without their history.
+pub(crate) async fn links_by_id(
+    connection: &mut AnyConnection,
+    ids: &[&str],
+) -> Result<Vec<Link>, sqlx::Error> {
+    let mut links = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(1_000) {
+        let query = format!(
+            "SELECT {LINK_COLUMNS} FROM links WHERE link_id IN ({})",
+            tandem_storage::placeholders(chunk.len(), 1)
+        );
+        let mut statement = sqlx::query_as::<_, LinkRow>(sqlx::AssertSqlSafe(query));
+        for id in chunk {
+            statement = statement.bind(*id);
+        }
+        for row in statement.fetch_all(&mut *connection).await? {
+            links.push(row.into_link()?);
+        }
+    }
+    Ok(links)
+}
+
+/// A page of links, newest first: all of them, or `partner`'s, or (with `members`) those of
+/// these members of `partner`.
 pub(crate) async fn links(
     connection: &mut AnyConnection,
     partner: Option<PartnerId>,
-    member: Option<&MemberId>,
+    members: &[MemberId],
     status: Option<LinkStatus>,
     after: Option<&PageCursor>,
     limit: usize,
 ) -> Result<Vec<Link>, sqlx::Error> {
+    // Each filter is written only when it applies, so the planner sees plain conditions it can
+    // answer from the indexes by partner and member. Values are numbered in the order bound.
+    enum Value {
+        Text(String),
+        Number(i64),
+    }
+    let mut values = Vec::new();
+    let mut placeholder = |value: Value| {
+        values.push(value);
+        format!("${}", values.len())
+    };
+    let mut conditions = Vec::new();
+    if let Some(partner) = partner {
+        let partner = placeholder(Value::Text(partner.to_string()));
+        if members.is_empty() {
+            conditions.push(format!(
+                "(initiator_partner_id = {partner} OR acceptor_partner_id = {partner})"
+            ));
+        } else {
+            let listed: Vec<String> = members
+                .iter()
+                .map(|member| placeholder(Value::Text(member.to_string())))
+                .collect();
+            let listed = listed.join(", ");
+            conditions.push(format!(
+                "((initiator_partner_id = {partner} AND initiator_member_id IN ({listed})) \
+                 OR (acceptor_partner_id = {partner} AND acceptor_member_id IN ({listed})))"
+            ));
+        }
+    }
+    if let Some(status) = status {
+        let status = match status {
+            LinkStatus::Active => "ACTIVE",
+            LinkStatus::Ended => "ENDED",
+        };
+        conditions.push(format!(
+            "status = {}",
+            placeholder(Value::Text(status.to_owned()))
+        ));
+    }
+    if let Some(cursor) = after {
+        let at = placeholder(Value::Number(cursor.created_at_micros));
+        let id = placeholder(Value::Text(cursor.id.clone()));
+        conditions.push(format!(
+            "(created_at_micros < {at} OR (created_at_micros = {at} AND link_id < {id}))"
+        ));
+    }
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
+    };
+    let limit = placeholder(Value::Number(limit as i64));
     let query = format!(
-        "SELECT {LINK_COLUMNS} FROM links \
-         WHERE ($1 IS NULL OR (initiator_partner_id = $1 AND ($2 IS NULL OR initiator_member_id = $2)) \
-                           OR (acceptor_partner_id = $1 AND ($2 IS NULL OR acceptor_member_id = $2))) \
-           AND ($3 IS NULL OR status = $3) \
-           AND ($4 IS NULL OR created_at_micros < $4 OR (created_at_micros = $4 AND link_id < $5)) \
-         ORDER BY created_at_micros DESC, link_id DESC LIMIT $6"
+        "SELECT {LINK_COLUMNS} FROM links {filter} \
+         ORDER BY created_at_micros DESC, link_id DESC LIMIT {limit}"
     );
-    let (after_micros, after_id) = after.map_or((None, String::new()), |cursor| {
-        (Some(cursor.created_at_micros), cursor.id.clone())
-    });
-    let rows: Vec<LinkRow> = sqlx::query_as(sqlx::AssertSqlSafe(query))
-        .bind(partner.map(|id| id.to_string()))
-        .bind(member.map(|member| member.to_string()))
-        .bind(status.map(|status| {
-            if status == LinkStatus::Active {
-                "ACTIVE"
-            } else {
-                "ENDED"
-            }
-            .to_owned()
-        }))
-        .bind(after_micros)
-        .bind(after_id)
-        .bind(limit as i64)
-        .fetch_all(connection)
-        .await?;
+    let mut statement = sqlx::query_as::<_, LinkRow>(sqlx::AssertSqlSafe(query));
+    for value in values {
+        statement = match value {
+            Value::Text(text) => statement.bind(text),
+            Value::Number(number) => statement.bind(number),
+        };
+    }
+    let rows = statement.fetch_all(connection).await?;
     rows.into_iter().map(LinkRow::into_link).collect()
 }
 
