@@ -14,7 +14,7 @@ use rust_decimal::Decimal;
 use tandem_auth::Caller;
 use tandem_domain::{Currency, from_unix_micros};
 use tandem_proto::{status, time::datetime, v1 as pb};
-use tandem_storage::{Backend, PageCursor, PageRequest, violates_unique};
+use tandem_storage::{Backend, PageCursor, PageRequest};
 use tonic::{Code, Status};
 
 use crate::{
@@ -24,6 +24,7 @@ use crate::{
     refuse, require_partner,
     rows::{CONVERSION_COLUMNS, ConversionRow, QUOTE_COLUMNS, QuoteRow, Viewer},
     saga::{MAX_UNKNOWN_ATTEMPTS, SagaTable, TRIES_PER_DRIVE, backoff, quick_pause},
+    writes::{self, ConversionProgress, NewConversion},
 };
 
 /// The owner name of the exchange's own ledger accounts.
@@ -104,6 +105,39 @@ fn day_and_month_start(micros: i64) -> (i64, i64) {
         tandem_domain::to_unix_micros(day),
         tandem_domain::to_unix_micros(month),
     )
+}
+
+/// Quotes this process priced lately, so that executing one (moments later, as a rule) need not
+/// read it back. Quotes never change once stored, and one not found here is read from the
+/// database, so a quote priced by another process executes all the same.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RecentQuotes {
+    quotes: std::sync::Arc<std::sync::Mutex<HashMap<String, QuoteRow>>>,
+}
+
+/// Most quotes remembered; past it, expired ones are dropped, and new ones are not remembered
+/// until there is room.
+const RECENT_QUOTES: usize = 10_000;
+
+impl RecentQuotes {
+    fn remember(&self, quote: &QuoteRow) {
+        let mut quotes = self.quotes.lock().expect("recent quotes lock");
+        if quotes.len() >= RECENT_QUOTES {
+            let now = now_micros();
+            quotes.retain(|_, quote| quote.expires_at_micros > now);
+        }
+        if quotes.len() < RECENT_QUOTES {
+            quotes.insert(quote.quote_id.clone(), quote.clone());
+        }
+    }
+
+    /// The quote, if remembered; it is forgotten, since a quote executes once.
+    fn take(&self, quote_id: &str) -> Option<QuoteRow> {
+        self.quotes
+            .lock()
+            .expect("recent quotes lock")
+            .remove(quote_id)
+    }
 }
 
 /// Statuses whose points count against caps: everything not undone.
@@ -399,53 +433,18 @@ impl Exchange {
             created_at_micros: now,
             expires_at_micros: now + self.options.quote_lifetime.as_micros() as i64,
         };
-        let mut connection = self
-            .database
-            .pool()
-            .acquire()
-            .await
-            .map_err(database_error)?;
-        Self::check_caps(connection.as_mut(), &quote, now).await?;
-        drop(connection);
-        self.insert_quote(&quote).await?;
+        if quote.member_daily_cap_points.is_some() || quote.agreement_monthly_cap_points.is_some() {
+            let mut connection = self
+                .database
+                .pool()
+                .acquire()
+                .await
+                .map_err(database_error)?;
+            Self::check_caps(connection.as_mut(), &quote, now).await?;
+        }
+        self.writers.quote(quote.clone()).await?;
+        self.recent_quotes.remember(&quote);
         Ok(quote.to_pb(Viewer::Partner(&request.partner_id)))
-    }
-
-    async fn insert_quote(&self, quote: &QuoteRow) -> Result<(), Status> {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO quotes ({QUOTE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-             $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)"
-        )))
-        .bind(&quote.quote_id)
-        .bind(&quote.link_id)
-        .bind(&quote.source_partner_id)
-        .bind(&quote.source_member_id)
-        .bind(&quote.source_gateway)
-        .bind(&quote.source_program)
-        .bind(quote.source_scale)
-        .bind(quote.source_points)
-        .bind(&quote.target_partner_id)
-        .bind(&quote.target_member_id)
-        .bind(&quote.target_gateway)
-        .bind(&quote.target_program)
-        .bind(quote.target_scale)
-        .bind(quote.target_points)
-        .bind(&quote.agreement_id)
-        .bind(quote.terms_version)
-        .bind(&quote.conversion_rate)
-        .bind(&quote.settlement_currency)
-        .bind(quote.currency_scale)
-        .bind(quote.settlement_amount_minor)
-        .bind(quote.fee_amount_minor)
-        .bind(quote.member_daily_cap_points)
-        .bind(quote.agreement_monthly_cap_points)
-        .bind(quote.reversal_hours)
-        .bind(quote.created_at_micros)
-        .bind(quote.expires_at_micros)
-        .execute(self.database.pool())
-        .await
-        .map_err(database_error)?;
-        Ok(())
     }
 
     /// The conversion a partner made with `key`, if any.
@@ -498,106 +497,82 @@ impl Exchange {
             return Err(status::invalid_argument(violations));
         }
         let viewer = Viewer::Partner(&request.partner_id);
-        if let Some(existing) = self
-            .conversion_by_key(&request.partner_id, &request.idempotency_key)
-            .await?
-        {
-            Self::replay(&existing, &request.quote_id)?;
-            return Ok((self.conversion_pb(&existing, viewer).await?, true));
-        }
-        let quote = self
-            .load_quote(&request.quote_id)
-            .await?
-            .filter(|quote| quote.source_partner_id == request.partner_id)
-            .ok_or_else(|| {
-                refuse(
-                    Code::NotFound,
-                    "QUOTE_NOT_FOUND",
-                    format!("quote {} not found", request.quote_id),
-                )
-            })?;
-        let now = now_micros();
-        if quote.expires_at_micros <= now {
+        let quote = match self.recent_quotes.take(&request.quote_id) {
+            Some(quote) => Some(quote),
+            None => self.load_quote(&request.quote_id).await?,
+        };
+        let Some(quote) = quote.filter(|quote| quote.source_partner_id == request.partner_id)
+        else {
+            // A quote nobody priced for this partner was never executed by it either.
             return Err(refuse(
-                Code::FailedPrecondition,
-                "QUOTE_EXPIRED",
-                "the quote has expired; ask for a new one",
+                Code::NotFound,
+                "QUOTE_NOT_FOUND",
+                format!("quote {} not found", request.quote_id),
             ));
-        }
-        // The member may have unlinked since the quote: consent is checked again.
-        let link = self.peers.link(&quote.link_id).await?;
-        if link.status != pb::LinkStatus::Active as i32 {
-            return Err(refuse(
-                Code::FailedPrecondition,
-                "LINK_NOT_ACTIVE",
-                "the link has ended since the quote; the member must link again",
-            ));
-        }
-
-        let conversion_id = new_id();
-        let owner = new_id();
-        let mut transaction = self.database.begin_write().await.map_err(database_error)?;
+        };
         let capped =
             quote.member_daily_cap_points.is_some() || quote.agreement_monthly_cap_points.is_some();
-        if capped {
-            self.lock_caps(&mut transaction, &quote.agreement_id)
-                .await?;
-            Self::check_caps(&mut transaction, &quote, now).await?;
+        // A retry is recognised before anything that may have changed since the original: the
+        // quote's expiry, the link, the caps the original itself used up.
+        let replay = |existing: ConversionRow| async move {
+            Self::replay(&existing, &request.quote_id)?;
+            Ok((self.conversion_pb(&existing, viewer).await?, true))
+        };
+        if capped
+            && let Some(existing) = self
+                .conversion_by_key(&request.partner_id, &request.idempotency_key)
+                .await?
+        {
+            return replay(existing).await;
         }
-        let inserted = sqlx::query(
-            "INSERT INTO conversions (conversion_id, quote_id, source_partner_id, \
-             idempotency_key, source_member_id, target_partner_id, target_member_id, \
-             agreement_id, source_points, status, step, attempts, last_error, failure_reason, \
-             ledger_transaction_id, reversal_transaction_id, reverse_reason, \
-             next_attempt_micros, lease_owner, lease_until_micros, created_at_micros, \
-             updated_at_micros) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'PENDING', \
-             'DEBIT_SOURCE', 0, '', '', '', '', '', $10, $11, $12, $13, $13)",
-        )
-        .bind(&conversion_id)
-        .bind(&quote.quote_id)
-        .bind(&quote.source_partner_id)
-        .bind(&request.idempotency_key)
-        .bind(&quote.source_member_id)
-        .bind(&quote.target_partner_id)
-        .bind(&quote.target_member_id)
-        .bind(&quote.agreement_id)
-        .bind(quote.source_points)
-        .bind(now)
-        .bind(&owner)
-        .bind(self.lease_until())
-        .bind(now)
-        .execute(&mut *transaction)
-        .await;
-        match inserted {
-            Ok(_) => transaction.commit().await.map_err(database_error)?,
-            Err(error) => {
-                drop(transaction);
-                if violates_unique(
-                    &error,
-                    "conversions_idempotency_key",
-                    "conversions.idempotency_key",
-                ) {
-                    // A concurrent retry with the same key won the race: it is the original.
-                    let existing = self
-                        .conversion_by_key(&request.partner_id, &request.idempotency_key)
-                        .await?
-                        .ok_or_else(|| status::internal(&"conversion vanished"))?;
-                    Self::replay(&existing, &request.quote_id)?;
-                    return Ok((self.conversion_pb(&existing, viewer).await?, true));
-                }
-                if violates_unique(&error, "conversions_quote_key", "conversions.quote_id") {
-                    return Err(refuse(
-                        Code::AlreadyExists,
-                        "QUOTE_ALREADY_EXECUTED",
-                        "the quote was already executed under another idempotency key",
-                    ));
-                }
-                return Err(database_error(error));
-            }
+        if let Err(refusal) = self.still_executable(&quote).await {
+            return match self
+                .conversion_by_key(&request.partner_id, &request.idempotency_key)
+                .await?
+            {
+                Some(existing) => replay(existing).await,
+                None => Err(refusal),
+            };
+        }
+
+        let now = now_micros();
+        let new = NewConversion {
+            conversion_id: new_id(),
+            quote_id: quote.quote_id.clone(),
+            source_partner_id: quote.source_partner_id.clone(),
+            idempotency_key: request.idempotency_key.clone(),
+            source_member_id: quote.source_member_id.clone(),
+            target_partner_id: quote.target_partner_id.clone(),
+            target_member_id: quote.target_member_id.clone(),
+            agreement_id: quote.agreement_id.clone(),
+            source_points: quote.source_points,
+            lease_owner: new_id(),
+            lease_until_micros: self.lease_until(),
+            created_at_micros: now,
+        };
+        let inserted = if capped {
+            self.insert_capped(&new, &quote).await?
+        } else {
+            self.writers.conversion(new.clone()).await?
+        };
+        if !inserted {
+            // The key was taken first (a concurrent retry: it is the original), or the quote
+            // was executed under another key.
+            return match self
+                .conversion_by_key(&request.partner_id, &request.idempotency_key)
+                .await?
+            {
+                Some(existing) => replay(existing).await,
+                None => Err(refuse(
+                    Code::AlreadyExists,
+                    "QUOTE_ALREADY_EXECUTED",
+                    "the quote was already executed under another idempotency key",
+                )),
+            };
         }
 
         let mut row = ConversionRow {
-            conversion_id,
+            conversion_id: new.conversion_id,
             quote_id: quote.quote_id.clone(),
             source_partner_id: quote.source_partner_id.clone(),
             idempotency_key: request.idempotency_key.clone(),
@@ -614,7 +589,7 @@ impl Exchange {
             updated_at_micros: now,
             finished_at_micros: None,
         };
-        let progress = self.drive_loaded(&row, &quote, &owner).await?;
+        let progress = self.drive_loaded(&row, &quote, &new.lease_owner).await?;
         // What the drive wrote, without reading it back.
         let at = progress.written_at;
         row.status = progress.status.to_owned();
@@ -626,6 +601,65 @@ impl Exchange {
         row.updated_at_micros = at;
         row.finished_at_micros = (row.step == "DONE").then_some(at);
         Ok((row.to_pb(&quote, viewer), false))
+    }
+
+    /// Why a quote can no longer be executed, if it cannot: it expired, or the member unlinked
+    /// since it was priced (consent is checked again).
+    async fn still_executable(&self, quote: &QuoteRow) -> Result<(), Status> {
+        if quote.expires_at_micros <= now_micros() {
+            return Err(refuse(
+                Code::FailedPrecondition,
+                "QUOTE_EXPIRED",
+                "the quote has expired; ask for a new one",
+            ));
+        }
+        let link = self.peers.link(&quote.link_id).await?;
+        if link.status != pb::LinkStatus::Active as i32 {
+            return Err(refuse(
+                Code::FailedPrecondition,
+                "LINK_NOT_ACTIVE",
+                "the link has ended since the quote; the member must link again",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Writes a conversion of a capped agreement: the caps are checked and taken in the same
+    /// transaction, under the agreement's cap lock, so two conversions cannot both fit under the
+    /// last of a cap. False when the key or the quote was already taken.
+    async fn insert_capped(&self, new: &NewConversion, quote: &QuoteRow) -> Result<bool, Status> {
+        let mut transaction = self.database.begin_write().await.map_err(database_error)?;
+        self.lock_caps(&mut transaction, &quote.agreement_id)
+            .await?;
+        Self::check_caps(&mut transaction, quote, new.created_at_micros).await?;
+        let inserted = sqlx::query(
+            "INSERT INTO conversions (conversion_id, quote_id, source_partner_id, \
+             idempotency_key, source_member_id, target_partner_id, target_member_id, \
+             agreement_id, source_points, status, step, attempts, last_error, failure_reason, \
+             ledger_transaction_id, reversal_transaction_id, reverse_reason, \
+             next_attempt_micros, lease_owner, lease_until_micros, created_at_micros, \
+             updated_at_micros) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'PENDING', \
+             'DEBIT_SOURCE', 0, '', '', '', '', '', $10, $11, $12, $10, $10) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&new.conversion_id)
+        .bind(&new.quote_id)
+        .bind(&new.source_partner_id)
+        .bind(&new.idempotency_key)
+        .bind(&new.source_member_id)
+        .bind(&new.target_partner_id)
+        .bind(&new.target_member_id)
+        .bind(&new.agreement_id)
+        .bind(new.source_points)
+        .bind(new.created_at_micros)
+        .bind(&new.lease_owner)
+        .bind(new.lease_until_micros)
+        .execute(&mut *transaction)
+        .await
+        .map_err(database_error)?
+        .rows_affected();
+        transaction.commit().await.map_err(database_error)?;
+        Ok(inserted == 1)
     }
 
     async fn conversion_pb(
@@ -652,36 +686,27 @@ impl Exchange {
     ) -> Result<bool, Status> {
         let now = now_micros();
         progress.written_at = now;
-        let finished = progress.step == "DONE";
         let (next_attempt, lease_until) = match release_after {
             Some(wait) => (now + wait.as_micros() as i64, 0),
             None => (now, self.lease_until()),
         };
-        let written = sqlx::query(
-            "UPDATE conversions SET status = $1, step = $2, attempts = $3, last_error = $4, \
-             failure_reason = $5, ledger_transaction_id = $6, reversal_transaction_id = $7, \
-             next_attempt_micros = $8, lease_until_micros = $9, updated_at_micros = $10, \
-             finished_at_micros = CASE WHEN $11 = 1 THEN $10 ELSE finished_at_micros END \
-             WHERE conversion_id = $12 AND lease_owner = $13",
-        )
-        .bind(progress.status)
-        .bind(progress.step)
-        .bind(progress.attempts)
-        .bind(&progress.last_error)
-        .bind(&progress.failure_reason)
-        .bind(&progress.ledger_transaction_id)
-        .bind(&progress.reversal_transaction_id)
-        .bind(next_attempt)
-        .bind(lease_until)
-        .bind(now)
-        .bind(i64::from(finished))
-        .bind(id)
-        .bind(owner)
-        .execute(self.database.pool())
-        .await
-        .map_err(database_error)?
-        .rows_affected();
-        Ok(written == 1)
+        self.writers
+            .progress(writes::Progress::Conversion(ConversionProgress {
+                conversion_id: id.to_owned(),
+                lease_owner: owner.to_owned(),
+                status: progress.status,
+                step: progress.step,
+                attempts: progress.attempts,
+                last_error: progress.last_error.clone(),
+                failure_reason: progress.failure_reason.clone(),
+                ledger_transaction_id: progress.ledger_transaction_id.clone(),
+                reversal_transaction_id: progress.reversal_transaction_id.clone(),
+                next_attempt_micros: next_attempt,
+                lease_until_micros: lease_until,
+                updated_at_micros: now,
+                finished: progress.step == "DONE",
+            }))
+            .await
     }
 
     /// Drives a conversion's saga as far as it goes now. The caller holds the lease as `owner`.

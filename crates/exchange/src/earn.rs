@@ -14,6 +14,7 @@ use rust_decimal::Decimal;
 use tandem_auth::Caller;
 use tandem_domain::{Currency, from_unix_micros, to_unix_micros};
 use tandem_proto::{status, time::datetime, v1 as pb};
+use tandem_storage::row_placeholders;
 use tonic::{Code, Status};
 
 use crate::{
@@ -24,6 +25,7 @@ use crate::{
     pricing, refuse, require_partner,
     rows::{ACTIVITY_COLUMNS, ActivityRow, EARNING_COLUMNS, EarningRow},
     saga::{SagaTable, TRIES_PER_DRIVE, backoff, quick_pause},
+    writes::{EarningProgress, Progress},
 };
 
 /// How far in the future an activity time may be, for clock differences between systems.
@@ -138,13 +140,40 @@ struct Plan {
     annual_cap: Option<i64>,
 }
 
-/// The member links one stream (or one call) has already looked up, so a day of rides asks
-/// linking once per member rather than once per ride. Partners and agreements come from the
-/// registry lookups `Peers` already reuses.
+/// The member links one stream (or one call) has already looked up, by (partner, member), so a
+/// day of rides asks linking once per group for the members it has not seen rather than once
+/// per ride. Partners and agreements come from the registry lookups `Peers` already reuses.
 #[derive(Default)]
 pub(crate) struct Lookups {
-    links: HashMap<String, Vec<pb::Link>>,
+    links: HashMap<(String, String), Vec<pb::Link>>,
 }
+
+impl Lookups {
+    /// Looks up, in one call per partner, the links of every member of `reports` not yet known.
+    async fn fill(&mut self, peers: &crate::Peers, reports: &[&Report]) -> Result<(), Status> {
+        let mut missing: HashMap<&str, Vec<String>> = HashMap::new();
+        for report in reports {
+            let key = (report.partner_id.clone(), report.member_id.clone());
+            if !self.links.contains_key(&key) {
+                let members = missing.entry(report.partner_id.as_str()).or_default();
+                if !members.contains(&report.member_id) {
+                    members.push(report.member_id.clone());
+                }
+            }
+        }
+        for (partner, members) in missing {
+            let mut found = peers.active_links_of(partner, &members).await?;
+            for member in members {
+                let links = found.remove(&member).unwrap_or_default();
+                self.links.insert((partner.to_owned(), member), links);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Spend already earned on, by (agreement, member, year), for the annual caps of one group.
+type SpendUsed = HashMap<(String, String, i64), i64>;
 
 fn in_window(window: &pb::PromotionWindow, at: i64) -> bool {
     let micros = |t: &Option<tandem_proto::time::ProtoTimestamp>| {
@@ -159,26 +188,18 @@ impl Exchange {
     /// The earnings an activity makes, one per linked partner with earn rules from the reporter.
     async fn plan(
         &self,
-        lookups: &mut Lookups,
+        lookups: &Lookups,
         report: &Report,
         activity_id: &str,
     ) -> Result<Vec<Plan>, Status> {
-        let links = match lookups.links.get(&report.member_id) {
-            Some(links) => links.clone(),
-            None => {
-                let links = self
-                    .peers
-                    .active_links(&report.partner_id, &report.member_id)
-                    .await?;
-                lookups
-                    .links
-                    .insert(report.member_id.clone(), links.clone());
-                links
-            }
-        };
+        let no_links = Vec::new();
+        let links = lookups
+            .links
+            .get(&(report.partner_id.clone(), report.member_id.clone()))
+            .unwrap_or(&no_links);
         let mut plans = Vec::new();
         for link in links {
-            let Some((_, target_partner_id, target_member_id)) = sides(&link, &report.partner_id)
+            let Some((_, target_partner_id, target_member_id)) = sides(link, &report.partner_id)
             else {
                 continue;
             };
@@ -290,34 +311,27 @@ impl Exchange {
         Ok(plans)
     }
 
-    /// Applies the annual cap (with the agreement locked) and prices each earning.
-    async fn finish_plan(
-        &self,
-        transaction: &mut sqlx::AnyConnection,
-        plan: &mut Plan,
-    ) -> Result<(), Status> {
+    /// Applies the annual cap (against the spend `used` so far, which it adds to) and prices the
+    /// earning.
+    fn finish_plan(plan: &mut Plan, used: &mut SpendUsed) -> Result<(), Status> {
         let row = &mut plan.row;
         if row.status == "NOT_EARNED" {
             return Ok(());
         }
         if let Some(cap) = plan.annual_cap {
-            self.lock_caps(transaction, &row.agreement_id).await?;
-            let used: Option<i64> = sqlx::query_scalar(
-                "SELECT CAST(SUM(eligible_spend_minor) AS BIGINT) FROM earnings \
-                 WHERE agreement_id = $1 AND source_member_id = $2 AND spend_year = $3 \
-                 AND status NOT IN ('VOIDED', 'REVERSED', 'FAILED')",
-            )
-            .bind(&row.agreement_id)
-            .bind(&row.source_member_id)
-            .bind(row.spend_year)
-            .fetch_one(&mut *transaction)
-            .await
-            .map_err(database_error)?;
-            let left = (cap - used.unwrap_or(0)).max(0);
+            let spent = used
+                .entry((
+                    row.agreement_id.clone(),
+                    row.source_member_id.clone(),
+                    row.spend_year,
+                ))
+                .or_default();
+            let left = (cap - *spent).max(0);
             if left < row.eligible_spend_minor {
                 row.eligible_spend_minor = left;
                 row.note = format!("the annual spend cap of {cap} minor units limited what earns");
             }
+            *spent += row.eligible_spend_minor;
         }
         let points = pricing::earned_points(
             plan.points_per_spend_unit,
@@ -356,6 +370,53 @@ impl Exchange {
             row.step = "CREDIT".to_owned();
         }
         Ok(())
+    }
+
+    /// The spend already earned on under each capped agreement by the members of `plans`, read
+    /// with the agreements' cap locks held (taken in agreement order, so groups never deadlock
+    /// on them).
+    async fn spend_used(
+        &self,
+        transaction: &mut sqlx::AnyConnection,
+        plans: &[&Plan],
+    ) -> Result<SpendUsed, Status> {
+        let mut capped: Vec<(&str, &str, i64)> = plans
+            .iter()
+            .filter(|plan| plan.annual_cap.is_some() && plan.row.status != "NOT_EARNED")
+            .map(|plan| {
+                (
+                    plan.row.agreement_id.as_str(),
+                    plan.row.source_member_id.as_str(),
+                    plan.row.spend_year,
+                )
+            })
+            .collect();
+        capped.sort_unstable();
+        capped.dedup();
+        let mut agreements: Vec<&str> = capped.iter().map(|(agreement, _, _)| *agreement).collect();
+        agreements.dedup();
+        for agreement in &agreements {
+            self.lock_caps(transaction, agreement).await?;
+        }
+        let mut used = SpendUsed::new();
+        for (agreement, member, year) in capped {
+            let spent: Option<i64> = sqlx::query_scalar(
+                "SELECT CAST(SUM(eligible_spend_minor) AS BIGINT) FROM earnings \
+                 WHERE agreement_id = $1 AND source_member_id = $2 AND spend_year = $3 \
+                 AND status NOT IN ('VOIDED', 'REVERSED', 'FAILED')",
+            )
+            .bind(agreement)
+            .bind(member)
+            .bind(year)
+            .fetch_one(&mut *transaction)
+            .await
+            .map_err(database_error)?;
+            used.insert(
+                (agreement.to_owned(), member.to_owned(), year),
+                spent.unwrap_or(0),
+            );
+        }
+        Ok(used)
     }
 
     async fn activity_by_external_id(
@@ -435,87 +496,50 @@ impl Exchange {
         reports: &[Report],
     ) -> Result<Vec<RecordOutcome>, Status> {
         let mut outcomes: Vec<Option<RecordOutcome>> = (0..reports.len()).map(|_| None).collect();
-        let mut planned = Vec::new();
         let existing = self.recorded_already(reports).await?;
+        let mut fresh = Vec::with_capacity(reports.len());
         for (index, report) in reports.iter().enumerate() {
-            if let Some(existing) =
-                existing.get(&(report.partner_id.clone(), report.external_id.clone()))
-            {
-                outcomes[index] = Some(Self::check_replay(report, existing).map(|()| Recorded {
-                    activity_id: existing.activity_id.clone(),
-                    replayed: true,
-                    new_earnings: None,
-                }));
-                continue;
+            match existing.get(&(report.partner_id.clone(), report.external_id.clone())) {
+                Some(existing) => {
+                    outcomes[index] =
+                        Some(Self::check_replay(report, existing).map(|()| Recorded {
+                            activity_id: existing.activity_id.clone(),
+                            replayed: true,
+                            new_earnings: None,
+                        }));
+                }
+                None => fresh.push(index),
             }
+        }
+        let fresh_reports: Vec<&Report> = fresh.iter().map(|index| &reports[*index]).collect();
+        lookups.fill(&self.peers, &fresh_reports).await?;
+        let mut planned = Vec::with_capacity(fresh.len());
+        for index in fresh {
             let activity_id = new_id();
-            match self.plan(lookups, report, &activity_id).await {
-                Ok(plans) => planned.push((index, activity_id, plans)),
+            let plans = match self.plan(lookups, &reports[index], &activity_id).await {
+                Ok(plans) => plans,
                 Err(status) if status.code() == Code::Unavailable => return Err(status),
-                Err(status) => outcomes[index] = Some(Err(status)),
-            }
-        }
-        let owner = new_id();
-        let now = now_micros();
-        let lease_until = self.lease_until();
-        let mut collided = Vec::new();
-        if !planned.is_empty() {
-            let mut transaction = self.database.begin_write().await.map_err(database_error)?;
-            for (index, activity_id, plans) in &mut planned {
-                let report = &reports[*index];
-                let mut refusal = None;
-                for plan in plans.iter_mut() {
-                    if let Err(status) = self.finish_plan(&mut transaction, plan).await {
-                        if status.code() != Code::InvalidArgument {
-                            return Err(status);
-                        }
-                        refusal = Some(status);
-                        break;
-                    }
-                }
-                if let Some(status) = refusal {
-                    outcomes[*index] = Some(Err(status));
+                Err(status) => {
+                    outcomes[index] = Some(Err(status));
                     continue;
                 }
-                // ON CONFLICT DO NOTHING rather than a unique violation: on PostgreSQL a failed
-                // statement would abort the whole group's transaction.
-                let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "INSERT INTO activities ({ACTIVITY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, \
-                     $7, $8, $9, $10, 'RECORDED', '') ON CONFLICT DO NOTHING"
-                )))
-                .bind(&*activity_id)
-                .bind(&report.partner_id)
-                .bind(&report.external_id)
-                .bind(&report.member_id)
-                .bind(report.spend_minor)
-                .bind(report.currency.code())
-                .bind(&report.category)
-                .bind(&report.tier)
-                .bind(report.at_micros)
-                .bind(now)
-                .execute(&mut *transaction)
-                .await
-                .map_err(database_error)?
-                .rows_affected();
-                if inserted == 0 {
-                    collided.push(*index);
-                    continue;
-                }
-                for plan in plans.iter() {
-                    self.insert_earning(&mut transaction, &plan.row, now, &owner, lease_until)
-                        .await?;
-                }
-                outcomes[*index] = Some(Ok(Recorded {
-                    activity_id: activity_id.clone(),
-                    replayed: false,
-                    new_earnings: Some((
-                        owner.clone(),
-                        plans.iter().map(|plan| plan.row.clone()).collect(),
-                    )),
-                }));
+            };
+            // Priced at the most it could earn (no spend used yet): a report that fails here
+            // is refused before anything is written; less spend can only price lower.
+            let refusal = plans
+                .iter()
+                .find_map(|plan| Self::finish_plan(&mut plan.clone(), &mut SpendUsed::new()).err());
+            match refusal {
+                Some(status) => outcomes[index] = Some(Err(status)),
+                None => planned.push((index, activity_id, plans)),
             }
-            transaction.commit().await.map_err(database_error)?;
         }
+        let collided = if planned.is_empty() {
+            Vec::new()
+        } else {
+            self.write_group(reports, &mut planned, &mut outcomes)
+                .await?
+        };
         // Reported twice (in this group, or concurrently elsewhere): the first one stands.
         for index in collided {
             let report = &reports[index];
@@ -535,56 +559,54 @@ impl Exchange {
             .collect())
     }
 
-    async fn insert_earning(
+    /// Writes a group's activities and earnings in one transaction: the cap locks first, then
+    /// the activities (one whose external id is taken is skipped and returned as collided), then
+    /// the caps applied in order and the earnings of the activities that landed.
+    async fn write_group(
         &self,
-        transaction: &mut sqlx::AnyConnection,
-        row: &EarningRow,
-        now: i64,
-        owner: &str,
-        lease_until: i64,
-    ) -> Result<(), Status> {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO earnings ({EARNING_COLUMNS}, next_attempt_micros, lease_owner, \
-             lease_until_micros, updated_at_micros) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
-             $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, \
-             $25, $26, $27, $28, $29, $30, $31, $32)"
-        )))
-        .bind(&row.earning_id)
-        .bind(&row.activity_id)
-        .bind(&row.source_partner_id)
-        .bind(&row.source_member_id)
-        .bind(&row.target_partner_id)
-        .bind(&row.target_member_id)
-        .bind(&row.target_gateway)
-        .bind(&row.link_id)
-        .bind(&row.agreement_id)
-        .bind(row.terms_version)
-        .bind(&row.target_program)
-        .bind(row.target_scale)
-        .bind(row.points)
-        .bind(row.eligible_spend_minor)
-        .bind(row.spend_year)
-        .bind(&row.multiplier)
-        .bind(&row.settlement_currency)
-        .bind(row.currency_scale)
-        .bind(row.settlement_amount_minor)
-        .bind(row.fee_amount_minor)
-        .bind(&row.status)
-        .bind(&row.step)
-        .bind(row.refund_requested)
-        .bind(row.hold_until_micros)
-        .bind(&row.note)
-        .bind(&row.ledger_transaction_id)
-        .bind(row.attempts)
-        .bind(&row.last_error)
-        .bind(now)
-        .bind(owner)
-        .bind(lease_until)
-        .bind(now)
-        .execute(&mut *transaction)
-        .await
-        .map_err(database_error)?;
-        Ok(())
+        reports: &[Report],
+        planned: &mut [(usize, String, Vec<Plan>)],
+        outcomes: &mut [Option<RecordOutcome>],
+    ) -> Result<Vec<usize>, Status> {
+        let owner = new_id();
+        let now = now_micros();
+        let lease_until = self.lease_until();
+        let mut transaction = self.database.begin_write().await.map_err(database_error)?;
+        let all_plans: Vec<&Plan> = planned
+            .iter()
+            .flat_map(|(_, _, plans)| plans.iter())
+            .collect();
+        let mut used = self.spend_used(&mut transaction, &all_plans).await?;
+        let activities: Vec<(&Report, &str)> = planned
+            .iter()
+            .map(|(index, activity_id, _)| (&reports[*index], activity_id.as_str()))
+            .collect();
+        let inserted = insert_activities(&mut transaction, &activities, now)
+            .await
+            .map_err(database_error)?;
+        let mut collided = Vec::new();
+        let mut earnings = Vec::new();
+        for (index, activity_id, plans) in planned.iter_mut() {
+            if !inserted.contains(activity_id.as_str()) {
+                collided.push(*index);
+                continue;
+            }
+            for plan in plans.iter_mut() {
+                Self::finish_plan(plan, &mut used)?;
+            }
+            let rows: Vec<EarningRow> = plans.iter().map(|plan| plan.row.clone()).collect();
+            earnings.extend(rows.iter().cloned());
+            outcomes[*index] = Some(Ok(Recorded {
+                activity_id: activity_id.clone(),
+                replayed: false,
+                new_earnings: Some((owner.clone(), rows)),
+            }));
+        }
+        insert_earnings(&mut transaction, &earnings, now, &owner, lease_until)
+            .await
+            .map_err(database_error)?;
+        transaction.commit().await.map_err(database_error)?;
+        Ok(collided)
     }
 
     /// Drives every unfinished earning `owner` leases, side by side.
@@ -679,33 +701,21 @@ impl Exchange {
             (Some(wait), None) => (now + wait.as_micros() as i64, 0),
             (None, None) => (now, self.lease_until()),
         };
-        let written = sqlx::query(
-            // A refund may have been recorded while this driver worked: an earning that has just
-            // posted goes on to its clawback, and a waiting one is due now.
-            "UPDATE earnings SET \
-             status = CASE WHEN refund_requested = 1 AND $1 = 'POSTED' THEN 'CLAWING_BACK' ELSE $1 END, \
-             step = CASE WHEN refund_requested = 1 AND $1 = 'POSTED' THEN 'CLAWBACK' ELSE $2 END, \
-             attempts = $3, last_error = $4, note = $5, ledger_transaction_id = $6, \
-             next_attempt_micros = CASE WHEN refund_requested = 1 THEN $9 ELSE $7 END, \
-             lease_until_micros = $8, updated_at_micros = $9 \
-             WHERE earning_id = $10 AND lease_owner = $11",
-        )
-        .bind(&earning.status)
-        .bind(&earning.step)
-        .bind(earning.attempts)
-        .bind(&earning.last_error)
-        .bind(&earning.note)
-        .bind(&earning.ledger_transaction_id)
-        .bind(next_attempt)
-        .bind(lease_until)
-        .bind(now)
-        .bind(&earning.earning_id)
-        .bind(owner)
-        .execute(self.database.pool())
-        .await
-        .map_err(database_error)?
-        .rows_affected();
-        Ok(written == 1)
+        self.writers
+            .progress(Progress::Earning(EarningProgress {
+                earning_id: earning.earning_id.clone(),
+                lease_owner: owner.to_owned(),
+                status: earning.status.clone(),
+                step: earning.step.clone(),
+                attempts: earning.attempts,
+                last_error: earning.last_error.clone(),
+                note: earning.note.clone(),
+                ledger_transaction_id: earning.ledger_transaction_id.clone(),
+                next_attempt_micros: next_attempt,
+                lease_until_micros: lease_until,
+                updated_at_micros: now,
+            }))
+            .await
     }
 
     async fn earning_transaction(
@@ -1176,4 +1186,98 @@ enum EarnNext {
     Record,
     WaitUntil(i64),
     Stop,
+}
+
+/// Rows per multi-row insert: earnings have 32 columns, and SQLite takes up to 32,766 bound
+/// values in one statement.
+const ROWS_PER_INSERT: usize = 500;
+
+/// Inserts activities, skipping any whose external id is already taken (`ON CONFLICT DO
+/// NOTHING`, so one taken id never aborts the group); the ids of those inserted.
+async fn insert_activities(
+    connection: &mut sqlx::AnyConnection,
+    activities: &[(&Report, &str)],
+    now: i64,
+) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+    let mut inserted = std::collections::HashSet::with_capacity(activities.len());
+    for chunk in activities.chunks(ROWS_PER_INSERT) {
+        let query = format!(
+            "INSERT INTO activities ({ACTIVITY_COLUMNS}) VALUES {} \
+             ON CONFLICT DO NOTHING RETURNING activity_id",
+            row_placeholders(chunk.len(), 12, 1)
+        );
+        let mut statement = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(query));
+        for (report, activity_id) in chunk {
+            statement = statement
+                .bind(*activity_id)
+                .bind(report.partner_id.as_str())
+                .bind(report.external_id.as_str())
+                .bind(report.member_id.as_str())
+                .bind(report.spend_minor)
+                .bind(report.currency.code())
+                .bind(report.category.as_str())
+                .bind(report.tier.as_str())
+                .bind(report.at_micros)
+                .bind(now)
+                .bind("RECORDED")
+                .bind("");
+        }
+        inserted.extend(statement.fetch_all(&mut *connection).await?);
+    }
+    Ok(inserted)
+}
+
+/// Inserts earnings with their saga state, leased to `owner`.
+async fn insert_earnings(
+    connection: &mut sqlx::AnyConnection,
+    earnings: &[EarningRow],
+    now: i64,
+    owner: &str,
+    lease_until: i64,
+) -> Result<(), sqlx::Error> {
+    for chunk in earnings.chunks(ROWS_PER_INSERT) {
+        let query = format!(
+            "INSERT INTO earnings ({EARNING_COLUMNS}, next_attempt_micros, lease_owner, \
+             lease_until_micros, updated_at_micros) VALUES {}",
+            row_placeholders(chunk.len(), 32, 1)
+        );
+        let mut statement = sqlx::query(sqlx::AssertSqlSafe(query));
+        for row in chunk {
+            statement = statement
+                .bind(row.earning_id.as_str())
+                .bind(row.activity_id.as_str())
+                .bind(row.source_partner_id.as_str())
+                .bind(row.source_member_id.as_str())
+                .bind(row.target_partner_id.as_str())
+                .bind(row.target_member_id.as_str())
+                .bind(row.target_gateway.as_str())
+                .bind(row.link_id.as_str())
+                .bind(row.agreement_id.as_str())
+                .bind(row.terms_version)
+                .bind(row.target_program.as_str())
+                .bind(row.target_scale)
+                .bind(row.points)
+                .bind(row.eligible_spend_minor)
+                .bind(row.spend_year)
+                .bind(row.multiplier.as_str())
+                .bind(row.settlement_currency.as_str())
+                .bind(row.currency_scale)
+                .bind(row.settlement_amount_minor)
+                .bind(row.fee_amount_minor)
+                .bind(row.status.as_str())
+                .bind(row.step.as_str())
+                .bind(row.refund_requested)
+                .bind(row.hold_until_micros)
+                .bind(row.note.as_str())
+                .bind(row.ledger_transaction_id.as_str())
+                .bind(row.attempts)
+                .bind(row.last_error.as_str())
+                .bind(now)
+                .bind(owner)
+                .bind(lease_until)
+                .bind(now);
+        }
+        statement.execute(&mut *connection).await?;
+    }
+    Ok(())
 }

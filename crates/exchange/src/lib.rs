@@ -7,6 +7,7 @@
 //! crash leaves a row that the recovery worker picks up and finishes. Whoever drives a saga holds
 //! a lease on its row, so two processes never drive one saga at once.
 
+mod batch;
 mod conversions;
 mod earn;
 mod grpc;
@@ -15,6 +16,7 @@ pub mod pricing;
 mod rows;
 mod saga;
 mod worker;
+mod writes;
 
 use std::time::Duration;
 
@@ -58,11 +60,17 @@ pub struct Exchange {
     database: Database,
     peers: Peers,
     options: ExchangeOptions,
+    writers: writes::Writers,
+    recent_quotes: conversions::RecentQuotes,
 }
 
 impl Exchange {
+    /// The exchange over `database` (migrated with [`MIGRATOR`]); starts its batched writers,
+    /// so it must be built inside a Tokio runtime.
     pub fn new(database: Database, peers: Peers, options: ExchangeOptions) -> Self {
         Self {
+            writers: writes::Writers::start(&database),
+            recent_quotes: conversions::RecentQuotes::default(),
             database,
             peers,
             options,

@@ -1,10 +1,17 @@
 //! Everyone the exchange talks to, each over its gRPC client with the exchange's service token:
 //! the registry (partners, agreements, terms), linking (links, both members), the ledger, and
 //! the partners' gateways. In one process too, so services can be split without a code change.
+//!
+//! What many sagas ask at once goes in batches (see `batch.rs`): link checks as one
+//! BatchGetLinks, ledger posts as one PostTransactions, and the points moved at each gateway as
+//! one BatchMovePoints (or one call per movement, to a gateway that does not offer it).
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -20,8 +27,22 @@ use tandem_proto::{
 };
 use tonic::{Code, Status, transport::Channel};
 
+use crate::batch::Batcher;
+
 /// How long the exchange waits for a partner's gateway before the outcome counts as unknown.
 const GATEWAY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most links one BatchGetLinks call asks for (the service takes up to 1,000).
+const LINKS_PER_CALL: usize = 500;
+/// Most transactions one PostTransactions call carries (the service takes up to 1,000).
+const POSTS_PER_CALL: usize = 256;
+/// Most movements one BatchMovePoints call carries (a gateway takes up to 1,000).
+const MOVEMENTS_PER_CALL: usize = 500;
+/// Batches of one kind in flight at once: while they run, the next batch fills.
+const CALLS_IN_FLIGHT: usize = 1;
+
+/// A gateway's raw answer to one movement: (outcome, refusal reason), or the status of a call
+/// whose outcome is unknown.
+type MovementAnswer = Result<(i32, i32), Status>;
 
 /// A gateway's answer. `Unknown` means the call may or may not have been applied: the saga must
 /// ask again with the same key.
@@ -47,14 +68,16 @@ pub struct Peers {
     linking: AccountLinkingServiceClient<Channel>,
     ledger: LedgerServiceClient<Channel>,
     token: ServiceToken,
-    gateways: Arc<Mutex<HashMap<String, Channel>>>,
+    gateways: Arc<Mutex<HashMap<String, Batcher<pb::PointMovement, MovementAnswer>>>>,
     accounts: Arc<Mutex<HashMap<AccountName, String>>>,
-    partners: Arc<Mutex<Lookups<String, pb::Partner>>>,
+    partners: Arc<Mutex<Lookups<String, Arc<pb::Partner>>>>,
     agreements: Arc<Mutex<AgreementLookups>>,
+    links: Batcher<String, Result<Option<pb::Link>, Status>>,
+    posts: Batcher<pb::PostTransactionRequest, Result<pb::Transaction, Status>>,
 }
 
 /// The ACTIVE agreement (or none) by source and target partner.
-type AgreementLookups = Lookups<(String, String), Option<pb::Agreement>>;
+type AgreementLookups = Lookups<(String, String), Option<Arc<pb::Agreement>>>;
 
 /// Registry answers by key, with when they were read.
 type Lookups<K, V> = HashMap<K, (Instant, V)>;
@@ -125,11 +148,16 @@ impl Peers {
     /// `channel` reaches the registry, linking and ledger services (one Tandem process, or a
     /// balancer in front of several).
     pub fn new(channel: Channel, authenticator: Arc<Authenticator>) -> Self {
+        let token = ServiceToken::new(authenticator, "exchange");
+        let linking = AccountLinkingServiceClient::new(channel.clone());
+        let ledger = LedgerServiceClient::new(channel.clone());
         Self {
-            registry: PartnerRegistryServiceClient::new(channel.clone()),
-            linking: AccountLinkingServiceClient::new(channel.clone()),
-            ledger: LedgerServiceClient::new(channel),
-            token: ServiceToken::new(authenticator, "exchange"),
+            registry: PartnerRegistryServiceClient::new(channel),
+            links: link_batcher(linking.clone(), token.clone()),
+            posts: post_batcher(ledger.clone(), token.clone()),
+            linking,
+            ledger,
+            token,
             gateways: Arc::default(),
             accounts: Arc::default(),
             partners: Arc::default(),
@@ -145,11 +173,11 @@ impl Peers {
     }
 
     /// A partner, or NOT_FOUND.
-    pub async fn partner(&self, partner_id: &str) -> Result<pb::Partner, Status> {
+    pub async fn partner(&self, partner_id: &str) -> Result<Arc<pb::Partner>, Status> {
         if let Some(partner) = fresh(&self.partners, &partner_id.to_owned()) {
             return Ok(partner);
         }
-        let partner = self.fetch_partner(partner_id).await?;
+        let partner = Arc::new(self.fetch_partner(partner_id).await?);
         self.partners
             .lock()
             .expect("lookup cache lock")
@@ -177,61 +205,71 @@ impl Peers {
         }
     }
 
-    /// A link with both members, or NOT_FOUND.
+    /// A link with both members, or NOT_FOUND. Checks that arrive together are asked together.
     pub async fn link(&self, link_id: &str) -> Result<pb::Link, Status> {
-        let request = self
-            .authed(pb::GetLinkRequest {
-                link_id: link_id.to_owned(),
-            })
-            .await?;
-        match self.linking.clone().get_link(request).await {
-            Ok(response) => response
-                .into_inner()
-                .link
-                .ok_or_else(|| status::internal(&"linking answered without a link")),
-            Err(error) if matches!(error.code(), Code::NotFound | Code::InvalidArgument) => {
-                Err(status::with_reason(
-                    Code::NotFound,
-                    "LINK_NOT_FOUND",
-                    format!("link {link_id} not found"),
-                ))
-            }
-            Err(error) => Err(peer_unavailable("linking service", &error)),
+        let not_found = || {
+            status::with_reason(
+                Code::NotFound,
+                "LINK_NOT_FOUND",
+                format!("link {link_id} not found"),
+            )
+        };
+        match self.links.submit(link_id.to_owned()).await {
+            Some(Ok(Some(link))) => Ok(link),
+            Some(Ok(None)) => Err(not_found()),
+            Some(Err(status)) => Err(status),
+            None => Err(peer_unavailable(
+                "linking service",
+                &Status::unavailable("the link batcher stopped"),
+            )),
         }
     }
 
-    /// The member's ACTIVE links.
-    pub async fn active_links(
+    /// The ACTIVE links of each of these members of `partner_id`, asked in as few calls as the
+    /// service allows. A member without links has no entry.
+    pub async fn active_links_of(
         &self,
         partner_id: &str,
-        member_id: &str,
-    ) -> Result<Vec<pb::Link>, Status> {
-        let mut links = Vec::new();
-        let mut page_token = String::new();
-        loop {
-            let request = self
-                .authed(pb::ListLinksRequest {
-                    partner_id: partner_id.to_owned(),
-                    member_id: member_id.to_owned(),
-                    status: pb::LinkStatus::Active.into(),
-                    page_size: 500,
-                    page_token,
-                    member_ids: Vec::new(),
-                })
-                .await?;
-            let page = self
-                .linking
-                .clone()
-                .list_links(request)
-                .await
-                .map_err(|error| peer_unavailable("linking service", &error))?
-                .into_inner();
-            links.extend(page.links);
-            if page.next_page_token.is_empty() {
-                return Ok(links);
+        members: &[String],
+    ) -> Result<HashMap<String, Vec<pb::Link>>, Status> {
+        let mut links: HashMap<String, Vec<pb::Link>> = HashMap::new();
+        for chunk in members.chunks(LINKS_PER_CALL) {
+            let mut page_token = String::new();
+            loop {
+                let request = self
+                    .authed(pb::ListLinksRequest {
+                        partner_id: partner_id.to_owned(),
+                        member_id: String::new(),
+                        status: pb::LinkStatus::Active.into(),
+                        page_size: 500,
+                        page_token,
+                        member_ids: chunk.to_vec(),
+                    })
+                    .await?;
+                let page = self
+                    .linking
+                    .clone()
+                    .list_links(request)
+                    .await
+                    .map_err(|error| peer_unavailable("linking service", &error))?
+                    .into_inner();
+                for link in page.links {
+                    let side = [&link.initiator, &link.acceptor]
+                        .into_iter()
+                        .flatten()
+                        .find(|side| side.partner_id == partner_id)
+                        .map(|side| side.member_id.clone());
+                    if let Some(member) = side {
+                        links.entry(member).or_default().push(link);
+                    }
+                }
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
             }
-            page_token = page.next_page_token;
         }
+        Ok(links)
     }
 
     /// The ACTIVE agreement from `source` to `target`, if there is one.
@@ -239,12 +277,12 @@ impl Peers {
         &self,
         source: &str,
         target: &str,
-    ) -> Result<Option<pb::Agreement>, Status> {
+    ) -> Result<Option<Arc<pb::Agreement>>, Status> {
         let key = (source.to_owned(), target.to_owned());
         if let Some(agreement) = fresh(&self.agreements, &key) {
             return Ok(agreement);
         }
-        let agreement = self.fetch_agreement(source, target).await?;
+        let agreement = self.fetch_agreement(source, target).await?.map(Arc::new);
         self.agreements
             .lock()
             .expect("lookup cache lock")
@@ -286,18 +324,36 @@ impl Peers {
         }
     }
 
-    fn gateway(&self, endpoint: &str) -> Result<PartnerGatewayServiceClient<Channel>, String> {
+    /// The batcher of a gateway's movements, started on first use.
+    fn gateway(
+        &self,
+        endpoint: &str,
+    ) -> Result<Batcher<pb::PointMovement, MovementAnswer>, String> {
         let mut gateways = self.gateways.lock().expect("gateway cache lock");
-        if let Some(channel) = gateways.get(endpoint) {
-            return Ok(PartnerGatewayServiceClient::new(channel.clone()));
+        if let Some(batcher) = gateways.get(endpoint) {
+            return Ok(batcher.clone());
         }
         let channel = Channel::from_shared(endpoint.to_owned())
             .map_err(|error| format!("gateway endpoint {endpoint:?}: {error}"))?
             .connect_timeout(GATEWAY_TIMEOUT)
             .timeout(GATEWAY_TIMEOUT)
             .connect_lazy();
-        gateways.insert(endpoint.to_owned(), channel.clone());
-        Ok(PartnerGatewayServiceClient::new(channel))
+        let batcher = movement_batcher(
+            PartnerGatewayServiceClient::new(channel),
+            self.token.clone(),
+            endpoint.to_owned(),
+        );
+        gateways.insert(endpoint.to_owned(), batcher.clone());
+        Ok(batcher)
+    }
+
+    /// One movement at a gateway, sent with the others that arrive together.
+    async fn movement(&self, endpoint: &str, movement: pb::PointMovement) -> MovementAnswer {
+        let batcher = self.gateway(endpoint).map_err(Status::invalid_argument)?;
+        batcher
+            .submit(movement)
+            .await
+            .unwrap_or_else(|| Err(Status::unavailable("the gateway's batcher stopped")))
     }
 
     /// Debits (`credit == false`) or credits a member at a partner's gateway.
@@ -310,40 +366,25 @@ impl Peers {
         amount_minor: i64,
         description: &str,
     ) -> GatewayAnswer {
-        let mut client = match self.gateway(endpoint) {
-            Ok(client) => client,
-            Err(error) => return GatewayAnswer::Unknown(error),
-        };
-        let result = if credit {
-            let request = pb::CreditPointsRequest {
+        let operation = if credit {
+            pb::point_movement::Operation::Credit(pb::CreditPointsRequest {
                 transaction_key: key,
                 member_id: member_id.to_owned(),
                 amount_minor,
                 description: description.to_owned(),
-            };
-            match self.authed(request).await {
-                Ok(request) => client.credit_points(request).await.map(|response| {
-                    let answer = response.into_inner();
-                    (answer.outcome, answer.refusal_reason)
-                }),
-                Err(error) => Err(error),
-            }
+            })
         } else {
-            let request = pb::DebitPointsRequest {
+            pb::point_movement::Operation::Debit(pb::DebitPointsRequest {
                 transaction_key: key,
                 member_id: member_id.to_owned(),
                 amount_minor,
                 description: description.to_owned(),
-            };
-            match self.authed(request).await {
-                Ok(request) => client.debit_points(request).await.map(|response| {
-                    let answer = response.into_inner();
-                    (answer.outcome, answer.refusal_reason)
-                }),
-                Err(error) => Err(error),
-            }
+            })
         };
-        answer(result)
+        let movement = pb::PointMovement {
+            operation: Some(operation),
+        };
+        answer(self.movement(endpoint, movement).await)
     }
 
     /// Undoes an earlier debit or credit at a partner's gateway (and voids it if it never
@@ -354,22 +395,15 @@ impl Peers {
         key: String,
         original: String,
     ) -> GatewayAnswer {
-        let mut client = match self.gateway(endpoint) {
-            Ok(client) => client,
-            Err(error) => return GatewayAnswer::Unknown(error),
+        let movement = pb::PointMovement {
+            operation: Some(pb::point_movement::Operation::Reverse(
+                pb::ReversePointsRequest {
+                    transaction_key: key,
+                    original_transaction_key: original,
+                },
+            )),
         };
-        let request = pb::ReversePointsRequest {
-            transaction_key: key,
-            original_transaction_key: original,
-        };
-        let result = match self.authed(request).await {
-            Ok(request) => client.reverse_points(request).await.map(|response| {
-                let answer = response.into_inner();
-                (answer.outcome, answer.refusal_reason)
-            }),
-            Err(error) => Err(error),
-        };
-        match answer(result) {
+        match answer(self.movement(endpoint, movement).await) {
             GatewayAnswer::Refused(reason)
                 if reason == pb::RefusalReason::AlreadyReversed.as_str_name() =>
             {
@@ -410,20 +444,17 @@ impl Peers {
         Ok(account.account_id)
     }
 
-    /// Posts a transaction; the same key returns the original.
+    /// Posts a transaction; the same key returns the original. Posts that arrive together go
+    /// to the ledger in one call.
     pub async fn post(
         &self,
         request: pb::PostTransactionRequest,
     ) -> Result<pb::Transaction, Status> {
-        let request = self.authed(request).await?;
-        self.ledger
-            .clone()
-            .post_transaction(request)
-            .await
-            .map_err(|error| ledger_error(&error))?
-            .into_inner()
-            .transaction
-            .ok_or_else(|| status::internal(&"ledger answered without a transaction"))
+        self.posts.submit(request).await.unwrap_or_else(|| {
+            Err(Status::unavailable(
+                "ledger: the batcher of posts stopped; the outcome is unknown",
+            ))
+        })
     }
 
     /// Posts or voids a pending transaction.
@@ -472,6 +503,200 @@ impl Peers {
             .into_inner()
             .transaction
             .ok_or_else(|| status::internal(&"ledger answered without a transaction"))
+    }
+}
+
+/// Link checks asked together, as one BatchGetLinks call.
+fn link_batcher(
+    linking: AccountLinkingServiceClient<Channel>,
+    token: ServiceToken,
+) -> Batcher<String, Result<Option<pb::Link>, Status>> {
+    Batcher::start(LINKS_PER_CALL, CALLS_IN_FLIGHT, move |ids: Vec<String>| {
+        let (mut linking, token) = (linking.clone(), token.clone());
+        async move {
+            let mut unique = ids.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            let answer = match token
+                .authorize(pb::BatchGetLinksRequest { link_ids: unique })
+                .await
+            {
+                Ok(request) => linking
+                    .batch_get_links(request)
+                    .await
+                    .map_err(|error| peer_unavailable("linking service", &error)),
+                Err(error) => Err(status::internal(&error)),
+            };
+            match answer {
+                Ok(response) => {
+                    let mut found: HashMap<String, pb::Link> = response
+                        .into_inner()
+                        .links
+                        .into_iter()
+                        .map(|link| (link.link_id.clone(), link))
+                        .collect();
+                    let mut answers = Vec::with_capacity(ids.len());
+                    for (index, id) in ids.iter().enumerate() {
+                        // The last asker of an id takes the link; earlier ones get copies.
+                        let last = !ids[index + 1..].contains(id);
+                        answers.push(Ok(if last {
+                            found.remove(id)
+                        } else {
+                            found.get(id).cloned()
+                        }));
+                    }
+                    answers
+                }
+                Err(status) => ids.iter().map(|_| Err(status.clone())).collect(),
+            }
+        }
+    })
+}
+
+/// Ledger posts asked together, as one PostTransactions call; each keeps its own outcome.
+fn post_batcher(
+    ledger: LedgerServiceClient<Channel>,
+    token: ServiceToken,
+) -> Batcher<pb::PostTransactionRequest, Result<pb::Transaction, Status>> {
+    Batcher::start(
+        POSTS_PER_CALL,
+        CALLS_IN_FLIGHT,
+        move |transactions: Vec<pb::PostTransactionRequest>| {
+            let (mut ledger, token) = (ledger.clone(), token.clone());
+            async move {
+                let count = transactions.len();
+                let request = match token
+                    .authorize(pb::PostTransactionsRequest { transactions })
+                    .await
+                {
+                    Ok(request) => request,
+                    Err(error) => {
+                        let status = status::internal(&error);
+                        return (0..count).map(|_| Err(status.clone())).collect();
+                    }
+                };
+                match ledger.post_transactions(request).await {
+                    Ok(response) => {
+                        let results = response.into_inner().results;
+                        if results.len() != count {
+                            let status = Status::unavailable(
+                                "ledger: answered a batch with the wrong number of results",
+                            );
+                            return (0..count).map(|_| Err(status.clone())).collect();
+                        }
+                        results.into_iter().map(post_result).collect()
+                    }
+                    Err(error) => {
+                        let status = ledger_error(&error);
+                        (0..count).map(|_| Err(status.clone())).collect()
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// One transaction's answer in a PostTransactions call, as PostTransaction would have answered.
+fn post_result(result: pb::PostTransactionResult) -> Result<pb::Transaction, Status> {
+    if result.code == Code::Ok as i32 {
+        return result
+            .transaction
+            .ok_or_else(|| status::internal(&"ledger answered without a transaction"));
+    }
+    Err(ledger_error(&Status::new(
+        Code::from_i32(result.code),
+        result.message,
+    )))
+}
+
+/// A gateway's movements asked together, as one BatchMovePoints call; to a gateway that answers
+/// UNIMPLEMENTED, one call per movement from then on.
+fn movement_batcher(
+    gateway: PartnerGatewayServiceClient<Channel>,
+    token: ServiceToken,
+    endpoint: String,
+) -> Batcher<pb::PointMovement, MovementAnswer> {
+    let batches = Arc::new(AtomicBool::new(true));
+    Batcher::start(
+        MOVEMENTS_PER_CALL,
+        CALLS_IN_FLIGHT,
+        move |movements: Vec<pb::PointMovement>| {
+            let (gateway, token, batches) = (gateway.clone(), token.clone(), batches.clone());
+            let endpoint = endpoint.clone();
+            async move {
+                if batches.load(Ordering::Relaxed) {
+                    match batch_call(gateway.clone(), &token, movements.clone()).await {
+                        Err(status) if status.code() == Code::Unimplemented => {
+                            tracing::info!(gateway = %endpoint, "gateway takes no batches; moving points one call at a time");
+                            batches.store(false, Ordering::Relaxed);
+                        }
+                        Ok(answers) => return answers,
+                        Err(status) => {
+                            return movements.iter().map(|_| Err(status.clone())).collect();
+                        }
+                    }
+                }
+                let calls = movements
+                    .into_iter()
+                    .map(|movement| single_call(gateway.clone(), &token, movement));
+                futures::future::join_all(calls).await
+            }
+        },
+    )
+}
+
+async fn batch_call(
+    mut gateway: PartnerGatewayServiceClient<Channel>,
+    token: &ServiceToken,
+    movements: Vec<pb::PointMovement>,
+) -> Result<Vec<MovementAnswer>, Status> {
+    let count = movements.len();
+    let request = token
+        .authorize(pb::BatchMovePointsRequest { movements })
+        .await
+        .map_err(|error| status::internal(&error))?;
+    let results = gateway
+        .batch_move_points(request)
+        .await?
+        .into_inner()
+        .results;
+    if results.len() != count {
+        return Err(Status::unavailable(format!(
+            "gateway answered {} movements with {} results",
+            count,
+            results.len()
+        )));
+    }
+    Ok(results
+        .into_iter()
+        .map(|result| Ok((result.outcome, result.refusal_reason)))
+        .collect())
+}
+
+/// A movement as its own call, for a gateway that takes no batches.
+async fn single_call(
+    mut gateway: PartnerGatewayServiceClient<Channel>,
+    token: &ServiceToken,
+    movement: pb::PointMovement,
+) -> MovementAnswer {
+    let authorize = |error: sqlx::Error| status::internal(&error);
+    match movement.operation {
+        Some(pb::point_movement::Operation::Debit(debit)) => {
+            let request = token.authorize(debit).await.map_err(authorize)?;
+            let answer = gateway.debit_points(request).await?.into_inner();
+            Ok((answer.outcome, answer.refusal_reason))
+        }
+        Some(pb::point_movement::Operation::Credit(credit)) => {
+            let request = token.authorize(credit).await.map_err(authorize)?;
+            let answer = gateway.credit_points(request).await?.into_inner();
+            Ok((answer.outcome, answer.refusal_reason))
+        }
+        Some(pb::point_movement::Operation::Reverse(reverse)) => {
+            let request = token.authorize(reverse).await.map_err(authorize)?;
+            let answer = gateway.reverse_points(request).await?.into_inner();
+            Ok((answer.outcome, answer.refusal_reason))
+        }
+        None => Err(Status::invalid_argument("a movement without an operation")),
     }
 }
 

@@ -1,0 +1,138 @@
+//! Group commit for everything many sagas do at once.
+//!
+//! Hundreds of conversions and earnings in flight each want the same few things: a row written,
+//! a link checked, points moved at a gateway, a transaction posted. One database commit or one
+//! call per saga would bound the exchange by round trips and commits; a [`Batcher`] instead
+//! gathers what arrives while earlier batches are in flight and hands it over as one batch,
+//! written in a few statements or sent as one call. A lone request is never held back waiting
+//! for company: it goes at once when a slot is free, so batching costs nothing when idle and
+//! grows with the load.
+
+use std::{future::Future, sync::Arc};
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// Hands requests to `run` in batches, with at most `in_flight` batches running at once.
+pub(crate) struct Batcher<I, O> {
+    queue: mpsc::Sender<(I, oneshot::Sender<O>)>,
+}
+
+impl<I, O> Clone for Batcher<I, O> {
+    fn clone(&self) -> Self {
+        Self {
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+impl<I, O> std::fmt::Debug for Batcher<I, O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batcher").finish_non_exhaustive()
+    }
+}
+
+impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
+    /// Starts the batcher's task, which stops once every clone of the batcher is dropped.
+    /// `run` answers a batch with one output per input, in order.
+    pub(crate) fn start<F, Fut>(max_batch: usize, in_flight: usize, run: F) -> Self
+    where
+        F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<O>> + Send + 'static,
+    {
+        let (queue, mut receiver) = mpsc::channel::<(I, oneshot::Sender<O>)>(max_batch * 4);
+        let slots = Arc::new(Semaphore::new(in_flight.max(1)));
+        let run = Arc::new(run);
+        tokio::spawn(async move {
+            loop {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let mut waiting = Vec::with_capacity(max_batch);
+                if receiver.recv_many(&mut waiting, max_batch).await == 0 {
+                    return;
+                }
+                let run = run.clone();
+                tokio::spawn(async move {
+                    let (inputs, replies): (Vec<I>, Vec<oneshot::Sender<O>>) =
+                        waiting.into_iter().unzip();
+                    let outputs = run(inputs).await;
+                    // A caller that stopped waiting finds its work done anyway; every step the
+                    // exchange batches is idempotent, so that is harmless.
+                    for (reply, output) in replies.into_iter().zip(outputs) {
+                        let _ = reply.send(output);
+                    }
+                    drop(slot);
+                });
+            }
+        });
+        Self { queue }
+    }
+
+    /// The output for `input`, once its batch has run; `None` if the batcher stopped (or its
+    /// batch failed to answer it), in which case the outcome is unknown.
+    pub(crate) async fn submit(&self, input: I) -> Option<O> {
+        let (reply, output) = oneshot::channel();
+        self.queue.send((input, reply)).await.ok()?;
+        output.await.ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn each_input_gets_its_own_output() {
+        let batcher = Batcher::start(8, 2, |inputs: Vec<u32>| async move {
+            inputs.into_iter().map(|input| input * 10).collect()
+        });
+        let outputs = futures::future::join_all((0..50).map(|input| batcher.submit(input))).await;
+        let expected: Vec<Option<u32>> = (0..50).map(|input| Some(input * 10)).collect();
+        assert_eq!(outputs, expected);
+    }
+
+    #[tokio::test]
+    async fn requests_that_wait_share_a_batch() {
+        let batches = Arc::new(AtomicUsize::new(0));
+        let counted = batches.clone();
+        // One slot, and a first batch that waits until every request has queued behind it.
+        let (release, released) = tokio::sync::watch::channel(false);
+        let batcher = Batcher::start(64, 1, move |inputs: Vec<u32>| {
+            let counted = counted.clone();
+            let mut released = released.clone();
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let _ = released.wait_for(|released| *released).await;
+                inputs
+            }
+        });
+        let first = tokio::spawn({
+            let batcher = batcher.clone();
+            async move { batcher.submit(0).await }
+        });
+        // The first request is taken alone: nothing else was waiting.
+        while batches.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // Twenty more queue up behind it (straight onto the queue, so they are all there before
+        // the first batch ends).
+        let mut answers = Vec::new();
+        for input in 1..=20 {
+            let (reply, answer) = oneshot::channel();
+            batcher.queue.send((input, reply)).await.unwrap();
+            answers.push(answer);
+        }
+        release.send(true).unwrap();
+        assert_eq!(first.await.unwrap(), Some(0));
+        for (index, answer) in answers.into_iter().enumerate() {
+            assert_eq!(answer.await.unwrap(), index as u32 + 1);
+        }
+        assert_eq!(
+            batches.load(Ordering::SeqCst),
+            2,
+            "the twenty that waited went together"
+        );
+    }
+}
