@@ -1318,7 +1318,8 @@ impl Exchange {
                 "SELECT {QUOTE_COLUMNS} FROM quotes WHERE quote_id IN ({})",
                 placeholders.join(", ")
             );
-            let mut query = sqlx::query_as::<_, QuoteRow>(sqlx::AssertSqlSafe(sql));
+            let mut query = sqlx::query_as::<_, QuoteRow>(sqlx::AssertSqlSafe(sql))
+                .persistent(tandem_storage::REPLANNED);
             for row in &rows {
                 query = query.bind(&row.quote_id);
             }

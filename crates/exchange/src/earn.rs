@@ -489,28 +489,17 @@ impl Exchange {
 
     /// Records checked reports in one write transaction: for each, (activity id, replayed,
     /// lease owner of its new earnings) or why it was refused. A report whose external id is
-    /// already recorded is a replay when its content matches.
+    /// already recorded (before, or earlier in the group) is a replay when its content matches.
     pub(crate) async fn record_group(
         &self,
         lookups: &mut Lookups,
         reports: &[Report],
     ) -> Result<Vec<RecordOutcome>, Status> {
         let mut outcomes: Vec<Option<RecordOutcome>> = (0..reports.len()).map(|_| None).collect();
-        let existing = self.recorded_already(reports).await?;
-        let mut fresh = Vec::with_capacity(reports.len());
-        for (index, report) in reports.iter().enumerate() {
-            match existing.get(&(report.partner_id.clone(), report.external_id.clone())) {
-                Some(existing) => {
-                    outcomes[index] =
-                        Some(Self::check_replay(report, existing).map(|()| Recorded {
-                            activity_id: existing.activity_id.clone(),
-                            replayed: true,
-                            new_earnings: None,
-                        }));
-                }
-                None => fresh.push(index),
-            }
-        }
+        // Every report is planned as new; one whose external id is already recorded finds it
+        // taken when its activity is inserted, and is answered as a replay then. Replays are
+        // rare, so looking them up first would cost every group a query for nothing.
+        let fresh: Vec<usize> = (0..reports.len()).collect();
         let fresh_reports: Vec<&Report> = fresh.iter().map(|index| &reports[*index]).collect();
         lookups.fill(&self.peers, &fresh_reports).await?;
         let mut planned = Vec::with_capacity(fresh.len());
@@ -571,7 +560,11 @@ impl Exchange {
         let owner = new_id();
         let now = now_micros();
         let lease_until = self.lease_until();
-        let mut transaction = self.database.begin_write().await.map_err(database_error)?;
+        let mut transaction = self
+            .database
+            .begin_keyed_write()
+            .await
+            .map_err(database_error)?;
         let all_plans: Vec<&Plan> = planned
             .iter()
             .flat_map(|(_, _, plans)| plans.iter())
@@ -619,52 +612,6 @@ impl Exchange {
             result?;
         }
         Ok(())
-    }
-
-    /// The activities already recorded under the reports' external ids, by (partner, external
-    /// id): one query per group rather than one per report.
-    async fn recorded_already(
-        &self,
-        reports: &[Report],
-    ) -> Result<HashMap<(String, String), ActivityRow>, Status> {
-        let mut found = HashMap::new();
-        let Some(first) = reports.first() else {
-            return Ok(found);
-        };
-        if reports
-            .iter()
-            .any(|report| report.partner_id != first.partner_id)
-        {
-            for report in reports {
-                if let Some(row) = self
-                    .activity_by_external_id(&report.partner_id, &report.external_id)
-                    .await?
-                {
-                    found.insert((row.partner_id.clone(), row.external_id.clone()), row);
-                }
-            }
-            return Ok(found);
-        }
-        let placeholders: Vec<String> = (0..reports.len())
-            .map(|index| format!("${}", index + 2))
-            .collect();
-        let sql = format!(
-            "SELECT {ACTIVITY_COLUMNS} FROM activities WHERE partner_id = $1 AND external_id IN ({})",
-            placeholders.join(", ")
-        );
-        let mut query =
-            sqlx::query_as::<_, ActivityRow>(sqlx::AssertSqlSafe(sql)).bind(&first.partner_id);
-        for report in reports {
-            query = query.bind(&report.external_id);
-        }
-        for row in query
-            .fetch_all(self.database.pool())
-            .await
-            .map_err(database_error)?
-        {
-            found.insert((row.partner_id.clone(), row.external_id.clone()), row);
-        }
-        Ok(found)
     }
 
     async fn load_earning(&self, id: &str) -> Result<Option<EarningRow>, Status> {

@@ -153,7 +153,7 @@ async fn write_batch(database: &Database, writes: &[Write]) -> Result<Vec<bool>,
             Write::Progress(write) => progress.push(write),
         }
     }
-    let mut transaction = database.begin_write().await?;
+    let mut transaction = database.begin_keyed_write().await?;
     if !quotes.is_empty() {
         insert_quotes(&mut transaction, &quotes).await?;
     }

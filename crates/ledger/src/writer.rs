@@ -102,7 +102,7 @@ async fn apply_batch(
     jobs: &[Job],
 ) -> Result<Vec<Result<Posted, LedgerError>>, sqlx::Error> {
     let now = tandem_domain::now();
-    let mut transaction = database.begin_write().await?;
+    let mut transaction = database.begin_keyed_write().await?;
     let mut touched = BTreeSet::<AccountId>::new();
     for job in jobs {
         touched.extend(store::accounts_touched(&mut transaction, &job.request).await?);

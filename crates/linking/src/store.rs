@@ -420,7 +420,8 @@ pub(crate) async fn links_by_id(
             "SELECT {LINK_COLUMNS} FROM links WHERE link_id IN ({})",
             tandem_storage::placeholders(chunk.len(), 1)
         );
-        let mut statement = sqlx::query_as::<_, LinkRow>(sqlx::AssertSqlSafe(query));
+        let mut statement = sqlx::query_as::<_, LinkRow>(sqlx::AssertSqlSafe(query))
+            .persistent(tandem_storage::REPLANNED);
         for id in chunk {
             statement = statement.bind(*id);
         }
@@ -498,7 +499,8 @@ pub(crate) async fn links(
         "SELECT {LINK_COLUMNS} FROM links {filter} \
          ORDER BY created_at_micros DESC, link_id DESC LIMIT {limit}"
     );
-    let mut statement = sqlx::query_as::<_, LinkRow>(sqlx::AssertSqlSafe(query));
+    let mut statement = sqlx::query_as::<_, LinkRow>(sqlx::AssertSqlSafe(query))
+        .persistent(tandem_storage::REPLANNED);
     for value in values {
         statement = match value {
             Value::Text(text) => statement.bind(text),

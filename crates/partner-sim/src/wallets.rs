@@ -365,7 +365,7 @@ impl Wallets {
         &self,
         operations: &[Operation],
     ) -> Result<Option<Vec<Outcome>>, sqlx::Error> {
-        let mut transaction = self.database.begin_write().await?;
+        let mut transaction = self.database.begin_keyed_write().await?;
         let mut keys: Vec<&str> = Vec::with_capacity(operations.len() * 2);
         for operation in operations {
             match operation {

@@ -45,6 +45,13 @@ pub fn row_placeholders(rows: usize, columns: usize, first: usize) -> String {
         .join(", ")
 }
 
+/// Why some statements are sent with `.persistent(false)`: a batch statement (a multi-row
+/// `UPDATE … FROM (VALUES …)`, a look-up of many keys with `IN (…)`) is planned afresh each
+/// time on PostgreSQL, with the table as it is now. A prepared statement's cached generic plan
+/// is made once, often while the table is still small, and a sequential scan that was right for
+/// ten rows stays chosen for ten million wherever statistics are not refreshed.
+pub const REPLANNED: bool = false;
+
 /// Where the services keep their data.
 #[derive(Debug, Clone)]
 pub enum Location {
@@ -157,6 +164,25 @@ impl Database {
         match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
             Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
+    /// Begins a write transaction whose statements all find their rows by key (a primary key, a
+    /// unique key, `IN` a list of keys, a join on the key to a list of rows). On PostgreSQL its
+    /// plans rule out sequential scans (`SET LOCAL enable_seqscan = off`, sent with the BEGIN,
+    /// so it costs no round trip): a prepared statement's cached generic plan is made once,
+    /// often while the table is still small, and a scan that was right for ten rows would
+    /// otherwise stay chosen for ten million wherever statistics are not refreshed.
+    pub async fn begin_keyed_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => {
+                self.pool
+                    .begin_with("BEGIN; SET LOCAL enable_seqscan = off")
+                    .await
+            }
         }
     }
 
