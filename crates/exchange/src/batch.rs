@@ -4,13 +4,24 @@
 //! a link checked, points moved at a gateway, a transaction posted. One database commit or one
 //! call per saga would bound the exchange by round trips and commits; a [`Batcher`] instead
 //! gathers what arrives while earlier batches are in flight and hands it over as one batch,
-//! written in a few statements or sent as one call. A lone request is never held back waiting
-//! for company: it goes at once when a slot is free, so batching costs nothing when idle and
-//! grows with the load.
+//! written in a few statements or sent as one call.
+//!
+//! A lone request is never held back waiting for company: when the last batch held one request
+//! and nothing else is waiting, the next goes at once, so batching costs nothing when idle. Under
+//! load (the batch in hand, or the last one, holds several), the batcher pauses for a moment
+//! ([`GATHER`]) to let the requests already on their way join: a batch costs much the same
+//! whether it carries four requests or twelve, so on a busy machine fewer, fuller batches leave
+//! more of it for everything else.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// How long a batch under load waits for more requests before it goes. Tokio's timers tick in
+/// milliseconds, so this is in effect up to one tick. Measured on the exchange's conversion
+/// benchmark (32 clients, PostgreSQL): against no pause, batches grew from about 4 requests to
+/// about 11, the CPU spent per conversion fell by a third and throughput rose by a sixth.
+pub(crate) const GATHER: Duration = Duration::from_micros(250);
 
 /// Hands requests to `run` in batches, with at most `in_flight` batches running at once.
 pub(crate) struct Batcher<I, O> {
@@ -43,6 +54,7 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
         let slots = Arc::new(Semaphore::new(in_flight.max(1)));
         let run = Arc::new(run);
         tokio::spawn(async move {
+            let mut last_batch = 0;
             loop {
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     return;
@@ -51,6 +63,16 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
                 if receiver.recv_many(&mut waiting, max_batch).await == 0 {
                     return;
                 }
+                if waiting.len() < max_batch && (waiting.len() > 1 || last_batch > 1) {
+                    tokio::time::sleep(GATHER).await;
+                    while waiting.len() < max_batch {
+                        match receiver.try_recv() {
+                            Ok(request) => waiting.push(request),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                last_batch = waiting.len();
                 let run = run.clone();
                 tokio::spawn(async move {
                     let (inputs, replies): (Vec<I>, Vec<oneshot::Sender<O>>) =

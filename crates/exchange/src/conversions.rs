@@ -704,7 +704,7 @@ impl Exchange {
                 next_attempt_micros: next_attempt,
                 lease_until_micros: lease_until,
                 updated_at_micros: now,
-                finished: progress.step == "DONE",
+                finished_at_micros: (progress.step == "DONE").then_some(now),
             }))
             .await
     }

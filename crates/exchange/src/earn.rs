@@ -14,7 +14,7 @@ use rust_decimal::Decimal;
 use tandem_auth::Caller;
 use tandem_domain::{Currency, from_unix_micros, to_unix_micros};
 use tandem_proto::{status, time::datetime, v1 as pb};
-use tandem_storage::row_placeholders;
+use tandem_storage::{Backend, ColumnType, JsonRows, to_json};
 use tonic::{Code, Status};
 
 use crate::{
@@ -560,11 +560,7 @@ impl Exchange {
         let owner = new_id();
         let now = now_micros();
         let lease_until = self.lease_until();
-        let mut transaction = self
-            .database
-            .begin_keyed_write()
-            .await
-            .map_err(database_error)?;
+        let mut transaction = self.database.begin_write().await.map_err(database_error)?;
         let all_plans: Vec<&Plan> = planned
             .iter()
             .flat_map(|(_, _, plans)| plans.iter())
@@ -574,7 +570,8 @@ impl Exchange {
             .iter()
             .map(|(index, activity_id, _)| (&reports[*index], activity_id.as_str()))
             .collect();
-        let inserted = insert_activities(&mut transaction, &activities, now)
+        let backend = self.database.backend();
+        let inserted = insert_activities(&mut transaction, backend, &activities, now)
             .await
             .map_err(database_error)?;
         let mut collided = Vec::new();
@@ -595,9 +592,16 @@ impl Exchange {
                 new_earnings: Some((owner.clone(), rows)),
             }));
         }
-        insert_earnings(&mut transaction, &earnings, now, &owner, lease_until)
-            .await
-            .map_err(database_error)?;
+        insert_earnings(
+            &mut transaction,
+            backend,
+            &earnings,
+            now,
+            &owner,
+            lease_until,
+        )
+        .await
+        .map_err(database_error)?;
         transaction.commit().await.map_err(database_error)?;
         Ok(collided)
     }
@@ -1135,96 +1139,127 @@ enum EarnNext {
     Stop,
 }
 
-/// Rows per multi-row insert: earnings have 32 columns, and SQLite takes up to 32,766 bound
-/// values in one statement.
-const ROWS_PER_INSERT: usize = 500;
+/// An activity row as the group insert reads it.
+#[derive(serde::Serialize)]
+struct NewActivity<'a> {
+    activity_id: &'a str,
+    partner_id: &'a str,
+    external_id: &'a str,
+    member_id: &'a str,
+    spend_amount_minor: i64,
+    spend_currency: &'a str,
+    category: &'a str,
+    member_tier: &'a str,
+    activity_at_micros: i64,
+    recorded_at_micros: i64,
+}
+
+const ACTIVITY_ROWS: JsonRows = JsonRows::new(&[
+    ("activity_id", ColumnType::Text),
+    ("partner_id", ColumnType::Text),
+    ("external_id", ColumnType::Text),
+    ("member_id", ColumnType::Text),
+    ("spend_amount_minor", ColumnType::BigInt),
+    ("spend_currency", ColumnType::Text),
+    ("category", ColumnType::Text),
+    ("member_tier", ColumnType::Text),
+    ("activity_at_micros", ColumnType::BigInt),
+    ("recorded_at_micros", ColumnType::BigInt),
+]);
 
 /// Inserts activities, skipping any whose external id is already taken (`ON CONFLICT DO
 /// NOTHING`, so one taken id never aborts the group); the ids of those inserted.
 async fn insert_activities(
     connection: &mut sqlx::AnyConnection,
+    backend: Backend,
     activities: &[(&Report, &str)],
     now: i64,
 ) -> Result<std::collections::HashSet<String>, sqlx::Error> {
-    let mut inserted = std::collections::HashSet::with_capacity(activities.len());
-    for chunk in activities.chunks(ROWS_PER_INSERT) {
-        let query = format!(
-            "INSERT INTO activities ({ACTIVITY_COLUMNS}) VALUES {} \
-             ON CONFLICT DO NOTHING RETURNING activity_id",
-            row_placeholders(chunk.len(), 12, 1)
-        );
-        let mut statement = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(query));
-        for (report, activity_id) in chunk {
-            statement = statement
-                .bind(*activity_id)
-                .bind(report.partner_id.as_str())
-                .bind(report.external_id.as_str())
-                .bind(report.member_id.as_str())
-                .bind(report.spend_minor)
-                .bind(report.currency.code())
-                .bind(report.category.as_str())
-                .bind(report.tier.as_str())
-                .bind(report.at_micros)
-                .bind(now)
-                .bind("RECORDED")
-                .bind("");
-        }
-        inserted.extend(statement.fetch_all(&mut *connection).await?);
-    }
-    Ok(inserted)
+    let rows: Vec<NewActivity<'_>> = activities
+        .iter()
+        .map(|(report, activity_id)| NewActivity {
+            activity_id,
+            partner_id: &report.partner_id,
+            external_id: &report.external_id,
+            member_id: &report.member_id,
+            spend_amount_minor: report.spend_minor,
+            spend_currency: report.currency.code(),
+            category: &report.category,
+            member_tier: &report.tier,
+            activity_at_micros: report.at_micros,
+            recorded_at_micros: now,
+        })
+        .collect();
+    let query = format!(
+        "INSERT INTO activities ({}, status, reverse_reason) SELECT {}, 'RECORDED', '' FROM {} \
+         WHERE true ON CONFLICT DO NOTHING RETURNING activity_id",
+        ACTIVITY_ROWS.names(),
+        ACTIVITY_ROWS.columns("new_activity"),
+        ACTIVITY_ROWS.source(backend, 1, "new_activity")
+    );
+    let inserted: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(query))
+        .bind(to_json(&rows))
+        .fetch_all(connection)
+        .await?;
+    Ok(inserted.into_iter().collect())
 }
 
-/// Inserts earnings with their saga state, leased to `owner`.
+const EARNING_ROWS: JsonRows = JsonRows::new(&[
+    ("earning_id", ColumnType::Text),
+    ("activity_id", ColumnType::Text),
+    ("source_partner_id", ColumnType::Text),
+    ("source_member_id", ColumnType::Text),
+    ("target_partner_id", ColumnType::Text),
+    ("target_member_id", ColumnType::Text),
+    ("target_gateway", ColumnType::Text),
+    ("link_id", ColumnType::Text),
+    ("agreement_id", ColumnType::Text),
+    ("terms_version", ColumnType::BigInt),
+    ("target_program", ColumnType::Text),
+    ("target_scale", ColumnType::BigInt),
+    ("points", ColumnType::BigInt),
+    ("eligible_spend_minor", ColumnType::BigInt),
+    ("spend_year", ColumnType::BigInt),
+    ("multiplier", ColumnType::Text),
+    ("settlement_currency", ColumnType::Text),
+    ("currency_scale", ColumnType::BigInt),
+    ("settlement_amount_minor", ColumnType::BigInt),
+    ("fee_amount_minor", ColumnType::BigInt),
+    ("status", ColumnType::Text),
+    ("step", ColumnType::Text),
+    ("refund_requested", ColumnType::BigInt),
+    ("hold_until_micros", ColumnType::BigInt),
+    ("note", ColumnType::Text),
+    ("ledger_transaction_id", ColumnType::Text),
+    ("attempts", ColumnType::BigInt),
+    ("last_error", ColumnType::Text),
+]);
+
+/// Inserts earnings with their saga state, leased to `owner` until `lease_until`.
 async fn insert_earnings(
     connection: &mut sqlx::AnyConnection,
+    backend: Backend,
     earnings: &[EarningRow],
     now: i64,
     owner: &str,
     lease_until: i64,
 ) -> Result<(), sqlx::Error> {
-    for chunk in earnings.chunks(ROWS_PER_INSERT) {
-        let query = format!(
-            "INSERT INTO earnings ({EARNING_COLUMNS}, next_attempt_micros, lease_owner, \
-             lease_until_micros, updated_at_micros) VALUES {}",
-            row_placeholders(chunk.len(), 32, 1)
-        );
-        let mut statement = sqlx::query(sqlx::AssertSqlSafe(query));
-        for row in chunk {
-            statement = statement
-                .bind(row.earning_id.as_str())
-                .bind(row.activity_id.as_str())
-                .bind(row.source_partner_id.as_str())
-                .bind(row.source_member_id.as_str())
-                .bind(row.target_partner_id.as_str())
-                .bind(row.target_member_id.as_str())
-                .bind(row.target_gateway.as_str())
-                .bind(row.link_id.as_str())
-                .bind(row.agreement_id.as_str())
-                .bind(row.terms_version)
-                .bind(row.target_program.as_str())
-                .bind(row.target_scale)
-                .bind(row.points)
-                .bind(row.eligible_spend_minor)
-                .bind(row.spend_year)
-                .bind(row.multiplier.as_str())
-                .bind(row.settlement_currency.as_str())
-                .bind(row.currency_scale)
-                .bind(row.settlement_amount_minor)
-                .bind(row.fee_amount_minor)
-                .bind(row.status.as_str())
-                .bind(row.step.as_str())
-                .bind(row.refund_requested)
-                .bind(row.hold_until_micros)
-                .bind(row.note.as_str())
-                .bind(row.ledger_transaction_id.as_str())
-                .bind(row.attempts)
-                .bind(row.last_error.as_str())
-                .bind(now)
-                .bind(owner)
-                .bind(lease_until)
-                .bind(now);
-        }
-        statement.execute(&mut *connection).await?;
+    if earnings.is_empty() {
+        return Ok(());
     }
+    let query = format!(
+        "INSERT INTO earnings ({}, next_attempt_micros, lease_owner, lease_until_micros, \
+         updated_at_micros) SELECT {}, $2, $3, $4, $2 FROM {}",
+        EARNING_ROWS.names(),
+        EARNING_ROWS.columns("new_earning"),
+        EARNING_ROWS.source(backend, 1, "new_earning")
+    );
+    sqlx::query(sqlx::AssertSqlSafe(query))
+        .bind(to_json(earnings))
+        .bind(now)
+        .bind(owner)
+        .bind(lease_until)
+        .execute(connection)
+        .await?;
     Ok(())
 }

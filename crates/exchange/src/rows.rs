@@ -3,7 +3,7 @@
 use tandem_domain::from_unix_micros;
 use tandem_proto::{time::timestamp, v1 as pb};
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub(crate) struct QuoteRow {
     pub quote_id: String,
     pub link_id: String,
@@ -169,7 +169,7 @@ pub(crate) const ACTIVITY_COLUMNS: &str = "activity_id, partner_id, external_id,
      spend_amount_minor, spend_currency, category, member_tier, activity_at_micros, \
      recorded_at_micros, status, reverse_reason";
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub(crate) struct EarningRow {
     pub earning_id: String,
     pub activity_id: String,

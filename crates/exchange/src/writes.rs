@@ -5,20 +5,17 @@
 
 use std::collections::HashSet;
 
-use tandem_storage::{Database, row_placeholders};
+use serde::Serialize;
+use tandem_storage::{Backend, ColumnType, Database, JsonRows, to_json};
 use tonic::Status;
 
-use crate::{
-    batch::Batcher,
-    database_error,
-    rows::{QUOTE_COLUMNS, QuoteRow},
-};
+use crate::{batch::Batcher, database_error, rows::QuoteRow};
 
-/// Most rows one batch writes.
+/// Most writes one batch carries.
 const ROWS_PER_BATCH: usize = 256;
 
 /// A conversion about to start: written PENDING at its first step, with its driver's lease.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub(crate) struct NewConversion {
     pub conversion_id: String,
     pub quote_id: String,
@@ -35,7 +32,7 @@ pub(crate) struct NewConversion {
 }
 
 /// Where a conversion's saga stands, to be written if its driver still holds the lease.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub(crate) struct ConversionProgress {
     pub conversion_id: String,
     pub lease_owner: String,
@@ -49,12 +46,12 @@ pub(crate) struct ConversionProgress {
     pub next_attempt_micros: i64,
     pub lease_until_micros: i64,
     pub updated_at_micros: i64,
-    /// Whether the saga ends with this write.
-    pub finished: bool,
+    /// When the saga ended, if it ends with this write.
+    pub finished_at_micros: Option<i64>,
 }
 
 /// Where an earning's saga stands, to be written if its driver still holds the lease.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub(crate) struct EarningProgress {
     pub earning_id: String,
     pub lease_owner: String,
@@ -98,7 +95,8 @@ fn stopped() -> Status {
 
 impl Writers {
     pub(crate) fn start(database: &Database) -> Self {
-        let database = database.clone();
+        // Its own connection, planning by key; one batch in flight needs no more.
+        let database = database.keyed(1);
         // One batch in flight: while it commits, the next one gathers.
         let writes = Batcher::start(ROWS_PER_BATCH, 1, move |writes: Vec<Write>| {
             let database = database.clone();
@@ -140,39 +138,96 @@ impl Writers {
     }
 }
 
-/// Writes a batch in one transaction, a statement per kind of write present; for each write,
-/// whether it took effect (a quote always does).
+/// Writes a batch, a statement per kind of write present, all committed together; for each
+/// write, whether it took effect (a quote always does). On PostgreSQL the statements go as one,
+/// joined by WITH, so a batch costs one round trip and one commit.
 async fn write_batch(database: &Database, writes: &[Write]) -> Result<Vec<bool>, sqlx::Error> {
     let mut quotes = Vec::new();
     let mut conversions = Vec::new();
-    let mut progress = Vec::new();
+    let mut conversion_progress = Vec::new();
+    let mut earning_progress = Vec::new();
     for write in writes {
         match write {
             Write::Quote(quote) => quotes.push(quote),
             Write::Conversion(conversion) => conversions.push(conversion),
-            Write::Progress(write) => progress.push(write),
+            Write::Progress(Progress::Conversion(progress)) => conversion_progress.push(progress),
+            Write::Progress(Progress::Earning(progress)) => earning_progress.push(progress),
         }
     }
-    let mut transaction = database.begin_keyed_write().await?;
-    if !quotes.is_empty() {
-        insert_quotes(&mut transaction, &quotes).await?;
+    let backend = database.backend();
+    let statements = [
+        (
+            insert_quotes(backend, 1),
+            to_json(&quotes),
+            quotes.is_empty(),
+        ),
+        (
+            insert_conversions(backend, 2),
+            to_json(&conversions),
+            conversions.is_empty(),
+        ),
+        (
+            update_conversions(backend, 3),
+            to_json(&conversion_progress),
+            conversion_progress.is_empty(),
+        ),
+        (
+            update_earnings(backend, 4),
+            to_json(&earning_progress),
+            earning_progress.is_empty(),
+        ),
+    ];
+    let mut written = HashSet::new();
+    match backend {
+        Backend::Postgres => {
+            let [quotes, conversions, conversion_progress, earning_progress] = statements;
+            let query = format!(
+                "WITH new_quotes AS ({}), new_conversions AS ({}), conversion_progress AS ({}), \
+                 earning_progress AS ({}) \
+                 SELECT id FROM new_conversions UNION ALL SELECT id FROM conversion_progress \
+                 UNION ALL SELECT id FROM earning_progress",
+                quotes.0, conversions.0, conversion_progress.0, earning_progress.0
+            );
+            let ids: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(query))
+                .bind(quotes.1)
+                .bind(conversions.1)
+                .bind(conversion_progress.1)
+                .bind(earning_progress.1)
+                .fetch_all(database.pool())
+                .await?;
+            written.extend(ids);
+        }
+        Backend::Sqlite => {
+            let mut transaction = database.begin_write().await?;
+            for (index, (statement, rows, empty)) in statements.into_iter().enumerate() {
+                if empty {
+                    continue;
+                }
+                // Each statement reads its rows from the parameter numbered for the joined
+                // PostgreSQL statement; here it is alone, so that one parameter is its first.
+                let statement = statement.replace(&format!("${}", index + 1), "$1");
+                let ids: Vec<String> = if index == 0 {
+                    sqlx::query(sqlx::AssertSqlSafe(statement))
+                        .bind(rows)
+                        .execute(&mut *transaction)
+                        .await?;
+                    Vec::new()
+                } else {
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(statement))
+                        .bind(rows)
+                        .fetch_all(&mut *transaction)
+                        .await?
+                };
+                written.extend(ids);
+            }
+            transaction.commit().await?;
+        }
     }
-    let inserted = if conversions.is_empty() {
-        Default::default()
-    } else {
-        insert_conversions(&mut transaction, &conversions).await?
-    };
-    let written = if progress.is_empty() {
-        Default::default()
-    } else {
-        write_progress(&mut transaction, &progress).await?
-    };
-    transaction.commit().await?;
     Ok(writes
         .iter()
         .map(|write| match write {
             Write::Quote(_) => true,
-            Write::Conversion(conversion) => inserted.contains(&conversion.conversion_id),
+            Write::Conversion(conversion) => written.contains(&conversion.conversion_id),
             Write::Progress(Progress::Conversion(progress)) => {
                 written.contains(&progress.conversion_id)
             }
@@ -181,187 +236,146 @@ async fn write_batch(database: &Database, writes: &[Write]) -> Result<Vec<bool>,
         .collect())
 }
 
-async fn insert_quotes(
-    connection: &mut sqlx::AnyConnection,
-    quotes: &[&QuoteRow],
-) -> Result<(), sqlx::Error> {
-    const COLUMNS: usize = 26;
-    let query = format!(
-        "INSERT INTO quotes ({QUOTE_COLUMNS}) VALUES {}",
-        row_placeholders(quotes.len(), COLUMNS, 1)
-    );
-    let mut statement = sqlx::query(sqlx::AssertSqlSafe(query));
-    for quote in quotes {
-        statement = statement
-            .bind(quote.quote_id.clone())
-            .bind(quote.link_id.clone())
-            .bind(quote.source_partner_id.clone())
-            .bind(quote.source_member_id.clone())
-            .bind(quote.source_gateway.clone())
-            .bind(quote.source_program.clone())
-            .bind(quote.source_scale)
-            .bind(quote.source_points)
-            .bind(quote.target_partner_id.clone())
-            .bind(quote.target_member_id.clone())
-            .bind(quote.target_gateway.clone())
-            .bind(quote.target_program.clone())
-            .bind(quote.target_scale)
-            .bind(quote.target_points)
-            .bind(quote.agreement_id.clone())
-            .bind(quote.terms_version)
-            .bind(quote.conversion_rate.clone())
-            .bind(quote.settlement_currency.clone())
-            .bind(quote.currency_scale)
-            .bind(quote.settlement_amount_minor)
-            .bind(quote.fee_amount_minor)
-            .bind(quote.member_daily_cap_points)
-            .bind(quote.agreement_monthly_cap_points)
-            .bind(quote.reversal_hours)
-            .bind(quote.created_at_micros)
-            .bind(quote.expires_at_micros);
-    }
-    statement.execute(connection).await?;
-    Ok(())
+const QUOTE_ROWS: JsonRows = JsonRows::new(&[
+    ("quote_id", ColumnType::Text),
+    ("link_id", ColumnType::Text),
+    ("source_partner_id", ColumnType::Text),
+    ("source_member_id", ColumnType::Text),
+    ("source_gateway", ColumnType::Text),
+    ("source_program", ColumnType::Text),
+    ("source_scale", ColumnType::BigInt),
+    ("source_points", ColumnType::BigInt),
+    ("target_partner_id", ColumnType::Text),
+    ("target_member_id", ColumnType::Text),
+    ("target_gateway", ColumnType::Text),
+    ("target_program", ColumnType::Text),
+    ("target_scale", ColumnType::BigInt),
+    ("target_points", ColumnType::BigInt),
+    ("agreement_id", ColumnType::Text),
+    ("terms_version", ColumnType::BigInt),
+    ("conversion_rate", ColumnType::Text),
+    ("settlement_currency", ColumnType::Text),
+    ("currency_scale", ColumnType::BigInt),
+    ("settlement_amount_minor", ColumnType::BigInt),
+    ("fee_amount_minor", ColumnType::BigInt),
+    ("member_daily_cap_points", ColumnType::BigInt),
+    ("agreement_monthly_cap_points", ColumnType::BigInt),
+    ("reversal_hours", ColumnType::BigInt),
+    ("created_at_micros", ColumnType::BigInt),
+    ("expires_at_micros", ColumnType::BigInt),
+]);
+
+fn insert_quotes(backend: Backend, parameter: usize) -> String {
+    format!(
+        "INSERT INTO quotes ({}) SELECT {} FROM {}",
+        QUOTE_ROWS.names(),
+        QUOTE_ROWS.columns("new_quote"),
+        QUOTE_ROWS.source(backend, parameter, "new_quote")
+    )
 }
 
-/// Inserts new conversions, skipping any whose idempotency key or quote is already taken
-/// (`ON CONFLICT DO NOTHING`, so one taken key never fails the others); the ids inserted.
-/// (`WHERE true` settles SQLite's parsing of an upsert whose rows come from a SELECT.)
-async fn insert_conversions(
-    connection: &mut sqlx::AnyConnection,
-    conversions: &[&NewConversion],
-) -> Result<HashSet<String>, sqlx::Error> {
-    const COLUMNS: usize = 12;
-    let query = format!(
-        "INSERT INTO conversions (conversion_id, quote_id, source_partner_id, idempotency_key, \
-         source_member_id, target_partner_id, target_member_id, agreement_id, source_points, \
-         lease_owner, lease_until_micros, created_at_micros, status, step, attempts, last_error, \
-         failure_reason, ledger_transaction_id, reversal_transaction_id, reverse_reason, \
-         next_attempt_micros, updated_at_micros) \
-         SELECT column1, column2, column3, column4, column5, column6, column7, column8, column9, \
-         column10, column11, column12, 'PENDING', 'DEBIT_SOURCE', 0, '', '', '', '', '', \
-         column12, column12 FROM (VALUES {}) AS new_conversions \
-         WHERE true ON CONFLICT DO NOTHING RETURNING conversion_id",
-        row_placeholders(conversions.len(), COLUMNS, 1)
-    );
-    let mut statement = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(query));
-    for conversion in conversions {
-        statement = statement
-            .bind(conversion.conversion_id.clone())
-            .bind(conversion.quote_id.clone())
-            .bind(conversion.source_partner_id.clone())
-            .bind(conversion.idempotency_key.clone())
-            .bind(conversion.source_member_id.clone())
-            .bind(conversion.target_partner_id.clone())
-            .bind(conversion.target_member_id.clone())
-            .bind(conversion.agreement_id.clone())
-            .bind(conversion.source_points)
-            .bind(conversion.lease_owner.clone())
-            .bind(conversion.lease_until_micros)
-            .bind(conversion.created_at_micros);
-    }
-    Ok(statement.fetch_all(connection).await?.into_iter().collect())
+const CONVERSION_ROWS: JsonRows = JsonRows::new(&[
+    ("conversion_id", ColumnType::Text),
+    ("quote_id", ColumnType::Text),
+    ("source_partner_id", ColumnType::Text),
+    ("idempotency_key", ColumnType::Text),
+    ("source_member_id", ColumnType::Text),
+    ("target_partner_id", ColumnType::Text),
+    ("target_member_id", ColumnType::Text),
+    ("agreement_id", ColumnType::Text),
+    ("source_points", ColumnType::BigInt),
+    ("lease_owner", ColumnType::Text),
+    ("lease_until_micros", ColumnType::BigInt),
+    ("created_at_micros", ColumnType::BigInt),
+]);
+
+/// New conversions, PENDING at their first step, skipping any whose idempotency key or quote is
+/// already taken (`ON CONFLICT DO NOTHING`, so one taken key never fails the others); returns
+/// the ids inserted. (`WHERE true` settles SQLite's parsing of an upsert whose rows come from a
+/// SELECT.)
+fn insert_conversions(backend: Backend, parameter: usize) -> String {
+    format!(
+        "INSERT INTO conversions ({}, status, step, attempts, last_error, failure_reason, \
+         ledger_transaction_id, reversal_transaction_id, reverse_reason, next_attempt_micros, \
+         updated_at_micros) \
+         SELECT {}, 'PENDING', 'DEBIT_SOURCE', 0, '', '', '', '', '', \
+         new_conversion.created_at_micros, new_conversion.created_at_micros FROM {} \
+         WHERE true ON CONFLICT DO NOTHING RETURNING conversion_id AS id",
+        CONVERSION_ROWS.names(),
+        CONVERSION_ROWS.columns("new_conversion"),
+        CONVERSION_ROWS.source(backend, parameter, "new_conversion")
+    )
 }
 
-/// Writes each saga's progress where its driver still holds the lease; the ids written.
-async fn write_progress(
-    connection: &mut sqlx::AnyConnection,
-    writes: &[&Progress],
-) -> Result<HashSet<String>, sqlx::Error> {
-    let mut conversions = Vec::new();
-    let mut earnings = Vec::new();
-    for write in writes {
-        match write {
-            Progress::Conversion(progress) => conversions.push(progress),
-            Progress::Earning(progress) => earnings.push(progress),
-        }
-    }
-    let mut written = HashSet::new();
-    if !conversions.is_empty() {
-        written.extend(write_conversions(&mut *connection, &conversions).await?);
-    }
-    if !earnings.is_empty() {
-        written.extend(write_earnings(&mut *connection, &earnings).await?);
-    }
-    Ok(written)
+const CONVERSION_PROGRESS_ROWS: JsonRows = JsonRows::new(&[
+    ("conversion_id", ColumnType::Text),
+    ("lease_owner", ColumnType::Text),
+    ("status", ColumnType::Text),
+    ("step", ColumnType::Text),
+    ("attempts", ColumnType::BigInt),
+    ("last_error", ColumnType::Text),
+    ("failure_reason", ColumnType::Text),
+    ("ledger_transaction_id", ColumnType::Text),
+    ("reversal_transaction_id", ColumnType::Text),
+    ("next_attempt_micros", ColumnType::BigInt),
+    ("lease_until_micros", ColumnType::BigInt),
+    ("updated_at_micros", ColumnType::BigInt),
+    ("finished_at_micros", ColumnType::BigInt),
+]);
+
+/// Conversions' progress, where the writer still holds the lease; returns the ids written.
+fn update_conversions(backend: Backend, parameter: usize) -> String {
+    format!(
+        "UPDATE conversions SET status = progress.status, step = progress.step, \
+         attempts = progress.attempts, last_error = progress.last_error, \
+         failure_reason = progress.failure_reason, \
+         ledger_transaction_id = progress.ledger_transaction_id, \
+         reversal_transaction_id = progress.reversal_transaction_id, \
+         next_attempt_micros = progress.next_attempt_micros, \
+         lease_until_micros = progress.lease_until_micros, \
+         updated_at_micros = progress.updated_at_micros, \
+         finished_at_micros = COALESCE(progress.finished_at_micros, \
+         conversions.finished_at_micros) \
+         FROM {} WHERE conversions.conversion_id = progress.conversion_id \
+         AND conversions.lease_owner = progress.lease_owner \
+         RETURNING conversions.conversion_id AS id",
+        CONVERSION_PROGRESS_ROWS.source(backend, parameter, "progress")
+    )
 }
 
-async fn write_conversions(
-    connection: &mut sqlx::AnyConnection,
-    writes: &[&ConversionProgress],
-) -> Result<Vec<String>, sqlx::Error> {
-    const COLUMNS: usize = 13;
-    let query = format!(
-        "UPDATE conversions SET status = progress.column3, step = progress.column4, \
-         attempts = progress.column5, last_error = progress.column6, \
-         failure_reason = progress.column7, ledger_transaction_id = progress.column8, \
-         reversal_transaction_id = progress.column9, next_attempt_micros = progress.column10, \
-         lease_until_micros = progress.column11, updated_at_micros = progress.column12, \
-         finished_at_micros = CASE WHEN progress.column13 = 1 THEN progress.column12 \
-         ELSE conversions.finished_at_micros END \
-         FROM (VALUES {}) AS progress \
-         WHERE conversions.conversion_id = progress.column1 \
-         AND conversions.lease_owner = progress.column2 \
-         RETURNING conversions.conversion_id",
-        row_placeholders(writes.len(), COLUMNS, 1)
-    );
-    let mut statement = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(query));
-    for write in writes {
-        statement = statement
-            .bind(write.conversion_id.clone())
-            .bind(write.lease_owner.clone())
-            .bind(write.status)
-            .bind(write.step)
-            .bind(write.attempts)
-            .bind(write.last_error.clone())
-            .bind(write.failure_reason.clone())
-            .bind(write.ledger_transaction_id.clone())
-            .bind(write.reversal_transaction_id.clone())
-            .bind(write.next_attempt_micros)
-            .bind(write.lease_until_micros)
-            .bind(write.updated_at_micros)
-            .bind(i64::from(write.finished));
-    }
-    statement.fetch_all(connection).await
-}
+const EARNING_PROGRESS_ROWS: JsonRows = JsonRows::new(&[
+    ("earning_id", ColumnType::Text),
+    ("lease_owner", ColumnType::Text),
+    ("status", ColumnType::Text),
+    ("step", ColumnType::Text),
+    ("attempts", ColumnType::BigInt),
+    ("last_error", ColumnType::Text),
+    ("note", ColumnType::Text),
+    ("ledger_transaction_id", ColumnType::Text),
+    ("next_attempt_micros", ColumnType::BigInt),
+    ("lease_until_micros", ColumnType::BigInt),
+    ("updated_at_micros", ColumnType::BigInt),
+]);
 
-async fn write_earnings(
-    connection: &mut sqlx::AnyConnection,
-    writes: &[&EarningProgress],
-) -> Result<Vec<String>, sqlx::Error> {
-    const COLUMNS: usize = 11;
-    // A refund may have been recorded while the driver worked: an earning that has just posted
-    // goes on to its clawback, and a waiting one is due now.
-    let query = format!(
+/// Earnings' progress, where the writer still holds the lease; returns the ids written. A
+/// refund may have been recorded while the driver worked: an earning that has just posted goes
+/// on to its clawback, and a waiting one is due now.
+fn update_earnings(backend: Backend, parameter: usize) -> String {
+    format!(
         "UPDATE earnings SET \
-         status = CASE WHEN earnings.refund_requested = 1 AND progress.column3 = 'POSTED' \
-         THEN 'CLAWING_BACK' ELSE progress.column3 END, \
-         step = CASE WHEN earnings.refund_requested = 1 AND progress.column3 = 'POSTED' \
-         THEN 'CLAWBACK' ELSE progress.column4 END, \
-         attempts = progress.column5, last_error = progress.column6, note = progress.column7, \
-         ledger_transaction_id = progress.column8, \
+         status = CASE WHEN earnings.refund_requested = 1 AND progress.status = 'POSTED' \
+         THEN 'CLAWING_BACK' ELSE progress.status END, \
+         step = CASE WHEN earnings.refund_requested = 1 AND progress.status = 'POSTED' \
+         THEN 'CLAWBACK' ELSE progress.step END, \
+         attempts = progress.attempts, last_error = progress.last_error, \
+         note = progress.note, ledger_transaction_id = progress.ledger_transaction_id, \
          next_attempt_micros = CASE WHEN earnings.refund_requested = 1 \
-         THEN progress.column11 ELSE progress.column9 END, \
-         lease_until_micros = progress.column10, updated_at_micros = progress.column11 \
-         FROM (VALUES {}) AS progress \
-         WHERE earnings.earning_id = progress.column1 AND earnings.lease_owner = progress.column2 \
-         RETURNING earnings.earning_id",
-        row_placeholders(writes.len(), COLUMNS, 1)
-    );
-    let mut statement = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(query));
-    for write in writes {
-        statement = statement
-            .bind(write.earning_id.clone())
-            .bind(write.lease_owner.clone())
-            .bind(write.status.clone())
-            .bind(write.step.clone())
-            .bind(write.attempts)
-            .bind(write.last_error.clone())
-            .bind(write.note.clone())
-            .bind(write.ledger_transaction_id.clone())
-            .bind(write.next_attempt_micros)
-            .bind(write.lease_until_micros)
-            .bind(write.updated_at_micros);
-    }
-    statement.fetch_all(connection).await
+         THEN progress.updated_at_micros ELSE progress.next_attempt_micros END, \
+         lease_until_micros = progress.lease_until_micros, \
+         updated_at_micros = progress.updated_at_micros \
+         FROM {} WHERE earnings.earning_id = progress.earning_id \
+         AND earnings.lease_owner = progress.lease_owner \
+         RETURNING earnings.earning_id AS id",
+        EARNING_PROGRESS_ROWS.source(backend, parameter, "progress")
+    )
 }

@@ -136,7 +136,7 @@ impl UnitTotal {
 #[derive(Debug, Clone)]
 pub struct Ledger {
     database: Database,
-    writer: mpsc::Sender<writer::Job>,
+    writer: mpsc::Sender<Vec<writer::Job>>,
 }
 
 impl std::fmt::Debug for writer::Job {
@@ -148,7 +148,7 @@ impl std::fmt::Debug for writer::Job {
 impl Ledger {
     /// A ledger on `database` (migrated with [`MIGRATOR`]), with its writer tasks started.
     pub fn new(database: Database, options: LedgerOptions) -> Self {
-        let writer = writer::start(database.clone(), options.writers, options.max_batch);
+        let writer = writer::start(&database, options.writers, options.max_batch);
         Self { database, writer }
     }
 
@@ -196,6 +196,19 @@ impl Ledger {
         key: String,
         request: store::WriteRequest,
     ) -> Result<oneshot::Receiver<Result<Posted, LedgerError>>, LedgerError> {
+        let (job, outcome) = Self::job(key, request)?;
+        self.writer
+            .send(vec![job])
+            .await
+            .map_err(|_| LedgerError::Stopped)?;
+        Ok(outcome)
+    }
+
+    /// A checked request as a job for the writers, with the receiver of its outcome.
+    fn job(
+        key: String,
+        request: store::WriteRequest,
+    ) -> Result<(writer::Job, oneshot::Receiver<Result<Posted, LedgerError>>), LedgerError> {
         let mut violations = Violations::new();
         model::check_key(&mut violations, &key);
         if let store::WriteRequest::Post(transaction) = &request
@@ -207,30 +220,36 @@ impl Ledger {
             return Err(LedgerError::Invalid(violations));
         }
         let (reply, outcome) = oneshot::channel();
-        self.writer
-            .send(writer::Job {
+        Ok((
+            writer::Job {
                 key,
                 request,
                 reply,
-            })
-            .await
-            .map_err(|_| LedgerError::Stopped)?;
-        Ok(outcome)
+            },
+            outcome,
+        ))
     }
 
     /// Posts many transactions, each exactly as [`Ledger::post`] would (its own key, its own
-    /// outcome, in the order given). They are queued together, so they share commits.
+    /// outcome, in the order given). They are queued as one group, so they share a commit.
     pub async fn post_many(
         &self,
         transactions: Vec<NewTransaction>,
     ) -> Vec<Result<Posted, LedgerError>> {
+        let mut group = Vec::with_capacity(transactions.len());
         let mut queued = Vec::with_capacity(transactions.len());
         for transaction in transactions {
             let key = transaction.idempotency_key.clone();
-            queued.push(
-                self.submit(key, store::WriteRequest::Post(transaction))
-                    .await,
-            );
+            match Self::job(key, store::WriteRequest::Post(transaction)) {
+                Ok((job, outcome)) => {
+                    group.push(job);
+                    queued.push(Ok(outcome));
+                }
+                Err(error) => queued.push(Err(error)),
+            }
+        }
+        if !group.is_empty() && self.writer.send(group).await.is_err() {
+            return queued.iter().map(|_| Err(LedgerError::Stopped)).collect();
         }
         let mut outcomes = Vec::with_capacity(queued.len());
         for queued in queued {

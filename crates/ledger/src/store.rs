@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, FromRow, Row};
 use tandem_domain::{Timestamp, from_unix_micros, to_unix_micros};
-use tandem_storage::{Backend, placeholders, row_placeholders};
+use tandem_storage::{Backend, ColumnType, JsonRows, placeholders, to_json};
 
 use crate::{
     LedgerError,
@@ -768,79 +768,117 @@ async fn insert(
     Ok(row.posted(to_unix_micros(now)))
 }
 
-/// Most rows one multi-row statement carries, well inside both backends' limits on bound
-/// parameters (SQLite's is 32,766).
-const ROWS_PER_STATEMENT: usize = 2_000;
-
-/// Inserts transaction rows and the entries of those that landed, in as few statements as the
-/// parameter limits allow: one for the transactions and one for their entries, for a typical
-/// batch. Returns, for each row, whether it landed: a row whose key (or pending resolution, or
-/// reversal) was already taken is skipped by `ON CONFLICT DO NOTHING`, so it never aborts the
-/// batch.
-async fn insert_rows(
-    connection: &mut AnyConnection,
-    accounts: &HashMap<AccountId, Account>,
-    rows: &[NewRow<'_>],
-    now: Timestamp,
-) -> Result<Vec<bool>, sqlx::Error> {
-    const COLUMNS: usize = 13;
-    let committed_at_micros = to_unix_micros(now);
-    let mut landed = std::collections::HashSet::with_capacity(rows.len());
-    for chunk in rows.chunks(ROWS_PER_STATEMENT / COLUMNS * 8) {
-        let query = format!(
-            "INSERT INTO ledger_transactions (transaction_id, idempotency_key, content, kind, type_code, external_reference, effective_at_micros, \
-             committed_at_micros, metadata, related_transaction_id, resolves_pending_id, reverses_id, expires_at_micros) \
-             VALUES {} ON CONFLICT DO NOTHING RETURNING transaction_id",
-            row_placeholders(chunk.len(), COLUMNS, 1)
-        );
-        let mut statement = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(query));
-        for row in chunk {
-            let header = &row.header;
-            let (resolves, reverses) = match header.kind {
-                TransactionKind::PostPending | TransactionKind::VoidPending => {
-                    (header.related, None)
-                }
-                TransactionKind::Reversal => (None, header.related),
-                _ => (None, None),
-            };
-            statement = statement
-                .bind(row.id.to_string())
-                .bind(header.key.to_owned())
-                .bind(header.content.clone())
-                .bind(header.kind.as_str())
-                .bind(header.type_code.to_owned())
-                .bind(header.external_reference.to_owned())
-                .bind(header.effective_at_micros)
-                .bind(committed_at_micros)
-                .bind(serde_json::to_string(header.metadata).expect("string metadata serializes"))
-                .bind(header.related.map(|id| id.to_string()))
-                .bind(resolves.map(|id| id.to_string()))
-                .bind(reverses.map(|id| id.to_string()))
-                .bind(header.expires_at_micros);
-        }
-        landed.extend(statement.fetch_all(&mut *connection).await?);
-    }
-    let inserted: Vec<bool> = rows
-        .iter()
-        .map(|row| landed.contains(&row.id.to_string()))
-        .collect();
-    let with_entries: Vec<&NewRow<'_>> = rows
-        .iter()
-        .zip(&inserted)
-        .filter_map(|(row, inserted)| inserted.then_some(row))
-        .collect();
-    insert_entries(connection, accounts, &with_entries, committed_at_micros).await?;
-    Ok(inserted)
+/// A transaction row as the bulk insert reads it.
+#[derive(Serialize)]
+struct TransactionJson<'a> {
+    transaction_id: String,
+    idempotency_key: &'a str,
+    content: &'a str,
+    kind: &'static str,
+    type_code: &'a str,
+    external_reference: &'a str,
+    effective_at_micros: i64,
+    committed_at_micros: i64,
+    metadata: String,
+    related_transaction_id: Option<String>,
+    resolves_pending_id: Option<String>,
+    reverses_id: Option<String>,
+    expires_at_micros: Option<i64>,
 }
 
-/// The entries of newly inserted transactions, many transactions to a statement.
-async fn insert_entries(
+const TRANSACTION_ROWS: JsonRows = JsonRows::new(&[
+    ("transaction_id", ColumnType::Text),
+    ("idempotency_key", ColumnType::Text),
+    ("content", ColumnType::Text),
+    ("kind", ColumnType::Text),
+    ("type_code", ColumnType::Text),
+    ("external_reference", ColumnType::Text),
+    ("effective_at_micros", ColumnType::BigInt),
+    ("committed_at_micros", ColumnType::BigInt),
+    ("metadata", ColumnType::Text),
+    ("related_transaction_id", ColumnType::Text),
+    ("resolves_pending_id", ColumnType::Text),
+    ("reverses_id", ColumnType::Text),
+    ("expires_at_micros", ColumnType::BigInt),
+]);
+
+/// An entry row as the bulk insert reads it.
+#[derive(Serialize)]
+struct EntryJson {
+    transaction_id: String,
+    leg: i64,
+    account_id: String,
+    unit: String,
+    debit_minor: i64,
+    credit_minor: i64,
+    phase: &'static str,
+    committed_at_micros: i64,
+}
+
+const ENTRY_ROWS: JsonRows = JsonRows::new(&[
+    ("transaction_id", ColumnType::Text),
+    ("leg", ColumnType::BigInt),
+    ("account_id", ColumnType::Text),
+    ("unit", ColumnType::Text),
+    ("debit_minor", ColumnType::BigInt),
+    ("credit_minor", ColumnType::BigInt),
+    ("phase", ColumnType::Text),
+    ("committed_at_micros", ColumnType::BigInt),
+]);
+
+/// New transaction rows, skipping any whose key (or pending resolution, or reversal) is already
+/// taken: `ON CONFLICT DO NOTHING`, so one taken key never aborts the batch. Returns the ids that
+/// landed. (`WHERE true` settles SQLite's parsing of an upsert whose rows come from a SELECT.)
+fn insert_transactions_sql(backend: Backend, parameter: usize) -> String {
+    format!(
+        "INSERT INTO ledger_transactions ({}) SELECT {} FROM {} \
+         WHERE true ON CONFLICT DO NOTHING RETURNING transaction_id",
+        TRANSACTION_ROWS.names(),
+        TRANSACTION_ROWS.columns("new_transaction"),
+        TRANSACTION_ROWS.source(backend, parameter, "new_transaction")
+    )
+}
+
+fn insert_entries_sql(backend: Backend, parameter: usize) -> String {
+    format!(
+        "INSERT INTO ledger_entries ({}) SELECT {} FROM {}",
+        ENTRY_ROWS.names(),
+        ENTRY_ROWS.columns("new_entry"),
+        ENTRY_ROWS.source(backend, parameter, "new_entry")
+    )
+}
+
+fn transaction_json<'a>(row: &'a NewRow<'_>, committed_at_micros: i64) -> TransactionJson<'a> {
+    let header = &row.header;
+    let (resolves, reverses) = match header.kind {
+        TransactionKind::PostPending | TransactionKind::VoidPending => (header.related, None),
+        TransactionKind::Reversal => (None, header.related),
+        _ => (None, None),
+    };
+    TransactionJson {
+        transaction_id: row.id.to_string(),
+        idempotency_key: header.key,
+        content: &header.content,
+        kind: header.kind.as_str(),
+        type_code: header.type_code,
+        external_reference: header.external_reference,
+        effective_at_micros: header.effective_at_micros,
+        committed_at_micros,
+        metadata: serde_json::to_string(header.metadata).expect("string metadata serializes"),
+        related_transaction_id: header.related.map(|id| id.to_string()),
+        resolves_pending_id: resolves.map(|id| id.to_string()),
+        reverses_id: reverses.map(|id| id.to_string()),
+        expires_at_micros: header.expires_at_micros,
+    }
+}
+
+/// The entries of `rows`, each leg in its account's unit.
+async fn entries_json(
     connection: &mut AnyConnection,
     accounts: &HashMap<AccountId, Account>,
     rows: &[&NewRow<'_>],
     committed_at_micros: i64,
-) -> Result<(), sqlx::Error> {
-    const COLUMNS: usize = 8;
+) -> Result<Vec<EntryJson>, sqlx::Error> {
     let mut entries = Vec::new();
     for row in rows {
         let phase = if row.header.kind == TransactionKind::Pending {
@@ -858,44 +896,110 @@ async fn insert_entries(
                         .await?
                 }
             };
-            entries.push((row.id, index as i64, leg, unit, phase));
-        }
-    }
-    for chunk in entries.chunks(ROWS_PER_STATEMENT) {
-        let query = format!(
-            "INSERT INTO ledger_entries (transaction_id, leg, account_id, unit, debit_minor, credit_minor, phase, committed_at_micros) VALUES {}",
-            row_placeholders(chunk.len(), COLUMNS, 1)
-        );
-        let mut statement = sqlx::query(sqlx::AssertSqlSafe(query));
-        for (id, index, leg, unit, phase) in chunk {
-            let (debit, credit) = match leg.direction {
+            let (debit_minor, credit_minor) = match leg.direction {
                 Direction::Debit => (leg.amount_minor, 0),
                 Direction::Credit => (0, leg.amount_minor),
             };
-            statement = statement
-                .bind(id.to_string())
-                .bind(*index)
-                .bind(leg.account.to_string())
-                .bind(unit.clone())
-                .bind(debit)
-                .bind(credit)
-                .bind(*phase)
-                .bind(committed_at_micros);
+            entries.push(EntryJson {
+                transaction_id: row.id.to_string(),
+                leg: index as i64,
+                account_id: leg.account.to_string(),
+                unit,
+                debit_minor,
+                credit_minor,
+                phase,
+                committed_at_micros,
+            });
         }
-        statement.execute(&mut *connection).await?;
     }
-    Ok(())
+    Ok(entries)
+}
+
+/// Inserts transaction rows, then the entries of those that landed: two statements, whatever the
+/// batch's size. Returns, for each row, whether it landed.
+async fn insert_rows(
+    connection: &mut AnyConnection,
+    accounts: &HashMap<AccountId, Account>,
+    rows: &[NewRow<'_>],
+    now: Timestamp,
+) -> Result<Vec<bool>, sqlx::Error> {
+    let backend = Backend::of(connection);
+    let committed_at_micros = to_unix_micros(now);
+    let transactions: Vec<TransactionJson<'_>> = rows
+        .iter()
+        .map(|row| transaction_json(row, committed_at_micros))
+        .collect();
+    let landed: std::collections::HashSet<String> =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(insert_transactions_sql(backend, 1)))
+            .bind(to_json(&transactions))
+            .fetch_all(&mut *connection)
+            .await?
+            .into_iter()
+            .collect();
+    let inserted: Vec<bool> = rows
+        .iter()
+        .map(|row| landed.contains(&row.id.to_string()))
+        .collect();
+    let with_entries: Vec<&NewRow<'_>> = rows
+        .iter()
+        .zip(&inserted)
+        .filter_map(|(row, inserted)| inserted.then_some(row))
+        .collect();
+    let entries = entries_json(connection, accounts, &with_entries, committed_at_micros).await?;
+    if !entries.is_empty() {
+        sqlx::query(sqlx::AssertSqlSafe(insert_entries_sql(backend, 1)))
+            .bind(to_json(&entries))
+            .execute(&mut *connection)
+            .await?;
+    }
+    Ok(inserted)
+}
+
+/// Writes plain transfers on PostgreSQL in one statement, committed on its own: the transactions
+/// and, for those that landed, their entries. Returns, for each row, whether it landed.
+async fn insert_rows_alone(
+    connection: &mut AnyConnection,
+    accounts: &HashMap<AccountId, Account>,
+    rows: &[NewRow<'_>],
+    now: Timestamp,
+) -> Result<Vec<bool>, sqlx::Error> {
+    let committed_at_micros = to_unix_micros(now);
+    let transactions: Vec<TransactionJson<'_>> = rows
+        .iter()
+        .map(|row| transaction_json(row, committed_at_micros))
+        .collect();
+    let all: Vec<&NewRow<'_>> = rows.iter().collect();
+    let entries = entries_json(connection, accounts, &all, committed_at_micros).await?;
+    let query = format!(
+        "WITH landed AS ({}), new_entries AS ({} WHERE new_entry.transaction_id IN \
+         (SELECT transaction_id FROM landed)) SELECT transaction_id FROM landed",
+        insert_transactions_sql(Backend::Postgres, 1),
+        insert_entries_sql(Backend::Postgres, 2)
+    );
+    let landed: std::collections::HashSet<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(query))
+        .bind(to_json(&transactions))
+        .bind(to_json(&entries))
+        .fetch_all(&mut *connection)
+        .await?
+        .into_iter()
+        .collect();
+    Ok(rows
+        .iter()
+        .map(|row| landed.contains(&row.id.to_string()))
+        .collect())
 }
 
 /// Posts a batch's plain transfers together: transactions without a guarded account, which need
 /// no look-up before their insert. Each is checked on its own (a refused one is skipped), then
 /// all are inserted in bulk; one whose key was already taken is answered as a replay or a
-/// conflict, as a single post would be.
+/// conflict, as a single post would be. `alone`: the batch is nothing but these, on
+/// PostgreSQL, outside a transaction, so one statement writes and commits it all.
 pub(crate) async fn post_plain(
     connection: &mut AnyConnection,
     accounts: &HashMap<AccountId, Account>,
     jobs: &[(&str, &WriteRequest, &NewTransaction)],
     now: Timestamp,
+    alone: bool,
 ) -> Result<Vec<Result<Posted, LedgerError>>, sqlx::Error> {
     let mut outcomes: Vec<Result<Posted, LedgerError>> = Vec::with_capacity(jobs.len());
     let mut rows = Vec::with_capacity(jobs.len());
@@ -915,7 +1019,14 @@ pub(crate) async fn post_plain(
             Err(error) => outcomes.push(Err(error)),
         }
     }
-    let inserted = insert_rows(connection, accounts, &rows, now).await?;
+    if rows.is_empty() {
+        return Ok(outcomes);
+    }
+    let inserted = if alone {
+        insert_rows_alone(connection, accounts, &rows, now).await?
+    } else {
+        insert_rows(connection, accounts, &rows, now).await?
+    };
     let committed_at_micros = to_unix_micros(now);
     for ((row, inserted), position) in rows.iter().zip(inserted).zip(positions) {
         outcomes[position] = if inserted {

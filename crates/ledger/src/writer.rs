@@ -1,12 +1,13 @@
 //! Group commit. Writes are queued to a few writer tasks; each takes whatever is waiting (up to
-//! a batch), applies it in one database transaction with a savepoint per request, and commits
-//! once. Durable commits are what bound a ledger's throughput, so sharing one commit among many
-//! transactions is the main lever; deriving balances from entries (no balance row to update) is
-//! what lets batches on the same hot accounts proceed side by side.
+//! a batch), applies it in one database transaction, and commits once. Durable commits are what
+//! bound a ledger's throughput, so sharing one commit among many transactions is the main lever;
+//! deriving balances from entries (no balance row to update) is what lets batches on the same hot
+//! accounts proceed side by side. Requests queued together (a PostTransactions call) are never
+//! split between batches.
 
 use std::collections::{BTreeSet, HashMap};
 
-use tandem_storage::{Database, is_retryable_conflict};
+use tandem_storage::{Backend, Database, is_retryable_conflict};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
@@ -28,36 +29,47 @@ pub(crate) struct Job {
 /// only accounts it has not seen before.
 pub(crate) type AccountCache = std::sync::Arc<std::sync::RwLock<HashMap<AccountId, Account>>>;
 
-/// Starts `writers` writer tasks sharing one queue; they stop when every sender is dropped.
-pub(crate) fn start(database: Database, writers: usize, max_batch: usize) -> mpsc::Sender<Job> {
+/// Starts `writers` writer tasks sharing one queue of job groups; they stop when every sender is
+/// dropped. A batch takes whole groups, up to `max_batch` groups.
+pub(crate) fn start(
+    database: &Database,
+    writers: usize,
+    max_batch: usize,
+) -> mpsc::Sender<Vec<Job>> {
+    // The writers' own connections, which plan every statement by key; a batch of plain
+    // transfers, which looks nothing up in a table, goes through the service's pool.
+    let plain = database.clone();
+    let database = database.keyed(writers.max(1) as u32);
     let cache = AccountCache::default();
-    let (sender, receiver) = mpsc::channel::<Job>(max_batch * writers * 4);
+    let (sender, receiver) = mpsc::channel::<Vec<Job>>(max_batch * writers * 4);
     let receiver = std::sync::Arc::new(tokio::sync::Mutex::new(receiver));
     for _ in 0..writers.max(1) {
         let database = database.clone();
+        let plain = plain.clone();
         let receiver = receiver.clone();
         let cache = cache.clone();
         tokio::spawn(async move {
             loop {
-                let mut jobs = Vec::with_capacity(max_batch);
+                let mut groups = Vec::with_capacity(max_batch);
                 {
                     let mut receiver = receiver.lock().await;
-                    if receiver.recv_many(&mut jobs, max_batch).await == 0 {
+                    if receiver.recv_many(&mut groups, max_batch).await == 0 {
                         return;
                     }
                 }
-                run_batch(&database, &cache, jobs).await;
+                let jobs = groups.into_iter().flatten().collect();
+                run_batch(&database, &plain, &cache, jobs).await;
             }
         });
     }
     sender
 }
 
-async fn run_batch(database: &Database, cache: &AccountCache, jobs: Vec<Job>) {
+async fn run_batch(database: &Database, plain: &Database, cache: &AccountCache, jobs: Vec<Job>) {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match apply_batch(database, cache, &jobs).await {
+        match apply_batch(database, plain, cache, &jobs).await {
             Ok(outcomes) => {
                 for (job, outcome) in jobs.into_iter().zip(outcomes) {
                     // The caller may have given up waiting; its transaction is committed anyway.
@@ -94,15 +106,50 @@ fn settle(outcome: Result<Posted, Step>) -> Result<Result<Posted, LedgerError>, 
     }
 }
 
-/// Applies every job in one transaction. A job refused for its own reason wrote nothing, and the
-/// others go on; a database failure rolls back the whole batch, which is then retried or failed.
+/// The batch's accounts, when the whole batch is plain transfers on accounts already known:
+/// then nothing needs reading or locking before the insert.
+fn known_plain(cache: &AccountCache, jobs: &[Job]) -> Option<HashMap<AccountId, Account>> {
+    let cached = cache.read().expect("account cache lock");
+    let mut accounts = HashMap::new();
+    for job in jobs {
+        let WriteRequest::Post(transaction) = &job.request else {
+            return None;
+        };
+        for leg in &transaction.legs {
+            let account = cached.get(&leg.account)?;
+            if account.guard != Guard::None {
+                return None;
+            }
+            accounts.insert(account.id, account.clone());
+        }
+    }
+    Some(accounts)
+}
+
+/// Applies every job in one transaction (on PostgreSQL, a batch of plain transfers on known
+/// accounts in one statement). A job refused for its own reason wrote nothing, and the others go
+/// on; a database failure rolls back the whole batch, which is then retried or failed.
 async fn apply_batch(
     database: &Database,
+    plain_database: &Database,
     cache: &AccountCache,
     jobs: &[Job],
 ) -> Result<Vec<Result<Posted, LedgerError>>, sqlx::Error> {
     let now = tandem_domain::now();
-    let mut transaction = database.begin_keyed_write().await?;
+    if database.backend() == Backend::Postgres
+        && let Some(accounts) = known_plain(cache, jobs)
+    {
+        let plain: Vec<_> = jobs
+            .iter()
+            .filter_map(|job| match &job.request {
+                WriteRequest::Post(new) => Some((job.key.as_str(), &job.request, new)),
+                _ => None,
+            })
+            .collect();
+        let mut connection = plain_database.pool().acquire().await?;
+        return store::post_plain(&mut connection, &accounts, &plain, now, true).await;
+    }
+    let mut transaction = database.begin_write().await?;
     let mut touched = BTreeSet::<AccountId>::new();
     for job in jobs {
         touched.extend(store::accounts_touched(&mut transaction, &job.request).await?);
@@ -148,7 +195,7 @@ async fn apply_batch(
             plain_positions.push(position);
         }
     }
-    let posted = store::post_plain(&mut transaction, &accounts, &plain, now).await?;
+    let posted = store::post_plain(&mut transaction, &accounts, &plain, now, false).await?;
     for (position, outcome) in plain_positions.into_iter().zip(posted) {
         outcomes[position] = Some(outcome);
     }

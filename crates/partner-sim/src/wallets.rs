@@ -3,8 +3,9 @@
 
 use std::collections::HashMap;
 
+use serde::Serialize;
 use sqlx::AnyConnection;
-use tandem_storage::Database;
+use tandem_storage::{Backend, ColumnType, Database, JsonRows, to_json};
 
 /// Why the program refused an operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +48,8 @@ impl Movement {
 #[derive(Debug, Clone)]
 pub struct Wallets {
     database: Database,
+    /// Connections of its own for batches, which find every row by key.
+    batches: Database,
 }
 
 async fn balance(
@@ -74,7 +77,10 @@ async fn operation(
 
 impl Wallets {
     pub fn new(database: Database) -> Self {
-        Self { database }
+        Self {
+            batches: database.keyed(4),
+            database,
+        }
     }
 
     /// Creates or replaces a member.
@@ -365,7 +371,7 @@ impl Wallets {
         &self,
         operations: &[Operation],
     ) -> Result<Option<Vec<Outcome>>, sqlx::Error> {
-        let mut transaction = self.database.begin_keyed_write().await?;
+        let mut transaction = self.batches.begin_write().await?;
         let mut keys: Vec<&str> = Vec::with_capacity(operations.len() * 2);
         for operation in operations {
             match operation {
@@ -385,7 +391,7 @@ impl Wallets {
             .collect();
         members.sort_unstable();
         members.dedup();
-        let locking = self.database.backend() == tandem_storage::Backend::Postgres;
+        let locking = self.batches.backend() == Backend::Postgres;
         let mut wallets = locked_wallets(&mut transaction, &members, locking).await?;
         let plan = work_out(operations, &mut stored, &mut wallets);
         if !write_plan(&mut transaction, &plan, &wallets).await? {
@@ -400,24 +406,19 @@ async fn stored_operations(
     connection: &mut AnyConnection,
     keys: &[&str],
 ) -> Result<HashMap<String, StoredOperation>, sqlx::Error> {
-    let mut found = HashMap::new();
-    for chunk in keys.chunks(STATEMENT_ROWS) {
-        let query = format!(
-            "SELECT transaction_key, kind, member_id, amount_minor, original_key, reversed_by \
-             FROM sim_operations WHERE transaction_key IN ({})",
-            tandem_storage::placeholders(chunk.len(), 1)
-        );
-        let mut statement = sqlx::query_as::<
-            _,
-            (String, String, String, i64, Option<String>, Option<String>),
-        >(sqlx::AssertSqlSafe(query));
-        for key in chunk {
-            statement = statement.bind(*key);
-        }
-        for (key, kind, member, amount_minor, original, reversed_by) in
-            statement.fetch_all(&mut *connection).await?
-        {
-            found.insert(
+    let query = format!(
+        "SELECT transaction_key, kind, member_id, amount_minor, original_key, reversed_by \
+         FROM sim_operations WHERE transaction_key IN (SELECT key FROM {})",
+        KEYS.source(Backend::of(connection), 1, "wanted")
+    );
+    let rows: Vec<OperationRow> = sqlx::query_as(sqlx::AssertSqlSafe(query))
+        .bind(keys_json(keys))
+        .fetch_all(&mut *connection)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(key, kind, member, amount_minor, original, reversed_by)| {
+            (
                 key,
                 StoredOperation {
                     kind,
@@ -426,14 +427,24 @@ async fn stored_operations(
                     original,
                     reversed_by,
                 },
-            );
-        }
-    }
-    Ok(found)
+            )
+        })
+        .collect())
 }
 
-/// Rows per multi-row statement, inside both backends' limits on bound parameters.
-const STATEMENT_ROWS: usize = 1_000;
+/// An operation as read: key, kind, member, amount, original key, reversed by.
+type OperationRow = (String, String, String, i64, Option<String>, Option<String>);
+
+/// A list of keys as JSON rows of one column.
+const KEYS: JsonRows = JsonRows::new(&[("key", ColumnType::Text)]);
+
+fn keys_json(keys: &[&str]) -> String {
+    #[derive(Serialize)]
+    struct Key<'a> {
+        key: &'a str,
+    }
+    to_json(&keys.iter().map(|key| Key { key }).collect::<Vec<_>>())
+}
 
 /// The wallets of `members` (sorted), locked for the rest of the transaction on PostgreSQL so
 /// that concurrent batches take them in one order and never deadlock on them; SQLite's write
@@ -443,30 +454,33 @@ async fn locked_wallets(
     members: &[&str],
     locking: bool,
 ) -> Result<HashMap<String, Wallet>, sqlx::Error> {
-    let mut wallets = HashMap::new();
-    for chunk in members.chunks(STATEMENT_ROWS) {
-        let query = format!(
-            "SELECT member_id, balance_minor, in_good_standing FROM sim_members \
-             WHERE member_id IN ({}) ORDER BY member_id{}",
-            tandem_storage::placeholders(chunk.len(), 1),
-            if locking { " FOR UPDATE" } else { "" }
-        );
-        let mut statement = sqlx::query_as::<_, (String, i64, i64)>(sqlx::AssertSqlSafe(query));
-        for member in chunk {
-            statement = statement.bind(*member);
+    let query = format!(
+        "SELECT member_id, balance_minor, in_good_standing FROM sim_members \
+         WHERE member_id IN (SELECT key FROM {}) ORDER BY member_id{}",
+        KEYS.source(Backend::of(connection), 1, "wanted"),
+        if locking {
+            " FOR UPDATE OF sim_members"
+        } else {
+            ""
         }
-        for (member, balance_minor, standing) in statement.fetch_all(&mut *connection).await? {
-            wallets.insert(
+    );
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(query))
+        .bind(keys_json(members))
+        .fetch_all(&mut *connection)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(member, balance_minor, standing)| {
+            (
                 member,
                 Wallet {
                     balance_minor,
                     in_good_standing: standing != 0,
                     changed: false,
                 },
-            );
-        }
-    }
-    Ok(wallets)
+            )
+        })
+        .collect())
 }
 
 /// Works out every operation in order against the stored state, updating it in memory as each
@@ -641,33 +655,50 @@ fn work_out_reversal(
     }
 }
 
+/// An operation row as the batch insert reads it.
+#[derive(Serialize)]
+struct NewOperation<'a> {
+    transaction_key: &'a str,
+    kind: &'a str,
+    member_id: &'a str,
+    amount_minor: i64,
+    original_key: Option<&'a str>,
+    reversed_by: Option<&'a str>,
+    applied_at_micros: i64,
+}
+
+const OPERATION_ROWS: JsonRows = JsonRows::new(&[
+    ("transaction_key", ColumnType::Text),
+    ("kind", ColumnType::Text),
+    ("member_id", ColumnType::Text),
+    ("amount_minor", ColumnType::BigInt),
+    ("original_key", ColumnType::Text),
+    ("reversed_by", ColumnType::Text),
+    ("applied_at_micros", ColumnType::BigInt),
+]);
+
+/// A wallet's balance as the batch update reads it.
+#[derive(Serialize)]
+struct Moved<'a> {
+    member_id: &'a str,
+    balance_minor: i64,
+}
+
+const MOVED_ROWS: JsonRows = JsonRows::new(&[
+    ("member_id", ColumnType::Text),
+    ("balance_minor", ColumnType::BigInt),
+]);
+
 /// Writes a worked-out batch; false when a claim on a stored operation was lost to another
-/// batch, in which case the transaction must be dropped and the batch worked out again.
+/// batch, in which case the transaction must be dropped and the batch worked out again. The
+/// wallets are locked (or the whole database is, on SQLite), so writing the balances worked out
+/// in memory loses no concurrent movement.
 async fn write_plan(
     connection: &mut AnyConnection,
     plan: &Plan,
     wallets: &HashMap<String, Wallet>,
 ) -> Result<bool, sqlx::Error> {
     let now = tandem_domain::to_unix_micros(tandem_domain::now());
-    for chunk in plan.inserts.chunks(STATEMENT_ROWS) {
-        let query = format!(
-            "INSERT INTO sim_operations (transaction_key, kind, member_id, amount_minor, \
-             original_key, reversed_by, applied_at_micros) VALUES {}",
-            tandem_storage::row_placeholders(chunk.len(), 7, 1)
-        );
-        let mut statement = sqlx::query(sqlx::AssertSqlSafe(query));
-        for (key, operation) in chunk {
-            statement = statement
-                .bind(key.as_str())
-                .bind(operation.kind.as_str())
-                .bind(operation.member.as_str())
-                .bind(operation.amount_minor)
-                .bind(operation.original.as_deref())
-                .bind(operation.reversed_by.as_deref())
-                .bind(now);
-        }
-        statement.execute(&mut *connection).await?;
-    }
     for (original, reversal) in &plan.claims {
         let claimed = sqlx::query(
             "UPDATE sim_operations SET reversed_by = $1 \
@@ -682,23 +713,67 @@ async fn write_plan(
             return Ok(false);
         }
     }
-    let changed: Vec<(&String, &Wallet)> = wallets
+    let operations: Vec<NewOperation<'_>> = plan
+        .inserts
+        .iter()
+        .map(|(key, operation)| NewOperation {
+            transaction_key: key,
+            kind: &operation.kind,
+            member_id: &operation.member,
+            amount_minor: operation.amount_minor,
+            original_key: operation.original.as_deref(),
+            reversed_by: operation.reversed_by.as_deref(),
+            applied_at_micros: now,
+        })
+        .collect();
+    let moved: Vec<Moved<'_>> = wallets
         .iter()
         .filter(|(_, wallet)| wallet.changed)
+        .map(|(member, wallet)| Moved {
+            member_id: member,
+            balance_minor: wallet.balance_minor,
+        })
         .collect();
-    for chunk in changed.chunks(STATEMENT_ROWS) {
-        // The wallets are locked (or the whole database is, on SQLite), so writing the balances
-        // worked out in memory loses no concurrent movement.
-        let query = format!(
-            "UPDATE sim_members SET balance_minor = moved.column2 FROM (VALUES {}) AS moved \
-             WHERE sim_members.member_id = moved.column1",
-            tandem_storage::row_placeholders(chunk.len(), 2, 1)
-        );
-        let mut statement = sqlx::query(sqlx::AssertSqlSafe(query));
-        for (member, wallet) in chunk {
-            statement = statement.bind(member.as_str()).bind(wallet.balance_minor);
+    let backend = Backend::of(connection);
+    let insert = |parameter| {
+        format!(
+            "INSERT INTO sim_operations ({}) SELECT {} FROM {}",
+            OPERATION_ROWS.names(),
+            OPERATION_ROWS.columns("new_operation"),
+            OPERATION_ROWS.source(backend, parameter, "new_operation")
+        )
+    };
+    let update = |parameter| {
+        format!(
+            "UPDATE sim_members SET balance_minor = moved.balance_minor FROM {} \
+             WHERE sim_members.member_id = moved.member_id",
+            MOVED_ROWS.source(backend, parameter, "moved")
+        )
+    };
+    match backend {
+        // One statement, one round trip.
+        Backend::Postgres => {
+            let query = format!(
+                "WITH new_operations AS ({}), moved_wallets AS ({}) SELECT 1",
+                insert(1),
+                update(2)
+            );
+            sqlx::query(sqlx::AssertSqlSafe(query))
+                .bind(to_json(&operations))
+                .bind(to_json(&moved))
+                .execute(&mut *connection)
+                .await?;
         }
-        statement.execute(&mut *connection).await?;
+        Backend::Sqlite => {
+            sqlx::query(sqlx::AssertSqlSafe(insert(1)))
+                .bind(to_json(&operations))
+                .execute(&mut *connection)
+                .await?;
+            sqlx::query(sqlx::AssertSqlSafe(update(1)))
+                .bind(to_json(&moved))
+                .execute(&mut *connection)
+                .await?;
+        }
     }
     Ok(true)
 }

@@ -6,6 +6,7 @@
 //! schema per service on PostgreSQL, each with its own migrations.
 
 mod errors;
+mod json_rows;
 mod page;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -20,6 +21,7 @@ use sqlx::{
 };
 
 pub use errors::{is_retryable_conflict, violates_unique};
+pub use json_rows::{ColumnType, JsonRows, to_json};
 pub use page::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PageCursor, PageRequest};
 
 /// `count` numbered placeholders from `first`: `$3, $4, $5`.
@@ -103,6 +105,18 @@ pub enum Backend {
     Postgres,
 }
 
+impl Backend {
+    /// The backend a connection talks to, for code that holds a connection rather than the
+    /// [`Database`] it came from.
+    pub fn of(connection: &sqlx::AnyConnection) -> Backend {
+        if connection.backend_name().eq_ignore_ascii_case("sqlite") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("cannot create the data directory {path}: {source}")]
@@ -127,6 +141,8 @@ pub enum StorageError {
 pub struct Database {
     pool: AnyPool,
     backend: Backend,
+    /// The service's schema, on PostgreSQL.
+    schema: Option<&'static str>,
 }
 
 impl Database {
@@ -167,22 +183,35 @@ impl Database {
         }
     }
 
-    /// Begins a write transaction whose statements all find their rows by key (a primary key, a
-    /// unique key, `IN` a list of keys, a join on the key to a list of rows). On PostgreSQL its
-    /// plans rule out sequential scans (`SET LOCAL enable_seqscan = off`, sent with the BEGIN,
-    /// so it costs no round trip): a prepared statement's cached generic plan is made once,
-    /// often while the table is still small, and a scan that was right for ten rows would
-    /// otherwise stay chosen for ten million wherever statistics are not refreshed.
-    pub async fn begin_keyed_write(
-        &self,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
-        match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => {
-                self.pool
-                    .begin_with("BEGIN; SET LOCAL enable_seqscan = off")
-                    .await
-            }
+    /// A small pool of its own, for a batch writer whose statements all find their rows by key
+    /// (a primary key, a unique key, `IN` a list of keys, a join on the key to a list of rows).
+    /// On PostgreSQL its sessions plan every statement as index look-ups, one row of the list
+    /// at a time (no sequential scans, no hash or merge joins): a prepared statement's cached
+    /// generic plan is made once, often while the table is still small, and a scan that was
+    /// right for ten rows would otherwise stay chosen for ten million wherever statistics are
+    /// not refreshed. On SQLite, with its one writer, it is the same pool. Connections open on
+    /// first use.
+    pub fn keyed(&self, connections: u32) -> Database {
+        let Some(schema) = self.schema else {
+            return self.clone();
+        };
+        let pool = pool_options(connections)
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    connection
+                        .execute(sqlx::AssertSqlSafe(format!(
+                            "SET search_path TO \"{schema}\"; SET enable_seqscan = off; \
+                             SET enable_hashjoin = off; SET enable_mergejoin = off"
+                        )))
+                        .await?;
+                    Ok(())
+                })
+            })
+            .connect_lazy_with((*self.pool.connect_options()).clone());
+        Database {
+            pool,
+            backend: self.backend,
+            schema: self.schema,
         }
     }
 
@@ -194,6 +223,28 @@ impl Database {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// A connection idle for this long is checked before it is handed out.
+const IDLE_BEFORE_CHECK: Duration = Duration::from_secs(30);
+
+/// Pool settings every Tandem pool shares. A connection is checked (a round trip) before use only
+/// when it has sat idle a while, when a restarted server or a dropped network is likely to have
+/// broken it; sqlx's default checks every connection on every acquire, which doubled the round
+/// trips of every statement a busy service sends.
+fn pool_options(max_connections: u32) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .test_before_acquire(false)
+        .before_acquire(|connection, metadata| {
+            Box::pin(async move {
+                if metadata.idle_for >= IDLE_BEFORE_CHECK {
+                    sqlx::Connection::ping(connection).await?;
+                }
+                Ok(true)
+            })
+        })
 }
 
 async fn open_sqlite(
@@ -208,10 +259,8 @@ async fn open_sqlite(
         "sqlite://{}?mode=rwc",
         directory.join(format!("{service}.db")).display()
     );
-    let pool = AnyPoolOptions::new()
-        // SQLite has one writer at a time; a few connections serve concurrent readers.
-        .max_connections(8)
-        .acquire_timeout(Duration::from_secs(10))
+    // SQLite has one writer at a time; a few connections serve concurrent readers.
+    let pool = pool_options(8)
         .after_connect(|connection, _| {
             Box::pin(async move {
                 // WAL lets readers proceed during a write; synchronous=FULL makes every commit
@@ -228,6 +277,7 @@ async fn open_sqlite(
     Ok(Database {
         pool,
         backend: Backend::Sqlite,
+        schema: None,
     })
 }
 
@@ -255,9 +305,7 @@ async fn open_postgres(
         .map_err(|source| StorageError::Connect { service, source })?;
     setup.close().await;
 
-    let pool = AnyPoolOptions::new()
-        .max_connections(POSTGRES_CONNECTIONS_PER_SERVICE)
-        .acquire_timeout(Duration::from_secs(10))
+    let pool = pool_options(POSTGRES_CONNECTIONS_PER_SERVICE)
         .after_connect(move |connection, _| {
             Box::pin(async move {
                 connection
@@ -274,6 +322,7 @@ async fn open_postgres(
     Ok(Database {
         pool,
         backend: Backend::Postgres,
+        schema: Some(service),
     })
 }
 
