@@ -17,6 +17,7 @@ use std::{
 
 use tandem_auth::{Authenticator, ServiceToken};
 use tandem_proto::{
+    channel::ServiceChannel,
     status,
     v1::{
         self as pb, account_linking_service_client::AccountLinkingServiceClient,
@@ -64,9 +65,9 @@ pub struct AccountName {
 
 #[derive(Clone)]
 pub struct Peers {
-    registry: PartnerRegistryServiceClient<Channel>,
-    linking: AccountLinkingServiceClient<Channel>,
-    ledger: LedgerServiceClient<Channel>,
+    registry: PartnerRegistryServiceClient<ServiceChannel>,
+    linking: AccountLinkingServiceClient<ServiceChannel>,
+    ledger: LedgerServiceClient<ServiceChannel>,
     token: ServiceToken,
     gateways: Arc<Mutex<HashMap<String, Batcher<pb::PointMovement, MovementAnswer>>>>,
     accounts: Arc<Mutex<HashMap<AccountName, String>>>,
@@ -145,9 +146,9 @@ fn peer_unavailable(peer: &str, status: &Status) -> Status {
 }
 
 impl Peers {
-    /// `channel` reaches the registry, linking and ledger services (one Tandem process, or a
-    /// balancer in front of several).
-    pub fn new(channel: Channel, authenticator: Arc<Authenticator>) -> Self {
+    /// `channel` reaches the registry, linking and ledger services: in this process, or across
+    /// the network (one Tandem process, or a balancer in front of several).
+    pub fn new(channel: ServiceChannel, authenticator: Arc<Authenticator>) -> Self {
         let token = ServiceToken::new(authenticator, "exchange");
         let linking = AccountLinkingServiceClient::new(channel.clone());
         let ledger = LedgerServiceClient::new(channel.clone());
@@ -508,7 +509,7 @@ impl Peers {
 
 /// Link checks asked together, as one BatchGetLinks call.
 fn link_batcher(
-    linking: AccountLinkingServiceClient<Channel>,
+    linking: AccountLinkingServiceClient<ServiceChannel>,
     token: ServiceToken,
 ) -> Batcher<String, Result<Option<pb::Link>, Status>> {
     Batcher::start(LINKS_PER_CALL, CALLS_IN_FLIGHT, move |ids: Vec<String>| {
@@ -555,7 +556,7 @@ fn link_batcher(
 
 /// Ledger posts asked together, as one PostTransactions call; each keeps its own outcome.
 fn post_batcher(
-    ledger: LedgerServiceClient<Channel>,
+    ledger: LedgerServiceClient<ServiceChannel>,
     token: ServiceToken,
 ) -> Batcher<pb::PostTransactionRequest, Result<pb::Transaction, Status>> {
     Batcher::start(

@@ -3,6 +3,7 @@
 //!
 //! Partners and Tandem's own services use the clients; the `tandem` binary mounts the servers.
 
+pub mod channel;
 pub mod status;
 pub mod time;
 

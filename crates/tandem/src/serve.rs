@@ -84,10 +84,18 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     );
     let linking_service =
         AccountLinkingServiceServer::new(LinkingGrpc::new(linking, authenticator.clone()));
-    // The exchange too reaches registry, linking and the ledger through their gRPC clients.
+    // The exchange too reaches registry, linking and the ledger through their gRPC clients; in
+    // one process those talk to the services' routers directly, without a socket.
+    let neighbours = tonic::service::Routes::new(registry_service.clone())
+        .add_service(linking_service.clone())
+        .add_service(ledger_service.clone())
+        .prepare();
     let exchange = Exchange::new(
         exchange_database.clone(),
-        Peers::new(registry_channel, authenticator.clone()),
+        Peers::new(
+            tandem_proto::channel::local(neighbours),
+            authenticator.clone(),
+        ),
         ExchangeOptions {
             quote_lifetime: settings.quote_ttl,
             saga_lease: settings.saga_lease,
