@@ -379,20 +379,30 @@ impl Wallets {
                 Operation::Reverse { key, original } => keys.extend([key.as_str(), original]),
             }
         }
-        let mut stored = stored_operations(&mut transaction, &keys).await?;
-        let mut members: Vec<&str> = operations
+        let named: Vec<&str> = operations
             .iter()
             .filter_map(|operation| match operation {
                 Operation::Move { member, .. } => Some(member.as_str()),
                 Operation::Reverse { .. } => None,
             })
-            .chain(stored.values().map(|operation| operation.member.as_str()))
-            .filter(|member| !member.is_empty())
             .collect();
-        members.sort_unstable();
-        members.dedup();
-        let locking = self.batches.backend() == Backend::Postgres;
-        let mut wallets = locked_wallets(&mut transaction, &members, locking).await?;
+        let (mut stored, mut wallets) = match self.batches.backend() {
+            Backend::Postgres => read_and_lock(&mut transaction, &keys, &named).await?,
+            Backend::Sqlite => {
+                // SQLite's write lock already keeps every other batch out.
+                let stored = stored_operations(&mut transaction, &keys).await?;
+                let mut members: Vec<&str> = named
+                    .iter()
+                    .copied()
+                    .chain(stored.values().map(|operation| operation.member.as_str()))
+                    .filter(|member| !member.is_empty())
+                    .collect();
+                members.sort_unstable();
+                members.dedup();
+                let wallets = wallets(&mut transaction, &members).await?;
+                (stored, wallets)
+            }
+        };
         let plan = work_out(operations, &mut stored, &mut wallets);
         if !write_plan(&mut transaction, &plan, &wallets).await? {
             return Ok(None);
@@ -446,42 +456,108 @@ fn keys_json(keys: &[&str]) -> String {
     to_json(&keys.iter().map(|key| Key { key }).collect::<Vec<_>>())
 }
 
-/// The wallets of `members` (sorted), locked for the rest of the transaction on PostgreSQL so
-/// that concurrent batches take them in one order and never deadlock on them; SQLite's write
-/// lock already serializes batches.
-async fn locked_wallets(
+/// The wallets of `members`.
+async fn wallets(
     connection: &mut AnyConnection,
     members: &[&str],
-    locking: bool,
 ) -> Result<HashMap<String, Wallet>, sqlx::Error> {
     let query = format!(
         "SELECT member_id, balance_minor, in_good_standing FROM sim_members \
-         WHERE member_id IN (SELECT key FROM {}) ORDER BY member_id{}",
-        KEYS.source(Backend::of(connection), 1, "wanted"),
-        if locking {
-            " FOR UPDATE OF sim_members"
-        } else {
-            ""
-        }
+         WHERE member_id IN (SELECT key FROM {})",
+        KEYS.source(Backend::of(connection), 1, "wanted")
     );
     let rows: Vec<(String, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(query))
         .bind(keys_json(members))
         .fetch_all(&mut *connection)
         .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(member, balance_minor, standing)| {
-            (
-                member,
-                Wallet {
-                    balance_minor,
-                    in_good_standing: standing != 0,
-                    changed: false,
-                },
-            )
-        })
-        .collect())
+    Ok(rows.into_iter().map(wallet_of).collect())
 }
+
+fn wallet_of((member, balance_minor, standing): (String, i64, i64)) -> (String, Wallet) {
+    (
+        member,
+        Wallet {
+            balance_minor,
+            in_good_standing: standing != 0,
+            changed: false,
+        },
+    )
+}
+
+/// On PostgreSQL, in one round trip: the operations stored under `keys`, and the wallets of the
+/// members `named` and of those operations, locked in member order, so that concurrent batches
+/// take them in one order and never deadlock on them.
+async fn read_and_lock(
+    connection: &mut AnyConnection,
+    keys: &[&str],
+    named: &[&str],
+) -> Result<(HashMap<String, StoredOperation>, HashMap<String, Wallet>), sqlx::Error> {
+    let query = format!(
+        "WITH wanted_operations AS ( \
+           SELECT transaction_key, kind, member_id, amount_minor, original_key, reversed_by \
+           FROM sim_operations WHERE transaction_key IN (SELECT key FROM {keys})), \
+         locked_wallets AS ( \
+           SELECT member_id, balance_minor, in_good_standing FROM sim_members \
+           WHERE member_id IN (SELECT key FROM {named}) \
+           OR member_id IN (SELECT member_id FROM wanted_operations) \
+           ORDER BY member_id FOR UPDATE) \
+         SELECT transaction_key, kind, member_id, amount_minor, original_key, reversed_by, \
+           CAST(NULL AS BIGINT) AS balance_minor, CAST(NULL AS BIGINT) AS in_good_standing \
+         FROM wanted_operations \
+         UNION ALL \
+         SELECT CAST(NULL AS TEXT), CAST(NULL AS TEXT), member_id, CAST(NULL AS BIGINT), \
+           CAST(NULL AS TEXT), CAST(NULL AS TEXT), balance_minor, in_good_standing \
+         FROM locked_wallets",
+        keys = KEYS.source(Backend::Postgres, 1, "wanted_keys"),
+        named = KEYS.source(Backend::Postgres, 2, "named_members"),
+    );
+    let rows: Vec<StateRow> = sqlx::query_as(sqlx::AssertSqlSafe(query))
+        .bind(keys_json(keys))
+        .bind(keys_json(named))
+        .fetch_all(&mut *connection)
+        .await?;
+    let mut stored = HashMap::new();
+    let mut wallets = HashMap::new();
+    for (key, kind, member, amount_minor, original, reversed_by, balance, standing) in rows {
+        match (key, kind, amount_minor, balance, standing) {
+            (Some(key), Some(kind), Some(amount_minor), _, _) => {
+                stored.insert(
+                    key,
+                    StoredOperation {
+                        kind,
+                        member,
+                        amount_minor,
+                        original,
+                        reversed_by,
+                    },
+                );
+            }
+            (_, _, _, Some(balance), Some(standing)) => {
+                let (member, wallet) = wallet_of((member, balance, standing));
+                wallets.insert(member, wallet);
+            }
+            _ => {
+                return Err(sqlx::Error::Protocol(
+                    "an unreadable batch state row".to_owned(),
+                ));
+            }
+        }
+    }
+    Ok((stored, wallets))
+}
+
+/// A row of [`read_and_lock`]: an operation (key, kind, member, amount, original, reversed by)
+/// or a wallet (member, balance, standing), the other columns NULL.
+type StateRow = (
+    Option<String>,
+    Option<String>,
+    String,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+);
 
 /// Works out every operation in order against the stored state, updating it in memory as each
 /// applies, so a later operation sees what an earlier one did.
