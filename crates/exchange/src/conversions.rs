@@ -140,6 +140,67 @@ impl RecentQuotes {
     }
 }
 
+/// Conversions answered COMPLETED whose final status is still being written.
+///
+/// Once a conversion's debit, credit and ledger transaction are all in place its outcome is
+/// settled: a crash before its status row says so leaves a saga that the recovery worker drives
+/// to the same end, since every step answers "already applied". So ExecuteConversion answers as
+/// soon as the ledger has posted, and the row is written in the next batch of the exchange's
+/// writer, off the caller's path. Until that write lands, every read of the conversion in this
+/// process waits for it, so a caller never reads back less than it was told.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Settling {
+    writes: std::sync::Arc<
+        std::sync::Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>,
+    >,
+}
+
+impl Settling {
+    fn begin(&self, conversion_id: &str) -> tokio::sync::watch::Sender<bool> {
+        let (written, receiver) = tokio::sync::watch::channel(false);
+        self.writes
+            .lock()
+            .expect("settling lock")
+            .insert(conversion_id.to_owned(), receiver);
+        written
+    }
+
+    fn end(&self, conversion_id: &str, written: tokio::sync::watch::Sender<bool>) {
+        self.writes
+            .lock()
+            .expect("settling lock")
+            .remove(conversion_id);
+        let _ = written.send(true);
+    }
+
+    /// Waits until the final write of `conversion_id`, if one is on its way, has landed.
+    async fn landed(&self, conversion_id: &str) {
+        let pending = self
+            .writes
+            .lock()
+            .expect("settling lock")
+            .get(conversion_id)
+            .cloned();
+        if let Some(mut pending) = pending {
+            let _ = pending.wait_for(|written| *written).await;
+        }
+    }
+
+    /// Waits until every final write on its way now has landed.
+    async fn all_landed(&self) {
+        let pending: Vec<_> = self
+            .writes
+            .lock()
+            .expect("settling lock")
+            .values()
+            .cloned()
+            .collect();
+        for mut pending in pending {
+            let _ = pending.wait_for(|written| *written).await;
+        }
+    }
+}
+
 /// Statuses whose points count against caps: everything not undone.
 const COUNTS_AGAINST_CAPS: &str = "status NOT IN ('FAILED', 'REVERSED')";
 
@@ -203,6 +264,7 @@ impl Exchange {
     }
 
     async fn load_conversion(&self, id: &str) -> Result<Option<ConversionRow>, Status> {
+        self.settling.landed(id).await;
         sqlx::query_as::<_, ConversionRow>(sqlx::AssertSqlSafe(format!(
             "SELECT {CONVERSION_COLUMNS} FROM conversions WHERE conversion_id = $1"
         )))
@@ -453,6 +515,22 @@ impl Exchange {
         partner_id: &str,
         key: &str,
     ) -> Result<Option<ConversionRow>, Status> {
+        let found = self.fetch_conversion_by_key(partner_id, key).await?;
+        match found {
+            Some(row) if row.status == "PENDING" => {
+                // It may be one whose final status is on its way: read it once that landed.
+                self.settling.landed(&row.conversion_id).await;
+                self.fetch_conversion_by_key(partner_id, key).await
+            }
+            other => Ok(other),
+        }
+    }
+
+    async fn fetch_conversion_by_key(
+        &self,
+        partner_id: &str,
+        key: &str,
+    ) -> Result<Option<ConversionRow>, Status> {
         sqlx::query_as::<_, ConversionRow>(sqlx::AssertSqlSafe(format!(
             "SELECT {CONVERSION_COLUMNS} FROM conversions \
              WHERE source_partner_id = $1 AND idempotency_key = $2"
@@ -589,7 +667,9 @@ impl Exchange {
             updated_at_micros: now,
             finished_at_micros: None,
         };
-        let progress = self.drive_loaded(&row, &quote, &new.lease_owner).await?;
+        let progress = self
+            .drive_loaded(&row, &quote, &new.lease_owner, true)
+            .await?;
         // What the drive wrote, without reading it back.
         let at = progress.written_at;
         row.status = progress.status.to_owned();
@@ -719,15 +799,20 @@ impl Exchange {
             .load_quote(&row.quote_id)
             .await?
             .ok_or_else(|| status::internal(&"conversion without its quote"))?;
-        self.drive_loaded(&row, &quote, owner).await.map(drop)
+        self.drive_loaded(&row, &quote, owner, false)
+            .await
+            .map(drop)
     }
 
-    /// Drives a conversion already in hand; returns where it stands after.
+    /// Drives a conversion already in hand; returns where it stands after. With
+    /// `answer_when_settled`, a conversion that completes returns before its final status is
+    /// written, which then lands off the caller's path (see [`Settling`]).
     async fn drive_loaded(
         &self,
         row: &ConversionRow,
         quote: &QuoteRow,
         owner: &str,
+        answer_when_settled: bool,
     ) -> Result<Progress, Status> {
         let id = row.conversion_id.as_str();
         let mut progress = Progress {
@@ -792,6 +877,10 @@ impl Exchange {
                         return Ok(progress);
                     }
                 }
+                Next::Stop if answer_when_settled && progress.status == "COMPLETED" => {
+                    self.settle_in_background(id, owner, &mut progress);
+                    return Ok(progress);
+                }
                 Next::Stop => {
                     self.record_conversion(id, owner, &mut progress, Some(Default::default()))
                         .await?;
@@ -799,6 +888,25 @@ impl Exchange {
                 }
             }
         }
+    }
+
+    /// Writes a completed conversion's final status off the caller's path. If the write fails
+    /// the saga stays PENDING under its lease, and the recovery worker completes it once the
+    /// lease lapses.
+    fn settle_in_background(&self, id: &str, owner: &str, progress: &mut Progress) {
+        progress.written_at = now_micros();
+        let written = self.settling.begin(id);
+        let (exchange, id, owner, mut progress) =
+            (self.clone(), id.to_owned(), owner.to_owned(), progress.clone());
+        tokio::spawn(async move {
+            let result = exchange
+                .record_conversion(&id, &owner, &mut progress, Some(Default::default()))
+                .await;
+            if let Err(error) = result {
+                tracing::warn!(conversion = %id, error = %error.message(), "a completed conversion's status is left to recovery");
+            }
+            exchange.settling.end(&id, written);
+        });
     }
 
     /// One step. `Err` is an unknown outcome (ask again); `Ok` says how to go on.
@@ -1284,6 +1392,7 @@ impl Exchange {
             "SELECT {CONVERSION_COLUMNS} FROM conversions {filter} \
              ORDER BY created_at_micros DESC, conversion_id DESC LIMIT {limit}"
         );
+        self.settling.all_landed().await;
         let mut query = sqlx::query_as::<_, ConversionRow>(sqlx::AssertSqlSafe(sql));
         for value in texts {
             query = query.bind(value);

@@ -62,6 +62,7 @@ pub struct Exchange {
     options: ExchangeOptions,
     writers: writes::Writers,
     recent_quotes: conversions::RecentQuotes,
+    settling: conversions::Settling,
 }
 
 impl Exchange {
@@ -71,6 +72,7 @@ impl Exchange {
         Self {
             writers: writes::Writers::start(&database),
             recent_quotes: conversions::RecentQuotes::default(),
+            settling: conversions::Settling::default(),
             database,
             peers,
             options,
