@@ -150,9 +150,7 @@ impl RecentQuotes {
 /// process waits for it, so a caller never reads back less than it was told.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Settling {
-    writes: std::sync::Arc<
-        std::sync::Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>,
-    >,
+    writes: std::sync::Arc<std::sync::Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>>,
 }
 
 impl Settling {
@@ -896,8 +894,12 @@ impl Exchange {
     fn settle_in_background(&self, id: &str, owner: &str, progress: &mut Progress) {
         progress.written_at = now_micros();
         let written = self.settling.begin(id);
-        let (exchange, id, owner, mut progress) =
-            (self.clone(), id.to_owned(), owner.to_owned(), progress.clone());
+        let (exchange, id, owner, mut progress) = (
+            self.clone(),
+            id.to_owned(),
+            owner.to_owned(),
+            progress.clone(),
+        );
         tokio::spawn(async move {
             let result = exchange
                 .record_conversion(&id, &owner, &mut progress, Some(Default::default()))
