@@ -23,8 +23,8 @@ pub enum Resolution {
     Void,
 }
 
-/// A write as the caller asked for it. Serialized (without the key) it is the content a reused
-/// idempotency key is compared against.
+/// A write as the caller asked for it. Its digest (of its canonical JSON, without the key) is
+/// what a reused idempotency key is compared against.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WriteRequest {
     Post(NewTransaction),
@@ -38,9 +38,75 @@ pub enum WriteRequest {
     },
 }
 
+/// How a stored digest begins; content stored before digests is the request's JSON itself.
+const DIGEST_PREFIX: &str = "sha256:";
+
 impl WriteRequest {
     fn content(&self) -> String {
         serde_json::to_string(self).expect("a write request always serializes")
+    }
+
+    /// What the transaction row stores of the request: a SHA-256 digest of its canonical JSON.
+    /// Equal requests have equal digests; the full request would add some 600 bytes to every
+    /// row and its log record, to be read back only when a key is reused.
+    fn digest(&self) -> String {
+        use sha2::Digest;
+        let hash = sha2::Sha256::digest(self.content().as_bytes());
+        let mut digest = String::with_capacity(DIGEST_PREFIX.len() + 64);
+        digest.push_str(DIGEST_PREFIX);
+        for byte in hash {
+            digest.push_str(&format!("{byte:02x}"));
+        }
+        digest
+    }
+
+    /// The request a stored transaction answered, as far as the transaction shows it: what a
+    /// reused key's new request is compared with to say what differs.
+    fn answered_by(transaction: &Transaction, new: &WriteRequest) -> WriteRequest {
+        let related = transaction.related.unwrap_or(transaction.id);
+        match transaction.kind {
+            TransactionKind::PostPending => WriteRequest::Resolve {
+                pending: related,
+                resolution: Resolution::Post,
+            },
+            TransactionKind::VoidPending => WriteRequest::Resolve {
+                pending: related,
+                resolution: Resolution::Void,
+            },
+            TransactionKind::Reversal => WriteRequest::Reverse {
+                original: related,
+                reason: transaction
+                    .metadata
+                    .get("reason")
+                    .cloned()
+                    .unwrap_or_default(),
+            },
+            TransactionKind::Posted | TransactionKind::Pending => {
+                let committed = to_unix_micros(transaction.committed_at);
+                let effective = to_unix_micros(transaction.effective_at);
+                let kind = match transaction.expires_at {
+                    Some(expires) if transaction.kind == TransactionKind::Pending => {
+                        NewKind::Pending {
+                            timeout_seconds: (to_unix_micros(expires) - committed) / 1_000_000,
+                        }
+                    }
+                    _ => NewKind::Posted,
+                };
+                // A request without an effective time took the commit time.
+                let asked_without =
+                    matches!(new, WriteRequest::Post(new) if new.effective_at_micros.is_none());
+                WriteRequest::Post(NewTransaction {
+                    idempotency_key: transaction.idempotency_key.clone(),
+                    legs: transaction.legs.clone(),
+                    kind,
+                    type_code: transaction.type_code.clone(),
+                    external_reference: transaction.external_reference.clone(),
+                    effective_at_micros: (!(asked_without && effective == committed))
+                        .then_some(effective),
+                    metadata: transaction.metadata.clone(),
+                })
+            }
+        }
     }
 
     /// What differs between the stored request of a key and a new one.
@@ -482,6 +548,27 @@ async fn replay(
     let Some(row) = transaction_row_by(connection, "idempotency_key", key).await? else {
         return Ok(None);
     };
+    if row.content.starts_with(DIGEST_PREFIX) {
+        let same = request.digest() == row.content;
+        let transaction = complete(connection, row, now).await?;
+        if same {
+            return Ok(Some(Posted {
+                transaction,
+                replayed: true,
+            }));
+        }
+        let answered = WriteRequest::answered_by(&transaction, request);
+        let mut differences = WriteRequest::differences(&answered, request);
+        if differences.is_empty() {
+            differences.push("content");
+        }
+        return Err(LedgerError::IdempotencyConflict {
+            key: key.to_owned(),
+            differences,
+        }
+        .into());
+    }
+    // Written before digests: the request itself.
     let stored: WriteRequest = serde_json::from_str(&row.content).map_err(|_| {
         corrupt(format!(
             "ledger transaction {}: content",
@@ -506,6 +593,8 @@ async fn replay(
 #[derive(Clone)]
 struct Header<'a> {
     key: &'a str,
+    request: &'a WriteRequest,
+    /// The request's digest, as stored.
     content: String,
     kind: TransactionKind,
     type_code: &'a str,
@@ -571,7 +660,7 @@ async fn post(
 /// The row of a new POSTED or PENDING transaction.
 fn new_header<'a>(
     key: &'a str,
-    request: &WriteRequest,
+    request: &'a WriteRequest,
     transaction: &'a NewTransaction,
     now: Timestamp,
 ) -> Header<'a> {
@@ -584,7 +673,8 @@ fn new_header<'a>(
     };
     Header {
         key,
-        content: request.content(),
+        request,
+        content: request.digest(),
         kind,
         type_code: &transaction.type_code,
         external_reference: &transaction.external_reference,
@@ -653,7 +743,8 @@ async fn resolve(
     };
     let header = Header {
         key,
-        content: request.content(),
+        request,
+        content: request.digest(),
         kind,
         type_code: &pending.type_code,
         external_reference: &pending.external_reference,
@@ -705,7 +796,8 @@ async fn reverse(
     metadata.insert("reason".to_owned(), reason.to_owned());
     let header = Header {
         key,
-        content: request.content(),
+        request,
+        content: request.digest(),
         kind: TransactionKind::Reversal,
         type_code: &original.type_code,
         external_reference: &original.external_reference,
@@ -1047,7 +1139,7 @@ pub(crate) async fn post_plain(
 fn checked_header<'a>(
     accounts: &HashMap<AccountId, Account>,
     key: &'a str,
-    request: &WriteRequest,
+    request: &'a WriteRequest,
     transaction: &'a NewTransaction,
     now: Timestamp,
 ) -> Result<Header<'a>, LedgerError> {
@@ -1078,11 +1170,7 @@ pub(crate) fn is_plain(request: &WriteRequest, accounts: &HashMap<AccountId, Acc
 /// Why an insert found its place taken: the key was used (a replay or a conflict), or the
 /// pending transaction was resolved, or the original reversed, by a concurrent writer.
 async fn taken(connection: &mut AnyConnection, header: &Header<'_>, now: Timestamp) -> Step {
-    let request: WriteRequest = match serde_json::from_str(&header.content) {
-        Ok(request) => request,
-        Err(error) => return Step::Database(corrupt(error.to_string())),
-    };
-    match replay(connection, header.key, &request, now).await {
+    match replay(connection, header.key, header.request, now).await {
         Ok(Some(posted)) => Step::Replayed(posted),
         Err(step) => step,
         Ok(None) => {

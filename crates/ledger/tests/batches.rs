@@ -166,8 +166,13 @@ async fn bursts(database: TestDatabase) {
                     let posted = outcome.as_ref().expect("the winning content is answered");
                     assert_eq!(posted.transaction.id, winner.id);
                 } else {
+                    // The refusal says what differs: the amounts, on the legs.
                     assert!(
-                        matches!(outcome, Err(LedgerError::IdempotencyConflict { .. })),
+                        matches!(
+                            outcome,
+                            Err(LedgerError::IdempotencyConflict { differences, .. })
+                                if differences == &["legs"]
+                        ),
                         "{key} with other content: {outcome:?}"
                     );
                 }
