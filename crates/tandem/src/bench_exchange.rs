@@ -15,6 +15,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use tandem_client::TandemClient;
 use tandem_proto::v1 as pb;
 
 use crate::{
@@ -123,10 +124,18 @@ pub async fn run(workload: Workload, args: ExchangeBenchArgs) -> anyhow::Result<
             links.push((coalition.link(&hotel_member, &rider).await?, rider));
         }
         let links = Arc::new(links);
-        // One short warm-up, so connection set-up and first-use account opening are not timed.
+        // Each client is an instance of the partner's app, with its own connection and token,
+        // as each pgbench client has its own connection; tokens are fetched before timing.
+        let mut apps = Vec::with_capacity(most_clients);
+        for _ in 0..most_clients {
+            let app = coalition.app(workload == Workload::Convert).await?;
+            app.access_token().await?;
+            apps.push(app);
+        }
+        // One short warm-up, so first-use account opening is not timed.
         measure(
             workload,
-            &coalition,
+            &apps,
             &links,
             1,
             Duration::from_secs(1),
@@ -135,7 +144,7 @@ pub async fn run(workload: Workload, args: ExchangeBenchArgs) -> anyhow::Result<
         .await?;
         let mut runs = Vec::new();
         for &clients in &args.clients {
-            let run = measure(workload, &coalition, &links, clients, duration, args.batch).await?;
+            let run = measure(workload, &apps, &links, clients, duration, args.batch).await?;
             eprintln!(
                 "{workload:?} × {clients:>2} clients: {:>8.0}/s, p50 {:?}, p99 {:?}, {} failed",
                 run.per_second, run.p50, run.p99, run.failed
@@ -156,7 +165,7 @@ pub async fn run(workload: Workload, args: ExchangeBenchArgs) -> anyhow::Result<
 
 async fn measure(
     workload: Workload,
-    coalition: &Arc<Coalition>,
+    apps: &[TandemClient],
     links: &Arc<Vec<(String, String)>>,
     clients: usize,
     duration: Duration,
@@ -166,8 +175,8 @@ async fn measure(
     let deadline = started + duration;
     let mut tasks = Vec::with_capacity(clients);
     for client in 0..clients {
-        let coalition = coalition.clone();
         let links = links.clone();
+        let app = apps[client].clone();
         tasks.push(tokio::spawn(async move {
             let link_id = &links[client].0;
             let mut latencies = Vec::new();
@@ -179,8 +188,8 @@ async fn measure(
                 match workload {
                     Workload::Convert => {
                         let outcome = async {
-                            let quote = coalition.hotel.quote_source_points(link_id, 1_000).await?;
-                            coalition.hotel.convert(&quote.quote_id).await
+                            let quote = app.quote_source_points(link_id, 1_000).await?;
+                            app.convert(&quote.quote_id).await
                         }
                         .await;
                         match outcome {
@@ -219,7 +228,7 @@ async fn measure(
                                 }
                             })
                             .collect();
-                        match coalition.ride.record_activities(rides).await {
+                        match app.record_activities(rides).await {
                             Ok(answer) => {
                                 done += answer.recorded as usize;
                                 failed += answer.refused as usize;

@@ -111,6 +111,10 @@ pub struct Coalition {
     pub channel: Channel,
     pub hotel: TandemClient,
     pub ride: TandemClient,
+    /// Where Tandem listens, and each partner's credentials, for more clients of the partners.
+    address: String,
+    hotel_credentials: Credentials,
+    ride_credentials: Credentials,
     pub ops_token: String,
     pub hotel_gateway: Channel,
     pub ride_gateway: Channel,
@@ -182,7 +186,7 @@ impl Coalition {
                                   program: &str,
                                   name: &str,
                                   gateway: &str|
-               -> anyhow::Result<TandemClient> {
+               -> anyhow::Result<(TandemClient, Credentials)> {
             let created = registry
                 .create_partner(authed(
                     &admin,
@@ -204,13 +208,17 @@ impl Coalition {
                 .into_inner();
             let credentials = created.credentials.context("credentials")?;
             let partner = created.partner.context("partner")?;
-            Ok(TandemClient::with_channel(
-                channel.clone(),
-                partner.partner_id,
-                Credentials::new(credentials.client_id, credentials.client_secret),
+            let credentials = Credentials::new(credentials.client_id, credentials.client_secret);
+            Ok((
+                TandemClient::with_channel(
+                    channel.clone(),
+                    partner.partner_id,
+                    credentials.clone(),
+                ),
+                credentials,
             ))
         };
-        let hotel = register(
+        let (hotel, hotel_credentials) = register(
             "skyline-hotels",
             pb::PartnerCategory::Hotel,
             "SKYLINE_PTS",
@@ -218,7 +226,7 @@ impl Coalition {
             &stack.hotel_gateway,
         )
         .await?;
-        let ride = register(
+        let (ride, ride_credentials) = register(
             "zoom-rides",
             pb::PartnerCategory::Rideshare,
             "ZOOM_MILES",
@@ -236,6 +244,9 @@ impl Coalition {
             channel,
             hotel,
             ride,
+            address: format!("http://{}", stack.address),
+            hotel_credentials,
+            ride_credentials,
             ops_token,
         };
         coalition
@@ -245,6 +256,22 @@ impl Coalition {
             .agree(&coalition.ride, &coalition.hotel, earn_terms(hold_days))
             .await?;
         Ok(coalition)
+    }
+
+    /// Another client of the hotel, or of the rideshare, on a connection of its own: one
+    /// instance of the partner's app.
+    pub async fn app(&self, hotel: bool) -> anyhow::Result<TandemClient> {
+        let (partner, credentials) = if hotel {
+            (&self.hotel, &self.hotel_credentials)
+        } else {
+            (&self.ride, &self.ride_credentials)
+        };
+        Ok(TandemClient::connect(
+            self.address.clone(),
+            partner.partner_id().to_owned(),
+            credentials.clone(),
+        )
+        .await?)
     }
 
     /// The source proposes, the target accepts; each with its own token.
