@@ -337,6 +337,26 @@ async fn a_member_converts_and_wallets_and_ledger_agree(server: TestServer) {
         pb::ConversionStatus::Completed as i32,
         "{conversion:?}"
     );
+    // Read straight back, it is as it was answered.
+    let read_back = coalition
+        .server
+        .exchange()
+        .get_conversion(authed(
+            &coalition.hotel_token,
+            pb::GetConversionRequest {
+                conversion_id: conversion.conversion_id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .conversion
+        .unwrap();
+    assert_eq!(read_back.status, pb::ConversionStatus::Completed as i32);
+    assert_eq!(
+        read_back.ledger_transaction_id,
+        conversion.ledger_transaction_id
+    );
     assert_eq!(coalition.hotel_sim.balance(HOTEL_MEMBER).await, 40_000);
     assert_eq!(coalition.ride_sim.balance(RIDER).await, 2_500);
     let posted = coalition
@@ -704,6 +724,35 @@ async fn expired_quotes_cannot_be_executed(database: TestDatabase) {
     assert_eq!(coalition.hotel_sim.balance(HOTEL_MEMBER).await, 50_000);
 }
 
+/// Tandem as two processes on the same databases: a quote priced by one executes on the other at
+/// once, while the quote may still be on its way to the database.
+async fn a_quote_priced_by_one_process_executes_on_another(server: TestServer) {
+    let coalition = Coalition::new(server, 0).await;
+    let other = coalition.server.another_process().await;
+    for index in 0..3 {
+        let quote = coalition.quote(1_000).await.expect("a quote");
+        let executed = other
+            .exchange()
+            .execute_conversion(authed(
+                &coalition.hotel_token,
+                pb::ExecuteConversionRequest {
+                    partner_id: coalition.hotel.clone(),
+                    quote_id: quote.quote_id,
+                    idempotency_key: format!("elsewhere-{index}"),
+                },
+            ))
+            .await
+            .expect("executed by the other process")
+            .into_inner()
+            .conversion
+            .unwrap();
+        assert_eq!(executed.status, pb::ConversionStatus::Completed as i32);
+    }
+    assert_eq!(coalition.hotel_sim.balance(HOTEL_MEMBER).await, 47_000);
+    assert_eq!(coalition.ride_sim.balance(RIDER).await, 750);
+    coalition.trial_balance_is_zero().await;
+}
+
 /// The server is killed while four conversions wait on the target gateway, each already debited
 /// at the source; a new server on the same databases finishes every one of them, once.
 async fn conversions_interrupted_by_a_crash_finish_once(database: TestDatabase) {
@@ -812,6 +861,7 @@ async fn conversions_interrupted_by_a_crash_finish_once(database: TestDatabase) 
 
 on_every_backend!(
     a_member_converts_and_wallets_and_ledger_agree,
+    a_quote_priced_by_one_process_executes_on_another,
     caps_expired_quotes_and_bad_amounts_are_refused,
     a_refused_credit_is_compensated,
     a_credit_that_timed_out_after_applying_credits_once,

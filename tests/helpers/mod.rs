@@ -38,6 +38,53 @@ pub struct TestServer {
     pub channel: Channel,
 }
 
+/// Spawns `tandem serve` on `database`, and waits until it listens.
+async fn spawn_serve(database: &TestDatabase, extra: &[&str]) -> (Child, String, Channel) {
+    let mut command = Command::new(TANDEM);
+    command
+        .args(storage_args(database))
+        .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+        .args(extra);
+    // Warnings and errors only, so a failing test shows what the server complained about
+    // without every request's log line.
+    command
+        .env("TANDEM_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    let mut child = command.spawn().expect("spawn tandem serve");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let address = tokio::time::timeout(START_DEADLINE, async {
+        while let Some(line) = lines.next_line().await.expect("read tandem's stdout") {
+            if let Some(address) = line.strip_prefix("tandem listening on ") {
+                return address.to_owned();
+            }
+        }
+        panic!("tandem serve exited before listening");
+    })
+    .await
+    .expect("tandem serve announced its address before the deadline");
+    let channel = Channel::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect to tandem");
+    (child, address, channel)
+}
+
+/// Another `tandem serve` process on a test server's databases.
+pub struct OtherProcess {
+    _child: Child,
+    pub channel: Channel,
+}
+
+impl OtherProcess {
+    pub fn exchange(&self) -> ExchangeServiceClient<Channel> {
+        ExchangeServiceClient::new(self.channel.clone())
+    }
+}
+
 impl TestServer {
     /// Starts a server on `backend`; `None` for PostgreSQL when `TANDEM_TEST_DATABASE_URL` is unset.
     pub async fn start(backend: Backend) -> Option<Self> {
@@ -50,40 +97,21 @@ impl TestServer {
 
     /// Starts a server on `database` with extra `serve` flags.
     pub async fn start_on(database: TestDatabase, extra: &[&str]) -> Self {
-        let mut command = Command::new(TANDEM);
-        command
-            .args(storage_args(&database))
-            .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
-            .args(extra);
-        // Warnings and errors only, so a failing test shows what the server complained about
-        // without every request's log line.
-        command
-            .env("TANDEM_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
-        let mut child = command.spawn().expect("spawn tandem serve");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let address = tokio::time::timeout(START_DEADLINE, async {
-            while let Some(line) = lines.next_line().await.expect("read tandem's stdout") {
-                if let Some(address) = line.strip_prefix("tandem listening on ") {
-                    return address.to_owned();
-                }
-            }
-            panic!("tandem serve exited before listening");
-        })
-        .await
-        .expect("tandem serve announced its address before the deadline");
-        let channel = Channel::from_shared(format!("http://{address}"))
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect to tandem");
+        let (child, address, channel) = spawn_serve(&database, extra).await;
         Self {
             child,
             address,
             database,
+            channel,
+        }
+    }
+
+    /// A second `tandem serve` on this server's databases, as when Tandem runs as several
+    /// processes behind a balancer; it stops when dropped.
+    pub async fn another_process(&self) -> OtherProcess {
+        let (child, _, channel) = spawn_serve(&self.database, &[]).await;
+        OtherProcess {
+            _child: child,
             channel,
         }
     }

@@ -110,35 +110,98 @@ fn day_and_month_start(micros: i64) -> (i64, i64) {
 /// Quotes this process priced lately, so that executing one (moments later, as a rule) need not
 /// read it back. Quotes never change once stored, and one not found here is read from the
 /// database, so a quote priced by another process executes all the same.
+///
+/// GetQuote answers as soon as it has priced the quote; the quote is stored in the writer's next
+/// batch, off the caller's path, and each remembered quote carries how its storing went. A quote
+/// is an offer, not a movement of points: were this process to stop before the quote is stored,
+/// the caller would be told the quote is not found and would ask for another.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RecentQuotes {
-    quotes: std::sync::Arc<std::sync::Mutex<HashMap<String, QuoteRow>>>,
+    quotes: std::sync::Arc<std::sync::Mutex<HashMap<String, RecentQuote>>>,
+}
+
+#[derive(Debug)]
+struct RecentQuote {
+    quote: QuoteRow,
+    /// None while the quote is being stored; then whether it was.
+    stored: tokio::sync::watch::Receiver<Option<bool>>,
 }
 
 /// Most quotes remembered; past it, expired ones are dropped, and new ones are not remembered
-/// until there is room.
+/// (they are stored before GetQuote answers) until there is room.
 const RECENT_QUOTES: usize = 10_000;
 
 impl RecentQuotes {
-    fn remember(&self, quote: &QuoteRow) {
+    /// Remembers a quote about to be stored; `None` when there is no room, and the caller must
+    /// store it itself before answering.
+    fn remember(&self, quote: &QuoteRow) -> Option<tokio::sync::watch::Sender<Option<bool>>> {
         let mut quotes = self.quotes.lock().expect("recent quotes lock");
         if quotes.len() >= RECENT_QUOTES {
             let now = now_micros();
-            quotes.retain(|_, quote| quote.expires_at_micros > now);
+            quotes.retain(|_, recent| recent.quote.expires_at_micros > now);
         }
-        if quotes.len() < RECENT_QUOTES {
-            quotes.insert(quote.quote_id.clone(), quote.clone());
+        if quotes.len() >= RECENT_QUOTES {
+            return None;
         }
+        let (stored, receiver) = tokio::sync::watch::channel(None);
+        quotes.insert(
+            quote.quote_id.clone(),
+            RecentQuote {
+                quote: quote.clone(),
+                stored: receiver,
+            },
+        );
+        Some(stored)
     }
 
-    /// The quote, if remembered; it is forgotten, since a quote executes once.
-    fn take(&self, quote_id: &str) -> Option<QuoteRow> {
+    /// Forgets a quote that could not be stored.
+    fn forget(&self, quote_id: &str) {
         self.quotes
             .lock()
             .expect("recent quotes lock")
-            .remove(quote_id)
+            .remove(quote_id);
+    }
+
+    /// The quote, if remembered, with how its storing goes; it is forgotten, since a quote
+    /// executes once.
+    fn take(
+        &self,
+        quote_id: &str,
+    ) -> Option<(QuoteRow, tokio::sync::watch::Receiver<Option<bool>>)> {
+        let recent = self
+            .quotes
+            .lock()
+            .expect("recent quotes lock")
+            .remove(quote_id)?;
+        Some((recent.quote, recent.stored))
     }
 }
+
+/// Waits until a remembered quote is stored; `Err` when storing it failed.
+async fn stored(landing: Option<tokio::sync::watch::Receiver<Option<bool>>>) -> Result<(), Status> {
+    let Some(mut landing) = landing else {
+        return Ok(());
+    };
+    let stored = landing
+        .wait_for(|stored| stored.is_some())
+        .await
+        .map(|stored| *stored == Some(true))
+        .unwrap_or(false);
+    if stored {
+        Ok(())
+    } else {
+        Err(refuse(
+            Code::Unavailable,
+            "QUOTE_NOT_STORED",
+            "the quote could not be stored; ask for a new one",
+        ))
+    }
+}
+
+/// How long after its pricing a quote that is not found may still be on its way to the database
+/// (priced by another process moments ago): a look-up waits this long at most, from the time the
+/// quote's id says it was made, before answering QUOTE_NOT_FOUND.
+const QUOTE_LANDING: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Conversions answered COMPLETED whose final status is still being written.
 ///
@@ -502,9 +565,54 @@ impl Exchange {
                 .map_err(database_error)?;
             Self::check_caps(connection.as_mut(), &quote, now).await?;
         }
-        self.writers.quote(quote.clone()).await?;
-        self.recent_quotes.remember(&quote);
+        match self.recent_quotes.remember(&quote) {
+            Some(stored) => self.store_in_background(quote.clone(), stored),
+            None => self.writers.quote(quote.clone()).await?,
+        }
         Ok(quote.to_pb(Viewer::Partner(&request.partner_id)))
+    }
+
+    /// Stores a quote GetQuote has already answered with.
+    fn store_in_background(
+        &self,
+        quote: QuoteRow,
+        stored: tokio::sync::watch::Sender<Option<bool>>,
+    ) {
+        let exchange = self.clone();
+        tokio::spawn(async move {
+            let quote_id = quote.quote_id.clone();
+            let outcome = exchange.writers.quote(quote).await;
+            if let Err(error) = &outcome {
+                tracing::warn!(quote = %quote_id, error = %error.message(), "a quote could not be stored");
+                exchange.recent_quotes.forget(&quote_id);
+            }
+            let _ = stored.send(Some(outcome.is_ok()));
+        });
+    }
+
+    /// A quote from the database, waiting for one priced moments ago by another process that
+    /// may still be on its way there.
+    async fn load_landing_quote(&self, quote_id: &str) -> Result<Option<QuoteRow>, Status> {
+        let made_at_micros = uuid::Uuid::parse_str(quote_id)
+            .ok()
+            .and_then(|id| id.get_timestamp())
+            .map(|timestamp| {
+                let (seconds, nanos) = timestamp.to_unix();
+                seconds as i64 * 1_000_000 + i64::from(nanos / 1_000)
+            });
+        let mut pause = std::time::Duration::from_millis(2);
+        loop {
+            if let Some(quote) = self.load_quote(quote_id).await? {
+                return Ok(Some(quote));
+            }
+            let landing_until =
+                made_at_micros.map_or(0, |made| made + QUOTE_LANDING.as_micros() as i64);
+            if now_micros() + pause.as_micros() as i64 > landing_until {
+                return Ok(None);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(100));
+        }
     }
 
     /// The conversion a partner made with `key`, if any.
@@ -573,9 +681,9 @@ impl Exchange {
             return Err(status::invalid_argument(violations));
         }
         let viewer = Viewer::Partner(&request.partner_id);
-        let quote = match self.recent_quotes.take(&request.quote_id) {
-            Some(quote) => Some(quote),
-            None => self.load_quote(&request.quote_id).await?,
+        let (quote, landing) = match self.recent_quotes.take(&request.quote_id) {
+            Some((quote, landing)) => (Some(quote), Some(landing)),
+            None => (self.load_landing_quote(&request.quote_id).await?, None),
         };
         let Some(quote) = quote.filter(|quote| quote.source_partner_id == request.partner_id)
         else {
@@ -601,7 +709,11 @@ impl Exchange {
         {
             return replay(existing).await;
         }
-        if let Err(refusal) = self.still_executable(&quote).await {
+        // Consent is checked again while a quote priced here moments ago is being stored.
+        let (executable, quote_stored) =
+            tokio::join!(self.still_executable(&quote), stored(landing));
+        quote_stored?;
+        if let Err(refusal) = executable {
             return match self
                 .conversion_by_key(&request.partner_id, &request.idempotency_key)
                 .await?
