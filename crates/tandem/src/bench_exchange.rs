@@ -36,9 +36,9 @@ pub struct ExchangeBenchArgs {
     /// Concurrent clients (and pgbench clients), comma-separated.
     #[arg(long, default_value = "1,8,32,64", value_delimiter = ',')]
     pub clients: Vec<usize>,
-    /// For `earn`: rides per RecordActivities stream. A stream must finish within the server's
-    /// request timeout (30 s), so many clients want small streams.
-    #[arg(long, default_value_t = 250)]
+    /// For `earn`: rides per RecordActivities stream, like a day of one market's rides. A stream
+    /// must finish within the server's request timeout (30 s).
+    #[arg(long, default_value_t = 1_000)]
     pub batch: usize,
     /// For `earn`: the hold period of the earn rules, in days. With 0 each ride's points are
     /// credited at the hotel's gateway at once; with a hold the ledger holds them PENDING and the
