@@ -207,6 +207,26 @@ struct LedgerFixture {
 }
 
 impl LedgerFixture {
+    /// A transfer of one cent between the fixture's two accounts.
+    fn transfer(&self, idempotency_key: String) -> pb::PostTransactionRequest {
+        pb::PostTransactionRequest {
+            idempotency_key,
+            legs: vec![
+                pb::Leg {
+                    account_id: self.from.clone(),
+                    direction: pb::Direction::Debit.into(),
+                    amount_minor: 1,
+                },
+                pb::Leg {
+                    account_id: self.to.clone(),
+                    direction: pb::Direction::Credit.into(),
+                    amount_minor: 1,
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
     async fn new(server: &TestServer) -> Self {
         let service = server.staff_token(Role::Service).await;
         let mut ledger = server.ledger();
@@ -780,22 +800,7 @@ fn rows() -> Vec<Row> {
             allowed: LEDGER_WRITERS,
             call: |world, token, attempt| {
                 Box::pin(async move {
-                    let request = pb::PostTransactionRequest {
-                        idempotency_key: format!("table-{attempt}"),
-                        legs: vec![
-                            pb::Leg {
-                                account_id: world.ledger.from.clone(),
-                                direction: pb::Direction::Debit.into(),
-                                amount_minor: 1,
-                            },
-                            pb::Leg {
-                                account_id: world.ledger.to.clone(),
-                                direction: pb::Direction::Credit.into(),
-                                amount_minor: 1,
-                            },
-                        ],
-                        ..Default::default()
-                    };
+                    let request = world.ledger.transfer(format!("table-{attempt}"));
                     world
                         .server
                         .ledger()
@@ -810,22 +815,7 @@ fn rows() -> Vec<Row> {
             allowed: LEDGER_WRITERS,
             call: |world, token, attempt| {
                 Box::pin(async move {
-                    let transaction = pb::PostTransactionRequest {
-                        idempotency_key: format!("table-batch-{attempt}"),
-                        legs: vec![
-                            pb::Leg {
-                                account_id: world.ledger.from.clone(),
-                                direction: pb::Direction::Debit.into(),
-                                amount_minor: 1,
-                            },
-                            pb::Leg {
-                                account_id: world.ledger.to.clone(),
-                                direction: pb::Direction::Credit.into(),
-                                amount_minor: 1,
-                            },
-                        ],
-                        ..Default::default()
-                    };
+                    let transaction = world.ledger.transfer(format!("table-batch-{attempt}"));
                     let request = pb::PostTransactionsRequest {
                         transactions: vec![transaction],
                     };

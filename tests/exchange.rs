@@ -187,6 +187,23 @@ impl Coalition {
             .map(|response| response.into_inner().quote.unwrap())
     }
 
+    /// A conversion as the holder of `token` reads it.
+    async fn conversion_as(&self, token: &str, conversion_id: &str) -> pb::Conversion {
+        self.server
+            .exchange()
+            .get_conversion(authed(
+                token,
+                pb::GetConversionRequest {
+                    conversion_id: conversion_id.to_owned(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .conversion
+            .unwrap()
+    }
+
     async fn execute(
         &self,
         quote_id: &str,
@@ -339,19 +356,8 @@ async fn a_member_converts_and_wallets_and_ledger_agree(server: TestServer) {
     );
     // Read straight back, it is as it was answered.
     let read_back = coalition
-        .server
-        .exchange()
-        .get_conversion(authed(
-            &coalition.hotel_token,
-            pb::GetConversionRequest {
-                conversion_id: conversion.conversion_id.clone(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .conversion
-        .unwrap();
+        .conversion_as(&coalition.hotel_token, &conversion.conversion_id)
+        .await;
     assert_eq!(read_back.status, pb::ConversionStatus::Completed as i32);
     assert_eq!(
         read_back.ledger_transaction_id,
@@ -403,19 +409,8 @@ async fn a_member_converts_and_wallets_and_ledger_agree(server: TestServer) {
 
     // The rideshare sees the conversion with its own member, not the hotel's.
     let seen_by_ride = coalition
-        .server
-        .exchange()
-        .get_conversion(authed(
-            &coalition.ride_token,
-            pb::GetConversionRequest {
-                conversion_id: conversion.conversion_id.clone(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .conversion
-        .unwrap();
+        .conversion_as(&coalition.ride_token, &conversion.conversion_id)
+        .await;
     let seen_quote = seen_by_ride.quote.unwrap();
     assert_eq!(
         (

@@ -2,57 +2,21 @@
 //! some of them (duplicates and retries), and race to resolve the same pending transactions.
 //! At the end nothing was created or destroyed, no key applied twice, no pending resolved twice.
 
-use std::{
-    collections::{BTreeMap, HashSet},
-    sync::Arc,
-};
+mod common;
+
+use std::{collections::HashSet, sync::Arc};
 
 use tandem_domain::PartnerId;
 use tandem_ledger::{
-    AccountId, Direction, Guard, Ledger, LedgerError, LedgerOptions, Leg, NewKind, NewTransaction,
-    Owner, PendingStatus, Purpose, Resolution, TransactionKind, Unit,
+    Guard, Ledger, LedgerError, NewTransaction, Owner, PendingStatus, Purpose, Resolution,
+    TransactionKind, Unit,
 };
-use tandem_storage::{Database, testing::TestDatabase};
+use tandem_storage::testing::TestDatabase;
 use tokio::sync::Mutex;
 
 const TASKS: usize = 16;
 const TRANSFERS_PER_TASK: usize = 25;
 const OPENING_BALANCE: i64 = 10_000;
-
-fn transfer(
-    key: String,
-    from: AccountId,
-    to: AccountId,
-    amount: i64,
-    pending: bool,
-) -> NewTransaction {
-    NewTransaction {
-        idempotency_key: key,
-        legs: vec![
-            Leg {
-                account: from,
-                direction: Direction::Debit,
-                amount_minor: amount,
-            },
-            Leg {
-                account: to,
-                direction: Direction::Credit,
-                amount_minor: amount,
-            },
-        ],
-        kind: if pending {
-            NewKind::Pending {
-                timeout_seconds: 3600,
-            }
-        } else {
-            NewKind::Posted
-        },
-        type_code: "TRANSFER".to_owned(),
-        external_reference: "bank".to_owned(),
-        effective_at_micros: None,
-        metadata: BTreeMap::new(),
-    }
-}
 
 /// Posts, retrying while the ledger says the write conflicted (safe: the key is the same).
 async fn post_with_retries(
@@ -81,13 +45,7 @@ impl Sequence {
 }
 
 async fn bank(database: TestDatabase) {
-    let database = Database::open(database.location(), "settlement", &tandem_ledger::MIGRATOR)
-        .await
-        .unwrap();
-    let ledger = Ledger::new(
-        database.clone(),
-        LedgerOptions::for_backend(database.backend()),
-    );
+    let ledger = common::ledger_on(&database).await;
     let usd = Unit::parse("USD").unwrap();
     let funding = ledger
         .open_account(Owner::Exchange, Purpose::Bank, &usd, 2, Guard::None)
@@ -110,10 +68,10 @@ async fn bank(database: TestDatabase) {
             .await
             .unwrap();
         ledger
-            .post(transfer(
+            .post(common::transfer(
+                "bank",
                 format!("fund-{}", account.id),
-                funding.id,
-                account.id,
+                (funding.id, account.id),
                 OPENING_BALANCE,
                 false,
             ))
@@ -141,10 +99,10 @@ async fn bank(database: TestDatabase) {
                     continue;
                 }
                 let pending = random.next(4) == 0;
-                let transaction = transfer(
+                let transaction = common::transfer(
+                    "bank",
                     format!("t{task}-{index}"),
-                    from,
-                    to,
+                    (from, to),
                     1 + random.next(3_000) as i64,
                     pending,
                 );

@@ -3,39 +3,19 @@
 //! retry), twice with different content (a client bug), or a transfer may be refused; each gets
 //! the answer it would get alone, and no key is applied twice.
 
-use std::collections::{BTreeMap, HashMap};
+mod common;
+
+use std::collections::HashMap;
 
 use tandem_domain::PartnerId;
-use tandem_ledger::{
-    AccountId, Direction, Guard, Ledger, LedgerError, LedgerOptions, Leg, NewKind, NewTransaction,
-    Owner, Purpose, Unit,
-};
-use tandem_storage::{Database, testing::TestDatabase};
+use tandem_ledger::{AccountId, Guard, LedgerError, NewTransaction, Owner, Purpose, Unit};
+use tandem_storage::testing::TestDatabase;
 
 const BURSTS: usize = 6;
 const TRANSFERS_PER_BURST: usize = 120;
 
 fn transfer(key: &str, from: AccountId, to: AccountId, amount: i64) -> NewTransaction {
-    NewTransaction {
-        idempotency_key: key.to_owned(),
-        legs: vec![
-            Leg {
-                account: from,
-                direction: Direction::Debit,
-                amount_minor: amount,
-            },
-            Leg {
-                account: to,
-                direction: Direction::Credit,
-                amount_minor: amount,
-            },
-        ],
-        kind: NewKind::Posted,
-        type_code: "TRANSFER".to_owned(),
-        external_reference: "burst".to_owned(),
-        effective_at_micros: None,
-        metadata: BTreeMap::new(),
-    }
+    common::transfer("burst", key.to_owned(), (from, to), amount, false)
 }
 
 /// What a transfer of a burst is meant to test.
@@ -63,13 +43,7 @@ fn shape_of(index: usize) -> Shape {
 }
 
 async fn bursts(database: TestDatabase) {
-    let database = Database::open(database.location(), "settlement", &tandem_ledger::MIGRATOR)
-        .await
-        .unwrap();
-    let ledger = Ledger::new(
-        database.clone(),
-        LedgerOptions::for_backend(database.backend()),
-    );
+    let ledger = common::ledger_on(&database).await;
     let usd = Unit::parse("USD").unwrap();
     let mut accounts = Vec::new();
     for _ in 0..3 {

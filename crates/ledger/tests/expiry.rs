@@ -1,27 +1,23 @@
 //! A hold that nobody posts or voids expires: it stops counting in pending totals, and it can no
 //! longer be posted. Waits on the condition with a deadline, never a fixed sleep.
 
+mod common;
+
 use std::{
     collections::BTreeMap,
     time::{Duration, Instant},
 };
 
 use tandem_ledger::{
-    Direction, Guard, Ledger, LedgerError, LedgerOptions, Leg, NewKind, NewTransaction, Owner,
-    PendingStatus, Purpose, Resolution, Unit,
+    Direction, Guard, LedgerError, Leg, NewKind, NewTransaction, Owner, PendingStatus, Purpose,
+    Resolution, Unit,
 };
-use tandem_storage::{Database, testing::TestDatabase};
+use tandem_storage::testing::TestDatabase;
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
 async fn an_unresolved_hold_expires(database: TestDatabase) {
-    let database = Database::open(database.location(), "settlement", &tandem_ledger::MIGRATOR)
-        .await
-        .unwrap();
-    let ledger = Ledger::new(
-        database.clone(),
-        LedgerOptions::for_backend(database.backend()),
-    );
+    let ledger = common::ledger_on(&database).await;
     let usd = Unit::parse("USD").unwrap();
     let from = ledger
         .open_account(Owner::Exchange, Purpose::Bank, &usd, 2, Guard::None)

@@ -2,17 +2,17 @@
 //! `TANDEM_TEST_DATABASE_URL` is set) PostgreSQL. After every step: each transaction sums to zero
 //! per unit, each balance equals the sum of its entries and the independent model's, a rejected
 //! request changed nothing, and the trial balance is zero.
+mod common;
 
 use std::collections::{BTreeMap, HashMap};
 
 use proptest::prelude::*;
 use tandem_domain::PartnerId;
 use tandem_ledger::{
-    AccountId, Direction, Guard, Ledger, LedgerError, LedgerOptions, Leg, NewKind, NewTransaction,
-    Owner, Posted, Purpose, Resolution, Totals, TransactionId, TransactionKind, Unit,
-    check_balanced,
+    AccountId, Direction, Guard, Ledger, LedgerError, Leg, NewKind, NewTransaction, Owner, Posted,
+    Purpose, Resolution, Totals, TransactionId, TransactionKind, Unit, check_balanced,
 };
-use tandem_storage::{Database, testing::TestDatabase};
+use tandem_storage::testing::TestDatabase;
 
 #[derive(Debug, Clone)]
 enum Operation {
@@ -54,13 +54,7 @@ struct World {
 }
 
 async fn world(database: &TestDatabase) -> World {
-    let database = Database::open(database.location(), "settlement", &tandem_ledger::MIGRATOR)
-        .await
-        .unwrap();
-    let ledger = Ledger::new(
-        database.clone(),
-        LedgerOptions::for_backend(database.backend()),
-    );
+    let ledger = common::ledger_on(database).await;
     let (usd, points) = (
         Unit::parse("USD").unwrap(),
         Unit::parse("HOTEL_PTS").unwrap(),

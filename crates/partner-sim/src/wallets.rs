@@ -307,6 +307,24 @@ struct StoredOperation {
     reversed_by: Option<String>,
 }
 
+impl StoredOperation {
+    fn read(
+        kind: String,
+        member: String,
+        amount_minor: i64,
+        original: Option<String>,
+        reversed_by: Option<String>,
+    ) -> Self {
+        Self {
+            kind,
+            member,
+            amount_minor,
+            original,
+            reversed_by,
+        }
+    }
+}
+
 /// A member's wallet as a batch sees it.
 #[derive(Debug, Clone, Copy)]
 struct Wallet {
@@ -430,13 +448,7 @@ async fn stored_operations(
         .map(|(key, kind, member, amount_minor, original, reversed_by)| {
             (
                 key,
-                StoredOperation {
-                    kind,
-                    member,
-                    amount_minor,
-                    original,
-                    reversed_by,
-                },
+                StoredOperation::read(kind, member, amount_minor, original, reversed_by),
             )
         })
         .collect())
@@ -521,16 +533,9 @@ async fn read_and_lock(
     for (key, kind, member, amount_minor, original, reversed_by, balance, standing) in rows {
         match (key, kind, amount_minor, balance, standing) {
             (Some(key), Some(kind), Some(amount_minor), _, _) => {
-                stored.insert(
-                    key,
-                    StoredOperation {
-                        kind,
-                        member,
-                        amount_minor,
-                        original,
-                        reversed_by,
-                    },
-                );
+                let operation =
+                    StoredOperation::read(kind, member, amount_minor, original, reversed_by);
+                stored.insert(key, operation);
             }
             (_, _, _, Some(balance), Some(standing)) => {
                 let (member, wallet) = wallet_of((member, balance, standing));

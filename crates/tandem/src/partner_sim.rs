@@ -56,7 +56,7 @@ pub async fn run(settings: Settings, args: PartnerSimArgs) -> anyhow::Result<()>
     let verifier = Arc::new(TandemVerifier::new(tandem, settings.token_audience.clone()));
 
     let shutdown = CancellationToken::new();
-    tokio::spawn(crate::serve::stop_on_signal(shutdown.clone()));
+    crate::serve::stop_on_signal(shutdown.clone());
     tracing::info!(%address, program = %program, storage = %settings.location.describe(), "partner-sim serving");
     println!("partner-sim listening on {address}");
     tonic::transport::Server::builder()

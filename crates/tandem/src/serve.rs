@@ -141,7 +141,7 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         .build_v1alpha()?;
 
     let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
+    stop_on_signal(shutdown.clone());
     tokio::spawn(watch_health(health.clone(), mounted, shutdown.clone()));
     let recovery = tokio::spawn(tandem_exchange::run_recovery(exchange, shutdown.clone()));
 
@@ -248,25 +248,38 @@ async fn watch_health(health: HealthReporter, mounted: Vec<Mounted>, shutdown: C
     }
 }
 
-pub(crate) async fn stop_on_signal(shutdown: CancellationToken) {
-    let interrupt = tokio::signal::ctrl_c();
+/// Cancels `shutdown` on SIGTERM or Ctrl-C. The handlers are installed before this returns, so a
+/// signal that arrives once the process has announced that it listens is never missed: a handler
+/// installed only when a spawned task first ran could lose that race, and the default action
+/// would kill the process mid-request.
+pub(crate) fn stop_on_signal(shutdown: CancellationToken) {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (terminate, interrupt) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        );
+        let (mut terminate, mut interrupt) = match (terminate, interrupt) {
+            (Ok(terminate), Ok(interrupt)) => (terminate, interrupt),
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM or SIGINT; the server stops only when killed");
+                return;
             }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the server");
-                std::future::pending::<()>().await;
+        };
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = interrupt.recv() => tracing::info!("interrupt received"),
+                _ = terminate.recv() => tracing::info!("SIGTERM received"),
             }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = interrupt => tracing::info!("interrupt received"),
-        () = terminate => tracing::info!("SIGTERM received"),
+            shutdown.cancel();
+        });
     }
-    shutdown.cancel();
+    #[cfg(not(unix))]
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::info!("interrupt received");
+            shutdown.cancel();
+        }
+    });
 }
