@@ -530,23 +530,13 @@ fn link_batcher(
             };
             match answer {
                 Ok(response) => {
-                    let mut found: HashMap<String, pb::Link> = response
+                    let found: HashMap<String, pb::Link> = response
                         .into_inner()
                         .links
                         .into_iter()
                         .map(|link| (link.link_id.clone(), link))
                         .collect();
-                    let mut answers = Vec::with_capacity(ids.len());
-                    for (index, id) in ids.iter().enumerate() {
-                        // The last asker of an id takes the link; earlier ones get copies.
-                        let last = !ids[index + 1..].contains(id);
-                        answers.push(Ok(if last {
-                            found.remove(id)
-                        } else {
-                            found.get(id).cloned()
-                        }));
-                    }
-                    answers
+                    ids.iter().map(|id| Ok(found.get(id).cloned())).collect()
                 }
                 Err(status) => ids.iter().map(|_| Err(status.clone())).collect(),
             }
