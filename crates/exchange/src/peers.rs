@@ -35,9 +35,9 @@ const GATEWAY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most links one BatchGetLinks call asks for (the service takes up to 1,000).
 const LINKS_PER_CALL: usize = 500;
 /// Most transactions one PostTransactions call carries (the service takes up to 1,000).
-const POSTS_PER_CALL: usize = 256;
+const POSTS_PER_CALL: usize = 1_000;
 /// Most movements one BatchMovePoints call carries (a gateway takes up to 1,000).
-const MOVEMENTS_PER_CALL: usize = 500;
+const MOVEMENTS_PER_CALL: usize = 1_000;
 /// Batches of one kind in flight at once: while they run, the next batch fills.
 const CALLS_IN_FLIGHT: usize = 1;
 

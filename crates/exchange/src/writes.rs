@@ -12,7 +12,7 @@ use tonic::Status;
 use crate::{batch::Batcher, database_error, rows::QuoteRow};
 
 /// Most writes one batch carries.
-const ROWS_PER_BATCH: usize = 256;
+const ROWS_PER_BATCH: usize = 1_000;
 
 /// A conversion about to start: written PENDING at its first step, with its driver's lease.
 #[derive(Debug, Clone, Serialize)]
