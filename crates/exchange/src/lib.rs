@@ -58,6 +58,9 @@ impl Default for ExchangeOptions {
 #[derive(Clone, Debug)]
 pub struct Exchange {
     database: Database,
+    /// Connections of the exchange's own whose plans go by key (`Database::keyed`): the writer's,
+    /// and the recovery worker's look for due sagas.
+    keyed: Database,
     peers: Peers,
     options: ExchangeOptions,
     writers: writes::Writers,
@@ -69,8 +72,10 @@ impl Exchange {
     /// The exchange over `database` (migrated with [`MIGRATOR`]); starts its batched writers,
     /// so it must be built inside a Tokio runtime.
     pub fn new(database: Database, peers: Peers, options: ExchangeOptions) -> Self {
+        let keyed = database.keyed(2);
         Self {
-            writers: writes::Writers::start(&database),
+            writers: writes::Writers::start(&keyed),
+            keyed,
             recent_quotes: conversions::RecentQuotes::default(),
             settling: conversions::Settling::default(),
             database,

@@ -91,11 +91,14 @@ impl Exchange {
             id = table.id_column(),
             table = table.table(),
         );
+        // On the connections that plan by key: without statistics, PostgreSQL cannot tell that
+        // the partial index of unfinished sagas holds a sliver of the table, and would scan the
+        // whole table every second instead.
         sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
             .bind(now)
             .bind(now)
             .bind(limit)
-            .fetch_all(self.database.pool())
+            .fetch_all(self.keyed.pool())
             .await
             .map_err(database_error)
     }

@@ -94,9 +94,9 @@ fn stopped() -> Status {
 }
 
 impl Writers {
+    /// Starts the writer on `database`, whose connections plan by key (`Database::keyed`).
     pub(crate) fn start(database: &Database) -> Self {
-        // Its own connection, planning by key; one batch in flight needs no more.
-        let database = database.keyed(1);
+        let database = database.clone();
         // One batch in flight: while it commits, the next one gathers.
         let writes = Batcher::start(ROWS_PER_BATCH, 1, move |writes: Vec<Write>| {
             let database = database.clone();
