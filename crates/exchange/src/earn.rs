@@ -14,7 +14,7 @@ use rust_decimal::Decimal;
 use tandem_auth::Caller;
 use tandem_domain::{Currency, from_unix_micros, to_unix_micros};
 use tandem_proto::{status, time::datetime, v1 as pb};
-use tandem_storage::{Backend, ColumnType, JsonRows, to_json};
+use tandem_storage::{Backend, ColumnType, JsonRows};
 use tonic::{Code, Status};
 
 use crate::{
@@ -1199,7 +1199,7 @@ async fn insert_activities(
         ACTIVITY_ROWS.source(backend, 1, "new_activity")
     );
     let inserted: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(query))
-        .bind(to_json(&rows))
+        .bind(ACTIVITY_ROWS.to_json(&rows))
         .fetch_all(connection)
         .await?;
     Ok(inserted.into_iter().collect())
@@ -1256,7 +1256,7 @@ async fn insert_earnings(
         EARNING_ROWS.source(backend, 1, "new_earning")
     );
     sqlx::query(sqlx::AssertSqlSafe(query))
-        .bind(to_json(earnings))
+        .bind(EARNING_ROWS.to_json(earnings))
         .bind(now)
         .bind(owner)
         .bind(lease_until)

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 
 use serde::Serialize;
-use tandem_storage::{Backend, ColumnType, Database, JsonRows, to_json};
+use tandem_storage::{Backend, ColumnType, Database, JsonRows};
 use tonic::Status;
 
 use crate::{batch::Batcher, database_error, rows::QuoteRow};
@@ -158,22 +158,22 @@ async fn write_batch(database: &Database, writes: &[Write]) -> Result<Vec<bool>,
     let statements = [
         (
             insert_quotes(backend, 1),
-            to_json(&quotes),
+            QUOTE_ROWS.to_json(&quotes),
             quotes.is_empty(),
         ),
         (
             insert_conversions(backend, 2),
-            to_json(&conversions),
+            CONVERSION_ROWS.to_json(&conversions),
             conversions.is_empty(),
         ),
         (
             update_conversions(backend, 3),
-            to_json(&conversion_progress),
+            CONVERSION_PROGRESS_ROWS.to_json(&conversion_progress),
             conversion_progress.is_empty(),
         ),
         (
             update_earnings(backend, 4),
-            to_json(&earning_progress),
+            EARNING_PROGRESS_ROWS.to_json(&earning_progress),
             earning_progress.is_empty(),
         ),
     ];

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, FromRow, Row};
 use tandem_domain::{Timestamp, from_unix_micros, to_unix_micros};
-use tandem_storage::{Backend, ColumnType, JsonRows, placeholders, to_json};
+use tandem_storage::{Backend, ColumnType, JsonRows, placeholders};
 
 use crate::{
     LedgerError,
@@ -1023,7 +1023,7 @@ async fn insert_rows(
         .collect();
     let landed: std::collections::HashSet<String> =
         sqlx::query_scalar(sqlx::AssertSqlSafe(insert_transactions_sql(backend, 1)))
-            .bind(to_json(&transactions))
+            .bind(TRANSACTION_ROWS.to_json(&transactions))
             .fetch_all(&mut *connection)
             .await?
             .into_iter()
@@ -1040,7 +1040,7 @@ async fn insert_rows(
     let entries = entries_json(connection, accounts, &with_entries, committed_at_micros).await?;
     if !entries.is_empty() {
         sqlx::query(sqlx::AssertSqlSafe(insert_entries_sql(backend, 1)))
-            .bind(to_json(&entries))
+            .bind(ENTRY_ROWS.to_json(&entries))
             .execute(&mut *connection)
             .await?;
     }
@@ -1069,8 +1069,8 @@ async fn insert_rows_alone(
         insert_entries_sql(Backend::Postgres, 2)
     );
     let landed: std::collections::HashSet<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(query))
-        .bind(to_json(&transactions))
-        .bind(to_json(&entries))
+        .bind(TRANSACTION_ROWS.to_json(&transactions))
+        .bind(ENTRY_ROWS.to_json(&entries))
         .fetch_all(&mut *connection)
         .await?
         .into_iter()

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 use sqlx::AnyConnection;
-use tandem_storage::{Backend, ColumnType, Database, JsonRows, to_json};
+use tandem_storage::{Backend, ColumnType, Database, JsonRows};
 
 /// Why the program refused an operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -465,7 +465,7 @@ fn keys_json(keys: &[&str]) -> String {
     struct Key<'a> {
         key: &'a str,
     }
-    to_json(&keys.iter().map(|key| Key { key }).collect::<Vec<_>>())
+    KEYS.to_json(&keys.iter().map(|key| Key { key }).collect::<Vec<_>>())
 }
 
 /// The wallets of `members`.
@@ -840,18 +840,18 @@ async fn write_plan(
                 update(2)
             );
             sqlx::query(sqlx::AssertSqlSafe(query))
-                .bind(to_json(&operations))
-                .bind(to_json(&moved))
+                .bind(OPERATION_ROWS.to_json(&operations))
+                .bind(MOVED_ROWS.to_json(&moved))
                 .execute(&mut *connection)
                 .await?;
         }
         Backend::Sqlite => {
             sqlx::query(sqlx::AssertSqlSafe(insert(1)))
-                .bind(to_json(&operations))
+                .bind(OPERATION_ROWS.to_json(&operations))
                 .execute(&mut *connection)
                 .await?;
             sqlx::query(sqlx::AssertSqlSafe(update(1)))
-                .bind(to_json(&moved))
+                .bind(MOVED_ROWS.to_json(&moved))
                 .execute(&mut *connection)
                 .await?;
         }

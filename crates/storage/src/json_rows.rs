@@ -10,9 +10,15 @@
 //! SELECT quote_id, points FROM <JsonRows::source(backend, 1, "new_quotes")>
 //! ```
 //!
-//! reads `$1 = [{"quote_id": "…", "points": 2500}, …]` as the rows of `new_quotes`.
+//! reads `$1 = [["…", 2500], …]` as the rows of `new_quotes`. Each row is an array of its
+//! values in the shape's column order rather than an object keyed by column name: PostgreSQL
+//! parses JSON a character at a time, and the names were most of every row's bytes (measured on
+//! a bench earn run, parsing the object rows took a sixth of the server's CPU; arrays read
+//! through `jsonb` cost about a third less than objects through `json_to_recordset` for a
+//! 28-column row).
 
 use serde::Serialize;
+use serde::ser::{self, Impossible, SerializeStruct};
 
 use crate::Backend;
 
@@ -23,8 +29,9 @@ pub enum ColumnType {
     BigInt,
 }
 
-/// The shape of JSON rows: each row is an object with these keys, read as columns of the same
-/// names. A key that is missing or `null` reads as NULL.
+/// The shape of JSON rows: each row is an array of these columns' values, in this order; a
+/// `null` reads as NULL. Rows are written by [`JsonRows::to_json`] from structs whose fields are
+/// named as the columns.
 #[derive(Debug, Clone, Copy)]
 pub struct JsonRows {
     columns: &'static [(&'static str, ColumnType)],
@@ -43,16 +50,17 @@ impl JsonRows {
                 let columns: Vec<String> = self
                     .columns
                     .iter()
-                    .map(|(name, kind)| {
-                        let kind = match kind {
-                            ColumnType::Text => "TEXT",
-                            ColumnType::BigInt => "BIGINT",
-                        };
-                        format!("{name} {kind}")
+                    .enumerate()
+                    .map(|(position, (name, kind))| match kind {
+                        ColumnType::Text => format!("row_values->>{position} AS {name}"),
+                        ColumnType::BigInt => {
+                            format!("CAST(row_values->>{position} AS BIGINT) AS {name}")
+                        }
                     })
                     .collect();
                 format!(
-                    "json_to_recordset(CAST(${parameter} AS JSON)) AS {alias}({})",
+                    "(SELECT {} FROM jsonb_array_elements(CAST(${parameter} AS JSONB)) \
+                     AS row_values) AS {alias}",
                     columns.join(", ")
                 )
             }
@@ -60,7 +68,10 @@ impl JsonRows {
                 let columns: Vec<String> = self
                     .columns
                     .iter()
-                    .map(|(name, _)| format!("json_extract(value, '$.{name}') AS {name}"))
+                    .enumerate()
+                    .map(|(position, (name, _))| {
+                        format!("json_extract(value, '$[{position}]') AS {name}")
+                    })
                     .collect();
                 format!(
                     "(SELECT {} FROM json_each(${parameter})) AS {alias}",
@@ -79,6 +90,35 @@ impl JsonRows {
             .join(", ")
     }
 
+    /// Rows serialized for this shape's parameter. Each row is a struct whose fields are named as
+    /// the columns and declared in the same order; a column with no field reads as NULL, and a
+    /// field with no column is left out (so a table's full row type can be written to a shape
+    /// of some of its columns).
+    ///
+    /// # Panics
+    /// When a row is not a struct, or its fields come in another order than the columns: a
+    /// mistake in the row type, which any test writing that type shows.
+    pub fn to_json<T: Serialize>(&self, rows: &[T]) -> String {
+        let mut out = Vec::with_capacity(2 + rows.len() * self.columns.len() * 16);
+        out.push(b'[');
+        for (index, row) in rows.iter().enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            if let Err(error) = row.serialize(RowWriter {
+                columns: self.columns,
+                out: &mut out,
+            }) {
+                panic!(
+                    "{} does not fit its JSON rows: {error}",
+                    std::any::type_name::<T>()
+                );
+            }
+        }
+        out.push(b']');
+        String::from_utf8(out).expect("serde_json writes UTF-8")
+    }
+
     /// The column names, comma-separated, for an INSERT's column list.
     pub fn names(&self) -> String {
         self.columns
@@ -89,29 +129,301 @@ impl JsonRows {
     }
 }
 
-/// Rows serialized for a [`JsonRows`] parameter: each row's fields named as the columns.
-pub fn to_json<T: Serialize>(rows: &[T]) -> String {
-    serde_json::to_string(rows).expect("rows of strings and integers always serialize")
+/// Why a row could not be written.
+#[derive(Debug)]
+struct RowError(String);
+
+impl std::fmt::Display for RowError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RowError {}
+
+impl ser::Error for RowError {
+    fn custom<T: std::fmt::Display>(message: T) -> Self {
+        Self(message.to_string())
+    }
+}
+
+impl From<serde_json::Error> for RowError {
+    fn from(error: serde_json::Error) -> Self {
+        Self(error.to_string())
+    }
+}
+
+/// Writes one struct as the JSON array of its fields' values, in the columns' positions.
+struct RowWriter<'a> {
+    columns: &'static [(&'static str, ColumnType)],
+    out: &'a mut Vec<u8>,
+}
+
+/// The fields of one row being written; `next` is the position of the next column to fill.
+struct RowFields<'a> {
+    columns: &'static [(&'static str, ColumnType)],
+    out: &'a mut Vec<u8>,
+    next: usize,
+}
+
+impl RowFields<'_> {
+    /// Writes `null` for every column before `position` that no field filled.
+    fn fill_to(&mut self, position: usize) {
+        while self.next < position {
+            if self.next > 0 {
+                self.out.push(b',');
+            }
+            self.out.extend_from_slice(b"null");
+            self.next += 1;
+        }
+    }
+}
+
+impl SerializeStruct for RowFields<'_> {
+    type Ok = ();
+    type Error = RowError;
+
+    fn serialize_field<T: ?Sized + Serialize>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), RowError> {
+        // Fields usually come in column order, so the next column is tried first.
+        let position = if self
+            .columns
+            .get(self.next)
+            .is_some_and(|(name, _)| *name == key)
+        {
+            self.next
+        } else {
+            match self.columns.iter().position(|(name, _)| *name == key) {
+                None => return Ok(()),
+                Some(position) if position < self.next => {
+                    return Err(RowError(format!(
+                        "field `{key}` comes after column `{}`, not before it as the columns do",
+                        self.columns[self.next - 1].0
+                    )));
+                }
+                Some(position) => position,
+            }
+        };
+        self.fill_to(position);
+        if position > 0 {
+            self.out.push(b',');
+        }
+        value.serialize(&mut serde_json::Serializer::new(&mut *self.out))?;
+        self.next = position + 1;
+        Ok(())
+    }
+
+    fn end(mut self) -> Result<(), RowError> {
+        self.fill_to(self.columns.len());
+        self.out.push(b']');
+        Ok(())
+    }
+}
+
+fn not_a_struct() -> RowError {
+    RowError("a row must be a struct with named fields".to_owned())
+}
+
+/// Anything but a struct is refused: a row's values are found by their fields' names.
+macro_rules! refuse {
+    ($($method:ident($($argument:ty),*);)*) => {
+        $(
+            fn $method(self, $(_: $argument),*) -> Result<(), RowError> {
+                Err(not_a_struct())
+            }
+        )*
+    };
+}
+
+impl<'a> ser::Serializer for RowWriter<'a> {
+    type Ok = ();
+    type Error = RowError;
+    type SerializeSeq = Impossible<(), RowError>;
+    type SerializeTuple = Impossible<(), RowError>;
+    type SerializeTupleStruct = Impossible<(), RowError>;
+    type SerializeTupleVariant = Impossible<(), RowError>;
+    type SerializeMap = Impossible<(), RowError>;
+    type SerializeStruct = RowFields<'a>;
+    type SerializeStructVariant = Impossible<(), RowError>;
+
+    fn serialize_struct(self, _: &'static str, _: usize) -> Result<RowFields<'a>, RowError> {
+        self.out.push(b'[');
+        Ok(RowFields {
+            columns: self.columns,
+            out: self.out,
+            next: 0,
+        })
+    }
+
+    refuse! {
+        serialize_bool(bool);
+        serialize_i8(i8);
+        serialize_i16(i16);
+        serialize_i32(i32);
+        serialize_i64(i64);
+        serialize_u8(u8);
+        serialize_u16(u16);
+        serialize_u32(u32);
+        serialize_u64(u64);
+        serialize_f32(f32);
+        serialize_f64(f64);
+        serialize_char(char);
+        serialize_str(&str);
+        serialize_bytes(&[u8]);
+        serialize_none();
+        serialize_unit();
+        serialize_unit_struct(&'static str);
+        serialize_unit_variant(&'static str, u32, &'static str);
+    }
+
+    fn serialize_some<T: ?Sized + Serialize>(self, _: &T) -> Result<(), RowError> {
+        Err(not_a_struct())
+    }
+
+    fn serialize_newtype_struct<T: ?Sized + Serialize>(
+        self,
+        _: &'static str,
+        _: &T,
+    ) -> Result<(), RowError> {
+        Err(not_a_struct())
+    }
+
+    fn serialize_newtype_variant<T: ?Sized + Serialize>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: &T,
+    ) -> Result<(), RowError> {
+        Err(not_a_struct())
+    }
+
+    fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, RowError> {
+        Err(not_a_struct())
+    }
+
+    fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, RowError> {
+        Err(not_a_struct())
+    }
+
+    fn serialize_tuple_struct(
+        self,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeTupleStruct, RowError> {
+        Err(not_a_struct())
+    }
+
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeTupleVariant, RowError> {
+        Err(not_a_struct())
+    }
+
+    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, RowError> {
+        Err(not_a_struct())
+    }
+
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeStructVariant, RowError> {
+        Err(not_a_struct())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const SHAPE: JsonRows = JsonRows::new(&[("id", ColumnType::Text), ("n", ColumnType::BigInt)]);
+    const SHAPE: JsonRows = JsonRows::new(&[
+        ("id", ColumnType::Text),
+        ("n", ColumnType::BigInt),
+        ("note", ColumnType::Text),
+    ]);
 
     #[test]
     fn each_backend_reads_the_same_columns() {
         assert_eq!(
             SHAPE.source(Backend::Postgres, 2, "r"),
-            "json_to_recordset(CAST($2 AS JSON)) AS r(id TEXT, n BIGINT)"
+            "(SELECT row_values->>0 AS id, CAST(row_values->>1 AS BIGINT) AS n, \
+             row_values->>2 AS note FROM jsonb_array_elements(CAST($2 AS JSONB)) \
+             AS row_values) AS r"
         );
         assert_eq!(
             SHAPE.source(Backend::Sqlite, 1, "r"),
-            "(SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.n') AS n \
-             FROM json_each($1)) AS r"
+            "(SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS n, \
+             json_extract(value, '$[2]') AS note FROM json_each($1)) AS r"
         );
-        assert_eq!(SHAPE.columns("r"), "r.id, r.n");
-        assert_eq!(SHAPE.names(), "id, n");
+        assert_eq!(SHAPE.columns("r"), "r.id, r.n, r.note");
+        assert_eq!(SHAPE.names(), "id, n, note");
+    }
+
+    #[derive(Serialize)]
+    struct Full<'a> {
+        id: &'a str,
+        n: Option<i64>,
+        note: &'a str,
+    }
+
+    /// A table's row type with a column the shape leaves out, and without the shape's `n`.
+    #[derive(Serialize)]
+    struct Wider {
+        id: String,
+        updated_at: i64,
+        note: String,
+    }
+
+    #[derive(Serialize)]
+    struct Reordered {
+        n: i64,
+        id: String,
+    }
+
+    #[test]
+    fn rows_are_arrays_in_column_order() {
+        let rows = [
+            Full {
+                id: "a\"b",
+                n: Some(-7),
+                note: "",
+            },
+            Full {
+                id: "c",
+                n: None,
+                note: "✈",
+            },
+        ];
+        assert_eq!(SHAPE.to_json(&rows), r#"[["a\"b",-7,""],["c",null,"✈"]]"#);
+        assert_eq!(SHAPE.to_json::<Full<'_>>(&[]), "[]");
+    }
+
+    #[test]
+    fn a_column_without_a_field_is_null_and_a_field_without_a_column_is_left_out() {
+        let row = Wider {
+            id: "x".to_owned(),
+            updated_at: 5,
+            note: "y".to_owned(),
+        };
+        assert_eq!(SHAPE.to_json(&[row]), r#"[["x",null,"y"]]"#);
+    }
+
+    #[test]
+    #[should_panic(expected = "field `id` comes after column `n`")]
+    fn fields_out_of_column_order_are_a_mistake_in_the_row_type() {
+        SHAPE.to_json(&[Reordered {
+            n: 1,
+            id: "x".to_owned(),
+        }]);
     }
 }

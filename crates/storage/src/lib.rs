@@ -21,7 +21,7 @@ use sqlx::{
 };
 
 pub use errors::{is_retryable_conflict, violates_unique};
-pub use json_rows::{ColumnType, JsonRows, to_json};
+pub use json_rows::{ColumnType, JsonRows};
 pub use page::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PageCursor, PageRequest};
 
 /// `count` numbered placeholders from `first`: `$3, $4, $5`.

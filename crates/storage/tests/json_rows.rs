@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 use sqlx::Executor;
-use tandem_storage::{ColumnType, Database, JsonRows, testing::TestDatabase, to_json};
+use tandem_storage::{ColumnType, Database, JsonRows, testing::TestDatabase};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate::Migrator::DEFAULT;
 
@@ -59,7 +59,7 @@ async fn round_trip(database: TestDatabase) {
             SHAPE.source(database.backend(), 1, "new_rows")
         );
         let inserted = sqlx::query(sqlx::AssertSqlSafe(insert))
-            .bind(to_json(&rows))
+            .bind(SHAPE.to_json(&rows))
             .execute(database.pool())
             .await
             .unwrap()
@@ -86,7 +86,7 @@ async fn round_trip(database: TestDatabase) {
             SHAPE.source(database.backend(), 1, "new_rows")
         );
         let inserted = sqlx::query(sqlx::AssertSqlSafe(none))
-            .bind(to_json::<Row>(&[]))
+            .bind(SHAPE.to_json::<Row>(&[]))
             .execute(database.pool())
             .await
             .unwrap()
