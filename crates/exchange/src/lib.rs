@@ -95,9 +95,7 @@ pub(crate) fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
 }
 
 pub(crate) fn database_error(error: sqlx::Error) -> Status {
-    // Every connection busy for the whole acquire timeout: overload, which passes. UNAVAILABLE
-    // tells clients to retry, where INTERNAL would tell them to give up.
-    if matches!(error, sqlx::Error::PoolTimedOut) {
+    if tandem_storage::is_pool_exhausted(&error) {
         tracing::warn!("no database connection came free in time");
         return refuse(
             Code::Unavailable,

@@ -60,6 +60,7 @@ fn to_status(error: LinkingError) -> Status {
         LinkingError::LinkEnded(_) => (Code::FailedPrecondition, "LINK_ENDED"),
         LinkingError::DirectoryUnavailable(_) => (Code::Unavailable, "REGISTRY_UNAVAILABLE"),
         LinkingError::GatewayUnavailable(_) => (Code::Unavailable, "GATEWAY_UNAVAILABLE"),
+        LinkingError::DatabaseBusy => (Code::Unavailable, "DATABASE_BUSY"),
     };
     status::with_reason(code, reason, message)
 }
@@ -377,5 +378,21 @@ impl<D: PartnerDirectory> AccountLinkingService for LinkingGrpc<D> {
         Ok(Response::new(pb::GetLinkPolicyResponse {
             policy: Some(policy_to_pb(partner, &policy)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exhausted_pool_is_unavailable_so_clients_retry() {
+        let status = to_status(LinkingError::from(sqlx::Error::PoolTimedOut));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(status::reason(&status), "DATABASE_BUSY");
+        assert_eq!(
+            to_status(LinkingError::from(sqlx::Error::RowNotFound)).code(),
+            Code::Internal
+        );
     }
 }

@@ -69,12 +69,17 @@ pub enum LinkingError {
     GatewayUnavailable(String),
     #[error("the partner registry could not be reached: {0}")]
     DirectoryUnavailable(String),
+    #[error("the linking service's database is busy; retry shortly")]
+    DatabaseBusy,
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 impl From<sqlx::Error> for LinkingError {
     fn from(error: sqlx::Error) -> Self {
+        if tandem_storage::is_pool_exhausted(&error) {
+            return LinkingError::DatabaseBusy;
+        }
         LinkingError::Internal(error.to_string())
     }
 }

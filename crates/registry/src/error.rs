@@ -40,6 +40,8 @@ pub enum RegistryError {
     NoTermsInForce(AgreementId, Timestamp),
     #[error("the record changed concurrently; retry the request")]
     Conflict,
+    #[error("the registry's database is busy; retry shortly")]
+    DatabaseBusy,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -51,6 +53,7 @@ impl From<StoreError> for RegistryError {
             StoreError::ProgramCodeTaken(code) => RegistryError::ProgramCodeTaken(code),
             StoreError::AgreementLive => RegistryError::AgreementExists,
             StoreError::Conflict => RegistryError::Conflict,
+            StoreError::Busy => RegistryError::DatabaseBusy,
             StoreError::Corrupt(message) => RegistryError::Internal(message),
             StoreError::Database(error) => RegistryError::Internal(error.to_string()),
         }
@@ -102,7 +105,25 @@ impl From<RegistryError> for Status {
             },
             RegistryError::NoTermsInForce(..) => (Code::FailedPrecondition, "NO_TERMS_IN_FORCE"),
             RegistryError::Conflict => (Code::Aborted, "CONCURRENT_CHANGE"),
+            RegistryError::DatabaseBusy => (Code::Unavailable, "DATABASE_BUSY"),
         };
         status::with_reason(code, reason, message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_of(error: sqlx::Error) -> Status {
+        Status::from(RegistryError::from(StoreError::from(error)))
+    }
+
+    #[test]
+    fn an_exhausted_pool_is_unavailable_so_clients_retry() {
+        let status = status_of(sqlx::Error::PoolTimedOut);
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(status::reason(&status), "DATABASE_BUSY");
+        assert_eq!(status_of(sqlx::Error::RowNotFound).code(), Code::Internal);
     }
 }

@@ -27,6 +27,8 @@ pub(crate) enum StoreError {
     Conflict,
     #[error("a stored row is damaged: {0}")]
     Corrupt(String),
+    #[error("no database connection came free in time")]
+    Busy,
     #[error(transparent)]
     Database(sqlx::Error),
 }
@@ -35,6 +37,8 @@ impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
         if is_retryable_conflict(&error) {
             StoreError::Conflict
+        } else if tandem_storage::is_pool_exhausted(&error) {
+            StoreError::Busy
         } else {
             StoreError::Database(error)
         }

@@ -22,6 +22,14 @@ pub fn violates_unique(error: &sqlx::Error, constraint: &str, table_column: &str
     }
 }
 
+/// Whether `error` is the pool having no connection free for its whole acquire timeout: overload,
+/// which passes. Nothing was sent to the database, so the request did nothing and a retry is
+/// safe; services answer UNAVAILABLE, which tells clients to retry, where INTERNAL would tell them
+/// to give up.
+pub fn is_pool_exhausted(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::PoolTimedOut)
+}
+
 /// Whether `error` is a conflict with a concurrent transaction that is safe to retry:
 /// PostgreSQL's serialization failure (40001) or deadlock (40P01), or SQLite's busy or locked
 /// database (codes 5 and 6, and their extended forms).

@@ -20,7 +20,7 @@ use sqlx::{
     migrate::Migrator,
 };
 
-pub use errors::{is_retryable_conflict, violates_unique};
+pub use errors::{is_pool_exhausted, is_retryable_conflict, violates_unique};
 pub use json_rows::{ColumnType, JsonRows};
 pub use page::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PageCursor, PageRequest};
 
