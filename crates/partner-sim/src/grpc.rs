@@ -46,7 +46,7 @@ impl GatewayGrpc {
             self.wallets
                 .apply(key, member, amount_minor, movement)
                 .await
-                .map_err(|error| status::internal(&error))?
+                .map_err(storage_status)?
         };
         Ok(outcome_to_pb(after(fault, outcome)?))
     }
@@ -202,7 +202,7 @@ impl PartnerGatewayService for GatewayGrpc {
             .wallets
             .member(&request.get_ref().member_id)
             .await
-            .map_err(|error| status::internal(&error))?;
+            .map_err(storage_status)?;
         let standing = match (fault, member) {
             (Some(Fault::Refuse), _) => pb::MemberStanding::Blocked,
             (_, None) => pb::MemberStanding::Unknown,
@@ -304,7 +304,7 @@ impl PartnerGatewayService for GatewayGrpc {
             .wallets
             .apply_batch(&operations)
             .await
-            .map_err(|error| status::internal(&error))?;
+            .map_err(storage_status)?;
         for (position, outcome) in positions.into_iter().zip(outcomes) {
             results[position] = movement_result(outcome);
         }
@@ -333,7 +333,7 @@ impl PartnerGatewayService for GatewayGrpc {
             self.wallets
                 .reverse(&request.transaction_key, &request.original_transaction_key)
                 .await
-                .map_err(|error| status::internal(&error))?
+                .map_err(storage_status)?
         };
         let (outcome, refusal_reason, _) = outcome_to_pb(after(fault, outcome)?);
         Ok(Response::new(pb::ReversePointsResponse {
@@ -379,7 +379,7 @@ impl PartnerSimService for SimControlGrpc {
                 member.in_good_standing,
             )
             .await
-            .map_err(|error| status::internal(&error))?;
+            .map_err(storage_status)?;
         Ok(Response::new(sim::PutMemberResponse {
             member: Some(member),
         }))
@@ -394,7 +394,7 @@ impl PartnerSimService for SimControlGrpc {
             .wallets
             .member(&member_id)
             .await
-            .map_err(|error| status::internal(&error))?
+            .map_err(storage_status)?
             .ok_or_else(|| Status::not_found(format!("no member {member_id:?}")))?;
         Ok(Response::new(sim::GetMemberResponse {
             member: Some(sim::Member {
@@ -446,5 +446,32 @@ impl PartnerSimService for SimControlGrpc {
             .map_err(|_| status::invalid_argument([("times", "must not be negative")]))?;
         self.faults.set(&request.rpc, fault, times);
         Ok(Response::new(sim::SetFaultResponse {}))
+    }
+}
+
+/// A wallet store failure: UNAVAILABLE when no connection came free in time (overload, which
+/// passes), INTERNAL otherwise. Under the gateway contract either is an unknown outcome to Tandem,
+/// which asks again with the same key.
+fn storage_status(error: sqlx::Error) -> Status {
+    if tandem_storage::is_pool_exhausted(&error) {
+        return Status::unavailable("the program's wallet store is busy; retry shortly");
+    }
+    status::internal(&error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_wallet_store_is_unavailable_and_other_failures_internal() {
+        assert_eq!(
+            storage_status(sqlx::Error::PoolTimedOut).code(),
+            tonic::Code::Unavailable
+        );
+        assert_eq!(
+            storage_status(sqlx::Error::RowNotFound).code(),
+            tonic::Code::Internal
+        );
     }
 }
