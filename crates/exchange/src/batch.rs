@@ -38,29 +38,32 @@ async fn pause() {
 }
 
 /// How many requests a batcher has been taking per second, smoothed over its recent batches: a
-/// pause pays only when at least one more request can be expected during it.
+/// pause pays only when at least one more request can be expected during it. Whole requests a
+/// second are precise enough for that, so the arithmetic stays in integers.
 #[derive(Debug, Default)]
 struct ArrivalRate {
-    per_second: f64,
+    per_second: u64,
     last: Option<std::time::Instant>,
 }
 
 impl ArrivalRate {
     /// Each new batch counts for a fifth of the estimate.
-    const WEIGHT: f64 = 0.2;
+    const WEIGHT_DIVISOR: u64 = 5;
 
     fn taken(&mut self, requests: usize) {
         let now = std::time::Instant::now();
         if let Some(last) = self.last {
-            let seconds = now.duration_since(last).as_secs_f64().max(1e-6);
-            let rate = requests as f64 / seconds;
-            self.per_second += Self::WEIGHT * (rate - self.per_second);
+            let micros = now.duration_since(last).as_micros().max(1);
+            let rate = u64::try_from(requests as u128 * 1_000_000 / micros).unwrap_or(u64::MAX);
+            self.per_second = self.per_second - self.per_second / Self::WEIGHT_DIVISOR
+                + rate / Self::WEIGHT_DIVISOR;
         }
         self.last = Some(now);
     }
 
-    fn expected_within(&self, window: Duration) -> f64 {
-        self.per_second * window.as_secs_f64()
+    /// Whether at least one more request is expected within `window`.
+    fn expects_one_within(&self, window: Duration) -> bool {
+        u128::from(self.per_second) * window.as_micros() >= 1_000_000
     }
 }
 
@@ -104,7 +107,7 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
                 if receiver.recv_many(&mut waiting, max_batch).await == 0 {
                     return;
                 }
-                let busy = arrivals.expected_within(BUSY_WINDOW) >= 1.0;
+                let busy = arrivals.expects_one_within(BUSY_WINDOW);
                 if waiting.len() < max_batch && busy {
                     pause().await;
                     while waiting.len() < max_batch {
@@ -146,6 +149,17 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+
+    #[test]
+    fn a_batcher_is_busy_from_one_request_a_millisecond() {
+        let at = |per_second| ArrivalRate {
+            per_second,
+            last: None,
+        };
+        assert!(at(1_000).expects_one_within(BUSY_WINDOW));
+        assert!(!at(999).expects_one_within(BUSY_WINDOW));
+        assert!(!ArrivalRate::default().expects_one_within(BUSY_WINDOW));
+    }
 
     #[tokio::test]
     async fn each_input_gets_its_own_output() {

@@ -138,6 +138,9 @@ impl Writers {
     }
 }
 
+/// Builds a statement reading its rows from the numbered parameter.
+type StatementFor = fn(Backend, usize) -> String;
+
 /// Writes a batch, a statement per kind of write present, all committed together; for each
 /// write, whether it took effect (a quote always does). On PostgreSQL the statements go as one,
 /// joined by WITH, so a batch costs one round trip and one commit.
@@ -155,24 +158,26 @@ async fn write_batch(database: &Database, writes: &[Write]) -> Result<Vec<bool>,
         }
     }
     let backend = database.backend();
-    let statements = [
+    // Each statement is built for the parameter its rows are bound to: on PostgreSQL the four
+    // are joined into one statement, so they read parameters 1 to 4; on SQLite each runs alone.
+    let statements: [(StatementFor, String, bool); 4] = [
         (
-            insert_quotes(backend, 1),
+            insert_quotes,
             QUOTE_ROWS.to_json(&quotes),
             quotes.is_empty(),
         ),
         (
-            insert_conversions(backend, 2),
+            insert_conversions,
             CONVERSION_ROWS.to_json(&conversions),
             conversions.is_empty(),
         ),
         (
-            update_conversions(backend, 3),
+            update_conversions,
             CONVERSION_PROGRESS_ROWS.to_json(&conversion_progress),
             conversion_progress.is_empty(),
         ),
         (
-            update_earnings(backend, 4),
+            update_earnings,
             EARNING_PROGRESS_ROWS.to_json(&earning_progress),
             earning_progress.is_empty(),
         ),
@@ -186,7 +191,10 @@ async fn write_batch(database: &Database, writes: &[Write]) -> Result<Vec<bool>,
                  earning_progress AS ({}) \
                  SELECT id FROM new_conversions UNION ALL SELECT id FROM conversion_progress \
                  UNION ALL SELECT id FROM earning_progress",
-                quotes.0, conversions.0, conversion_progress.0, earning_progress.0
+                (quotes.0)(backend, 1),
+                (conversions.0)(backend, 2),
+                (conversion_progress.0)(backend, 3),
+                (earning_progress.0)(backend, 4)
             );
             let ids: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(query))
                 .bind(quotes.1)
@@ -203,9 +211,7 @@ async fn write_batch(database: &Database, writes: &[Write]) -> Result<Vec<bool>,
                 if empty {
                     continue;
                 }
-                // Each statement reads its rows from the parameter numbered for the joined
-                // PostgreSQL statement; here it is alone, so that one parameter is its first.
-                let statement = statement.replace(&format!("${}", index + 1), "$1");
+                let statement = statement(backend, 1);
                 let ids: Vec<String> = if index == 0 {
                     sqlx::query(sqlx::AssertSqlSafe(statement))
                         .bind(rows)

@@ -1017,10 +1017,7 @@ async fn insert_rows(
 ) -> Result<Vec<bool>, sqlx::Error> {
     let backend = Backend::of(connection);
     let committed_at_micros = to_unix_micros(now);
-    let transactions: Vec<TransactionJson<'_>> = rows
-        .iter()
-        .map(|row| transaction_json(row, committed_at_micros))
-        .collect();
+    let transactions = transactions_json(rows, committed_at_micros);
     let landed: std::collections::HashSet<String> =
         sqlx::query_scalar(sqlx::AssertSqlSafe(insert_transactions_sql(backend, 1)))
             .bind(TRANSACTION_ROWS.to_json(&transactions))
@@ -1028,10 +1025,7 @@ async fn insert_rows(
             .await?
             .into_iter()
             .collect();
-    let inserted: Vec<bool> = rows
-        .iter()
-        .map(|row| landed.contains(&row.id.to_string()))
-        .collect();
+    let inserted = which_landed(rows, &landed);
     let with_entries: Vec<&NewRow<'_>> = rows
         .iter()
         .zip(&inserted)
@@ -1056,10 +1050,7 @@ async fn insert_rows_alone(
     now: Timestamp,
 ) -> Result<Vec<bool>, sqlx::Error> {
     let committed_at_micros = to_unix_micros(now);
-    let transactions: Vec<TransactionJson<'_>> = rows
-        .iter()
-        .map(|row| transaction_json(row, committed_at_micros))
-        .collect();
+    let transactions = transactions_json(rows, committed_at_micros);
     let all: Vec<&NewRow<'_>> = rows.iter().collect();
     let entries = entries_json(connection, accounts, &all, committed_at_micros).await?;
     let query = format!(
@@ -1075,10 +1066,24 @@ async fn insert_rows_alone(
         .await?
         .into_iter()
         .collect();
-    Ok(rows
-        .iter()
+    Ok(which_landed(rows, &landed))
+}
+
+/// The transaction rows of a batch, as its insert reads them.
+fn transactions_json<'a>(
+    rows: &'a [NewRow<'_>],
+    committed_at_micros: i64,
+) -> Vec<TransactionJson<'a>> {
+    rows.iter()
+        .map(|row| transaction_json(row, committed_at_micros))
+        .collect()
+}
+
+/// For each row, whether its id is among those the insert returned.
+fn which_landed(rows: &[NewRow<'_>], landed: &std::collections::HashSet<String>) -> Vec<bool> {
+    rows.iter()
         .map(|row| landed.contains(&row.id.to_string()))
-        .collect())
+        .collect()
 }
 
 /// Posts a batch's plain transfers together: transactions without a guarded account, which need

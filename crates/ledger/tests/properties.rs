@@ -167,36 +167,14 @@ async fn step(world: &mut World, operation: Operation) -> Result<Posted, LedgerE
                     ..original
                 },
                 None => {
-                    let (from_account, from_unit) = &world.accounts[from];
-                    let (to_account, to_unit) = &world.accounts[to];
                     // Transfers across units are unbalanced by nature, and are refused.
-                    let _ = (from_unit, to_unit);
-                    NewTransaction {
-                        idempotency_key: format!("transfer-{}", world.counter),
-                        legs: vec![
-                            Leg {
-                                account: *from_account,
-                                direction: Direction::Debit,
-                                amount_minor: amount,
-                            },
-                            Leg {
-                                account: *to_account,
-                                direction: Direction::Credit,
-                                amount_minor: amount,
-                            },
-                        ],
-                        kind: if pending {
-                            NewKind::Pending {
-                                timeout_seconds: 3600,
-                            }
-                        } else {
-                            NewKind::Posted
-                        },
-                        type_code: "TRANSFER".to_owned(),
-                        external_reference: format!("ref-{}", world.counter % 3),
-                        effective_at_micros: None,
-                        metadata: BTreeMap::new(),
-                    }
+                    common::transfer(
+                        &format!("ref-{}", world.counter % 3),
+                        format!("transfer-{}", world.counter),
+                        (world.accounts[from].0, world.accounts[to].0),
+                        amount,
+                        pending,
+                    )
                 }
             };
             let outcome = world.ledger.post(transaction.clone()).await;

@@ -61,6 +61,9 @@ impl GatewayGrpc {
                 tokio::time::sleep(delay).await;
                 Ok(None)
             }
+            // A partner's gateway built before an RPC existed answers it UNIMPLEMENTED (what
+            // tonic answers for a method it does not know); this fault stands in for one, so the
+            // exchange's fall-back from BatchMovePoints to single calls is tested.
             Some(Fault::Unimplemented) => Err(Status::unimplemented(format!(
                 "simulated gateway without {rpc}"
             ))),
