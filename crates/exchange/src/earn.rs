@@ -314,11 +314,11 @@ impl Exchange {
     /// Applies the annual cap (against the spend `used` so far, which it adds to) and prices the
     /// earning.
     fn finish_plan(plan: &mut Plan, used: &mut SpendUsed) -> Result<(), Status> {
-        let row = &mut plan.row;
-        if row.status == "NOT_EARNED" {
+        if plan.row.status == "NOT_EARNED" {
             return Ok(());
         }
         if let Some(cap) = plan.annual_cap {
+            let row = &mut plan.row;
             let spent = used
                 .entry((
                     row.agreement_id.clone(),
@@ -333,15 +333,9 @@ impl Exchange {
             }
             *spent += row.eligible_spend_minor;
         }
-        let points = pricing::earned_points(
-            plan.points_per_spend_unit,
-            row.eligible_spend_minor,
-            plan.spend_scale,
-            plan.multiplier,
-            row.target_scale as u32,
-        )
-        .ok_or_else(|| invalid("spend_amount_minor", "is too large to earn on"))?;
-        if points < 1 {
+        let priced = Self::price_plan(plan, plan.row.eligible_spend_minor)?;
+        let row = &mut plan.row;
+        let Some((points, settlement, fee)) = priced else {
             row.status = "NOT_EARNED".to_owned();
             if row.note.is_empty() {
                 row.note = "the spend earns less than one point".to_owned();
@@ -350,15 +344,7 @@ impl Exchange {
             }
             row.eligible_spend_minor = 0;
             return Ok(());
-        }
-        let (settlement, fee) = pricing::settlement(
-            points,
-            row.target_scale as u32,
-            plan.price,
-            row.currency_scale as u32,
-            plan.fee_basis_points,
-        )
-        .ok_or_else(|| invalid("spend_amount_minor", "is too large to earn on"))?;
+        };
         row.points = points;
         row.settlement_amount_minor = settlement;
         row.fee_amount_minor = fee;
@@ -370,6 +356,49 @@ impl Exchange {
             row.step = "CREDIT".to_owned();
         }
         Ok(())
+    }
+
+    /// Refuses a plan that could not be priced even before any of its annual cap is used: the
+    /// most it could earn on. Less spend can only price lower, so a plan that passes here is
+    /// priced when the group is written, whatever spend the cap leaves it.
+    fn check_plan(plan: &Plan) -> Result<(), Status> {
+        if plan.row.status == "NOT_EARNED" {
+            return Ok(());
+        }
+        let most = match plan.annual_cap {
+            Some(cap) => plan.row.eligible_spend_minor.min(cap.max(0)),
+            None => plan.row.eligible_spend_minor,
+        };
+        Self::price_plan(plan, most).map(|_| ())
+    }
+
+    /// The (points, settlement, fee) that `eligible_spend_minor` earns under `plan`, or None
+    /// below one point.
+    fn price_plan(
+        plan: &Plan,
+        eligible_spend_minor: i64,
+    ) -> Result<Option<(i64, i64, i64)>, Status> {
+        let too_large = || invalid("spend_amount_minor", "is too large to earn on");
+        let points = pricing::earned_points(
+            plan.points_per_spend_unit,
+            eligible_spend_minor,
+            plan.spend_scale,
+            plan.multiplier,
+            plan.row.target_scale as u32,
+        )
+        .ok_or_else(too_large)?;
+        if points < 1 {
+            return Ok(None);
+        }
+        let (settlement, fee) = pricing::settlement(
+            points,
+            plan.row.target_scale as u32,
+            plan.price,
+            plan.row.currency_scale as u32,
+            plan.fee_basis_points,
+        )
+        .ok_or_else(too_large)?;
+        Ok(Some((points, settlement, fee)))
     }
 
     /// The spend already earned on under each capped agreement by the members of `plans`, read
@@ -514,10 +543,8 @@ impl Exchange {
                 }
             };
             // Priced at the most it could earn (no spend used yet): a report that fails here
-            // is refused before anything is written; less spend can only price lower.
-            let refusal = plans
-                .iter()
-                .find_map(|plan| Self::finish_plan(&mut plan.clone(), &mut SpendUsed::new()).err());
+            // is refused before anything is written.
+            let refusal = plans.iter().find_map(|plan| Self::check_plan(plan).err());
             match refusal {
                 Some(status) => outcomes[index] = Some(Err(status)),
                 None => planned.push((index, activity_id, plans)),
@@ -575,7 +602,6 @@ impl Exchange {
             .await
             .map_err(database_error)?;
         let mut collided = Vec::new();
-        let mut earnings = Vec::new();
         for (index, activity_id, plans) in planned.iter_mut() {
             if !inserted.contains(activity_id.as_str()) {
                 collided.push(*index);
@@ -584,14 +610,13 @@ impl Exchange {
             for plan in plans.iter_mut() {
                 Self::finish_plan(plan, &mut used)?;
             }
-            let rows: Vec<EarningRow> = plans.iter().map(|plan| plan.row.clone()).collect();
-            earnings.extend(rows.iter().cloned());
-            outcomes[*index] = Some(Ok(Recorded {
-                activity_id: activity_id.clone(),
-                replayed: false,
-                new_earnings: Some((owner.clone(), rows)),
-            }));
         }
+        let landed = |activity_id: &str| inserted.contains(activity_id);
+        let earnings: Vec<&EarningRow> = planned
+            .iter()
+            .filter(|(_, activity_id, _)| landed(activity_id))
+            .flat_map(|(_, _, plans)| plans.iter().map(|plan| &plan.row))
+            .collect();
         insert_earnings(
             &mut transaction,
             backend,
@@ -603,6 +628,20 @@ impl Exchange {
         .await
         .map_err(database_error)?;
         transaction.commit().await.map_err(database_error)?;
+        // Committed: each landed report's earnings move to its outcome, to be driven.
+        for (index, activity_id, plans) in planned.iter_mut() {
+            if !landed(activity_id) {
+                continue;
+            }
+            outcomes[*index] = Some(Ok(Recorded {
+                activity_id: std::mem::take(activity_id),
+                replayed: false,
+                new_earnings: Some((
+                    owner.clone(),
+                    plans.drain(..).map(|plan| plan.row).collect(),
+                )),
+            }));
+        }
         Ok(collided)
     }
 
@@ -1240,7 +1279,7 @@ const EARNING_ROWS: JsonRows = JsonRows::new(&[
 async fn insert_earnings(
     connection: &mut sqlx::AnyConnection,
     backend: Backend,
-    earnings: &[EarningRow],
+    earnings: &[&EarningRow],
     now: i64,
     owner: &str,
     lease_until: i64,
