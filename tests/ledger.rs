@@ -500,8 +500,94 @@ async fn a_batch_answers_each_transaction_on_its_own(server: TestServer) {
     }
 }
 
+/// A statement pages through an account's entries in (commit time, transaction, leg) order, each
+/// entry once, also where a batch gave many entries one commit time and a page ends inside them.
+async fn statement_pages_cover_every_entry_once_in_order(server: TestServer) {
+    let token = server.staff_token(Role::Service).await;
+    let mut books = Books {
+        client: server.ledger(),
+        token: token.clone(),
+    };
+    let hotel = "01a20560-0000-7000-8000-00000000000b";
+    let (from, to) = (
+        books
+            .open(hotel, pb::AccountPurpose::Settlement, "USD", 2)
+            .await,
+        books
+            .open("exchange", pb::AccountPurpose::Fees, "USD", 2)
+            .await,
+    );
+    let transfer = |key: String| pb::PostTransactionRequest {
+        idempotency_key: key,
+        legs: vec![
+            leg(&from, pb::Direction::Debit, 5),
+            leg(&to, pb::Direction::Credit, 5),
+        ],
+        type_code: "FEE".to_owned(),
+        external_reference: "statement".to_owned(),
+        ..Default::default()
+    };
+    let mut sent = 0;
+    for batch in [7, 1, 5] {
+        let results = books
+            .client
+            .post_transactions(authed(
+                &token,
+                pb::PostTransactionsRequest {
+                    transactions: (0..batch)
+                        .map(|index| transfer(format!("statement-{}", sent + index)))
+                        .collect(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .results;
+        assert!(results.iter().all(|result| result.code == 0));
+        sent += batch;
+    }
+
+    for page_size in [1, 3, 4, 13, 100] {
+        let mut seen = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = books
+                .client
+                .list_entries(authed(
+                    &token,
+                    pb::ListEntriesRequest {
+                        account_id: from.clone(),
+                        page_size,
+                        page_token,
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(page.entries.len() <= page_size as usize);
+            seen.extend(page.entries.into_iter().map(|entry| {
+                let commit = entry.commit_time.unwrap();
+                ((commit.seconds, commit.nanos), entry.transaction_id)
+            }));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        assert_eq!(seen.len(), sent, "every entry once, {page_size} a page");
+        let mut ordered = seen.clone();
+        ordered.sort();
+        ordered.dedup();
+        assert_eq!(
+            seen, ordered,
+            "in order and never twice, {page_size} a page"
+        );
+    }
+}
+
 on_every_backend!(
     a_conversion_posts_balanced_legs_once_and_reverses_once,
     holds_post_or_void_once_and_guards_refuse_overdrafts,
-    a_batch_answers_each_transaction_on_its_own
+    a_batch_answers_each_transaction_on_its_own,
+    statement_pages_cover_every_entry_once_in_order
 );

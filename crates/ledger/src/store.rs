@@ -1220,9 +1220,11 @@ pub(crate) async fn entries(
     after: Option<&EntryCursor>,
     limit: usize,
 ) -> Result<Vec<Entry>, sqlx::Error> {
-    let (micros, transaction, leg) = after.map_or((None, String::new(), 0), |cursor| {
+    // The first page starts before every entry: no commit time is i64::MIN and no transaction
+    // id is empty. The bound on commit time alone is what the index by account can seek to.
+    let (micros, transaction, leg) = after.map_or((i64::MIN, String::new(), 0), |cursor| {
         (
-            Some(cursor.committed_at_micros),
+            cursor.committed_at_micros,
             cursor.transaction_id.clone(),
             cursor.leg,
         )
@@ -1230,8 +1232,8 @@ pub(crate) async fn entries(
     let rows: Vec<(String, i64, String, i64, i64, i64, i64)> = sqlx::query_as(
         "SELECT e.transaction_id, e.leg, t.kind, e.debit_minor, e.credit_minor, t.effective_at_micros, e.committed_at_micros \
          FROM ledger_entries e JOIN ledger_transactions t ON t.transaction_id = e.transaction_id \
-         WHERE e.account_id = $1 AND ($2 IS NULL OR e.committed_at_micros > $2 \
-               OR (e.committed_at_micros = $2 AND (e.transaction_id > $3 OR (e.transaction_id = $3 AND e.leg > $4)))) \
+         WHERE e.account_id = $1 AND e.committed_at_micros >= $2 \
+           AND (e.committed_at_micros > $2 OR e.transaction_id > $3 OR (e.transaction_id = $3 AND e.leg > $4)) \
          ORDER BY e.committed_at_micros, e.transaction_id, e.leg LIMIT $5",
     )
     .bind(account.to_string())

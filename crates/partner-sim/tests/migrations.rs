@@ -9,7 +9,15 @@ use tandem_storage::{Database, testing::TestDatabase};
 
 const SERVICE: &str = "sim_migrations";
 
-type Operation = (String, String, String, i64, Option<String>, Option<String>, i64);
+type Operation = (
+    String,
+    String,
+    String,
+    i64,
+    Option<String>,
+    Option<String>,
+    i64,
+);
 
 async fn operations_survive_the_rebuild(database: TestDatabase) {
     // The store as the first migration left it, holding a debit, its reversal, and a credit.
@@ -21,9 +29,33 @@ async fn operations_survive_the_rebuild(database: TestDatabase) {
         .await
         .unwrap();
     let held: Vec<Operation> = vec![
-        ("k1".into(), "DEBIT".into(), "m1".into(), 500, None, Some("r1".into()), 10),
-        ("r1".into(), "REVERSAL".into(), "m1".into(), 500, Some("k1".into()), None, 11),
-        ("k2".into(), "CREDIT".into(), "m2".into(), 70, None, None, 12),
+        (
+            "k1".into(),
+            "DEBIT".into(),
+            "m1".into(),
+            500,
+            None,
+            Some("r1".into()),
+            10,
+        ),
+        (
+            "r1".into(),
+            "REVERSAL".into(),
+            "m1".into(),
+            500,
+            Some("k1".into()),
+            None,
+            11,
+        ),
+        (
+            "k2".into(),
+            "CREDIT".into(),
+            "m2".into(),
+            70,
+            None,
+            None,
+            12,
+        ),
     ];
     for (key, kind, member, amount, original, reversed_by, applied) in &held {
         sqlx::query(
