@@ -6,7 +6,8 @@
 -- once) and holds only the operations that were.
 --
 -- SQLite cannot drop a constraint, so the table is rebuilt; the same statements work on both
--- backends.
+-- backends. The primary key takes a new name, sim_operations_by_key, since the old table's index
+-- keeps its name until that table is dropped.
 
 CREATE TABLE sim_operations_rebuilt (
     -- Tandem's transaction key: the same key is the same operation, applied at most once.

@@ -367,7 +367,7 @@ impl Wallets {
                         && (tandem_storage::is_retryable_conflict(&error)
                             || tandem_storage::violates_unique(
                                 &error,
-                                "sim_operations_pkey",
+                                "sim_operations_by_key",
                                 "sim_operations.transaction_key",
                             )) =>
                 {
