@@ -211,7 +211,9 @@ impl SerializeStruct for RowFields<'_> {
         if position > 0 {
             self.out.push(b',');
         }
-        value.serialize(&mut serde_json::Serializer::new(&mut *self.out))?;
+        value.serialize(ValueWriter {
+            out: &mut *self.out,
+        })?;
         self.next = position + 1;
         Ok(())
     }
@@ -220,6 +222,175 @@ impl SerializeStruct for RowFields<'_> {
         self.fill_to(self.columns.len());
         self.out.push(b']');
         Ok(())
+    }
+}
+
+/// Writes one field's value: a text, a number, a boolean or null. Texts that need no escaping
+/// (ids, codes, amounts as text: nearly all) are copied between quotes; serde_json writes the
+/// rest, and every number. Escaping every text through serde_json took a tenth of the server's
+/// CPU in a bench earn run.
+struct ValueWriter<'a> {
+    out: &'a mut Vec<u8>,
+}
+
+impl ValueWriter<'_> {
+    fn json(&mut self) -> serde_json::Serializer<&mut Vec<u8>> {
+        serde_json::Serializer::new(&mut *self.out)
+    }
+}
+
+/// Whether JSON must escape any of `text`'s bytes: a quote, a backslash or a control character.
+fn needs_escaping(text: &str) -> bool {
+    text.bytes()
+        .any(|byte| byte < 0x20 || byte == b'"' || byte == b'\\')
+}
+
+fn not_a_value() -> RowError {
+    RowError("a row's field must be a text, a number, a boolean or null".to_owned())
+}
+
+/// Hands a scalar to serde_json's own writer.
+macro_rules! through_serde_json {
+    ($($method:ident($argument:ty);)*) => {
+        $(
+            fn $method(mut self, value: $argument) -> Result<(), RowError> {
+                Ok(ser::Serializer::$method(&mut self.json(), value)?)
+            }
+        )*
+    };
+}
+
+impl ser::Serializer for ValueWriter<'_> {
+    type Ok = ();
+    type Error = RowError;
+    type SerializeSeq = Impossible<(), RowError>;
+    type SerializeTuple = Impossible<(), RowError>;
+    type SerializeTupleStruct = Impossible<(), RowError>;
+    type SerializeTupleVariant = Impossible<(), RowError>;
+    type SerializeMap = Impossible<(), RowError>;
+    type SerializeStruct = Impossible<(), RowError>;
+    type SerializeStructVariant = Impossible<(), RowError>;
+
+    fn serialize_str(mut self, value: &str) -> Result<(), RowError> {
+        if needs_escaping(value) {
+            return Ok(ser::Serializer::serialize_str(&mut self.json(), value)?);
+        }
+        self.out.reserve(value.len() + 2);
+        self.out.push(b'"');
+        self.out.extend_from_slice(value.as_bytes());
+        self.out.push(b'"');
+        Ok(())
+    }
+
+    through_serde_json! {
+        serialize_bool(bool);
+        serialize_i8(i8);
+        serialize_i16(i16);
+        serialize_i32(i32);
+        serialize_i64(i64);
+        serialize_u8(u8);
+        serialize_u16(u16);
+        serialize_u32(u32);
+        serialize_u64(u64);
+        serialize_f32(f32);
+        serialize_f64(f64);
+        serialize_char(char);
+    }
+
+    fn serialize_none(self) -> Result<(), RowError> {
+        self.out.extend_from_slice(b"null");
+        Ok(())
+    }
+
+    fn serialize_unit(self) -> Result<(), RowError> {
+        self.serialize_none()
+    }
+
+    fn serialize_some<T: ?Sized + Serialize>(self, value: &T) -> Result<(), RowError> {
+        value.serialize(self)
+    }
+
+    fn serialize_newtype_struct<T: ?Sized + Serialize>(
+        self,
+        _: &'static str,
+        value: &T,
+    ) -> Result<(), RowError> {
+        value.serialize(self)
+    }
+
+    fn serialize_unit_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+    ) -> Result<(), RowError> {
+        self.serialize_str(variant)
+    }
+
+    fn serialize_bytes(self, _: &[u8]) -> Result<(), RowError> {
+        Err(not_a_value())
+    }
+
+    fn serialize_unit_struct(self, _: &'static str) -> Result<(), RowError> {
+        Err(not_a_value())
+    }
+
+    fn serialize_newtype_variant<T: ?Sized + Serialize>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: &T,
+    ) -> Result<(), RowError> {
+        Err(not_a_value())
+    }
+
+    fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, RowError> {
+        Err(not_a_value())
+    }
+
+    fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, RowError> {
+        Err(not_a_value())
+    }
+
+    fn serialize_tuple_struct(
+        self,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeTupleStruct, RowError> {
+        Err(not_a_value())
+    }
+
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeTupleVariant, RowError> {
+        Err(not_a_value())
+    }
+
+    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, RowError> {
+        Err(not_a_value())
+    }
+
+    fn serialize_struct(
+        self,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeStruct, RowError> {
+        Err(not_a_value())
+    }
+
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeStructVariant, RowError> {
+        Err(not_a_value())
     }
 }
 
@@ -425,5 +596,77 @@ mod tests {
             n: 1,
             id: "x".to_owned(),
         }]);
+    }
+
+    /// A row of one text column.
+    #[derive(Serialize)]
+    struct Note<'a> {
+        note: &'a str,
+    }
+
+    #[test]
+    fn texts_read_back_as_written_whether_or_not_they_need_escaping() {
+        let shape = JsonRows::new(&[("note", ColumnType::Text)]);
+        for text in [
+            "",
+            "01a2093b-6f9d-727d-8202-7c69826a30fa",
+            "Zoë's 旅行 ✈ \u{1F697} \u{7F}",
+            "quote \" backslash \\ new line \n tab \t bell \u{7}",
+            "\"",
+            "\\",
+        ] {
+            let json = shape.to_json(&[Note { note: text }]);
+            let expected = format!("[[{}]]", serde_json::to_string(text).unwrap());
+            assert_eq!(json, expected, "{text:?}");
+            let read: Vec<Vec<String>> = serde_json::from_str(&json).unwrap();
+            assert_eq!(read, [[text]]);
+        }
+    }
+
+    #[derive(Serialize)]
+    struct Code(String);
+
+    #[derive(Serialize)]
+    enum Phase {
+        Posted,
+    }
+
+    #[derive(Serialize)]
+    struct Scalars {
+        id: Code,
+        n: Option<u32>,
+        note: Phase,
+        flag: bool,
+    }
+
+    #[test]
+    fn newtypes_options_and_unit_variants_are_their_values() {
+        let shape = JsonRows::new(&[
+            ("id", ColumnType::Text),
+            ("n", ColumnType::BigInt),
+            ("note", ColumnType::Text),
+            ("flag", ColumnType::BigInt),
+        ]);
+        let row = Scalars {
+            id: Code("c-1".to_owned()),
+            n: Some(u32::MAX),
+            note: Phase::Posted,
+            flag: true,
+        };
+        assert_eq!(
+            shape.to_json(&[row]),
+            r#"[["c-1",4294967295,"Posted",true]]"#
+        );
+    }
+
+    #[derive(Serialize)]
+    struct Nested {
+        id: Vec<i64>,
+    }
+
+    #[test]
+    #[should_panic(expected = "a row's field must be a text, a number, a boolean or null")]
+    fn a_field_holding_a_list_is_a_mistake_in_the_row_type() {
+        SHAPE.to_json(&[Nested { id: vec![1] }]);
     }
 }
