@@ -40,6 +40,16 @@ impl Books {
             .account_id
     }
 
+    /// A partner's USD settlement account and the exchange's USD fee account.
+    async fn settlement_and_fees(&mut self, partner: &str) -> (String, String) {
+        (
+            self.open(partner, pb::AccountPurpose::Settlement, "USD", 2)
+                .await,
+            self.open("exchange", pb::AccountPurpose::Fees, "USD", 2)
+                .await,
+        )
+    }
+
     async fn balance(&mut self, account: &str) -> (i64, i64, i64, i64) {
         let balance = self
             .client
@@ -394,15 +404,9 @@ async fn a_batch_answers_each_transaction_on_its_own(server: TestServer) {
         client: server.ledger(),
         token: token.clone(),
     };
-    let hotel = "01a20560-0000-7000-8000-00000000000a";
-    let (from, to) = (
-        books
-            .open(hotel, pb::AccountPurpose::Settlement, "USD", 2)
-            .await,
-        books
-            .open("exchange", pb::AccountPurpose::Fees, "USD", 2)
-            .await,
-    );
+    let (from, to) = books
+        .settlement_and_fees("01a20560-0000-7000-8000-00000000000a")
+        .await;
     let transfer = |key: &str, debit: i64, credit: i64| pb::PostTransactionRequest {
         idempotency_key: key.to_owned(),
         legs: vec![
@@ -508,15 +512,9 @@ async fn statement_pages_cover_every_entry_once_in_order(server: TestServer) {
         client: server.ledger(),
         token: token.clone(),
     };
-    let hotel = "01a20560-0000-7000-8000-00000000000b";
-    let (from, to) = (
-        books
-            .open(hotel, pb::AccountPurpose::Settlement, "USD", 2)
-            .await,
-        books
-            .open("exchange", pb::AccountPurpose::Fees, "USD", 2)
-            .await,
-    );
+    let (from, to) = books
+        .settlement_and_fees("01a20560-0000-7000-8000-00000000000b")
+        .await;
     let transfer = |key: String| pb::PostTransactionRequest {
         idempotency_key: key,
         legs: vec![

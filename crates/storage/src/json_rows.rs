@@ -225,6 +225,51 @@ impl SerializeStruct for RowFields<'_> {
     }
 }
 
+/// Refuses every compound value but a struct, with `$why`'s error.
+macro_rules! refuse_compound {
+    ($why:ident) => {
+        fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, RowError> {
+            Err($why())
+        }
+
+        fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, RowError> {
+            Err($why())
+        }
+
+        fn serialize_tuple_struct(
+            self,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeTupleStruct, RowError> {
+            Err($why())
+        }
+
+        fn serialize_tuple_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeTupleVariant, RowError> {
+            Err($why())
+        }
+
+        fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, RowError> {
+            Err($why())
+        }
+
+        fn serialize_struct_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self::SerializeStructVariant, RowError> {
+            Err($why())
+        }
+    };
+}
+
 /// Writes one field's value: a text, a number, a boolean or null. Texts that need no escaping
 /// (ids, codes, amounts as text: nearly all) are copied between quotes; serde_json writes the
 /// rest, and every number. Escaping every text through serde_json took a tenth of the server's
@@ -345,51 +390,13 @@ impl ser::Serializer for ValueWriter<'_> {
         Err(not_a_value())
     }
 
-    fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, RowError> {
-        Err(not_a_value())
-    }
-
-    fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, RowError> {
-        Err(not_a_value())
-    }
-
-    fn serialize_tuple_struct(
-        self,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeTupleStruct, RowError> {
-        Err(not_a_value())
-    }
-
-    fn serialize_tuple_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeTupleVariant, RowError> {
-        Err(not_a_value())
-    }
-
-    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, RowError> {
-        Err(not_a_value())
-    }
+    refuse_compound!(not_a_value);
 
     fn serialize_struct(
         self,
         _: &'static str,
         _: usize,
     ) -> Result<Self::SerializeStruct, RowError> {
-        Err(not_a_value())
-    }
-
-    fn serialize_struct_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeStructVariant, RowError> {
         Err(not_a_value())
     }
 }
@@ -472,45 +479,7 @@ impl<'a> ser::Serializer for RowWriter<'a> {
         Err(not_a_struct())
     }
 
-    fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, RowError> {
-        Err(not_a_struct())
-    }
-
-    fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, RowError> {
-        Err(not_a_struct())
-    }
-
-    fn serialize_tuple_struct(
-        self,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeTupleStruct, RowError> {
-        Err(not_a_struct())
-    }
-
-    fn serialize_tuple_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeTupleVariant, RowError> {
-        Err(not_a_struct())
-    }
-
-    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, RowError> {
-        Err(not_a_struct())
-    }
-
-    fn serialize_struct_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeStructVariant, RowError> {
-        Err(not_a_struct())
-    }
+    refuse_compound!(not_a_struct);
 }
 
 #[cfg(test)]
