@@ -122,20 +122,7 @@ async fn rotation_keeps_old_tokens_valid_and_signs_with_the_new_key(database: Te
     assert_eq!(published[0].kid, new_key.kid, "newest key first");
 }
 
-macro_rules! on_every_backend {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test] async fn $test() { super::$test(super::TestDatabase::sqlite()).await; })*
-        }
-        mod postgres {
-            $(#[tokio::test] async fn $test() {
-                if let Some(database) = super::TestDatabase::postgres().await { super::$test(database).await; }
-            })*
-        }
-    };
-}
-
-on_every_backend!(
+tandem_storage::on_every_database!(
     tokens_round_trip_and_refuse_forgeries,
     a_wrong_audience_is_refused,
     rotation_keeps_old_tokens_valid_and_signs_with_the_new_key

@@ -601,9 +601,10 @@ impl Exchange {
         let inserted = insert_activities(&mut transaction, backend, &activities, now)
             .await
             .map_err(database_error)?;
+        let landed = |activity_id: &str| inserted.contains(activity_id);
         let mut collided = Vec::new();
         for (index, activity_id, plans) in planned.iter_mut() {
-            if !inserted.contains(activity_id.as_str()) {
+            if !landed(activity_id) {
                 collided.push(*index);
                 continue;
             }
@@ -611,7 +612,6 @@ impl Exchange {
                 Self::finish_plan(plan, &mut used)?;
             }
         }
-        let landed = |activity_id: &str| inserted.contains(activity_id);
         let earnings: Vec<&EarningRow> = planned
             .iter()
             .filter(|(_, activity_id, _)| landed(activity_id))

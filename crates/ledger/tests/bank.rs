@@ -204,14 +204,7 @@ async fn bank(database: TestDatabase) {
     assert_eq!(resolutions, pendings.len());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_transfers_on_hot_accounts_on_sqlite() {
-    bank(TestDatabase::sqlite()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_transfers_on_hot_accounts_on_postgres() {
-    if let Some(database) = TestDatabase::postgres().await {
-        bank(database).await;
-    }
-}
+tandem_storage::on_every_database!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)];
+    bank
+);

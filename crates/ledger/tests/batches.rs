@@ -177,14 +177,7 @@ async fn bursts(database: TestDatabase) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn bursts_post_each_key_once_on_sqlite() {
-    bursts(TestDatabase::sqlite()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn bursts_post_each_key_once_on_postgres() {
-    if let Some(database) = TestDatabase::postgres().await {
-        bursts(database).await;
-    }
-}
+tandem_storage::on_every_database!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)];
+    bursts
+);

@@ -95,14 +95,4 @@ async fn an_unresolved_hold_expires(database: TestDatabase) {
     );
 }
 
-#[tokio::test]
-async fn an_unresolved_hold_expires_on_sqlite() {
-    an_unresolved_hold_expires(TestDatabase::sqlite()).await;
-}
-
-#[tokio::test]
-async fn an_unresolved_hold_expires_on_postgres() {
-    if let Some(database) = TestDatabase::postgres().await {
-        an_unresolved_hold_expires(database).await;
-    }
-}
+tandem_storage::on_every_database!(an_unresolved_hold_expires);

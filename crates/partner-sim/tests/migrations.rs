@@ -107,14 +107,4 @@ async fn operations_survive_the_rebuild(database: TestDatabase) {
     );
 }
 
-#[tokio::test]
-async fn operations_survive_the_rebuild_on_sqlite() {
-    operations_survive_the_rebuild(TestDatabase::sqlite()).await;
-}
-
-#[tokio::test]
-async fn operations_survive_the_rebuild_on_postgres() {
-    if let Some(database) = TestDatabase::postgres().await {
-        operations_survive_the_rebuild(database).await;
-    }
-}
+tandem_storage::on_every_database!(operations_survive_the_rebuild);

@@ -395,20 +395,8 @@ async fn rotation_replaces_the_secret(database: TestDatabase) {
     );
 }
 
-macro_rules! on_every_backend {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() { super::$test(super::TestDatabase::sqlite()).await; })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $test() {
-                if let Some(database) = super::TestDatabase::postgres().await { super::$test(database).await; }
-            })*
-        }
-    };
-}
-
-on_every_backend!(
+tandem_storage::on_every_database!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)];
     partners_are_stored_and_unique_by_code_and_program,
     listing_pages_through_every_partner_once_with_filters,
     agreements_keep_every_version_and_one_live_agreement_per_direction,

@@ -116,7 +116,7 @@ impl JsonRows {
             }
         }
         out.push(b']');
-        String::from_utf8(out).expect("serde_json writes UTF-8")
+        String::from_utf8(out).expect("texts are copied whole and serde_json writes UTF-8")
     }
 
     /// The column names, comma-separated, for an INSERT's column list.
@@ -223,6 +223,17 @@ impl SerializeStruct for RowFields<'_> {
         self.out.push(b']');
         Ok(())
     }
+}
+
+/// Refuses the simple values listed, with `$why`'s error.
+macro_rules! refuse {
+    ($why:ident: $($method:ident($($argument:ty),*);)*) => {
+        $(
+            fn $method(self, $(_: $argument),*) -> Result<(), RowError> {
+                Err($why())
+            }
+        )*
+    };
 }
 
 /// Refuses every compound value but a struct, with `$why`'s error.
@@ -372,12 +383,9 @@ impl ser::Serializer for ValueWriter<'_> {
         self.serialize_str(variant)
     }
 
-    fn serialize_bytes(self, _: &[u8]) -> Result<(), RowError> {
-        Err(not_a_value())
-    }
-
-    fn serialize_unit_struct(self, _: &'static str) -> Result<(), RowError> {
-        Err(not_a_value())
+    refuse! { not_a_value:
+        serialize_bytes(&[u8]);
+        serialize_unit_struct(&'static str);
     }
 
     fn serialize_newtype_variant<T: ?Sized + Serialize>(
@@ -405,17 +413,6 @@ fn not_a_struct() -> RowError {
     RowError("a row must be a struct with named fields".to_owned())
 }
 
-/// Anything but a struct is refused: a row's values are found by their fields' names.
-macro_rules! refuse {
-    ($($method:ident($($argument:ty),*);)*) => {
-        $(
-            fn $method(self, $(_: $argument),*) -> Result<(), RowError> {
-                Err(not_a_struct())
-            }
-        )*
-    };
-}
-
 impl<'a> ser::Serializer for RowWriter<'a> {
     type Ok = ();
     type Error = RowError;
@@ -436,7 +433,8 @@ impl<'a> ser::Serializer for RowWriter<'a> {
         })
     }
 
-    refuse! {
+    // Anything but a struct is refused: a row's values are found by their fields' names.
+    refuse! { not_a_struct:
         serialize_bool(bool);
         serialize_i8(i8);
         serialize_i16(i16);

@@ -111,6 +111,31 @@ impl Drop for TestDatabase {
     }
 }
 
+/// Runs each named `async fn(TestDatabase)` twice, as `sqlite::name` on a new SQLite directory
+/// and as `postgres::name` on a new PostgreSQL database (doing nothing when
+/// `TANDEM_TEST_DATABASE_URL` is unset). An attribute before a `;` replaces `#[tokio::test]`,
+/// for a runtime with more threads.
+#[macro_export]
+macro_rules! on_every_database {
+    (#[$runtime:meta]; $($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[$runtime] async fn $test() {
+                super::$test($crate::testing::TestDatabase::sqlite()).await;
+            })*
+        }
+        mod postgres {
+            $(#[$runtime] async fn $test() {
+                if let Some(database) = $crate::testing::TestDatabase::postgres().await {
+                    super::$test(database).await;
+                }
+            })*
+        }
+    };
+    ($($test:ident),* $(,)?) => {
+        $crate::on_every_database!(#[tokio::test]; $($test),*);
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::replace_database;

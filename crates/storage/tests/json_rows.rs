@@ -95,14 +95,4 @@ async fn round_trip(database: TestDatabase) {
     }
 }
 
-#[tokio::test]
-async fn json_rows_round_trip_on_sqlite() {
-    round_trip(TestDatabase::sqlite()).await;
-}
-
-#[tokio::test]
-async fn json_rows_round_trip_on_postgres() {
-    if let Some(database) = TestDatabase::postgres().await {
-        round_trip(database).await;
-    }
-}
+tandem_storage::on_every_database!(round_trip);
