@@ -278,13 +278,56 @@ fn uuid_like() -> String {
     )
 }
 
+/// The ticks of `/proc/stat` a second (the kernel's USER_HZ, 100 on every Linux architecture
+/// Tandem builds for).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// CPU time the whole machine has spent busy (user, nice, system, irq, softirq and steal; not
+/// idle or waiting on I/O), from the first line of `/proc/stat`.
+fn busy_ticks(stat: &str) -> Option<u64> {
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let [user, nice, system, _idle, _iowait, irq, softirq, steal, ..] = ticks[..] else {
+        return None;
+    };
+    Some(user + nice + system + irq + softirq + steal)
+}
+
+/// Seconds of CPU the whole machine has spent busy so far; `None` off Linux. Every process of a
+/// benchmark (server, gateways, PostgreSQL, the load itself) runs on this machine, so busy time
+/// over a measurement divided by the work done is what each unit of work costs the machine: a
+/// figure that, unlike a throughput ratio, does not depend on whether the yardstick waits on
+/// the disk or on the CPU.
+pub(crate) fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    Some(busy_ticks(&stat)? as f64 / TICKS_PER_SECOND)
+}
+
+/// Microseconds of the machine's CPU per unit of work, between two readings.
+pub(crate) fn cpu_micros_per(before: Option<f64>, after: Option<f64>, work: f64) -> Option<f64> {
+    let busy = after? - before?;
+    (work > 0.0).then(|| busy * 1_000_000.0 / work)
+}
+
+/// What pgbench achieved at one client count.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Yardstick {
+    pub tps: f64,
+    /// The machine's CPU per TPC-B transaction, where it can be read.
+    pub cpu_micros: Option<f64>,
+}
+
 /// pgbench's TPC-B transactions per second at each client count, on a scratch database of
 /// scale 10 on the same server: the yardstick every Tandem benchmark is compared against.
 pub(crate) async fn pgbench_tps(
     admin_url: &str,
     client_counts: &[usize],
     duration: Duration,
-) -> anyhow::Result<BTreeMap<usize, f64>> {
+) -> anyhow::Result<BTreeMap<usize, Yardstick>> {
     let mut tps_by_clients = BTreeMap::new();
     let scratch = ScratchDatabase::create(admin_url, "pgbench").await?;
     run_pgbench(&["-i", "-s", "10", "-q", &scratch.url])?;
@@ -292,6 +335,7 @@ pub(crate) async fn pgbench_tps(
         let threads = clients
             .min(std::thread::available_parallelism().map_or(2, usize::from))
             .to_string();
+        let busy_before = machine_busy_seconds();
         let output = run_pgbench(&[
             "-n",
             "-c",
@@ -302,9 +346,17 @@ pub(crate) async fn pgbench_tps(
             &duration.as_secs().max(1).to_string(),
             &scratch.url,
         ])?;
+        let busy_after = machine_busy_seconds();
         let tps = parse_tps(&output).context("reading pgbench's tps")?;
+        let transactions = parse_transactions(&output).unwrap_or(0.0);
         eprintln!(" pgbench × {clients:>2} clients: {tps:>8.0} tps");
-        tps_by_clients.insert(clients, tps);
+        tps_by_clients.insert(
+            clients,
+            Yardstick {
+                tps,
+                cpu_micros: cpu_micros_per(busy_before, busy_after, transactions),
+            },
+        );
     }
     scratch.drop_now().await?;
     Ok(tps_by_clients)
@@ -331,7 +383,16 @@ fn parse_tps(output: &str) -> Option<f64> {
         .and_then(|number| number.parse().ok())
 }
 
-fn print_table(results: &[Measurement], pgbench: &BTreeMap<usize, f64>) {
+/// How many transactions pgbench completed, from its report.
+fn parse_transactions(output: &str) -> Option<f64> {
+    output
+        .lines()
+        .find_map(|line| line.strip_prefix("number of transactions actually processed: "))
+        .and_then(|rest| rest.split(['/', ' ']).next())
+        .and_then(|number| number.parse().ok())
+}
+
+fn print_table(results: &[Measurement], pgbench: &BTreeMap<usize, Yardstick>) {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED).set_header([
         "writers",
@@ -352,7 +413,7 @@ fn print_table(results: &[Measurement], pgbench: &BTreeMap<usize, f64>) {
                 .map_or(0.0, |result| result.per_second)
         };
         let (spread, hot) = (rate("spread"), rate("hot pair"));
-        let yardstick = pgbench.get(&count).copied();
+        let yardstick = pgbench.get(&count).map(|yardstick| yardstick.tps);
         let ratio =
             |value: f64| yardstick.map_or("–".to_owned(), |tps| format!("{:.2}", value / tps));
         table.add_row([
@@ -377,6 +438,21 @@ mod tests {
         let report = "number of transactions actually processed: 1234\nlatency average = 8.1 ms\ntps = 123.456789 (without initial connection time)\n";
         assert_eq!(parse_tps(report), Some(123.456789));
         assert_eq!(parse_tps("no numbers here"), None);
+        assert_eq!(parse_transactions(report), Some(1234.0));
+        // pgbench with -t reports what it did out of what it was asked.
+        let bounded = "number of transactions actually processed: 800/800\n";
+        assert_eq!(parse_transactions(bounded), Some(800.0));
+    }
+
+    #[test]
+    fn busy_time_leaves_out_idle_and_io_wait() {
+        let stat = "cpu  100 2 30 5000 70 4 5 6 0 0\ncpu0 50 1 15 2500 35 2 2 3 0 0\n";
+        assert_eq!(busy_ticks(stat), Some(100 + 2 + 30 + 4 + 5 + 6));
+        assert_eq!(busy_ticks("cpu  1 2 3\n"), None);
+        assert_eq!(busy_ticks("intr 5\n"), None);
+        assert_eq!(cpu_micros_per(Some(10.0), Some(12.0), 4_000.0), Some(500.0));
+        assert_eq!(cpu_micros_per(None, Some(12.0), 4_000.0), None);
+        assert_eq!(cpu_micros_per(Some(10.0), Some(12.0), 0.0), None);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tandem_client::TandemClient;
 use tandem_proto::v1 as pb;
 
 use crate::{
-    bench::{ScratchDatabase, pgbench_tps},
+    bench::{ScratchDatabase, Yardstick, cpu_micros_per, machine_busy_seconds, pgbench_tps},
     coalition::{Coalition, Stack},
     settings::{CommonArgs, Settings},
 };
@@ -57,6 +57,8 @@ struct Run {
     p50: Duration,
     p99: Duration,
     failed: usize,
+    /// The machine's CPU per conversion or activity, where it can be read.
+    cpu_micros: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,6 +173,7 @@ async fn measure(
     duration: Duration,
     batch: usize,
 ) -> anyhow::Result<Run> {
+    let busy_before = machine_busy_seconds();
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = Vec::with_capacity(clients);
@@ -260,6 +263,7 @@ async fn measure(
         latencies.extend(task_latencies);
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_micros = cpu_micros_per(busy_before, machine_busy_seconds(), done as f64);
     latencies.sort();
     Ok(Run {
         clients,
@@ -267,13 +271,14 @@ async fn measure(
         p50: percentile(&latencies, 0.50),
         p99: percentile(&latencies, 0.99),
         failed,
+        cpu_micros,
     })
 }
 
-fn print_table(workload: Workload, runs: &[Run], pgbench: &BTreeMap<usize, f64>) {
-    let (rate, latency) = match workload {
-        Workload::Convert => ("conversions/s", "per conversion"),
-        Workload::Earn => ("activities/s", "per stream"),
+fn print_table(workload: Workload, runs: &[Run], pgbench: &BTreeMap<usize, Yardstick>) {
+    let (rate, latency, unit) = match workload {
+        Workload::Convert => ("conversions/s", "per conversion", "conversion"),
+        Workload::Earn => ("activities/s", "per stream", "activity"),
     };
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED).set_header([
@@ -284,9 +289,15 @@ fn print_table(workload: Workload, runs: &[Run], pgbench: &BTreeMap<usize, f64>)
         "failed".to_owned(),
         "pgbench TPC-B tps".to_owned(),
         "÷ pgbench".to_owned(),
+        format!("machine CPU µs per {unit} / per TPC-B"),
     ]);
     for run in runs {
-        let yardstick = pgbench.get(&run.clients).copied();
+        let yardstick = pgbench.get(&run.clients).map(|yardstick| yardstick.tps);
+        let micros =
+            |cpu: Option<f64>| cpu.map_or("–".to_owned(), |micros| format!("{micros:.0}"));
+        let pgbench_cpu = pgbench
+            .get(&run.clients)
+            .and_then(|yardstick| yardstick.cpu_micros);
         table.add_row([
             run.clients.to_string(),
             format!("{:.0}", run.per_second),
@@ -297,6 +308,7 @@ fn print_table(workload: Workload, runs: &[Run], pgbench: &BTreeMap<usize, f64>)
             yardstick.map_or("–".to_owned(), |tps| {
                 format!("{:.2}", run.per_second / tps)
             }),
+            format!("{} / {}", micros(run.cpu_micros), micros(pgbench_cpu)),
         ]);
     }
     println!("{table}");
