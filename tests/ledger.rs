@@ -16,6 +16,14 @@ struct Books {
 }
 
 impl Books {
+    /// The ledger as the exchange reaches it: with a service token.
+    async fn as_service(server: &TestServer) -> Self {
+        Self {
+            client: server.ledger(),
+            token: server.staff_token(Role::Service).await,
+        }
+    }
+
     async fn open(
         &mut self,
         owner: &str,
@@ -81,11 +89,8 @@ fn leg(account: &str, direction: pb::Direction, amount_minor: i64) -> pb::Leg {
 }
 
 async fn a_conversion_posts_balanced_legs_once_and_reverses_once(server: TestServer) {
-    let token = server.staff_token(Role::Service).await;
-    let mut books = Books {
-        client: server.ledger(),
-        token: token.clone(),
-    };
+    let mut books = Books::as_service(&server).await;
+    let token = books.token.clone();
     let (hotel, ride) = (
         "01a20560-0000-7000-8000-00000000000a",
         "01a20560-0000-7000-8000-00000000000b",
@@ -251,11 +256,8 @@ async fn a_conversion_posts_balanced_legs_once_and_reverses_once(server: TestSer
 }
 
 async fn holds_post_or_void_once_and_guards_refuse_overdrafts(server: TestServer) {
-    let token = server.staff_token(Role::Service).await;
-    let mut books = Books {
-        client: server.ledger(),
-        token: token.clone(),
-    };
+    let mut books = Books::as_service(&server).await;
+    let token = books.token.clone();
     let bank = books
         .open("exchange", pb::AccountPurpose::Bank, "USD", 2)
         .await;
@@ -399,11 +401,8 @@ async fn holds_post_or_void_once_and_guards_refuse_overdrafts(server: TestServer
 
 /// A batch answers each transaction as PostTransaction would, in the order sent.
 async fn a_batch_answers_each_transaction_on_its_own(server: TestServer) {
-    let token = server.staff_token(Role::Service).await;
-    let mut books = Books {
-        client: server.ledger(),
-        token: token.clone(),
-    };
+    let mut books = Books::as_service(&server).await;
+    let token = books.token.clone();
     let (from, to) = books
         .settlement_and_fees("01a20560-0000-7000-8000-00000000000a")
         .await;
@@ -507,11 +506,8 @@ async fn a_batch_answers_each_transaction_on_its_own(server: TestServer) {
 /// A statement pages through an account's entries in (commit time, transaction, leg) order, each
 /// entry once, also where a batch gave many entries one commit time and a page ends inside them.
 async fn statement_pages_cover_every_entry_once_in_order(server: TestServer) {
-    let token = server.staff_token(Role::Service).await;
-    let mut books = Books {
-        client: server.ledger(),
-        token: token.clone(),
-    };
+    let mut books = Books::as_service(&server).await;
+    let token = books.token.clone();
     let (from, to) = books
         .settlement_and_fees("01a20560-0000-7000-8000-00000000000b")
         .await;

@@ -292,12 +292,11 @@ fn print_table(workload: Workload, runs: &[Run], pgbench: &BTreeMap<usize, Yards
         format!("machine CPU µs per {unit} / per TPC-B"),
     ]);
     for run in runs {
-        let yardstick = pgbench.get(&run.clients).map(|yardstick| yardstick.tps);
+        let measured = pgbench.get(&run.clients);
+        let yardstick = measured.map(|yardstick| yardstick.tps);
+        let pgbench_cpu = measured.and_then(|yardstick| yardstick.cpu_micros);
         let micros =
             |cpu: Option<f64>| cpu.map_or("–".to_owned(), |micros| format!("{micros:.0}"));
-        let pgbench_cpu = pgbench
-            .get(&run.clients)
-            .and_then(|yardstick| yardstick.cpu_micros);
         table.add_row([
             run.clients.to_string(),
             format!("{:.0}", run.per_second),
