@@ -854,7 +854,44 @@ async fn conversions_interrupted_by_a_crash_finish_once(database: TestDatabase) 
     assert!(trial.balanced, "{trial:?}");
 }
 
+/// A partner's gateway built before BatchMovePoints existed answers it UNIMPLEMENTED: the exchange
+/// moves points there one call at a time instead, and conversions and earnings complete as usual.
+async fn a_gateway_without_batches_gets_one_call_per_movement(server: TestServer) {
+    let coalition = Coalition::new(server, 0).await;
+    for sim in [&coalition.hotel_sim, &coalition.ride_sim] {
+        sim.set_fault("BatchMovePoints", Fault::Unimplemented, 0, 0)
+            .await;
+    }
+    let quote = coalition.quote(10_000).await.expect("a quote");
+    let conversion = coalition
+        .execute(&quote.quote_id, "without-batches")
+        .await
+        .expect("execute")
+        .conversion
+        .unwrap();
+    assert_eq!(
+        conversion.status,
+        pb::ConversionStatus::Completed as i32,
+        "{conversion:?}"
+    );
+    assert_eq!(coalition.hotel_sim.balance(HOTEL_MEMBER).await, 40_000);
+    assert_eq!(coalition.ride_sim.balance(RIDER).await, 2_500);
+    // $23.45 × 2 points per dollar × 1.5 (GOLD) × 2 (double points) = 140.7 → 140 points.
+    let activity = coalition
+        .ride("ride-without-batches", 2_345, "GOLD", "RIDE")
+        .await
+        .expect("record a ride");
+    assert_eq!(
+        activity.earnings[0].status,
+        pb::EarningStatus::Posted as i32,
+        "{activity:?}"
+    );
+    assert_eq!(coalition.hotel_sim.balance(HOTEL_MEMBER).await, 40_140);
+    coalition.trial_balance_is_zero().await;
+}
+
 on_every_backend!(
+    a_gateway_without_batches_gets_one_call_per_movement,
     a_member_converts_and_wallets_and_ledger_agree,
     a_quote_priced_by_one_process_executes_on_another,
     caps_expired_quotes_and_bad_amounts_are_refused,
