@@ -42,20 +42,20 @@ pub enum WriteRequest {
 const DIGEST_PREFIX: &str = "sha256:";
 
 impl WriteRequest {
-    fn content(&self) -> String {
-        serde_json::to_string(self).expect("a write request always serializes")
-    }
-
     /// What the transaction row stores of the request: a SHA-256 digest of its canonical JSON.
     /// Equal requests have equal digests; the full request would add some 600 bytes to every
-    /// row and its log record, to be read back only when a key is reused.
+    /// row and its log record, to be read back only when a key is reused. The JSON is written
+    /// straight into the hash rather than built first.
     fn digest(&self) -> String {
         use sha2::Digest;
-        let hash = sha2::Sha256::digest(self.content().as_bytes());
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut hasher = sha2::Sha256::new();
+        serde_json::to_writer(&mut hasher, self).expect("a write request always serializes");
         let mut digest = String::with_capacity(DIGEST_PREFIX.len() + 64);
         digest.push_str(DIGEST_PREFIX);
-        for byte in hash {
-            digest.push_str(&format!("{byte:02x}"));
+        for byte in hasher.finalize() {
+            digest.push(char::from(HEX[usize::from(byte >> 4)]));
+            digest.push(char::from(HEX[usize::from(byte & 0x0f)]));
         }
         digest
     }
@@ -812,11 +812,23 @@ async fn reverse(
 /// A transaction row about to be written, with its legs.
 struct NewRow<'a> {
     id: TransactionId,
+    /// The id as the row and each of its entries store it, formatted once.
+    id_text: String,
     header: Header<'a>,
     legs: &'a [Leg],
 }
 
-impl NewRow<'_> {
+impl<'a> NewRow<'a> {
+    fn new(header: Header<'a>, legs: &'a [Leg]) -> Self {
+        let id = TransactionId::generate();
+        Self {
+            id,
+            id_text: id.to_string(),
+            header,
+            legs,
+        }
+    }
+
     fn posted(&self, committed_at_micros: i64) -> Posted {
         let header = &self.header;
         let pending_status =
@@ -848,11 +860,7 @@ async fn insert(
     legs: &[Leg],
     now: Timestamp,
 ) -> Result<Posted, Step> {
-    let row = NewRow {
-        id: TransactionId::generate(),
-        header: header.clone(),
-        legs,
-    };
+    let row = NewRow::new(header.clone(), legs);
     let inserted = insert_rows(connection, accounts, std::slice::from_ref(&row), now).await?;
     if !inserted[0] {
         return Err(taken(connection, header, now).await);
@@ -863,7 +871,7 @@ async fn insert(
 /// A transaction row as the bulk insert reads it.
 #[derive(Serialize)]
 struct TransactionJson<'a> {
-    transaction_id: String,
+    transaction_id: &'a str,
     idempotency_key: &'a str,
     content: &'a str,
     kind: &'static str,
@@ -896,11 +904,11 @@ const TRANSACTION_ROWS: JsonRows = JsonRows::new(&[
 
 /// An entry row as the bulk insert reads it.
 #[derive(Serialize)]
-struct EntryJson {
-    transaction_id: String,
+struct EntryJson<'a> {
+    transaction_id: &'a str,
     leg: i64,
     account_id: String,
-    unit: String,
+    unit: std::borrow::Cow<'a, str>,
     debit_minor: i64,
     credit_minor: i64,
     phase: &'static str,
@@ -948,7 +956,7 @@ fn transaction_json<'a>(row: &'a NewRow<'_>, committed_at_micros: i64) -> Transa
         _ => (None, None),
     };
     TransactionJson {
-        transaction_id: row.id.to_string(),
+        transaction_id: &row.id_text,
         idempotency_key: header.key,
         content: &header.content,
         kind: header.kind.as_str(),
@@ -965,12 +973,12 @@ fn transaction_json<'a>(row: &'a NewRow<'_>, committed_at_micros: i64) -> Transa
 }
 
 /// The entries of `rows`, each leg in its account's unit.
-async fn entries_json(
+async fn entries_json<'a>(
     connection: &mut AnyConnection,
-    accounts: &HashMap<AccountId, Account>,
-    rows: &[&NewRow<'_>],
+    accounts: &'a HashMap<AccountId, Account>,
+    rows: &[&'a NewRow<'_>],
     committed_at_micros: i64,
-) -> Result<Vec<EntryJson>, sqlx::Error> {
+) -> Result<Vec<EntryJson<'a>>, sqlx::Error> {
     let mut entries = Vec::new();
     for row in rows {
         let phase = if row.header.kind == TransactionKind::Pending {
@@ -980,20 +988,20 @@ async fn entries_json(
         };
         for (index, leg) in row.legs.iter().enumerate() {
             let unit = match accounts.get(&leg.account) {
-                Some(account) => account.unit.to_string(),
-                None => {
+                Some(account) => std::borrow::Cow::Borrowed(account.unit.as_str()),
+                None => std::borrow::Cow::Owned(
                     sqlx::query_scalar("SELECT unit FROM ledger_accounts WHERE account_id = $1")
                         .bind(leg.account.to_string())
                         .fetch_one(&mut *connection)
-                        .await?
-                }
+                        .await?,
+                ),
             };
             let (debit_minor, credit_minor) = match leg.direction {
                 Direction::Debit => (leg.amount_minor, 0),
                 Direction::Credit => (0, leg.amount_minor),
             };
             entries.push(EntryJson {
-                transaction_id: row.id.to_string(),
+                transaction_id: &row.id_text,
                 leg: index as i64,
                 account_id: leg.account.to_string(),
                 unit,
@@ -1082,7 +1090,7 @@ fn transactions_json<'a>(
 /// For each row, whether its id is among those the insert returned.
 fn which_landed(rows: &[NewRow<'_>], landed: &std::collections::HashSet<String>) -> Vec<bool> {
     rows.iter()
-        .map(|row| landed.contains(&row.id.to_string()))
+        .map(|row| landed.contains(&row.id_text))
         .collect()
 }
 
@@ -1104,11 +1112,7 @@ pub(crate) async fn post_plain(
     for (position, (key, request, transaction)) in jobs.iter().enumerate() {
         match checked_header(accounts, key, request, transaction, now) {
             Ok(header) => {
-                rows.push(NewRow {
-                    id: TransactionId::generate(),
-                    header,
-                    legs: &transaction.legs,
-                });
+                rows.push(NewRow::new(header, &transaction.legs));
                 positions.push(position);
                 // Answered below, once the insert tells whether the key was free.
                 outcomes.push(Err(LedgerError::Stopped));
@@ -1305,4 +1309,54 @@ pub(crate) async fn trial_balance(
             ))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stored digests are compared with new requests' digests for as long as the rows live, so
+    /// a request's digest must stay the SHA-256 of its JSON, in lower-case hex, after the prefix.
+    #[test]
+    fn a_digest_is_the_sha256_of_the_requests_json() {
+        use sha2::Digest;
+        let requests = [
+            WriteRequest::Post(NewTransaction {
+                idempotency_key: "earn:1".to_owned(),
+                legs: vec![
+                    Leg {
+                        account: AccountId::generate(),
+                        direction: Direction::Debit,
+                        amount_minor: 1_500,
+                    },
+                    Leg {
+                        account: AccountId::generate(),
+                        direction: Direction::Credit,
+                        amount_minor: 1_500,
+                    },
+                ],
+                kind: NewKind::Pending {
+                    timeout_seconds: 3_600,
+                },
+                type_code: "EARN".to_owned(),
+                external_reference: "ride \"42\"".to_owned(),
+                effective_at_micros: Some(1_700_000_000_000_000),
+                metadata: [("earning_id".to_owned(), "é\n".to_owned())].into(),
+            }),
+            WriteRequest::Resolve {
+                pending: TransactionId::generate(),
+                resolution: Resolution::Void,
+            },
+            WriteRequest::Reverse {
+                original: TransactionId::generate(),
+                reason: "refund".to_owned(),
+            },
+        ];
+        for request in requests {
+            let json = serde_json::to_string(&request).unwrap();
+            let expected = format!("sha256:{:x}", sha2::Sha256::digest(json.as_bytes()));
+            assert_eq!(request.digest(), expected);
+            assert_eq!(request.digest().len(), DIGEST_PREFIX.len() + 64);
+        }
+    }
 }
