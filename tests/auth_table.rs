@@ -818,6 +818,7 @@ fn rows() -> Vec<Row> {
                     let transaction = world.ledger.transfer(format!("table-batch-{attempt}"));
                     let request = pb::PostTransactionsRequest {
                         transactions: vec![transaction],
+                        ..Default::default()
                     };
                     world
                         .server

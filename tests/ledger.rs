@@ -417,7 +417,15 @@ async fn a_batch_answers_each_transaction_on_its_own(server: TestServer) {
         ..Default::default()
     };
     let first = transfer("batch-1", 100, 100);
-    let batch = |transactions| authed(&token, pb::PostTransactionsRequest { transactions });
+    let batch = |transactions| {
+        authed(
+            &token,
+            pb::PostTransactionsRequest {
+                transactions,
+                ..Default::default()
+            },
+        )
+    };
     let results = books
         .client
         .post_transactions(batch(vec![
@@ -492,6 +500,65 @@ async fn a_batch_answers_each_transaction_on_its_own(server: TestServer) {
     );
     assert_eq!(books.balance(&from).await, (350, 0, 0, 0));
 
+    // The basic view answers without the legs and metadata the caller has just sent, for a new
+    // transaction and for a replay alike; the ledger still holds both.
+    let mut with_metadata = transfer("batch-4", 40, 40);
+    with_metadata
+        .metadata
+        .insert("earning_id".to_owned(), "e-4".to_owned());
+    let basic = |transactions| {
+        authed(
+            &token,
+            pb::PostTransactionsRequest {
+                transactions,
+                view: pb::TransactionView::Basic.into(),
+            },
+        )
+    };
+    let answered = books
+        .client
+        .post_transactions(basic(vec![with_metadata.clone(), first.clone()]))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(
+        answered
+            .iter()
+            .map(|result| (result.code, result.replayed))
+            .collect::<Vec<_>>(),
+        [(0, false), (0, true)]
+    );
+    for result in &answered {
+        let transaction = result.transaction.as_ref().unwrap();
+        assert!(!transaction.transaction_id.is_empty());
+        assert_eq!(transaction.kind(), pb::TransactionKind::Posted);
+        assert!(transaction.legs.is_empty() && transaction.metadata.is_empty());
+    }
+    assert_eq!(
+        answered[1].transaction.as_ref().unwrap().transaction_id,
+        posted(0).transaction_id
+    );
+    let new_id = &answered[0].transaction.as_ref().unwrap().transaction_id;
+    let stored = books
+        .client
+        .list_transactions(authed(
+            &token,
+            pb::ListTransactionsRequest {
+                external_reference: "batch".to_owned(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .transactions
+        .into_iter()
+        .find(|transaction| &transaction.transaction_id == new_id)
+        .unwrap();
+    assert_eq!(stored.legs.len(), 2);
+    assert_eq!(stored.metadata["earning_id"], "e-4");
+    assert_eq!(books.balance(&from).await, (390, 0, 0, 0));
+
     for size in [0, 1_001] {
         let error = books
             .client
@@ -531,6 +598,7 @@ async fn statement_pages_cover_every_entry_once_in_order(server: TestServer) {
                     transactions: (0..batch)
                         .map(|index| transfer(format!("statement-{}", sent + index)))
                         .collect(),
+                    ..Default::default()
                 },
             ))
             .await

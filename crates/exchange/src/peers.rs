@@ -557,7 +557,11 @@ fn post_batcher(
             async move {
                 let count = transactions.len();
                 let request = match token
-                    .authorize(pb::PostTransactionsRequest { transactions })
+                    .authorize(pb::PostTransactionsRequest {
+                        transactions,
+                        // The sagas keep only the transaction's id.
+                        view: pb::TransactionView::Basic.into(),
+                    })
                     .await
                 {
                     Ok(request) => request,

@@ -187,6 +187,12 @@ fn kind_to_pb(kind: TransactionKind) -> pb::TransactionKind {
 }
 
 fn transaction_to_pb(transaction: &Transaction) -> pb::Transaction {
+    transaction_to_pb_in(transaction, pb::TransactionView::Full)
+}
+
+/// The transaction as `view` shows it: BASIC leaves out the legs and the metadata.
+fn transaction_to_pb_in(transaction: &Transaction, view: pb::TransactionView) -> pb::Transaction {
+    let full = view != pb::TransactionView::Basic;
     let pending_status = match transaction.pending_status {
         None => pb::PendingStatus::Unspecified,
         Some(PendingStatus::Open) => pb::PendingStatus::Open,
@@ -198,20 +204,28 @@ fn transaction_to_pb(transaction: &Transaction) -> pb::Transaction {
         transaction_id: transaction.id.to_string(),
         idempotency_key: transaction.idempotency_key.clone(),
         kind: kind_to_pb(transaction.kind).into(),
-        legs: transaction
-            .legs
-            .iter()
-            .map(|leg| pb::Leg {
-                account_id: leg.account.to_string(),
-                direction: direction_to_pb(leg.direction).into(),
-                amount_minor: leg.amount_minor,
-            })
-            .collect(),
+        legs: if full {
+            transaction
+                .legs
+                .iter()
+                .map(|leg| pb::Leg {
+                    account_id: leg.account.to_string(),
+                    direction: direction_to_pb(leg.direction).into(),
+                    amount_minor: leg.amount_minor,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
         type_code: transaction.type_code.clone(),
         external_reference: transaction.external_reference.clone(),
         effective_time: Some(timestamp(transaction.effective_at)),
         commit_time: Some(timestamp(transaction.committed_at)),
-        metadata: transaction.metadata.clone().into_iter().collect(),
+        metadata: if full {
+            transaction.metadata.clone().into_iter().collect()
+        } else {
+            Default::default()
+        },
         related_transaction_id: transaction
             .related
             .map(|id| id.to_string())
@@ -384,7 +398,9 @@ impl LedgerService for LedgerGrpc {
             "only Tandem's services post to the ledger",
         )
         .await?;
-        let requests = request.into_inner().transactions;
+        let request = request.into_inner();
+        let view = request.view();
+        let requests = request.transactions;
         if !(1..=MAX_TRANSACTIONS_PER_CALL).contains(&requests.len()) {
             return Err(invalid(
                 "transactions",
@@ -408,14 +424,11 @@ impl LedgerService for LedgerGrpc {
         let outcomes = self.ledger.post_many(transactions).await;
         for (position, outcome) in positions.into_iter().zip(outcomes) {
             results[position] = match outcome {
-                Ok(posted) => {
-                    let (transaction, replayed) = posted_response(posted);
-                    pb::PostTransactionResult {
-                        transaction,
-                        replayed,
-                        ..Default::default()
-                    }
-                }
+                Ok(posted) => pb::PostTransactionResult {
+                    transaction: Some(transaction_to_pb_in(&posted.transaction, view)),
+                    replayed: posted.replayed,
+                    ..Default::default()
+                },
                 Err(error) => refused_result(&to_status(error)),
             };
         }
