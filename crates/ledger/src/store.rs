@@ -48,16 +48,9 @@ impl WriteRequest {
     /// straight into the hash rather than built first.
     fn digest(&self) -> String {
         use sha2::Digest;
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut hasher = sha2::Sha256::new();
         serde_json::to_writer(&mut hasher, self).expect("a write request always serializes");
-        let mut digest = String::with_capacity(DIGEST_PREFIX.len() + 64);
-        digest.push_str(DIGEST_PREFIX);
-        for byte in hasher.finalize() {
-            digest.push(char::from(HEX[usize::from(byte >> 4)]));
-            digest.push(char::from(HEX[usize::from(byte & 0x0f)]));
-        }
-        digest
+        format!("{DIGEST_PREFIX}{:x}", hasher.finalize())
     }
 
     /// The request a stored transaction answered, as far as the transaction shows it: what a
