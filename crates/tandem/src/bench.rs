@@ -125,6 +125,7 @@ pub async fn ledger(args: LedgerBenchArgs) -> anyhow::Result<()> {
             } else {
                 Picker::HotPair(accounts[0], accounts[1])
             };
+            checkpoint(&args.postgres).await;
             let per_second = run_transfers(&ledger, picker, writers, duration).await?;
             eprintln!("{case:>8} × {writers:>2} writers: {per_second:>8.0} transfers/s");
             results.push(Measurement {
@@ -278,64 +279,129 @@ fn uuid_like() -> String {
     )
 }
 
-/// The ticks of `/proc/stat` a second (the kernel's USER_HZ, 100 on every Linux architecture
-/// Tandem builds for).
-const TICKS_PER_SECOND: f64 = 100.0;
+/// The machine's CPU time so far, in ticks of the first line of `/proc/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CpuTicks {
+    /// User, nice, system, irq and softirq: the work this machine's processes and kernel did.
+    busy: u64,
+    /// Steal: time the hypervisor gave another guest while this one had work to run.
+    stolen: u64,
+    /// Every tick of every CPU, idle and waiting on I/O included.
+    all: u64,
+}
 
-/// CPU time the whole machine has spent busy (user, nice, system, irq, softirq and steal; not
-/// idle or waiting on I/O), from the first line of `/proc/stat`.
-fn busy_ticks(stat: &str) -> Option<u64> {
+fn cpu_ticks(stat: &str) -> Option<CpuTicks> {
     let line = stat.lines().next()?.strip_prefix("cpu ")?;
     let ticks: Vec<u64> = line
         .split_whitespace()
         .map(str::parse)
         .collect::<Result<_, _>>()
         .ok()?;
-    let [user, nice, system, _idle, _iowait, irq, softirq, steal, ..] = ticks[..] else {
+    let [user, nice, system, idle, iowait, irq, softirq, steal, ..] = ticks[..] else {
         return None;
     };
-    Some(user + nice + system + irq + softirq + steal)
+    let busy = user + nice + system + irq + softirq;
+    Some(CpuTicks {
+        busy,
+        stolen: steal,
+        all: busy + steal + idle + iowait,
+    })
 }
 
-/// Seconds of CPU the whole machine has spent busy so far; `None` off Linux. Every process of a
-/// benchmark (server, gateways, PostgreSQL, the load itself) runs on this machine, so busy time
-/// over a measurement divided by the work done is what each unit of work costs the machine: a
-/// figure that, unlike a throughput ratio, does not depend on whether the yardstick waits on
-/// the disk or on the CPU.
-pub(crate) fn machine_busy_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    Some(busy_ticks(&stat)? as f64 / TICKS_PER_SECOND)
+/// The machine's CPU time so far; `None` off Linux. Every process of a benchmark (server,
+/// gateways, PostgreSQL, the load itself) runs on this machine, so busy time over a measurement
+/// divided by the work done is what each unit of work costs the machine: a figure that, unlike a
+/// throughput ratio, does not depend on whether the yardstick waits on the disk or on the CPU.
+pub(crate) fn machine_cpu() -> Option<CpuTicks> {
+    cpu_ticks(&std::fs::read_to_string("/proc/stat").ok()?)
 }
 
-/// Microseconds of the machine's CPU per unit of work, between two readings.
-pub(crate) fn cpu_micros_per(before: Option<f64>, after: Option<f64>, work: f64) -> Option<f64> {
-    let busy = after? - before?;
-    (work > 0.0).then(|| busy * 1_000_000.0 / work)
+/// What one measurement cost the machine, between two readings.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct CpuUse {
+    /// Microseconds of busy CPU per unit of work. Stolen time is left out: it is time the
+    /// machine wanted and did not get, not work done.
+    pub micros_per_unit: Option<f64>,
+    /// The share of the machine's time the hypervisor gave to other guests. On a shared virtual
+    /// machine a measurement that lost much of its time this way ran slower for reasons outside
+    /// the code, and its ratio to a yardstick measured at another moment says little.
+    pub stolen_share: Option<f64>,
+}
+
+pub(crate) fn cpu_use(before: Option<CpuTicks>, after: Option<CpuTicks>, work: f64) -> CpuUse {
+    let (Some(before), Some(after)) = (before, after) else {
+        return CpuUse::default();
+    };
+    let busy = after.busy.saturating_sub(before.busy) as f64 / TICKS_PER_SECOND;
+    let stolen = after.stolen.saturating_sub(before.stolen) as f64;
+    let all = after.all.saturating_sub(before.all) as f64;
+    CpuUse {
+        micros_per_unit: (work > 0.0).then(|| busy * 1_000_000.0 / work),
+        stolen_share: (all > 0.0).then(|| stolen / all),
+    }
+}
+
+/// The ticks of `/proc/stat` a second (the kernel's USER_HZ, 100 on every Linux architecture
+/// Tandem builds for).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// Asks the server to write every dirty page out now, so the next measurement starts clean
+/// instead of paying for the pages the previous one (Tandem's or pgbench's) left behind.
+/// CHECKPOINT needs a superuser or the `pg_checkpoint` role; without it the bench goes on and
+/// says so once.
+pub(crate) async fn checkpoint(admin_url: &str) {
+    static REFUSED: AtomicBool = AtomicBool::new(false);
+    let outcome = async {
+        let mut admin = AnyConnection::connect(admin_url).await?;
+        admin.execute("CHECKPOINT").await?;
+        admin.close().await
+    }
+    .await;
+    if let Err(error) = outcome
+        && !REFUSED.swap(true, Ordering::Relaxed)
+    {
+        eprintln!("CHECKPOINT before each measurement failed ({error}); measuring without it");
+    }
 }
 
 /// What pgbench achieved at one client count.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Yardstick {
     pub tps: f64,
-    /// The machine's CPU per TPC-B transaction, where it can be read.
-    pub cpu_micros: Option<f64>,
+    /// The machine's CPU per TPC-B transaction and the time stolen from it, where they can be
+    /// read.
+    pub cpu: CpuUse,
 }
 
-/// pgbench's TPC-B transactions per second at each client count, on a scratch database of
-/// scale 10 on the same server: the yardstick every Tandem benchmark is compared against.
-pub(crate) async fn pgbench_tps(
-    admin_url: &str,
-    client_counts: &[usize],
-    duration: Duration,
-) -> anyhow::Result<BTreeMap<usize, Yardstick>> {
-    let mut tps_by_clients = BTreeMap::new();
-    let scratch = ScratchDatabase::create(admin_url, "pgbench").await?;
-    run_pgbench(&["-i", "-s", "10", "-q", &scratch.url])?;
-    for &clients in client_counts {
+/// pgbench's TPC-B on a scratch database of scale 10 on the same server: the yardstick every
+/// Tandem benchmark is compared against. Prepared once, then measured at each client count
+/// right beside the Tandem measurement it is compared with.
+pub(crate) struct Pgbench {
+    admin_url: String,
+    scratch: ScratchDatabase,
+}
+
+impl Pgbench {
+    pub(crate) async fn prepare(admin_url: &str) -> anyhow::Result<Self> {
+        let scratch = ScratchDatabase::create(admin_url, "pgbench").await?;
+        run_pgbench(&["-i", "-s", "10", "-q", &scratch.url])?;
+        Ok(Self {
+            admin_url: admin_url.to_owned(),
+            scratch,
+        })
+    }
+
+    /// TPC-B at `clients` for `duration`, after a checkpoint.
+    pub(crate) async fn measure(
+        &self,
+        clients: usize,
+        duration: Duration,
+    ) -> anyhow::Result<Yardstick> {
+        checkpoint(&self.admin_url).await;
         let threads = clients
             .min(std::thread::available_parallelism().map_or(2, usize::from))
             .to_string();
-        let busy_before = machine_busy_seconds();
+        let before = machine_cpu();
         let output = run_pgbench(&[
             "-n",
             "-c",
@@ -344,21 +410,35 @@ pub(crate) async fn pgbench_tps(
             &threads,
             "-T",
             &duration.as_secs().max(1).to_string(),
-            &scratch.url,
+            &self.scratch.url,
         ])?;
-        let busy_after = machine_busy_seconds();
+        let after = machine_cpu();
         let tps = parse_tps(&output).context("reading pgbench's tps")?;
         let transactions = parse_transactions(&output).unwrap_or(0.0);
         eprintln!(" pgbench × {clients:>2} clients: {tps:>8.0} tps");
-        tps_by_clients.insert(
-            clients,
-            Yardstick {
-                tps,
-                cpu_micros: cpu_micros_per(busy_before, busy_after, transactions),
-            },
-        );
+        Ok(Yardstick {
+            tps,
+            cpu: cpu_use(before, after, transactions),
+        })
     }
-    scratch.drop_now().await?;
+
+    pub(crate) async fn finish(self) -> anyhow::Result<()> {
+        self.scratch.drop_now().await
+    }
+}
+
+/// pgbench's TPC-B transactions per second at each client count, one after another.
+pub(crate) async fn pgbench_tps(
+    admin_url: &str,
+    client_counts: &[usize],
+    duration: Duration,
+) -> anyhow::Result<BTreeMap<usize, Yardstick>> {
+    let pgbench = Pgbench::prepare(admin_url).await?;
+    let mut tps_by_clients = BTreeMap::new();
+    for &clients in client_counts {
+        tps_by_clients.insert(clients, pgbench.measure(clients, duration).await?);
+    }
+    pgbench.finish().await?;
     Ok(tps_by_clients)
 }
 
@@ -445,14 +525,40 @@ mod tests {
     }
 
     #[test]
-    fn busy_time_leaves_out_idle_and_io_wait() {
+    fn busy_time_leaves_out_idle_io_wait_and_stolen_time() {
         let stat = "cpu  100 2 30 5000 70 4 5 6 0 0\ncpu0 50 1 15 2500 35 2 2 3 0 0\n";
-        assert_eq!(busy_ticks(stat), Some(100 + 2 + 30 + 4 + 5 + 6));
-        assert_eq!(busy_ticks("cpu  1 2 3\n"), None);
-        assert_eq!(busy_ticks("intr 5\n"), None);
-        assert_eq!(cpu_micros_per(Some(10.0), Some(12.0), 4_000.0), Some(500.0));
-        assert_eq!(cpu_micros_per(None, Some(12.0), 4_000.0), None);
-        assert_eq!(cpu_micros_per(Some(10.0), Some(12.0), 0.0), None);
+        assert_eq!(
+            cpu_ticks(stat),
+            Some(CpuTicks {
+                busy: 100 + 2 + 30 + 4 + 5,
+                stolen: 6,
+                all: 100 + 2 + 30 + 5000 + 70 + 4 + 5 + 6,
+            })
+        );
+        assert_eq!(cpu_ticks("cpu  1 2 3\n"), None);
+        assert_eq!(cpu_ticks("intr 5\n"), None);
+    }
+
+    #[test]
+    fn a_measurements_cpu_is_its_busy_time_per_unit_and_its_stolen_share() {
+        let before = CpuTicks {
+            busy: 1_000,
+            stolen: 10,
+            all: 5_000,
+        };
+        // 2 s busy and 50 ticks stolen out of 400: 500 µs per unit of 4,000, 12.5% stolen.
+        let after = CpuTicks {
+            busy: 1_200,
+            stolen: 60,
+            all: 5_400,
+        };
+        let used = cpu_use(Some(before), Some(after), 4_000.0);
+        assert_eq!(used.micros_per_unit, Some(500.0));
+        assert_eq!(used.stolen_share, Some(0.125));
+        assert_eq!(cpu_use(None, Some(after), 4_000.0), CpuUse::default());
+        let idle = cpu_use(Some(before), Some(after), 0.0);
+        assert_eq!(idle.micros_per_unit, None);
+        assert_eq!(idle.stolen_share, Some(0.125));
     }
 
     #[test]

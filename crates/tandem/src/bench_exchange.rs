@@ -8,7 +8,6 @@
 //!   earning is credited and posted.
 
 use std::{
-    collections::BTreeMap,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -19,7 +18,7 @@ use tandem_client::TandemClient;
 use tandem_proto::v1 as pb;
 
 use crate::{
-    bench::{ScratchDatabase, Yardstick, cpu_micros_per, machine_busy_seconds, pgbench_tps},
+    bench::{CpuUse, Pgbench, ScratchDatabase, Yardstick, checkpoint, cpu_use, machine_cpu},
     coalition::{Coalition, Stack},
     settings::{CommonArgs, Settings},
 };
@@ -45,6 +44,11 @@ pub struct ExchangeBenchArgs {
     /// gateway is called when the hold ends (after the benchmark).
     #[arg(long, default_value_t = 0)]
     pub hold_days: u32,
+    /// Rounds to run, each measuring every client count once beside its own pgbench run. On a
+    /// shared machine a neighbour can slow a round down; with more than one, the summary gives
+    /// the median ratio per client count.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub rounds: u32,
     /// Skip pgbench (when it is not installed).
     #[arg(long)]
     pub without_pgbench: bool,
@@ -57,8 +61,23 @@ struct Run {
     p50: Duration,
     p99: Duration,
     failed: usize,
-    /// The machine's CPU per conversion or activity, where it can be read.
-    cpu_micros: Option<f64>,
+    /// The machine's CPU per conversion or activity and the time stolen from it, where they
+    /// can be read.
+    cpu: CpuUse,
+}
+
+/// One round at one client count: Tandem's run and pgbench's at the same count in the same round.
+struct Round {
+    round: u32,
+    run: Run,
+    yardstick: Option<Yardstick>,
+}
+
+impl Round {
+    fn ratio(&self) -> Option<f64> {
+        self.yardstick
+            .map(|yardstick| self.run.per_second / yardstick.tps)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +106,49 @@ pub async fn run(workload: Workload, args: ExchangeBenchArgs) -> anyhow::Result<
     }
     let duration = humantime::parse_duration(&args.duration).context("--duration")?;
     sqlx::any::install_default_drivers();
+    let pgbench = if args.without_pgbench {
+        None
+    } else {
+        Some(Pgbench::prepare(&args.postgres).await?)
+    };
+    // Each measurement starts Tandem on a fresh database, measures one client count, stops
+    // Tandem, and is followed at once by pgbench at the same count: the two sides of a ratio
+    // run within the same half minute, on a machine in the same state. Tandem is stopped first
+    // because pgbench's 64 connections and Tandem's pools together pass the server's
+    // connection limit.
+    let mut rounds = Vec::new();
+    for round in 1..=args.rounds {
+        for &clients in &args.clients {
+            let run = tandem_measurement(workload, &args, clients, duration).await?;
+            let yardstick = match &pgbench {
+                Some(pgbench) => Some(pgbench.measure(clients, duration).await?),
+                None => None,
+            };
+            rounds.push(Round {
+                round,
+                run,
+                yardstick,
+            });
+        }
+    }
+    if let Some(pgbench) = pgbench {
+        pgbench.finish().await?;
+    }
+    print_table(workload, &rounds);
+    if args.rounds > 1 && !args.without_pgbench {
+        print_summary(&args.clients, &rounds);
+    }
+    Ok(())
+}
+
+/// Starts Tandem on a scratch database, forms the coalition, measures `clients` and stops it
+/// all again.
+async fn tandem_measurement(
+    workload: Workload,
+    args: &ExchangeBenchArgs,
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<Run> {
     let scratch = ScratchDatabase::create(
         &args.postgres,
         match workload {
@@ -104,17 +166,16 @@ pub async fn run(workload: Workload, args: ExchangeBenchArgs) -> anyhow::Result<
     };
     let settings = Settings::load(&common)?;
     let storage = vec!["--database-url".to_owned(), scratch.url.clone()];
-    let runs = {
+    let run = {
         let stack = Stack::start(&storage, &[]).await?;
         // No caps: a capped agreement serializes its conversions on one lock, which is a
         // business rule, not the exchange's speed.
         let coalition = Arc::new(Coalition::form(&stack, &settings, false, args.hold_days).await?);
         // One member per converting client; rides are spread over at least 64 riders, as a
         // day of rides is, so no one hotel wallet takes every credit.
-        let most_clients = *args.clients.iter().max().expect("checked above");
         let members = match workload {
-            Workload::Convert => most_clients,
-            Workload::Earn => most_clients.max(64),
+            Workload::Convert => clients,
+            Workload::Earn => clients.max(64),
         };
         eprintln!("linking {members} members");
         let mut links = Vec::with_capacity(members);
@@ -128,8 +189,8 @@ pub async fn run(workload: Workload, args: ExchangeBenchArgs) -> anyhow::Result<
         let links = Arc::new(links);
         // Each client is an instance of the partner's app, with its own connection and token,
         // as each pgbench client has its own connection; tokens are fetched before timing.
-        let mut apps = Vec::with_capacity(most_clients);
-        for _ in 0..most_clients {
+        let mut apps = Vec::with_capacity(clients);
+        for _ in 0..clients {
             let app = coalition.app(workload == Workload::Convert).await?;
             app.access_token().await?;
             apps.push(app);
@@ -144,25 +205,18 @@ pub async fn run(workload: Workload, args: ExchangeBenchArgs) -> anyhow::Result<
             args.batch,
         )
         .await?;
-        let mut runs = Vec::new();
-        for &clients in &args.clients {
-            let run = measure(workload, &apps, &links, clients, duration, args.batch).await?;
-            eprintln!(
-                "{workload:?} × {clients:>2} clients: {:>8.0}/s, p50 {:?}, p99 {:?}, {} failed",
-                run.per_second, run.p50, run.p99, run.failed
-            );
-            runs.push(run);
-        }
-        runs
+        // The measurement starts from a checkpoint, so it does not pay for the dirty pages of
+        // whatever ran before it.
+        checkpoint(&args.postgres).await;
+        let run = measure(workload, &apps, &links, clients, duration, args.batch).await?;
+        eprintln!(
+            "{workload:?} × {clients:>2} clients: {:>8.0}/s, p50 {:?}, p99 {:?}, {} failed",
+            run.per_second, run.p50, run.p99, run.failed
+        );
+        run
     };
     scratch.drop_now().await?;
-    let pgbench = if args.without_pgbench {
-        BTreeMap::new()
-    } else {
-        pgbench_tps(&args.postgres, &args.clients, duration).await?
-    };
-    print_table(workload, &runs, &pgbench);
-    Ok(())
+    Ok(run)
 }
 
 async fn measure(
@@ -173,7 +227,7 @@ async fn measure(
     duration: Duration,
     batch: usize,
 ) -> anyhow::Result<Run> {
-    let busy_before = machine_busy_seconds();
+    let cpu_before = machine_cpu();
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = Vec::with_capacity(clients);
@@ -263,7 +317,7 @@ async fn measure(
         latencies.extend(task_latencies);
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu_micros = cpu_micros_per(busy_before, machine_busy_seconds(), done as f64);
+    let cpu = cpu_use(cpu_before, machine_cpu(), done as f64);
     latencies.sort();
     Ok(Run {
         clients,
@@ -271,11 +325,11 @@ async fn measure(
         p50: percentile(&latencies, 0.50),
         p99: percentile(&latencies, 0.99),
         failed,
-        cpu_micros,
+        cpu,
     })
 }
 
-fn print_table(workload: Workload, runs: &[Run], pgbench: &BTreeMap<usize, Yardstick>) {
+fn print_table(workload: Workload, rounds: &[Round]) {
     let (rate, latency, unit) = match workload {
         Workload::Convert => ("conversions/s", "per conversion", "conversion"),
         Workload::Earn => ("activities/s", "per stream", "activity"),
@@ -283,6 +337,7 @@ fn print_table(workload: Workload, runs: &[Run], pgbench: &BTreeMap<usize, Yards
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED).set_header([
         "clients".to_owned(),
+        "round".to_owned(),
         rate.to_owned(),
         format!("p50 {latency}"),
         format!("p99 {latency}"),
@@ -290,27 +345,78 @@ fn print_table(workload: Workload, runs: &[Run], pgbench: &BTreeMap<usize, Yards
         "pgbench TPC-B tps".to_owned(),
         "÷ pgbench".to_owned(),
         format!("machine CPU µs per {unit} / per TPC-B"),
+        "CPU stolen".to_owned(),
     ]);
-    for run in runs {
-        let measured = pgbench.get(&run.clients);
-        let yardstick = measured.map(|yardstick| yardstick.tps);
-        let pgbench_cpu = measured.and_then(|yardstick| yardstick.cpu_micros);
-        let micros =
-            |cpu: Option<f64>| cpu.map_or("–".to_owned(), |micros| format!("{micros:.0}"));
+    let micros = |cpu: Option<CpuUse>| {
+        cpu.and_then(|cpu| cpu.micros_per_unit)
+            .map_or("–".to_owned(), |micros| format!("{micros:.0}"))
+    };
+    let stolen = |cpu: Option<CpuUse>| {
+        cpu.and_then(|cpu| cpu.stolen_share)
+            .map_or("–".to_owned(), |share| format!("{:.0}%", share * 100.0))
+    };
+    for round in rounds {
+        let run = &round.run;
+        let pgbench_cpu = round.yardstick.map(|yardstick| yardstick.cpu);
         table.add_row([
             run.clients.to_string(),
+            round.round.to_string(),
             format!("{:.0}", run.per_second),
             format!("{:.1} ms", run.p50.as_secs_f64() * 1000.0),
             format!("{:.1} ms", run.p99.as_secs_f64() * 1000.0),
             run.failed.to_string(),
-            yardstick.map_or("–".to_owned(), |tps| format!("{tps:.0}")),
-            yardstick.map_or("–".to_owned(), |tps| {
-                format!("{:.2}", run.per_second / tps)
+            round.yardstick.map_or("–".to_owned(), |yardstick| {
+                format!("{:.0}", yardstick.tps)
             }),
-            format!("{} / {}", micros(run.cpu_micros), micros(pgbench_cpu)),
+            round
+                .ratio()
+                .map_or("–".to_owned(), |ratio| format!("{ratio:.2}")),
+            format!("{} / {}", micros(Some(run.cpu)), micros(pgbench_cpu)),
+            format!("{} / {}", stolen(Some(run.cpu)), stolen(pgbench_cpu)),
         ]);
     }
     println!("{table}");
+}
+
+/// The ratio to pgbench at each client count over every round: its median, and its range.
+fn print_summary(client_counts: &[usize], rounds: &[Round]) {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header([
+        "clients",
+        "rounds",
+        "median ÷ pgbench",
+        "lowest",
+        "highest",
+    ]);
+    for &clients in client_counts {
+        let mut ratios: Vec<f64> = rounds
+            .iter()
+            .filter(|round| round.run.clients == clients)
+            .filter_map(Round::ratio)
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let Some(middle) = median(&ratios) else {
+            continue;
+        };
+        table.add_row([
+            clients.to_string(),
+            ratios.len().to_string(),
+            format!("{middle:.2}"),
+            format!("{:.2}", ratios[0]),
+            format!("{:.2}", ratios[ratios.len() - 1]),
+        ]);
+    }
+    println!("{table}");
+}
+
+/// The median of sorted values: the middle one, or the mean of the middle two.
+fn median(sorted: &[f64]) -> Option<f64> {
+    let count = sorted.len();
+    match count {
+        0 => None,
+        _ if count % 2 == 1 => Some(sorted[count / 2]),
+        _ => Some((sorted[count / 2 - 1] + sorted[count / 2]) / 2.0),
+    }
 }
 
 #[cfg(test)]
@@ -323,5 +429,13 @@ mod tests {
         assert_eq!(percentile(&sorted, 0.50), Duration::from_millis(51));
         assert_eq!(percentile(&sorted, 0.99), Duration::from_millis(99));
         assert_eq!(percentile(&[], 0.99), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_median_is_the_middle_ratio_or_the_mean_of_the_middle_two() {
+        assert_eq!(median(&[4.5, 5.25, 6.0]), Some(5.25));
+        assert_eq!(median(&[4.5, 5.0, 6.0, 7.0]), Some(5.5));
+        assert_eq!(median(&[3.0]), Some(3.0));
+        assert_eq!(median(&[]), None);
     }
 }
