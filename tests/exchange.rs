@@ -647,6 +647,15 @@ async fn end_hold(server: &TestServer, activity_id: &str) {
         .execute(database.pool())
         .await
         .expect("end the hold");
+    sqlx::query(
+        "UPDATE earnings_due SET next_attempt_micros = $1 \
+         WHERE earning_id IN (SELECT earning_id FROM earnings WHERE activity_id = $2)",
+    )
+    .bind(now)
+    .bind(activity_id)
+    .execute(database.pool())
+    .await
+    .expect("make the held earnings due");
     database.close().await;
 }
 
@@ -854,6 +863,136 @@ async fn conversions_interrupted_by_a_crash_finish_once(database: TestDatabase) 
     assert!(trial.balanced, "{trial:?}");
 }
 
+/// Earnings queued for their saga (`earnings_due`), read straight from the exchange's database.
+async fn earnings_due(database: &TestDatabase) -> i64 {
+    let exchange =
+        tandem_storage::Database::open(database.location(), "exchange", &tandem_exchange::MIGRATOR)
+            .await
+            .expect("open the exchange database");
+    let due: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM earnings_due")
+        .fetch_one(exchange.pool())
+        .await
+        .expect("count the earnings due");
+    exchange.close().await;
+    due
+}
+
+/// The server is killed while four rides' earnings wait on the hotel's gateway; a new server on
+/// the same databases finishes every one of them: each credited once, posted once, and out of
+/// the queue of unfinished earnings.
+async fn earnings_interrupted_by_a_crash_finish_once(database: TestDatabase) {
+    const IN_FLIGHT: usize = 4;
+    let flags = ["--saga-lease", "1s"];
+    let server = TestServer::start_on(database, &flags).await;
+    let coalition = Coalition::new(server, 0).await;
+    // Every credit waits 4 s (inside the exchange's 5 s gateway timeout) until cleared.
+    coalition
+        .hotel_sim
+        .set_fault("CreditPoints", Fault::Delay, 0, 4_000)
+        .await;
+    let mut recording = Vec::new();
+    for index in 0..IN_FLIGHT {
+        let mut exchange = coalition.server.exchange();
+        let request = authed(
+            &coalition.ride_token,
+            pb::RecordActivityRequest {
+                partner_id: coalition.ride.clone(),
+                external_id: format!("crash-ride-{index}"),
+                member_id: RIDER.to_owned(),
+                spend_amount_minor: 1_000,
+                spend_currency: "USD".to_owned(),
+                category: "RIDE".to_owned(),
+                member_tier: String::new(),
+                activity_time: Some(coalition.ride_time),
+            },
+        );
+        recording.push(tokio::spawn(async move {
+            exchange.record_activity(request).await
+        }));
+    }
+    eventually(SAGA_DEADLINE, "every earning recorded", || async {
+        (earnings_due(&coalition.server.database).await == IN_FLIGHT as i64).then_some(())
+    })
+    .await;
+    let Coalition {
+        server,
+        hotel_sim,
+        ride_token,
+        ride,
+        ride_time,
+        ops_token,
+        ..
+    } = coalition;
+    let TestServer {
+        mut child,
+        database,
+        ..
+    } = server;
+    child.start_kill().expect("SIGKILL the server");
+    child.wait().await.expect("the server exits");
+    for call in recording {
+        assert!(
+            call.await.unwrap().is_err(),
+            "the caller saw the connection drop"
+        );
+    }
+    hotel_sim
+        .set_fault("CreditPoints", Fault::Unspecified, 0, 0)
+        .await;
+
+    let server = TestServer::start_on(database, &flags).await;
+    let mut earned = 0;
+    for index in 0..IN_FLIGHT {
+        // Reporting the ride again is a replay: it answers the recorded activity.
+        let activity = eventually(SAGA_DEADLINE, "the ride's earning to post", || async {
+            let activity = server
+                .exchange()
+                .record_activity(authed(
+                    &ride_token,
+                    pb::RecordActivityRequest {
+                        partner_id: ride.clone(),
+                        external_id: format!("crash-ride-{index}"),
+                        member_id: RIDER.to_owned(),
+                        spend_amount_minor: 1_000,
+                        spend_currency: "USD".to_owned(),
+                        category: "RIDE".to_owned(),
+                        member_tier: String::new(),
+                        activity_time: Some(ride_time),
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .activity
+                .unwrap();
+            (activity.earnings[0].status == pb::EarningStatus::Posted as i32).then_some(activity)
+        })
+        .await;
+        let earning = &activity.earnings[0];
+        assert!(earning.points > 0, "{earning:?}");
+        earned += earning.points;
+        let posted = server
+            .ledger()
+            .list_transactions(authed(
+                &ops_token,
+                pb::ListTransactionsRequest {
+                    external_reference: activity.activity_id.clone(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .transactions;
+        assert_eq!(posted.len(), 1, "each posted once");
+    }
+    assert_eq!(
+        hotel_sim.balance(HOTEL_MEMBER).await,
+        50_000 + earned,
+        "each credited once"
+    );
+    assert_eq!(earnings_due(&server.database).await, 0, "none left to do");
+}
+
 /// A partner's gateway built before BatchMovePoints existed answers it UNIMPLEMENTED: the exchange
 /// moves points there one call at a time instead, and conversions and earnings complete as usual.
 async fn a_gateway_without_batches_gets_one_call_per_movement(server: TestServer) {
@@ -932,4 +1071,16 @@ async fn crash_recovery(backend: Backend) {
         },
     };
     conversions_interrupted_by_a_crash_finish_once(database).await;
+}
+
+#[tokio::test]
+async fn earnings_crash_recovery_on_sqlite() {
+    earnings_interrupted_by_a_crash_finish_once(TestDatabase::sqlite()).await;
+}
+
+#[tokio::test]
+async fn earnings_crash_recovery_on_postgres() {
+    if let Some(database) = TestDatabase::postgres().await {
+        earnings_interrupted_by_a_crash_finish_once(database).await;
+    }
 }

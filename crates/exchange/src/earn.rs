@@ -1037,6 +1037,7 @@ impl Exchange {
                 )
             })?;
         if row.status == "RECORDED" {
+            let now = now_micros();
             let mut transaction = self.database.begin_write().await.map_err(database_error)?;
             sqlx::query(
                 "UPDATE activities SET status = 'REVERSED', reverse_reason = $1 \
@@ -1054,7 +1055,20 @@ impl Exchange {
                  status = CASE WHEN step = 'DONE' AND status = 'POSTED' THEN 'CLAWING_BACK' ELSE status END, \
                  next_attempt_micros = $1 WHERE activity_id = $2",
             )
-            .bind(now_micros())
+            .bind(now)
+            .bind(&row.activity_id)
+            .execute(&mut *transaction)
+            .await
+            .map_err(database_error)?;
+            // A posted earning just sent back to its saga is due again, and one still in its
+            // saga is due now.
+            sqlx::query(
+                "INSERT INTO earnings_due (earning_id, next_attempt_micros) \
+                 SELECT earning_id, $1 FROM earnings WHERE activity_id = $2 AND step <> 'DONE' \
+                 ON CONFLICT (earning_id) DO UPDATE \
+                 SET next_attempt_micros = excluded.next_attempt_micros",
+            )
+            .bind(now)
             .bind(&row.activity_id)
             .execute(&mut *transaction)
             .await
@@ -1275,7 +1289,11 @@ const EARNING_ROWS: JsonRows = JsonRows::new(&[
     ("last_error", ColumnType::Text),
 ]);
 
-/// Inserts earnings with their saga state, leased to `owner` until `lease_until`.
+/// The earnings queued for their saga: just their ids, each due at once.
+const DUE_ROWS: JsonRows = JsonRows::new(&[("earning_id", ColumnType::Text)]);
+
+/// Inserts earnings with their saga state, leased to `owner` until `lease_until`, and queues
+/// those whose saga has steps to take (`earnings_due`). On PostgreSQL both go as one statement.
 async fn insert_earnings(
     connection: &mut sqlx::AnyConnection,
     backend: Backend,
@@ -1287,19 +1305,53 @@ async fn insert_earnings(
     if earnings.is_empty() {
         return Ok(());
     }
-    let query = format!(
+    let insert = format!(
         "INSERT INTO earnings ({}, next_attempt_micros, lease_owner, lease_until_micros, \
          updated_at_micros) SELECT {}, $2, $3, $4, $2 FROM {}",
         EARNING_ROWS.names(),
         EARNING_ROWS.columns("new_earning"),
         EARNING_ROWS.source(backend, 1, "new_earning")
     );
-    sqlx::query(sqlx::AssertSqlSafe(query))
-        .bind(EARNING_ROWS.to_json(earnings))
-        .bind(now)
-        .bind(owner)
-        .bind(lease_until)
-        .execute(connection)
-        .await?;
+    let due: Vec<&EarningRow> = earnings
+        .iter()
+        .copied()
+        .filter(|earning| earning.step != "DONE")
+        .collect();
+    let queue = |parameter: usize| {
+        format!(
+            "INSERT INTO earnings_due (earning_id, next_attempt_micros) \
+             SELECT due.earning_id, $2 FROM {}",
+            DUE_ROWS.source(backend, parameter, "due")
+        )
+    };
+    match backend {
+        Backend::Postgres => {
+            let query = format!("WITH new_earnings AS ({insert}) {}", queue(5));
+            sqlx::query(sqlx::AssertSqlSafe(query))
+                .bind(EARNING_ROWS.to_json(earnings))
+                .bind(now)
+                .bind(owner)
+                .bind(lease_until)
+                .bind(DUE_ROWS.to_json(&due))
+                .execute(connection)
+                .await?;
+        }
+        Backend::Sqlite => {
+            sqlx::query(sqlx::AssertSqlSafe(insert))
+                .bind(EARNING_ROWS.to_json(earnings))
+                .bind(now)
+                .bind(owner)
+                .bind(lease_until)
+                .execute(&mut *connection)
+                .await?;
+            if !due.is_empty() {
+                sqlx::query(sqlx::AssertSqlSafe(queue(1)))
+                    .bind(DUE_ROWS.to_json(&due))
+                    .bind(now)
+                    .execute(&mut *connection)
+                    .await?;
+            }
+        }
+    }
     Ok(())
 }

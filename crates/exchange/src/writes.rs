@@ -188,13 +188,14 @@ async fn write_batch(database: &Database, writes: &[Write]) -> Result<Vec<bool>,
             let [quotes, conversions, conversion_progress, earning_progress] = statements;
             let query = format!(
                 "WITH new_quotes AS ({}), new_conversions AS ({}), conversion_progress AS ({}), \
-                 earning_progress AS ({}) \
+                 earning_progress AS ({}), {} \
                  SELECT id FROM new_conversions UNION ALL SELECT id FROM conversion_progress \
                  UNION ALL SELECT id FROM earning_progress",
                 (quotes.0)(backend, 1),
                 (conversions.0)(backend, 2),
                 (conversion_progress.0)(backend, 3),
-                (earning_progress.0)(backend, 4)
+                (earning_progress.0)(backend, 4),
+                EARNINGS_DUE_AFTER_PROGRESS,
             );
             let ids: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(query))
                 .bind(quotes.1)
@@ -225,6 +226,16 @@ async fn write_batch(database: &Database, writes: &[Write]) -> Result<Vec<bool>,
                         .await?
                 };
                 written.extend(ids);
+            }
+            if !earning_progress.is_empty() {
+                // Each statement alone sees the progress just written, so the queue follows the
+                // earnings' own steps.
+                for statement in [ended_earnings_leave_the_queue, due_earnings_stay_queued] {
+                    sqlx::query(sqlx::AssertSqlSafe(statement(backend, 1)))
+                        .bind(EARNING_PROGRESS_ROWS.to_json(&earning_progress))
+                        .execute(&mut *transaction)
+                        .await?;
+                }
             }
             transaction.commit().await?;
         }
@@ -381,7 +392,40 @@ fn update_earnings(backend: Backend, parameter: usize) -> String {
          updated_at_micros = progress.updated_at_micros \
          FROM {} WHERE earnings.earning_id = progress.earning_id \
          AND earnings.lease_owner = progress.lease_owner \
-         RETURNING earnings.earning_id AS id",
+         RETURNING earnings.earning_id AS id, earnings.step, earnings.next_attempt_micros",
+        EARNING_PROGRESS_ROWS.source(backend, parameter, "progress")
+    )
+}
+
+/// On PostgreSQL, the statements that keep `earnings_due` in step with the earnings' progress,
+/// as the clauses of the batch's WITH: they read what `earning_progress` wrote (its RETURNING),
+/// since every clause of one statement sees the tables as they were before it. An earning whose
+/// saga ended leaves the queue; one with steps left is due when its progress says.
+const EARNINGS_DUE_AFTER_PROGRESS: &str = "\
+    ended_earnings AS (DELETE FROM earnings_due WHERE earning_id IN \
+    (SELECT id FROM earning_progress WHERE step = 'DONE')), \
+    due_earnings AS (INSERT INTO earnings_due (earning_id, next_attempt_micros) \
+    SELECT id, next_attempt_micros FROM earning_progress WHERE step <> 'DONE' \
+    ON CONFLICT (earning_id) DO UPDATE SET next_attempt_micros = excluded.next_attempt_micros)";
+
+/// On SQLite, run after the earnings' progress: the earnings of these rows whose saga ended leave
+/// the queue.
+fn ended_earnings_leave_the_queue(backend: Backend, parameter: usize) -> String {
+    format!(
+        "DELETE FROM earnings_due WHERE earning_id IN (SELECT earning_id FROM earnings \
+         WHERE step = 'DONE' AND earning_id IN (SELECT progress.earning_id FROM {}))",
+        EARNING_PROGRESS_ROWS.source(backend, parameter, "progress")
+    )
+}
+
+/// On SQLite, run after the earnings' progress: the earnings of these rows with steps left are
+/// due when their progress says.
+fn due_earnings_stay_queued(backend: Backend, parameter: usize) -> String {
+    format!(
+        "INSERT INTO earnings_due (earning_id, next_attempt_micros) \
+         SELECT earning_id, next_attempt_micros FROM earnings WHERE step <> 'DONE' \
+         AND earning_id IN (SELECT progress.earning_id FROM {}) \
+         ON CONFLICT (earning_id) DO UPDATE SET next_attempt_micros = excluded.next_attempt_micros",
         EARNING_PROGRESS_ROWS.source(backend, parameter, "progress")
     )
 }

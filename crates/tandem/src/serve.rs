@@ -50,6 +50,9 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         Database::open(location, "settlement", &tandem_ledger::MIGRATOR).await?;
     let exchange_database =
         Database::open(location, "exchange", &tandem_exchange::MIGRATOR).await?;
+    tandem_exchange::prepare_database(&exchange_database)
+        .await
+        .context("preparing the exchange's database")?;
     let token_settings = TokenSettings {
         audience: settings.common.token_audience.clone(),
     };
