@@ -1222,7 +1222,8 @@ const ACTIVITY_ROWS: JsonRows = JsonRows::new(&[
 ]);
 
 /// Inserts activities, skipping any whose external id is already taken (`ON CONFLICT DO
-/// NOTHING`, so one taken id never aborts the group); the ids of those inserted.
+/// NOTHING`, so one taken id never aborts the group); the ids of those inserted. The conflict is
+/// named, so PostgreSQL checks only that unique index before each insert: the activity id is new.
 async fn insert_activities(
     connection: &mut sqlx::AnyConnection,
     backend: Backend,
@@ -1246,7 +1247,7 @@ async fn insert_activities(
         .collect();
     let query = format!(
         "INSERT INTO activities ({}, status, reverse_reason) SELECT {}, 'RECORDED', '' FROM {} \
-         WHERE true ON CONFLICT DO NOTHING RETURNING activity_id",
+         WHERE true ON CONFLICT (partner_id, external_id) DO NOTHING RETURNING activity_id",
         ACTIVITY_ROWS.names(),
         ACTIVITY_ROWS.columns("new_activity"),
         ACTIVITY_ROWS.source(backend, 1, "new_activity")

@@ -854,7 +854,14 @@ async fn insert(
     now: Timestamp,
 ) -> Result<Posted, Step> {
     let row = NewRow::new(header.clone(), legs);
-    let inserted = insert_rows(connection, accounts, std::slice::from_ref(&row), now).await?;
+    let inserted = insert_rows(
+        connection,
+        accounts,
+        std::slice::from_ref(&row),
+        now,
+        Taken::AnyKey,
+    )
+    .await?;
     if !inserted[0] {
         return Err(taken(connection, header, now).await);
     }
@@ -919,13 +926,28 @@ const ENTRY_ROWS: JsonRows = JsonRows::new(&[
     ("committed_at_micros", ColumnType::BigInt),
 ]);
 
+/// Which taken keys a transaction insert skips.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Taken {
+    /// Any: the idempotency key, a pending's resolution or a reversal.
+    AnyKey,
+    /// The idempotency key alone, for rows that resolve and reverse nothing (their partial
+    /// unique indexes hold no entry for them). PostgreSQL then checks one unique index for a
+    /// conflict before each insert instead of every one of them.
+    IdempotencyKey,
+}
+
 /// New transaction rows, skipping any whose key (or pending resolution, or reversal) is already
 /// taken: `ON CONFLICT DO NOTHING`, so one taken key never aborts the batch. Returns the ids that
 /// landed. (`WHERE true` settles SQLite's parsing of an upsert whose rows come from a SELECT.)
-fn insert_transactions_sql(backend: Backend, parameter: usize) -> String {
+fn insert_transactions_sql(backend: Backend, parameter: usize, taken: Taken) -> String {
+    let conflict = match taken {
+        Taken::AnyKey => "",
+        Taken::IdempotencyKey => "(idempotency_key)",
+    };
     format!(
         "INSERT INTO ledger_transactions ({}) SELECT {} FROM {} \
-         WHERE true ON CONFLICT DO NOTHING RETURNING transaction_id",
+         WHERE true ON CONFLICT {conflict} DO NOTHING RETURNING transaction_id",
         TRANSACTION_ROWS.names(),
         TRANSACTION_ROWS.columns("new_transaction"),
         TRANSACTION_ROWS.source(backend, parameter, "new_transaction")
@@ -1015,17 +1037,19 @@ async fn insert_rows(
     accounts: &HashMap<AccountId, Account>,
     rows: &[NewRow<'_>],
     now: Timestamp,
+    taken: Taken,
 ) -> Result<Vec<bool>, sqlx::Error> {
     let backend = Backend::of(connection);
     let committed_at_micros = to_unix_micros(now);
     let transactions = transactions_json(rows, committed_at_micros);
-    let landed: std::collections::HashSet<String> =
-        sqlx::query_scalar(sqlx::AssertSqlSafe(insert_transactions_sql(backend, 1)))
-            .bind(TRANSACTION_ROWS.to_json(&transactions))
-            .fetch_all(&mut *connection)
-            .await?
-            .into_iter()
-            .collect();
+    let landed: std::collections::HashSet<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(
+        insert_transactions_sql(backend, 1, taken),
+    ))
+    .bind(TRANSACTION_ROWS.to_json(&transactions))
+    .fetch_all(&mut *connection)
+    .await?
+    .into_iter()
+    .collect();
     let inserted = which_landed(rows, &landed);
     let with_entries: Vec<&NewRow<'_>> = rows
         .iter()
@@ -1057,7 +1081,7 @@ async fn insert_rows_alone(
     let query = format!(
         "WITH landed AS ({}), new_entries AS ({} WHERE new_entry.transaction_id IN \
          (SELECT transaction_id FROM landed)) SELECT transaction_id FROM landed",
-        insert_transactions_sql(Backend::Postgres, 1),
+        insert_transactions_sql(Backend::Postgres, 1, Taken::IdempotencyKey),
         insert_entries_sql(Backend::Postgres, 2)
     );
     let landed: std::collections::HashSet<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(query))
@@ -1119,7 +1143,7 @@ pub(crate) async fn post_plain(
     let inserted = if alone {
         insert_rows_alone(connection, accounts, &rows, now).await?
     } else {
-        insert_rows(connection, accounts, &rows, now).await?
+        insert_rows(connection, accounts, &rows, now, Taken::IdempotencyKey).await?
     };
     let committed_at_micros = to_unix_micros(now);
     for ((row, inserted), position) in rows.iter().zip(inserted).zip(positions) {
