@@ -757,6 +757,28 @@ async fn a_quote_priced_by_one_process_executes_on_another(server: TestServer) {
     coalition.trial_balance_is_zero().await;
 }
 
+/// SIGKILLs the server while `calls` wait on it, checks that each caller saw its connection
+/// drop, and hands back the server's databases for a new server.
+async fn kill_while_waiting<T: std::fmt::Debug>(
+    server: TestServer,
+    calls: Vec<tokio::task::JoinHandle<Result<T, tonic::Status>>>,
+) -> TestDatabase {
+    let TestServer {
+        mut child,
+        database,
+        ..
+    } = server;
+    child.start_kill().expect("SIGKILL the server");
+    child.wait().await.expect("the server exits");
+    for call in calls {
+        assert!(
+            call.await.unwrap().is_err(),
+            "the caller saw the connection drop"
+        );
+    }
+    database
+}
+
 /// The server is killed while four conversions wait on the target gateway, each already debited
 /// at the source; a new server on the same databases finishes every one of them, once.
 async fn conversions_interrupted_by_a_crash_finish_once(database: TestDatabase) {
@@ -796,19 +818,7 @@ async fn conversions_interrupted_by_a_crash_finish_once(database: TestDatabase) 
         ops_token,
         ..
     } = coalition;
-    let TestServer {
-        mut child,
-        database,
-        ..
-    } = server;
-    child.start_kill().expect("SIGKILL the server");
-    child.wait().await.expect("the server exits");
-    for call in executing {
-        assert!(
-            call.await.unwrap().is_err(),
-            "the caller saw the connection drop"
-        );
-    }
+    let database = kill_while_waiting(server, executing).await;
     ride_sim
         .set_fault("CreditPoints", Fault::Unspecified, 0, 0)
         .await;
@@ -877,6 +887,20 @@ async fn earnings_due(database: &TestDatabase) -> i64 {
     due
 }
 
+/// The `index`th ride of the earnings crash test, as the rideshare partner reports it.
+fn crash_ride(ride: &str, index: usize, ride_time: Timestamp) -> pb::RecordActivityRequest {
+    pb::RecordActivityRequest {
+        partner_id: ride.to_owned(),
+        external_id: format!("crash-ride-{index}"),
+        member_id: RIDER.to_owned(),
+        spend_amount_minor: 1_000,
+        spend_currency: "USD".to_owned(),
+        category: "RIDE".to_owned(),
+        member_tier: String::new(),
+        activity_time: Some(ride_time),
+    }
+}
+
 /// The server is killed while four rides' earnings wait on the hotel's gateway; a new server on
 /// the same databases finishes every one of them: each credited once, posted once, and out of
 /// the queue of unfinished earnings.
@@ -895,16 +919,7 @@ async fn earnings_interrupted_by_a_crash_finish_once(database: TestDatabase) {
         let mut exchange = coalition.server.exchange();
         let request = authed(
             &coalition.ride_token,
-            pb::RecordActivityRequest {
-                partner_id: coalition.ride.clone(),
-                external_id: format!("crash-ride-{index}"),
-                member_id: RIDER.to_owned(),
-                spend_amount_minor: 1_000,
-                spend_currency: "USD".to_owned(),
-                category: "RIDE".to_owned(),
-                member_tier: String::new(),
-                activity_time: Some(coalition.ride_time),
-            },
+            crash_ride(&coalition.ride, index, coalition.ride_time),
         );
         recording.push(tokio::spawn(async move {
             exchange.record_activity(request).await
@@ -923,19 +938,7 @@ async fn earnings_interrupted_by_a_crash_finish_once(database: TestDatabase) {
         ops_token,
         ..
     } = coalition;
-    let TestServer {
-        mut child,
-        database,
-        ..
-    } = server;
-    child.start_kill().expect("SIGKILL the server");
-    child.wait().await.expect("the server exits");
-    for call in recording {
-        assert!(
-            call.await.unwrap().is_err(),
-            "the caller saw the connection drop"
-        );
-    }
+    let database = kill_while_waiting(server, recording).await;
     hotel_sim
         .set_fault("CreditPoints", Fault::Unspecified, 0, 0)
         .await;
@@ -947,19 +950,7 @@ async fn earnings_interrupted_by_a_crash_finish_once(database: TestDatabase) {
         let activity = eventually(SAGA_DEADLINE, "the ride's earning to post", || async {
             let activity = server
                 .exchange()
-                .record_activity(authed(
-                    &ride_token,
-                    pb::RecordActivityRequest {
-                        partner_id: ride.clone(),
-                        external_id: format!("crash-ride-{index}"),
-                        member_id: RIDER.to_owned(),
-                        spend_amount_minor: 1_000,
-                        spend_currency: "USD".to_owned(),
-                        category: "RIDE".to_owned(),
-                        member_tier: String::new(),
-                        activity_time: Some(ride_time),
-                    },
-                ))
+                .record_activity(authed(&ride_token, crash_ride(&ride, index, ride_time)))
                 .await
                 .unwrap()
                 .into_inner()
