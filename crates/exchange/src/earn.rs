@@ -1290,7 +1290,8 @@ const EARNING_ROWS: JsonRows = JsonRows::new(&[
     ("last_error", ColumnType::Text),
 ]);
 
-/// The earnings queued for their saga: just their ids, each due at once.
+/// The earnings queued for their saga: just their ids. Each is queued for when its driver's
+/// lease ends: the recovery worker takes only earnings whose lease has lapsed.
 const DUE_ROWS: JsonRows = JsonRows::new(&[("earning_id", ColumnType::Text)]);
 
 /// Inserts earnings with their saga state, leased to `owner` until `lease_until`, and queues
@@ -1318,10 +1319,12 @@ async fn insert_earnings(
         .copied()
         .filter(|earning| earning.step != "DONE")
         .collect();
+    // Queued at the end of the lease, the parameter after the rows.
     let queue = |parameter: usize| {
         format!(
             "INSERT INTO earnings_due (earning_id, next_attempt_micros) \
-             SELECT due.earning_id, $2 FROM {}",
+             SELECT due.earning_id, ${} FROM {}",
+            parameter + 1,
             DUE_ROWS.source(backend, parameter, "due")
         )
     };
@@ -1334,6 +1337,7 @@ async fn insert_earnings(
                 .bind(owner)
                 .bind(lease_until)
                 .bind(DUE_ROWS.to_json(&due))
+                .bind(lease_until)
                 .execute(connection)
                 .await?;
         }
@@ -1348,7 +1352,7 @@ async fn insert_earnings(
             if !due.is_empty() {
                 sqlx::query(sqlx::AssertSqlSafe(queue(1)))
                     .bind(DUE_ROWS.to_json(&due))
-                    .bind(now)
+                    .bind(lease_until)
                     .execute(&mut *connection)
                     .await?;
             }

@@ -392,20 +392,30 @@ fn update_earnings(backend: Backend, parameter: usize) -> String {
          updated_at_micros = progress.updated_at_micros \
          FROM {} WHERE earnings.earning_id = progress.earning_id \
          AND earnings.lease_owner = progress.lease_owner \
-         RETURNING earnings.earning_id AS id, earnings.step, earnings.next_attempt_micros",
-        EARNING_PROGRESS_ROWS.source(backend, parameter, "progress")
+         RETURNING earnings.earning_id AS id{}",
+        EARNING_PROGRESS_ROWS.source(backend, parameter, "progress"),
+        match backend {
+            // What EARNINGS_DUE_AFTER_PROGRESS reads.
+            Backend::Postgres => {
+                ", earnings.step, \
+                 GREATEST(earnings.next_attempt_micros, earnings.lease_until_micros) AS due_at_micros"
+            }
+            Backend::Sqlite => "",
+        }
     )
 }
 
 /// On PostgreSQL, the statements that keep `earnings_due` in step with the earnings' progress,
 /// as the clauses of the batch's WITH: they read what `earning_progress` wrote (its RETURNING),
 /// since every clause of one statement sees the tables as they were before it. An earning whose
-/// saga ended leaves the queue; one with steps left is due when its progress says.
+/// saga ended leaves the queue; one with steps left is queued for when the recovery worker may
+/// take it: its next attempt, or the end of its driver's lease if that comes later. The worker
+/// looks for lapsed leases only, so an earning being driven is not in its way each second.
 const EARNINGS_DUE_AFTER_PROGRESS: &str = "\
     ended_earnings AS (DELETE FROM earnings_due WHERE earning_id IN \
     (SELECT id FROM earning_progress WHERE step = 'DONE')), \
     due_earnings AS (INSERT INTO earnings_due (earning_id, next_attempt_micros) \
-    SELECT id, next_attempt_micros FROM earning_progress WHERE step <> 'DONE' \
+    SELECT id, due_at_micros FROM earning_progress WHERE step <> 'DONE' \
     ON CONFLICT (earning_id) DO UPDATE SET next_attempt_micros = excluded.next_attempt_micros)";
 
 /// On SQLite, run after the earnings' progress: the earnings of these rows whose saga ended leave
@@ -419,11 +429,13 @@ fn ended_earnings_leave_the_queue(backend: Backend, parameter: usize) -> String 
 }
 
 /// On SQLite, run after the earnings' progress: the earnings of these rows with steps left are
-/// due when their progress says.
+/// queued for their next attempt or the end of their lease, whichever comes later (as
+/// [`EARNINGS_DUE_AFTER_PROGRESS`] on PostgreSQL).
 fn due_earnings_stay_queued(backend: Backend, parameter: usize) -> String {
     format!(
         "INSERT INTO earnings_due (earning_id, next_attempt_micros) \
-         SELECT earning_id, next_attempt_micros FROM earnings WHERE step <> 'DONE' \
+         SELECT earning_id, MAX(next_attempt_micros, lease_until_micros) FROM earnings \
+         WHERE step <> 'DONE' \
          AND earning_id IN (SELECT progress.earning_id FROM {}) \
          ON CONFLICT (earning_id) DO UPDATE SET next_attempt_micros = excluded.next_attempt_micros",
         EARNING_PROGRESS_ROWS.source(backend, parameter, "progress")
