@@ -93,9 +93,21 @@ const EARNINGS_FILLFACTOR: u32 = 50;
 
 /// Storage settings the shared migrations cannot carry, since SQLite has no such thing: on
 /// PostgreSQL, the room `earnings` keeps on each page ([`EARNINGS_FILLFACTOR`]). Run after
-/// opening the exchange's database; running it again changes nothing.
+/// opening the exchange's database. The table is altered only when the setting is missing:
+/// `ALTER TABLE` waits for any vacuum of the table, and a start should not.
 pub async fn prepare_database(database: &Database) -> Result<(), sqlx::Error> {
-    if database.backend() == tandem_storage::Backend::Postgres {
+    if database.backend() != tandem_storage::Backend::Postgres {
+        return Ok(());
+    }
+    let setting = format!("fillfactor={EARNINGS_FILLFACTOR}");
+    let already: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pg_class WHERE oid = CAST('earnings' AS regclass) \
+         AND $1 = ANY(COALESCE(reloptions, CAST('{}' AS TEXT[])))",
+    )
+    .bind(&setting)
+    .fetch_one(database.pool())
+    .await?;
+    if already == 0 {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "ALTER TABLE earnings SET (fillfactor = {EARNINGS_FILLFACTOR})"
         )))

@@ -230,9 +230,10 @@ async fn write_batch(database: &Database, writes: &[Write]) -> Result<Vec<bool>,
             if !earning_progress.is_empty() {
                 // Each statement alone sees the progress just written, so the queue follows the
                 // earnings' own steps.
+                let rows = EARNING_PROGRESS_ROWS.to_json(&earning_progress);
                 for statement in [ended_earnings_leave_the_queue, due_earnings_stay_queued] {
                     sqlx::query(sqlx::AssertSqlSafe(statement(backend, 1)))
-                        .bind(EARNING_PROGRESS_ROWS.to_json(&earning_progress))
+                        .bind(rows.as_str())
                         .execute(&mut *transaction)
                         .await?;
                 }
