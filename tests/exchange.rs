@@ -873,6 +873,219 @@ async fn conversions_interrupted_by_a_crash_finish_once(database: TestDatabase) 
     assert!(trial.balanced, "{trial:?}");
 }
 
+/// The server stands paused between a conversion's ledger post and the record of its COMPLETED
+/// status, and is killed there; meanwhile the source gateway has gone down for good. The caller
+/// was never told COMPLETED (nothing is answered before it is recorded), and a new server
+/// finishes the conversion forward from its recorded step, without asking the source gateway
+/// anything: the debit, the credit and the ledger transaction each exist once.
+async fn a_conversion_killed_after_its_ledger_post_only_goes_forward(database: TestDatabase) {
+    let flags = ["--saga-lease", "1s"];
+    let scratch = tempfile::tempdir().expect("a scratch directory");
+    let pause_file = scratch.path().join("paused");
+    let pause_file = pause_file.to_str().expect("a UTF-8 path");
+    let server = TestServer::start_with(
+        database,
+        &flags,
+        &[
+            ("TANDEM_TEST_PAUSE_AT", "conversion-posted"),
+            ("TANDEM_TEST_PAUSE_FILE", pause_file),
+        ],
+    )
+    .await;
+    let coalition = Coalition::new(server, 0).await;
+    let quote = coalition.quote(10_000).await.unwrap();
+    let mut exchange = coalition.server.exchange();
+    let request = authed(
+        &coalition.hotel_token,
+        pb::ExecuteConversionRequest {
+            partner_id: coalition.hotel.clone(),
+            quote_id: quote.quote_id.clone(),
+            idempotency_key: "paused".to_owned(),
+        },
+    );
+    let executing = tokio::spawn(async move { exchange.execute_conversion(request).await });
+    eventually(
+        SAGA_DEADLINE,
+        "the server to pause after the ledger post",
+        || async { std::path::Path::new(pause_file).exists().then_some(()) },
+    )
+    .await;
+    let Coalition {
+        server,
+        hotel_sim,
+        ride_sim,
+        ops_token,
+        ..
+    } = coalition;
+    // The source gateway answers nothing from now on.
+    hotel_sim.set_fault("DebitPoints", Fault::Fail, 0, 0).await;
+    hotel_sim
+        .set_fault("ReversePoints", Fault::Fail, 0, 0)
+        .await;
+    let database = kill_while_waiting(server, vec![executing]).await;
+
+    let server = TestServer::start_on(database, &flags).await;
+    let conversion = eventually(SAGA_DEADLINE, "the conversion to complete", || async {
+        let listed = server
+            .exchange()
+            .list_conversions(authed(&ops_token, pb::ListConversionsRequest::default()))
+            .await
+            .unwrap()
+            .into_inner()
+            .conversions;
+        assert_eq!(listed.len(), 1);
+        let conversion = listed.into_iter().next().unwrap();
+        assert_ne!(
+            conversion.status,
+            pb::ConversionStatus::Failed as i32,
+            "a conversion the ledger holds is never compensated: {conversion:?}"
+        );
+        (conversion.status == pb::ConversionStatus::Completed as i32).then_some(conversion)
+    })
+    .await;
+    assert_eq!(
+        hotel_sim.balance(HOTEL_MEMBER).await,
+        40_000,
+        "debited once"
+    );
+    assert_eq!(ride_sim.balance(RIDER).await, 2_500, "credited once");
+    let posted = server
+        .ledger()
+        .list_transactions(authed(
+            &ops_token,
+            pb::ListTransactionsRequest {
+                external_reference: conversion.conversion_id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .transactions;
+    assert_eq!(posted.len(), 1, "posted once");
+    assert_eq!(conversion.ledger_transaction_id, posted[0].transaction_id);
+}
+
+/// Converts 10,000 hotel points while `gateway`'s `rpc` applies the first call and fails to
+/// answer, then refuses every call after: a gateway that forgot what it applied.
+async fn convert_with_a_forgetful(
+    coalition: &Coalition,
+    gateway: &Simulator,
+    rpc: &str,
+) -> pb::Conversion {
+    gateway.queue_fault(rpc, Fault::FailAfterApplying, 1).await;
+    gateway.queue_fault(rpc, Fault::Forgetful, 0).await;
+    let quote = coalition.quote(10_000).await.unwrap();
+    coalition
+        .execute(&quote.quote_id, "forgotten")
+        .await
+        .unwrap()
+        .conversion
+        .unwrap()
+}
+
+/// Both wallets as before the conversion, and nothing in the ledger.
+async fn nothing_moved(coalition: &Coalition, conversion: &pb::Conversion) {
+    assert_eq!(
+        conversion.status,
+        pb::ConversionStatus::Failed as i32,
+        "{conversion:?}"
+    );
+    assert_eq!(coalition.hotel_sim.balance(HOTEL_MEMBER).await, 50_000);
+    assert_eq!(coalition.ride_sim.balance(RIDER).await, 0);
+    assert!(
+        coalition
+            .ledger_transactions(&conversion.conversion_id)
+            .await
+            .is_empty()
+    );
+}
+
+/// The target's gateway applies the credit, gives no answer, then refuses the same key: the
+/// refusal proves nothing, so the credit is reversed by key before the debit is given back.
+async fn a_credit_refused_after_an_unknown_outcome_is_reversed(server: TestServer) {
+    let coalition = Coalition::new(server, 0).await;
+    let conversion =
+        convert_with_a_forgetful(&coalition, &coalition.ride_sim, "CreditPoints").await;
+    assert!(
+        conversion.failure_reason.contains("refused the credit"),
+        "{}",
+        conversion.failure_reason
+    );
+    nothing_moved(&coalition, &conversion).await;
+}
+
+/// The source's gateway applies the debit, gives no answer, then refuses the same key: the
+/// member's points are given back all the same.
+async fn a_debit_refused_after_an_unknown_outcome_is_given_back(server: TestServer) {
+    let coalition = Coalition::new(server, 0).await;
+    let conversion =
+        convert_with_a_forgetful(&coalition, &coalition.hotel_sim, "DebitPoints").await;
+    assert!(
+        conversion.failure_reason.contains("refused the debit"),
+        "{}",
+        conversion.failure_reason
+    );
+    nothing_moved(&coalition, &conversion).await;
+}
+
+/// A reversal whose target debit applied, went unanswered and was then refused is undone by key:
+/// the conversion stands COMPLETED, with the member's miles where they were.
+async fn a_reversal_refused_after_an_unknown_outcome_is_undone(server: TestServer) {
+    let coalition = Coalition::new(server, 0).await;
+    let quote = coalition.quote(10_000).await.unwrap();
+    let conversion = coalition
+        .execute(&quote.quote_id, "to-reverse")
+        .await
+        .unwrap()
+        .conversion
+        .unwrap();
+    assert_eq!(conversion.status, pb::ConversionStatus::Completed as i32);
+    coalition
+        .ride_sim
+        .queue_fault("DebitPoints", Fault::FailAfterApplying, 1)
+        .await;
+    coalition
+        .ride_sim
+        .queue_fault("DebitPoints", Fault::Forgetful, 0)
+        .await;
+    let refused = coalition
+        .server
+        .exchange()
+        .reverse_conversion(authed(
+            &coalition.hotel_token,
+            pb::ReverseConversionRequest {
+                conversion_id: conversion.conversion_id.clone(),
+                reason: "member changed their mind".to_owned(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.code(), reason(&refused).as_str()),
+        (Code::FailedPrecondition, "REVERSAL_REFUSED"),
+        "{refused:?}"
+    );
+    let after = coalition.conversion(&conversion.conversion_id).await;
+    assert_eq!(
+        (after.status, after.step),
+        (
+            pb::ConversionStatus::Completed as i32,
+            pb::ConversionStep::Done as i32
+        )
+    );
+    assert_eq!(
+        coalition.ride_sim.balance(RIDER).await,
+        2_500,
+        "the miles stay"
+    );
+    assert_eq!(coalition.hotel_sim.balance(HOTEL_MEMBER).await, 40_000);
+    let posted = coalition
+        .ledger_transactions(&conversion.conversion_id)
+        .await;
+    assert_eq!(posted.len(), 1, "the conversion's transaction, unreversed");
+    coalition.trial_balance_is_zero().await;
+}
+
 /// Earnings queued for their saga (`earnings_due`), read straight from the exchange's database.
 async fn earnings_due(database: &TestDatabase) -> i64 {
     let exchange =
@@ -1027,6 +1240,9 @@ on_every_backend!(
     caps_expired_quotes_and_bad_amounts_are_refused,
     a_refused_credit_is_compensated,
     a_credit_that_timed_out_after_applying_credits_once,
+    a_credit_refused_after_an_unknown_outcome_is_reversed,
+    a_debit_refused_after_an_unknown_outcome_is_given_back,
+    a_reversal_refused_after_an_unknown_outcome_is_undone,
     rides_earn_hotel_points_with_tier_and_promotion,
     held_points_post_after_the_hold_and_refunds_inside_it_void,
 );
@@ -1062,6 +1278,18 @@ async fn crash_recovery(backend: Backend) {
         },
     };
     conversions_interrupted_by_a_crash_finish_once(database).await;
+}
+
+#[tokio::test]
+async fn killed_after_the_ledger_post_on_sqlite() {
+    a_conversion_killed_after_its_ledger_post_only_goes_forward(TestDatabase::sqlite()).await;
+}
+
+#[tokio::test]
+async fn killed_after_the_ledger_post_on_postgres() {
+    if let Some(database) = TestDatabase::postgres().await {
+        a_conversion_killed_after_its_ledger_post_only_goes_forward(database).await;
+    }
 }
 
 #[tokio::test]

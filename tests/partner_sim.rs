@@ -155,6 +155,7 @@ impl Simulator {
             fault: fault.into(),
             times,
             delay_ms: 50,
+            queue: false,
         };
         self.control.set_fault(request).await.unwrap();
     }
@@ -352,6 +353,18 @@ async fn faults_misbehave_as_switched(server: TestServer) {
         sim.debit("k4", "M-1", 100).await.unwrap().1,
         Refusal::PartnerRule
     );
+    assert_eq!(
+        sim.debit("k2", "M-1", 100).await.unwrap().0,
+        Outcome::AlreadyApplied,
+        "a refusing program still answers a key it stored as stored"
+    );
+    sim.fault("DebitPoints", sim::Fault::Forgetful, 1).await;
+    assert_eq!(
+        sim.debit("k2", "M-1", 100).await.unwrap().1,
+        Refusal::PartnerRule,
+        "a forgetful gateway refuses even a key it applied"
+    );
+    assert_eq!(sim.balance("M-1").await, 800, "refusals move nothing");
     sim.fault("DebitPoints", sim::Fault::Unspecified, 0).await;
     sim.fault("DebitPoints", sim::Fault::Delay, 1).await;
     assert_eq!(

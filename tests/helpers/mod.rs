@@ -38,13 +38,19 @@ pub struct TestServer {
     pub channel: Channel,
 }
 
-/// Spawns `tandem serve` on `database`, and waits until it listens.
-async fn spawn_serve(database: &TestDatabase, extra: &[&str]) -> (Child, String, Channel) {
+/// Spawns `tandem serve` on `database` with extra flags and environment variables, and waits
+/// until it listens.
+async fn spawn_serve(
+    database: &TestDatabase,
+    extra: &[&str],
+    environment: &[(&str, &str)],
+) -> (Child, String, Channel) {
     let mut command = Command::new(TANDEM);
     command
         .args(storage_args(database))
         .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
-        .args(extra);
+        .args(extra)
+        .envs(environment.iter().copied());
     // Warnings and errors only, so a failing test shows what the server complained about
     // without every request's log line.
     command
@@ -97,7 +103,16 @@ impl TestServer {
 
     /// Starts a server on `database` with extra `serve` flags.
     pub async fn start_on(database: TestDatabase, extra: &[&str]) -> Self {
-        let (child, address, channel) = spawn_serve(&database, extra).await;
+        Self::start_with(database, extra, &[]).await
+    }
+
+    /// Starts a server on `database` with extra `serve` flags and environment variables.
+    pub async fn start_with(
+        database: TestDatabase,
+        extra: &[&str],
+        environment: &[(&str, &str)],
+    ) -> Self {
+        let (child, address, channel) = spawn_serve(&database, extra, environment).await;
         Self {
             child,
             address,
@@ -109,7 +124,7 @@ impl TestServer {
     /// A second `tandem serve` on this server's databases, as when Tandem runs as several
     /// processes behind a balancer; it stops when dropped.
     pub async fn another_process(&self) -> OtherProcess {
-        let (child, _, channel) = spawn_serve(&self.database, &[]).await;
+        let (child, _, channel) = spawn_serve(&self.database, &[], &[]).await;
         OtherProcess {
             _child: child,
             channel,
@@ -450,6 +465,23 @@ impl Simulator {
         times: i32,
         delay_ms: i32,
     ) {
+        self.arm_fault(rpc, fault, times, delay_ms, false).await;
+    }
+
+    /// Arms a fault on one gateway RPC for `times` calls (0: until cleared) after the faults
+    /// already armed on it.
+    pub async fn queue_fault(&self, rpc: &str, fault: tandem_proto::sim::v1::Fault, times: i32) {
+        self.arm_fault(rpc, fault, times, 0, true).await;
+    }
+
+    async fn arm_fault(
+        &self,
+        rpc: &str,
+        fault: tandem_proto::sim::v1::Fault,
+        times: i32,
+        delay_ms: i32,
+        queue: bool,
+    ) {
         use tandem_proto::sim::v1 as sim;
         sim::partner_sim_service_client::PartnerSimServiceClient::new(self.channel.clone())
             .set_fault(sim::SetFaultRequest {
@@ -457,6 +489,7 @@ impl Simulator {
                 fault: fault.into(),
                 times,
                 delay_ms,
+                queue,
             })
             .await
             .expect("set a fault");

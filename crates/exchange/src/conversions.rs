@@ -1,11 +1,8 @@
 //! Quotes and conversions.
 //!
-//! A conversion's saga: debit the member at the source gateway, credit the member at the target
-//! gateway, post the ledger transaction, COMPLETED. A refusal compensates (the source debit is
-//! reversed) and ends FAILED. Steps forward are not written down one by one: every step is
-//! idempotent by its key, so a resumed saga simply asks again from the last written step. What is
-//! written before it is acted on is every decision that must not be taken back: to compensate,
-//! to reverse, and every end.
+//! Pricing a quote, executing it as a conversion, reading conversions back and reversing them.
+//! The conversion's saga (debit the source, credit the target, post the ledger transaction) is a
+//! state machine in `saga::conversion`, driven by `saga::conversion_driver`.
 
 use std::collections::HashMap;
 
@@ -19,12 +16,12 @@ use tonic::{Code, Status};
 
 use crate::{
     Exchange, database_error, invalid, is_staff, new_id, now_micros, own_partner,
-    peers::{AccountName, GatewayAnswer, ledger_refused, terms_at},
+    peers::{AccountName, terms_at},
     pricing::{self, Amount, ConversionTerms, PricingError, Scales},
     refuse, require_partner,
     rows::{CONVERSION_COLUMNS, ConversionRow, QUOTE_COLUMNS, QuoteRow, Viewer},
-    saga::{MAX_UNKNOWN_ATTEMPTS, SagaTable, TRIES_PER_DRIVE, backoff, quick_pause},
-    writes::{self, ConversionProgress, NewConversion},
+    saga::conversion::{ConversionSaga, ConversionStatus},
+    writes::NewConversion,
 };
 
 /// The owner name of the exchange's own ledger accounts.
@@ -203,118 +200,11 @@ async fn stored(landing: Option<tokio::sync::watch::Receiver<Option<bool>>>) -> 
 /// quote's id says it was made, before answering QUOTE_NOT_FOUND.
 const QUOTE_LANDING: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Conversions answered COMPLETED whose final status is still being written.
-///
-/// Once a conversion's debit, credit and ledger transaction are all in place its outcome is
-/// settled: a crash before its status row says so leaves a saga that the recovery worker drives
-/// to the same end, since every step answers "already applied". So ExecuteConversion answers as
-/// soon as the ledger has posted, and the row is written in the next batch of the exchange's
-/// writer, off the caller's path. Until that write lands, every read of the conversion in this
-/// process waits for it, so a caller never reads back less than it was told.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Settling {
-    writes: std::sync::Arc<std::sync::Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>>,
-}
-
-impl Settling {
-    fn begin(&self, conversion_id: &str) -> tokio::sync::watch::Sender<bool> {
-        let (written, receiver) = tokio::sync::watch::channel(false);
-        self.writes
-            .lock()
-            .expect("settling lock")
-            .insert(conversion_id.to_owned(), receiver);
-        written
-    }
-
-    fn end(&self, conversion_id: &str, written: tokio::sync::watch::Sender<bool>) {
-        self.writes
-            .lock()
-            .expect("settling lock")
-            .remove(conversion_id);
-        let _ = written.send(true);
-    }
-
-    /// Waits until the final write of `conversion_id`, if one is on its way, has landed.
-    async fn landed(&self, conversion_id: &str) {
-        let pending = self
-            .writes
-            .lock()
-            .expect("settling lock")
-            .get(conversion_id)
-            .cloned();
-        if let Some(mut pending) = pending {
-            let _ = pending.wait_for(|written| *written).await;
-        }
-    }
-
-    /// Waits until every final write on its way now has landed.
-    async fn all_landed(&self) {
-        let pending: Vec<_> = self
-            .writes
-            .lock()
-            .expect("settling lock")
-            .values()
-            .cloned()
-            .collect();
-        for mut pending in pending {
-            let _ = pending.wait_for(|written| *written).await;
-        }
-    }
-}
-
 /// Statuses whose points count against caps: everything not undone.
 const COUNTS_AGAINST_CAPS: &str = "status NOT IN ('FAILED', 'REVERSED')";
 
-/// Where a conversion's saga stands while it is driven.
-#[derive(Debug, Clone)]
-struct Progress {
-    status: &'static str,
-    step: &'static str,
-    attempts: i64,
-    last_error: String,
-    failure_reason: String,
-    ledger_transaction_id: String,
-    reversal_transaction_id: String,
-    /// When the progress was last written.
-    written_at: i64,
-}
-
-fn static_status(text: &str) -> &'static str {
-    match text {
-        "PENDING" => "PENDING",
-        "COMPLETED" => "COMPLETED",
-        "FAILED" => "FAILED",
-        "REVERSING" => "REVERSING",
-        _ => "REVERSED",
-    }
-}
-
-fn static_step(text: &str) -> &'static str {
-    match text {
-        "DEBIT_SOURCE" => "DEBIT_SOURCE",
-        "CREDIT_TARGET" => "CREDIT_TARGET",
-        "POST_LEDGER" => "POST_LEDGER",
-        "UNDO_CREDIT" => "UNDO_CREDIT",
-        "UNDO_DEBIT" => "UNDO_DEBIT",
-        "REVERSE_DEBIT_TARGET" => "REVERSE_DEBIT_TARGET",
-        "REVERSE_CREDIT_SOURCE" => "REVERSE_CREDIT_SOURCE",
-        "REVERSE_LEDGER" => "REVERSE_LEDGER",
-        _ => "DONE",
-    }
-}
-
-/// What a drive does after one step.
-enum Next {
-    /// Go on to the next step now.
-    Continue,
-    /// Write the progress down, then go on.
-    Record,
-    /// Stop: a terminal state or a parked retry, written down.
-    Stop,
-}
-
 impl Exchange {
-    async fn load_quote(&self, quote_id: &str) -> Result<Option<QuoteRow>, Status> {
+    pub(crate) async fn load_quote(&self, quote_id: &str) -> Result<Option<QuoteRow>, Status> {
         sqlx::query_as::<_, QuoteRow>(sqlx::AssertSqlSafe(format!(
             "SELECT {QUOTE_COLUMNS} FROM quotes WHERE quote_id = $1"
         )))
@@ -324,8 +214,7 @@ impl Exchange {
         .map_err(database_error)
     }
 
-    async fn load_conversion(&self, id: &str) -> Result<Option<ConversionRow>, Status> {
-        self.settling.landed(id).await;
+    pub(crate) async fn load_conversion(&self, id: &str) -> Result<Option<ConversionRow>, Status> {
         sqlx::query_as::<_, ConversionRow>(sqlx::AssertSqlSafe(format!(
             "SELECT {CONVERSION_COLUMNS} FROM conversions WHERE conversion_id = $1"
         )))
@@ -621,15 +510,7 @@ impl Exchange {
         partner_id: &str,
         key: &str,
     ) -> Result<Option<ConversionRow>, Status> {
-        let found = self.fetch_conversion_by_key(partner_id, key).await?;
-        match found {
-            Some(row) if row.status == "PENDING" => {
-                // It may be one whose final status is on its way: read it once that landed.
-                self.settling.landed(&row.conversion_id).await;
-                self.fetch_conversion_by_key(partner_id, key).await
-            }
-            other => Ok(other),
-        }
+        self.fetch_conversion_by_key(partner_id, key).await
     }
 
     async fn fetch_conversion_by_key(
@@ -759,14 +640,15 @@ impl Exchange {
             };
         }
 
+        let started = ConversionSaga::start();
         let mut row = ConversionRow {
             conversion_id: new.conversion_id,
             quote_id: quote.quote_id.clone(),
             source_partner_id: quote.source_partner_id.clone(),
             idempotency_key: request.idempotency_key.clone(),
             target_partner_id: quote.target_partner_id.clone(),
-            status: "PENDING".to_owned(),
-            step: "DEBIT_SOURCE".to_owned(),
+            status: started.status.as_str().to_owned(),
+            step: started.step.as_str().to_owned(),
             attempts: 0,
             last_error: String::new(),
             failure_reason: String::new(),
@@ -777,19 +659,17 @@ impl Exchange {
             updated_at_micros: now,
             finished_at_micros: None,
         };
-        let progress = self
-            .drive_loaded(&row, &quote, &new.lease_owner, true)
-            .await?;
-        // What the drive wrote, without reading it back.
-        let at = progress.written_at;
-        row.status = progress.status.to_owned();
-        row.step = progress.step.to_owned();
-        row.attempts = progress.attempts;
-        row.last_error = progress.last_error;
-        row.failure_reason = progress.failure_reason;
-        row.ledger_transaction_id = progress.ledger_transaction_id;
-        row.updated_at_micros = at;
-        row.finished_at_micros = (row.step == "DONE").then_some(at);
+        match self.drive_loaded(&row, &quote, &new.lease_owner).await? {
+            // What the drive recorded, without reading it back.
+            Some(recorded) => row.record(&recorded.saga, recorded.written_at_micros),
+            // Another driver took the saga over: answer what is recorded.
+            None => {
+                row = self
+                    .load_conversion(&row.conversion_id)
+                    .await?
+                    .ok_or_else(|| status::internal(&"conversion vanished"))?;
+            }
+        }
         Ok((row.to_pb(&quote, viewer), false))
     }
 
@@ -864,364 +744,10 @@ impl Exchange {
         Ok(row.to_pb(&quote, viewer))
     }
 
-    /// Writes a saga's progress, if this driver still holds its lease. `finished` ends it;
-    /// otherwise `next_attempt` says when the worker may try again. Returns whether the write
-    /// happened (false: another driver took the saga over).
-    async fn record_conversion(
-        &self,
-        id: &str,
-        owner: &str,
-        progress: &mut Progress,
-        release_after: Option<std::time::Duration>,
-    ) -> Result<bool, Status> {
-        let now = now_micros();
-        progress.written_at = now;
-        let (next_attempt, lease_until) = match release_after {
-            Some(wait) => (now + wait.as_micros() as i64, 0),
-            None => (now, self.lease_until()),
-        };
-        self.writers
-            .progress(writes::Progress::Conversion(ConversionProgress {
-                conversion_id: id.to_owned(),
-                lease_owner: owner.to_owned(),
-                status: progress.status,
-                step: progress.step,
-                attempts: progress.attempts,
-                last_error: progress.last_error.clone(),
-                failure_reason: progress.failure_reason.clone(),
-                ledger_transaction_id: progress.ledger_transaction_id.clone(),
-                reversal_transaction_id: progress.reversal_transaction_id.clone(),
-                next_attempt_micros: next_attempt,
-                lease_until_micros: lease_until,
-                updated_at_micros: now,
-                finished_at_micros: (progress.step == "DONE").then_some(now),
-            }))
-            .await
-    }
-
-    /// Drives a conversion's saga as far as it goes now. The caller holds the lease as `owner`.
-    pub(crate) async fn drive_conversion(&self, id: &str, owner: &str) -> Result<(), Status> {
-        let row = self
-            .load_conversion(id)
-            .await?
-            .ok_or_else(|| status::internal(&"conversion vanished"))?;
-        let quote = self
-            .load_quote(&row.quote_id)
-            .await?
-            .ok_or_else(|| status::internal(&"conversion without its quote"))?;
-        self.drive_loaded(&row, &quote, owner, false)
-            .await
-            .map(drop)
-    }
-
-    /// Drives a conversion already in hand; returns where it stands after. With
-    /// `answer_when_settled`, a conversion that completes returns before its final status is
-    /// written, which then lands off the caller's path (see [`Settling`]).
-    async fn drive_loaded(
-        &self,
-        row: &ConversionRow,
-        quote: &QuoteRow,
-        owner: &str,
-        answer_when_settled: bool,
-    ) -> Result<Progress, Status> {
-        let id = row.conversion_id.as_str();
-        let mut progress = Progress {
-            status: static_status(&row.status),
-            step: static_step(&row.step),
-            attempts: row.attempts,
-            last_error: row.last_error.clone(),
-            failure_reason: row.failure_reason.clone(),
-            ledger_transaction_id: row.ledger_transaction_id.clone(),
-            reversal_transaction_id: row.reversal_transaction_id.clone(),
-            written_at: row.updated_at_micros,
-        };
-        let mut tries = 0_u32;
-        loop {
-            if progress.step == "DONE" {
-                return Ok(progress);
-            }
-            tries += 1;
-            let outcome = self.conversion_step(id, quote, row, &mut progress).await;
-            let next = match outcome {
-                Ok(next) => {
-                    tries = 0;
-                    next
-                }
-                Err(error) => {
-                    // No definite answer: ask again soon, then park it for the worker.
-                    progress.attempts += 1;
-                    progress.last_error = error;
-                    if progress.attempts >= MAX_UNKNOWN_ATTEMPTS
-                        && matches!(progress.step, "DEBIT_SOURCE" | "CREDIT_TARGET")
-                    {
-                        progress.failure_reason = format!(
-                            "no answer from a partner's gateway after {} attempts",
-                            progress.attempts
-                        );
-                        progress.step = if progress.step == "CREDIT_TARGET" {
-                            "UNDO_CREDIT"
-                        } else {
-                            "UNDO_DEBIT"
-                        };
-                        progress.attempts = 0;
-                        Next::Record
-                    } else if tries < TRIES_PER_DRIVE {
-                        tokio::time::sleep(quick_pause(tries)).await;
-                        continue;
-                    } else {
-                        let wait = backoff(progress.attempts);
-                        tracing::warn!(conversion = id, step = progress.step, attempts = progress.attempts, error = %progress.last_error, "conversion parked until the next attempt");
-                        self.record_conversion(id, owner, &mut progress, Some(wait))
-                            .await?;
-                        return Ok(progress);
-                    }
-                }
-            };
-            match next {
-                Next::Continue => {}
-                Next::Record => {
-                    if !self
-                        .record_conversion(id, owner, &mut progress, None)
-                        .await?
-                    {
-                        return Ok(progress);
-                    }
-                }
-                Next::Stop if answer_when_settled && progress.status == "COMPLETED" => {
-                    self.settle_in_background(id, owner, &mut progress);
-                    return Ok(progress);
-                }
-                Next::Stop => {
-                    self.record_conversion(id, owner, &mut progress, Some(Default::default()))
-                        .await?;
-                    return Ok(progress);
-                }
-            }
-        }
-    }
-
-    /// Writes a completed conversion's final status off the caller's path. If the write fails
-    /// the saga stays PENDING under its lease, and the recovery worker completes it once the
-    /// lease lapses.
-    fn settle_in_background(&self, id: &str, owner: &str, progress: &mut Progress) {
-        progress.written_at = now_micros();
-        let written = self.settling.begin(id);
-        let (exchange, id, owner, mut progress) = (
-            self.clone(),
-            id.to_owned(),
-            owner.to_owned(),
-            progress.clone(),
-        );
-        tokio::spawn(async move {
-            let result = exchange
-                .record_conversion(&id, &owner, &mut progress, Some(Default::default()))
-                .await;
-            if let Err(error) = result {
-                tracing::warn!(conversion = %id, error = %error.message(), "a completed conversion's status is left to recovery");
-            }
-            exchange.settling.end(&id, written);
-        });
-    }
-
-    /// One step. `Err` is an unknown outcome (ask again); `Ok` says how to go on.
-    async fn conversion_step(
-        &self,
-        id: &str,
-        quote: &QuoteRow,
-        row: &ConversionRow,
-        progress: &mut Progress,
-    ) -> Result<Next, String> {
-        let key = |suffix: &str| format!("tandem:conversion:{id}:{suffix}");
-        let description = format!(
-            "Tandem conversion {id}: {} {} to {} {}",
-            quote.source_points, quote.source_program, quote.target_points, quote.target_program
-        );
-        let fresh = |progress: &mut Progress, step: &'static str| {
-            progress.step = step;
-            progress.attempts = 0;
-            progress.last_error.clear();
-        };
-        match progress.step {
-            "DEBIT_SOURCE" => match self
-                .peers
-                .move_points(
-                    &quote.source_gateway,
-                    false,
-                    key("debit"),
-                    &quote.source_member_id,
-                    quote.source_points,
-                    &description,
-                )
-                .await
-            {
-                GatewayAnswer::Applied => {
-                    fresh(progress, "CREDIT_TARGET");
-                    Ok(Next::Continue)
-                }
-                GatewayAnswer::Refused(reason) => {
-                    progress.status = "FAILED";
-                    progress.failure_reason =
-                        format!("the source partner refused the debit: {reason}");
-                    fresh(progress, "DONE");
-                    Ok(Next::Stop)
-                }
-                GatewayAnswer::Unknown(error) => Err(error),
-            },
-            "CREDIT_TARGET" => match self
-                .peers
-                .move_points(
-                    &quote.target_gateway,
-                    true,
-                    key("credit"),
-                    &quote.target_member_id,
-                    quote.target_points,
-                    &description,
-                )
-                .await
-            {
-                GatewayAnswer::Applied => {
-                    fresh(progress, "POST_LEDGER");
-                    Ok(Next::Continue)
-                }
-                GatewayAnswer::Refused(reason) => {
-                    progress.failure_reason =
-                        format!("the target partner refused the credit: {reason}");
-                    fresh(progress, "UNDO_DEBIT");
-                    Ok(Next::Record)
-                }
-                GatewayAnswer::Unknown(error) => Err(error),
-            },
-            "POST_LEDGER" => {
-                let request = self
-                    .conversion_transaction(id, quote, row)
-                    .await
-                    .map_err(|status| status.message().to_owned())?;
-                match self.peers.post(request).await {
-                    Ok(transaction) => {
-                        progress.status = "COMPLETED";
-                        progress.ledger_transaction_id = transaction.transaction_id;
-                        fresh(progress, "DONE");
-                        Ok(Next::Stop)
-                    }
-                    Err(status) if ledger_refused(&status) => {
-                        progress.failure_reason =
-                            format!("the ledger refused the conversion: {}", status.message());
-                        fresh(progress, "UNDO_CREDIT");
-                        Ok(Next::Record)
-                    }
-                    Err(status) => Err(status.message().to_owned()),
-                }
-            }
-            "UNDO_CREDIT" => match self
-                .peers
-                .reverse_points(&quote.target_gateway, key("credit:undo"), key("credit"))
-                .await
-            {
-                GatewayAnswer::Applied => {
-                    fresh(progress, "UNDO_DEBIT");
-                    Ok(Next::Continue)
-                }
-                GatewayAnswer::Refused(reason) => Err(format!(
-                    "the target partner refused to undo the credit ({reason}); ops must settle it"
-                )),
-                GatewayAnswer::Unknown(error) => Err(error),
-            },
-            "UNDO_DEBIT" => match self
-                .peers
-                .reverse_points(&quote.source_gateway, key("debit:undo"), key("debit"))
-                .await
-            {
-                GatewayAnswer::Applied => {
-                    progress.status = "FAILED";
-                    fresh(progress, "DONE");
-                    Ok(Next::Stop)
-                }
-                GatewayAnswer::Refused(reason) => Err(format!(
-                    "the source partner refused to give the points back ({reason}); ops must \
-                     settle it"
-                )),
-                GatewayAnswer::Unknown(error) => Err(error),
-            },
-            "REVERSE_DEBIT_TARGET" => match self
-                .peers
-                .move_points(
-                    &quote.target_gateway,
-                    false,
-                    key("reverse:debit"),
-                    &quote.target_member_id,
-                    quote.target_points,
-                    &format!("Reversal of Tandem conversion {id}"),
-                )
-                .await
-            {
-                GatewayAnswer::Applied => {
-                    fresh(progress, "REVERSE_CREDIT_SOURCE");
-                    Ok(Next::Record)
-                }
-                GatewayAnswer::Refused(reason) => {
-                    // Nothing moved: the conversion stands, with the refusal recorded.
-                    progress.status = "COMPLETED";
-                    progress.failure_reason =
-                        format!("reversal refused: the target partner refused the debit: {reason}");
-                    fresh(progress, "DONE");
-                    Ok(Next::Stop)
-                }
-                GatewayAnswer::Unknown(error) => Err(error),
-            },
-            "REVERSE_CREDIT_SOURCE" => match self
-                .peers
-                .move_points(
-                    &quote.source_gateway,
-                    true,
-                    key("reverse:credit"),
-                    &quote.source_member_id,
-                    quote.source_points,
-                    &format!("Reversal of Tandem conversion {id}"),
-                )
-                .await
-            {
-                GatewayAnswer::Applied => {
-                    fresh(progress, "REVERSE_LEDGER");
-                    Ok(Next::Continue)
-                }
-                GatewayAnswer::Refused(reason) => Err(format!(
-                    "the source partner refused to credit the points back ({reason}); ops must \
-                     settle it"
-                )),
-                GatewayAnswer::Unknown(error) => Err(error),
-            },
-            "REVERSE_LEDGER" => {
-                let reason = if row.reverse_reason.is_empty() {
-                    "conversion reversed".to_owned()
-                } else {
-                    row.reverse_reason.clone()
-                };
-                match self
-                    .peers
-                    .reverse(
-                        key("ledger:reverse"),
-                        &progress.ledger_transaction_id,
-                        &reason,
-                    )
-                    .await
-                {
-                    Ok(transaction) => {
-                        progress.status = "REVERSED";
-                        progress.reversal_transaction_id = transaction.transaction_id;
-                        fresh(progress, "DONE");
-                        Ok(Next::Stop)
-                    }
-                    Err(status) => Err(status.message().to_owned()),
-                }
-            }
-            _ => Ok(Next::Stop),
-        }
-    }
-
     /// The ledger transaction of a completed conversion: the source points leg and the target
     /// points leg, each through the exchange's clearing account for the program, and the money
     /// the source owes: the settlement amount to the target, the fee to the exchange.
-    async fn conversion_transaction(
+    pub(crate) async fn conversion_transaction(
         &self,
         id: &str,
         quote: &QuoteRow,
@@ -1506,7 +1032,6 @@ impl Exchange {
             "SELECT {CONVERSION_COLUMNS} FROM conversions {filter} \
              ORDER BY created_at_micros DESC, conversion_id DESC LIMIT {limit}"
         );
-        self.settling.all_landed().await;
         let mut query = sqlx::query_as::<_, ConversionRow>(sqlx::AssertSqlSafe(sql));
         for value in texts {
             query = query.bind(value);
@@ -1606,23 +1131,26 @@ impl Exchange {
             .load_quote(&row.quote_id)
             .await?
             .ok_or_else(|| status::internal(&"conversion without its quote"))?;
-        match row.status.as_str() {
-            "REVERSING" | "REVERSED" => return Ok(row.to_pb(&quote, viewer)),
-            "COMPLETED" if !row.failure_reason.is_empty() => {
+        let saga = row.saga()?;
+        match saga.status {
+            ConversionStatus::Reversing | ConversionStatus::Reversed => {
+                return Ok(row.to_pb(&quote, viewer));
+            }
+            ConversionStatus::Completed if !saga.failure_reason.is_empty() => {
                 return Err(refuse(
                     Code::FailedPrecondition,
                     "REVERSAL_REFUSED",
-                    row.failure_reason.clone(),
+                    saga.failure_reason,
                 ));
             }
-            "COMPLETED" => {}
-            _ => {
+            ConversionStatus::Completed => {}
+            ConversionStatus::Pending | ConversionStatus::Failed => {
                 return Err(refuse(
                     Code::FailedPrecondition,
                     "CONVERSION_NOT_COMPLETED",
                     format!(
                         "only a COMPLETED conversion can be reversed; this one is {}",
-                        row.status
+                        saga.status
                     ),
                 ));
             }
@@ -1649,18 +1177,23 @@ impl Exchange {
             ));
         }
         let owner = new_id();
+        let reversing = saga.start_reversal();
+        // Written before any partner is called, so a crash leaves a reversal to finish.
         let started = sqlx::query(
-            "UPDATE conversions SET status = 'REVERSING', step = 'REVERSE_DEBIT_TARGET', \
-             attempts = 0, last_error = '', reverse_reason = $1, lease_owner = $2, \
-             lease_until_micros = $3, updated_at_micros = $4 \
-             WHERE conversion_id = $5 AND status = 'COMPLETED' AND failure_reason = '' \
-             AND lease_until_micros < $4",
+            "UPDATE conversions SET status = $1, step = $2, \
+             attempts = 0, last_error = '', reverse_reason = $3, lease_owner = $4, \
+             lease_until_micros = $5, updated_at_micros = $6 \
+             WHERE conversion_id = $7 AND status = $8 AND failure_reason = '' \
+             AND lease_until_micros < $6",
         )
+        .bind(reversing.status.as_str())
+        .bind(reversing.step.as_str())
         .bind(&request.reason)
         .bind(&owner)
         .bind(self.lease_until())
         .bind(now)
         .bind(&row.conversion_id)
+        .bind(ConversionStatus::Completed.as_str())
         .execute(self.database.pool())
         .await
         .map_err(database_error)?
@@ -1672,7 +1205,7 @@ impl Exchange {
             .load_conversion(&row.conversion_id)
             .await?
             .ok_or_else(not_found)?;
-        if row.status == "COMPLETED" && !row.failure_reason.is_empty() {
+        if row.saga()?.status == ConversionStatus::Completed && !row.failure_reason.is_empty() {
             return Err(refuse(
                 Code::FailedPrecondition,
                 "REVERSAL_REFUSED",
@@ -1680,14 +1213,6 @@ impl Exchange {
             ));
         }
         Ok(row.to_pb(&quote, viewer))
-    }
-
-    /// Drives a saga the worker found due, if its lease can be taken.
-    pub(crate) async fn resume_conversion(&self, id: &str) -> Result<(), Status> {
-        if let Some(owner) = self.claim(SagaTable::Conversions, id).await? {
-            self.drive_conversion(id, &owner).await?;
-        }
-        Ok(())
     }
 }
 

@@ -25,7 +25,7 @@ use crate::{
     pricing, refuse, require_partner,
     rows::{ACTIVITY_COLUMNS, ActivityRow, EARNING_COLUMNS, EarningRow},
     saga::{SagaTable, TRIES_PER_DRIVE, backoff, quick_pause},
-    writes::{EarningProgress, Progress},
+    writes::{EarningProgress, SagaProgress},
 };
 
 /// How far in the future an activity time may be, for clock differences between systems.
@@ -692,7 +692,7 @@ impl Exchange {
             (None, None) => (now, self.lease_until()),
         };
         self.writers
-            .progress(Progress::Earning(EarningProgress {
+            .progress(SagaProgress::Earning(EarningProgress {
                 earning_id: earning.earning_id.clone(),
                 lease_owner: owner.to_owned(),
                 status: earning.status.clone(),

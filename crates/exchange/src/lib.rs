@@ -10,6 +10,7 @@
 mod batch;
 mod conversions;
 mod earn;
+mod failpoint;
 mod grpc;
 mod peers;
 pub mod pricing;
@@ -65,7 +66,6 @@ pub struct Exchange {
     options: ExchangeOptions,
     writers: writes::Writers,
     recent_quotes: conversions::RecentQuotes,
-    settling: conversions::Settling,
 }
 
 impl Exchange {
@@ -77,7 +77,6 @@ impl Exchange {
             writers: writes::Writers::start(&keyed),
             keyed,
             recent_quotes: conversions::RecentQuotes::default(),
-            settling: conversions::Settling::default(),
             database,
             peers,
             options,

@@ -598,10 +598,13 @@ fn post_result(result: pb::PostTransactionResult) -> Result<pb::Transaction, Sta
             .transaction
             .ok_or_else(|| status::internal(&"ledger answered without a transaction"));
     }
-    Err(ledger_error(&Status::new(
-        Code::from_i32(result.code),
-        result.message,
-    )))
+    let code = Code::from_i32(result.code);
+    let error = if result.reason.is_empty() {
+        Status::new(code, result.message)
+    } else {
+        status::with_reason(code, &result.reason, result.message)
+    };
+    Err(ledger_error(&error))
 }
 
 /// A gateway's movements asked together, as one BatchMovePoints call; to a gateway that answers
@@ -697,24 +700,45 @@ async fn single_call(
 
 /// The ledger's own status, kept as is so a saga can tell a refusal (which will never succeed)
 /// from an outage (which may).
-fn ledger_error(status: &Status) -> Status {
-    if matches!(
-        status.code(),
-        Code::InvalidArgument | Code::FailedPrecondition | Code::AlreadyExists | Code::NotFound
-    ) {
-        tracing::error!(code = ?status.code(), message = status.message(), "ledger refused the exchange");
-        Status::new(status.code(), format!("ledger: {}", status.message()))
+/// A ledger error as the exchange passes it on: the ledger's refusals keep their code and reason,
+/// anything else is UNAVAILABLE (with the ledger's reason, if any, for the saga to read).
+fn ledger_error(error: &Status) -> Status {
+    let reason = status::reason(error);
+    let refused = ledger_refused(error);
+    if refused {
+        tracing::error!(code = ?error.code(), %reason, message = error.message(), "ledger refused the exchange");
+    }
+    let code = if refused {
+        error.code()
     } else {
-        Status::new(Code::Unavailable, format!("ledger: {}", status.message()))
+        Code::Unavailable
+    };
+    let message = format!("ledger: {}", error.message());
+    if reason.is_empty() {
+        Status::new(code, message)
+    } else {
+        status::with_reason(code, &reason, message)
     }
 }
 
-/// Whether a ledger error will never go away by retrying.
-pub fn ledger_refused(status: &Status) -> bool {
-    matches!(
-        status.code(),
-        Code::InvalidArgument | Code::FailedPrecondition | Code::AlreadyExists | Code::NotFound
-    )
+/// The reasons with which the ledger refuses a request itself: asked again, it refuses again, and
+/// nothing was written. Any other error (an unreachable or busy ledger, a key it already holds
+/// with other content, something already reversed or resolved) may stand beside a transaction
+/// that exists, so a saga asks again rather than compensating.
+const LEDGER_REFUSALS: &[&str] = &[
+    "INVALID_ARGUMENT",
+    "ACCOUNT_NOT_FOUND",
+    "TRANSACTION_NOT_FOUND",
+    "UNIT_SCALE_MISMATCH",
+    "INSUFFICIENT_BALANCE",
+    "NOT_PENDING",
+    "PENDING_EXPIRED",
+    "NOT_REVERSIBLE",
+];
+
+/// Whether a ledger error is a refusal of the request, by the reason it carries.
+pub fn ledger_refused(error: &Status) -> bool {
+    LEDGER_REFUSALS.contains(&status::reason(error).as_str())
 }
 
 fn answer(result: Result<(i32, i32), Status>) -> GatewayAnswer {

@@ -2,6 +2,9 @@
 
 use tandem_domain::from_unix_micros;
 use tandem_proto::{time::timestamp, v1 as pb};
+use tonic::Status;
+
+use crate::saga::conversion::{ConversionSaga, ConversionStatus, ConversionStep, UnknownValue};
 
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub(crate) struct QuoteRow {
@@ -124,6 +127,33 @@ pub(crate) fn conversion_step(text: &str) -> pb::ConversionStep {
 }
 
 impl ConversionRow {
+    /// The saga as stored; a status or step this version does not know is an error.
+    pub fn saga(&self) -> Result<ConversionSaga, Status> {
+        let unknown = |error: UnknownValue| tandem_proto::status::internal(&error);
+        Ok(ConversionSaga {
+            status: ConversionStatus::parse(&self.status).map_err(unknown)?,
+            step: ConversionStep::parse(&self.step).map_err(unknown)?,
+            attempts: self.attempts,
+            last_error: self.last_error.clone(),
+            failure_reason: self.failure_reason.clone(),
+            ledger_transaction_id: self.ledger_transaction_id.clone(),
+            reversal_transaction_id: self.reversal_transaction_id.clone(),
+        })
+    }
+
+    /// The row as `saga` was written at `written_at_micros`.
+    pub fn record(&mut self, saga: &ConversionSaga, written_at_micros: i64) {
+        self.status = saga.status.as_str().to_owned();
+        self.step = saga.step.as_str().to_owned();
+        self.attempts = saga.attempts;
+        self.last_error = saga.last_error.clone();
+        self.failure_reason = saga.failure_reason.clone();
+        self.ledger_transaction_id = saga.ledger_transaction_id.clone();
+        self.reversal_transaction_id = saga.reversal_transaction_id.clone();
+        self.updated_at_micros = written_at_micros;
+        self.finished_at_micros = saga.is_done().then_some(written_at_micros);
+    }
+
     pub fn to_pb(&self, quote: &QuoteRow, viewer: Viewer<'_>) -> pb::Conversion {
         pb::Conversion {
             conversion_id: self.conversion_id.clone(),

@@ -68,7 +68,7 @@ pub(crate) struct EarningProgress {
 
 /// A saga's progress.
 #[derive(Debug, Clone)]
-pub(crate) enum Progress {
+pub(crate) enum SagaProgress {
     Conversion(ConversionProgress),
     Earning(EarningProgress),
 }
@@ -78,7 +78,7 @@ pub(crate) enum Progress {
 enum Write {
     Quote(QuoteRow),
     Conversion(NewConversion),
-    Progress(Progress),
+    Progress(SagaProgress),
 }
 
 /// The exchange's batched writer. Quotes, new conversions and saga progress share one queue and
@@ -133,7 +133,7 @@ impl Writers {
 
     /// Writes a saga's progress; false when its driver no longer holds the lease, in which case
     /// nothing was written.
-    pub(crate) async fn progress(&self, progress: Progress) -> Result<bool, Status> {
+    pub(crate) async fn progress(&self, progress: SagaProgress) -> Result<bool, Status> {
         self.write(Write::Progress(progress)).await
     }
 }
@@ -153,8 +153,10 @@ async fn write_batch(database: &Database, writes: &[Write]) -> Result<Vec<bool>,
         match write {
             Write::Quote(quote) => quotes.push(quote),
             Write::Conversion(conversion) => conversions.push(conversion),
-            Write::Progress(Progress::Conversion(progress)) => conversion_progress.push(progress),
-            Write::Progress(Progress::Earning(progress)) => earning_progress.push(progress),
+            Write::Progress(SagaProgress::Conversion(progress)) => {
+                conversion_progress.push(progress)
+            }
+            Write::Progress(SagaProgress::Earning(progress)) => earning_progress.push(progress),
         }
     }
     let backend = database.backend();
@@ -246,10 +248,12 @@ async fn write_batch(database: &Database, writes: &[Write]) -> Result<Vec<bool>,
         .map(|write| match write {
             Write::Quote(_) => true,
             Write::Conversion(conversion) => written.contains(&conversion.conversion_id),
-            Write::Progress(Progress::Conversion(progress)) => {
+            Write::Progress(SagaProgress::Conversion(progress)) => {
                 written.contains(&progress.conversion_id)
             }
-            Write::Progress(Progress::Earning(progress)) => written.contains(&progress.earning_id),
+            Write::Progress(SagaProgress::Earning(progress)) => {
+                written.contains(&progress.earning_id)
+            }
         })
         .collect())
 }

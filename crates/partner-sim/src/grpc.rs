@@ -40,7 +40,7 @@ impl GatewayGrpc {
         movement: Movement,
     ) -> Result<(i32, i32, i64), Status> {
         valid_operation(key, member, amount_minor)?;
-        let outcome = if fault == Some(Fault::Refuse) {
+        let outcome = if self.refuses(fault, key).await? {
             Outcome::Refused(Refusal::PartnerRule)
         } else {
             self.wallets
@@ -49,6 +49,16 @@ impl GatewayGrpc {
                 .map_err(storage_status)?
         };
         Ok(outcome_to_pb(after(fault, outcome)?))
+    }
+
+    /// Whether a refusing fault refuses the call with `key`: a forgetful gateway refuses every
+    /// call, an honest refusal only a key the program has not stored.
+    async fn refuses(&self, fault: Option<Fault>, key: &str) -> Result<bool, Status> {
+        match fault {
+            Some(Fault::Forgetful) => Ok(true),
+            Some(Fault::Refuse) => Ok(!self.wallets.knows(key).await.map_err(storage_status)?),
+            _ => Ok(false),
+        }
     }
 
     /// Authenticates the caller and applies an armed fault that acts before the call. Returns
@@ -186,7 +196,6 @@ fn valid_operation(key: &str, member: &str, amount_minor: i64) -> Result<(), Sta
 /// What a fault does after the wallets answered.
 fn after(fault: Option<Fault>, outcome: Outcome) -> Result<Outcome, Status> {
     match fault {
-        Some(Fault::Refuse) => Ok(Outcome::Refused(Refusal::PartnerRule)),
         Some(Fault::FailAfterApplying) => {
             Err(Status::unavailable("simulated failure after applying"))
         }
@@ -207,7 +216,7 @@ impl PartnerGatewayService for GatewayGrpc {
             .await
             .map_err(storage_status)?;
         let standing = match (fault, member) {
-            (Some(Fault::Refuse), _) => pb::MemberStanding::Blocked,
+            (Some(Fault::Refuse | Fault::Forgetful), _) => pb::MemberStanding::Blocked,
             (_, None) => pb::MemberStanding::Unknown,
             (_, Some((_, false))) => pb::MemberStanding::Blocked,
             (_, Some((_, true))) => pb::MemberStanding::Good,
@@ -286,10 +295,13 @@ impl PartnerGatewayService for GatewayGrpc {
                 continue;
             };
             match self.faults.take(rpc) {
-                Some(Fault::Refuse) => {
+                refusing @ Some(Fault::Refuse | Fault::Forgetful)
+                    if self.refuses(refusing, operation.key()).await? =>
+                {
                     results[position] = movement_result(Outcome::Refused(Refusal::PartnerRule));
                     continue;
                 }
+                Some(Fault::Refuse | Fault::Forgetful) => {}
                 Some(Fault::Fail | Fault::Unimplemented) => {
                     return Err(Status::unavailable("simulated failure: not applied"));
                 }
@@ -330,7 +342,7 @@ impl PartnerGatewayService for GatewayGrpc {
                 "is required",
             )]));
         }
-        let outcome = if fault == Some(Fault::Refuse) {
+        let outcome = if self.refuses(fault, &request.transaction_key).await? {
             Outcome::Refused(Refusal::PartnerRule)
         } else {
             self.wallets
@@ -431,6 +443,7 @@ impl PartnerSimService for SimControlGrpc {
         let fault = match sim::Fault::try_from(request.fault) {
             Ok(sim::Fault::Unspecified) => None,
             Ok(sim::Fault::Refuse) => Some(Fault::Refuse),
+            Ok(sim::Fault::Forgetful) => Some(Fault::Forgetful),
             Ok(sim::Fault::Fail) => Some(Fault::Fail),
             Ok(sim::Fault::FailAfterApplying) => Some(Fault::FailAfterApplying),
             Ok(sim::Fault::Unimplemented) => Some(Fault::Unimplemented),
@@ -447,7 +460,16 @@ impl PartnerSimService for SimControlGrpc {
         };
         let times = u32::try_from(request.times)
             .map_err(|_| status::invalid_argument([("times", "must not be negative")]))?;
-        self.faults.set(&request.rpc, fault, times);
+        match (fault, request.queue) {
+            (Some(fault), true) => self.faults.queue(&request.rpc, fault, times),
+            (None, true) => {
+                return Err(status::invalid_argument([(
+                    "fault",
+                    "must be set to queue a fault",
+                )]));
+            }
+            (fault, false) => self.faults.set(&request.rpc, fault, times),
+        }
         Ok(Response::new(sim::SetFaultResponse {}))
     }
 }

@@ -102,6 +102,12 @@ impl Wallets {
         Ok(())
     }
 
+    /// Whether the program has stored an operation (or a void) under `key`.
+    pub async fn knows(&self, key: &str) -> Result<bool, sqlx::Error> {
+        let mut connection = self.database.pool().acquire().await?;
+        Ok(operation(&mut connection, key).await?.is_some())
+    }
+
     /// A member's balance and standing.
     pub async fn member(&self, member: &str) -> Result<Option<(i64, bool)>, sqlx::Error> {
         let mut connection = self.database.pool().acquire().await?;
@@ -294,6 +300,15 @@ pub enum Operation {
     },
     /// The undoing of the operation under `original`.
     Reverse { key: String, original: String },
+}
+
+impl Operation {
+    /// The transaction key the operation is asked under.
+    pub fn key(&self) -> &str {
+        match self {
+            Operation::Move { key, .. } | Operation::Reverse { key, .. } => key,
+        }
+    }
 }
 
 /// An operation as stored: its kind (DEBIT, CREDIT, REVERSAL or VOID), member, amount, the key

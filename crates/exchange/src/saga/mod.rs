@@ -1,5 +1,9 @@
 //! What conversions and earnings share as sagas: leases on their rows, and how long to wait
-//! before asking a partner again.
+//! before asking a partner again; and the conversion's saga, as a state machine
+//! ([`conversion`]) and its driver ([`conversion_driver`]).
+
+pub(crate) mod conversion;
+mod conversion_driver;
 
 use std::time::Duration;
 
@@ -11,9 +15,9 @@ use crate::{Exchange, database_error, new_id, now_micros};
 /// short pauses, before the saga is parked for the recovery worker.
 pub(crate) const TRIES_PER_DRIVE: u32 = 3;
 
-/// After this many unanswered attempts at a debit or credit, the saga stops asking and
-/// compensates instead: a gateway voids a key it never saw when asked to reverse it, so giving
-/// up is safe.
+/// After this many unanswered attempts at a step that may give up (a conversion's debit or
+/// credit, a reversal's first two steps), the saga stops asking and undoes it by key instead: a
+/// gateway voids a key it never saw when asked to reverse it, so giving up is safe.
 pub(crate) const MAX_UNKNOWN_ATTEMPTS: i64 = 10;
 
 /// The pause between tries within one drive.
