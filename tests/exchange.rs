@@ -1086,6 +1086,56 @@ async fn a_reversal_refused_after_an_unknown_outcome_is_undone(server: TestServe
     coalition.trial_balance_is_zero().await;
 }
 
+/// The hotel's gateway applies a ride's credit, gives no answer, then refuses the same key: the
+/// credit is reversed by key and the posted ledger transaction reversed, so the earning ends
+/// FAILED with the member's points and the ledger agreeing.
+async fn an_earning_credit_refused_after_an_unknown_outcome_is_undone(server: TestServer) {
+    let coalition = Coalition::new(server, 0).await;
+    coalition
+        .hotel_sim
+        .queue_fault("CreditPoints", Fault::FailAfterApplying, 1)
+        .await;
+    coalition
+        .hotel_sim
+        .queue_fault("CreditPoints", Fault::Forgetful, 0)
+        .await;
+    let activity = coalition
+        .ride("forgotten-ride", 2_345, "GOLD", "RIDE")
+        .await
+        .expect("record a ride");
+    let earning = &activity.earnings[0];
+    assert_eq!(
+        earning.status,
+        pb::EarningStatus::Failed as i32,
+        "{earning:?}"
+    );
+    assert!(
+        earning.note.contains("refused the credit"),
+        "{}",
+        earning.note
+    );
+    assert_eq!(
+        coalition.hotel_sim.balance(HOTEL_MEMBER).await,
+        50_000,
+        "the credit was reversed"
+    );
+    let kinds: Vec<i32> = coalition
+        .ledger_transactions(&activity.activity_id)
+        .await
+        .iter()
+        .map(|transaction| transaction.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            pb::TransactionKind::Posted as i32,
+            pb::TransactionKind::Reversal as i32
+        ],
+        "what the ledger posted is reversed"
+    );
+    coalition.trial_balance_is_zero().await;
+}
+
 /// Earnings queued for their saga (`earnings_due`), read straight from the exchange's database.
 async fn earnings_due(database: &TestDatabase) -> i64 {
     let exchange =
@@ -1243,6 +1293,7 @@ on_every_backend!(
     a_credit_refused_after_an_unknown_outcome_is_reversed,
     a_debit_refused_after_an_unknown_outcome_is_given_back,
     a_reversal_refused_after_an_unknown_outcome_is_undone,
+    an_earning_credit_refused_after_an_unknown_outcome_is_undone,
     rides_earn_hotel_points_with_tier_and_promotion,
     held_points_post_after_the_hold_and_refunds_inside_it_void,
 );

@@ -1,11 +1,16 @@
 //! Cross-brand earn: a partner reports a member's purchase, and every linked partner whose
 //! agreement from the reporter has earn rules credits its points.
 //!
-//! Each earning is a saga like a conversion. Without a hold: credit at the target's gateway, then
-//! post the ledger transaction in which the reporter owes the target. With a hold: the ledger
-//! transaction is posted PENDING at once (the obligation is visible), and when the hold ends the
-//! worker credits the member and posts it. A refund inside the hold voids it; after it, the points
-//! are debited back and the ledger transaction reversed.
+//! Each earning is a saga like a conversion. Without a hold: post the ledger transaction in which
+//! the reporter owes the target, then credit the member at the target's gateway. With a hold: the
+//! ledger transaction is posted PENDING at once (the obligation is visible), and when the hold
+//! ends the worker credits the member and posts it. A refund inside the hold voids it; after it,
+//! the points are debited back and the ledger transaction reversed.
+//!
+//! The credit is the last movement, so a refused credit, which may follow a credit that applied
+//! without an answer, is reversed by key, and the ledger transaction reversed (or voided) after
+//! it; a refused clawback is likewise reversed by key. Whatever a gateway answers, the member's
+//! points and the ledger agree.
 
 use std::collections::HashMap;
 
@@ -352,8 +357,11 @@ impl Exchange {
             row.status = "HELD".to_owned();
             row.step = "POST_HOLD".to_owned();
         } else {
+            // The ledger first: the credit that follows is then the saga's last step, and a
+            // refusal of it (which may follow an unknown outcome) is undone by key and answered
+            // by reversing the posted transaction. See `earning_step`.
             row.status = "CREDITING".to_owned();
-            row.step = "CREDIT".to_owned();
+            row.step = "POST".to_owned();
         }
         Ok(())
     }
@@ -824,26 +832,66 @@ impl Exchange {
                     )
                     .await
                 {
-                    GatewayAnswer::Applied => {
-                        let next = if release { "RELEASE_POST" } else { "POST" };
+                    GatewayAnswer::Applied if release => {
                         let status = earning.status.clone();
-                        go(earning, &status, next);
+                        go(earning, &status, "RELEASE_POST");
                         Ok(EarnNext::Continue)
                     }
+                    // An earning recorded before the ledger went first has not posted yet.
+                    GatewayAnswer::Applied if earning.ledger_transaction_id.is_empty() => {
+                        go(earning, "CREDITING", "POST");
+                        Ok(EarnNext::Record)
+                    }
+                    GatewayAnswer::Applied => self.after_posting(earning, refund),
                     GatewayAnswer::Refused(reason) => {
+                        // The refusal may follow a call that applied without an answer, or a
+                        // crash: the credit is reversed by key before anything else.
                         earning.note = format!("the target partner refused the credit: {reason}");
-                        if release {
-                            // The ledger holds a pending transaction that must now be voided.
-                            go(earning, "HELD", "VOID_FAILED");
-                            Ok(EarnNext::Record)
-                        } else {
-                            go(earning, "FAILED", "DONE");
-                            Ok(EarnNext::Stop)
-                        }
+                        let status = earning.status.clone();
+                        go(earning, &status, "UNDO_CREDIT");
+                        Ok(EarnNext::Record)
                     }
                     GatewayAnswer::Unknown(error) => Err(error),
                 }
             }
+            "UNDO_CREDIT" => match self
+                .peers
+                .reverse_points(&earning.target_gateway, key("credit:undo"), key("credit"))
+                .await
+            {
+                GatewayAnswer::Applied if earning.hold_until_micros.is_some() => {
+                    // The ledger holds a pending transaction that must now be voided.
+                    go(earning, "HELD", "VOID_FAILED");
+                    Ok(EarnNext::Record)
+                }
+                GatewayAnswer::Applied if earning.ledger_transaction_id.is_empty() => {
+                    go(earning, "FAILED", "DONE");
+                    Ok(EarnNext::Stop)
+                }
+                GatewayAnswer::Applied => {
+                    go(earning, "CREDITING", "REVERSE_FAILED");
+                    Ok(EarnNext::Record)
+                }
+                GatewayAnswer::Refused(reason) => Err(format!(
+                    "the target partner refused to undo the credit ({reason}); ops must look"
+                )),
+                GatewayAnswer::Unknown(error) => Err(error),
+            },
+            "REVERSE_FAILED" => match self
+                .peers
+                .reverse(
+                    key("reverse:failed"),
+                    &earning.ledger_transaction_id,
+                    "the target partner refused the credit",
+                )
+                .await
+            {
+                Ok(_) => {
+                    go(earning, "FAILED", "DONE");
+                    Ok(EarnNext::Stop)
+                }
+                Err(status) => Err(status.message().to_owned()),
+            },
             "POST" => {
                 let request = self
                     .earning_transaction(earning, key("ledger"), pb::TransactionKind::Posted, 0)
@@ -852,7 +900,8 @@ impl Exchange {
                 match self.peers.post(request).await {
                     Ok(transaction) => {
                         earning.ledger_transaction_id = transaction.transaction_id;
-                        self.after_posting(earning, refund)
+                        go(earning, "CREDITING", "CREDIT");
+                        Ok(EarnNext::Continue)
                     }
                     Err(status) if ledger_refused(&status) => Err(format!(
                         "the ledger refused the earning ({}); ops must look",
@@ -938,17 +987,37 @@ impl Exchange {
                 .await
             {
                 GatewayAnswer::Applied => {
+                    // Recorded before the ledger reversal, so a resumed saga never asks for
+                    // the clawback again once the ledger has reversed.
                     go(earning, "CLAWING_BACK", "REVERSE_LEDGER");
-                    Ok(EarnNext::Continue)
+                    Ok(EarnNext::Record)
                 }
                 GatewayAnswer::Refused(reason) => {
                     earning.note = format!(
                         "the target partner refused to take the points back ({reason}); they \
                          stay earned and paid for"
                     );
+                    go(earning, "CLAWING_BACK", "UNDO_CLAWBACK");
+                    Ok(EarnNext::Record)
+                }
+                GatewayAnswer::Unknown(error) => Err(error),
+            },
+            "UNDO_CLAWBACK" => match self
+                .peers
+                .reverse_points(
+                    &earning.target_gateway,
+                    key("clawback:undo"),
+                    key("clawback"),
+                )
+                .await
+            {
+                GatewayAnswer::Applied => {
                     go(earning, "CLAWBACK_REFUSED", "DONE");
                     Ok(EarnNext::Stop)
                 }
+                GatewayAnswer::Refused(reason) => Err(format!(
+                    "the target partner refused to undo the clawback ({reason}); ops must look"
+                )),
                 GatewayAnswer::Unknown(error) => Err(error),
             },
             "REVERSE_LEDGER" => match self
@@ -966,7 +1035,9 @@ impl Exchange {
                 }
                 Err(status) => Err(status.message().to_owned()),
             },
-            _ => Ok(EarnNext::Stop),
+            other => Err(format!(
+                "unknown earning step {other:?} in storage; ops must look"
+            )),
         }
     }
 
