@@ -87,6 +87,26 @@ fn earn_terms(hold_days: u32) -> pb::AgreementTerms {
     terms
 }
 
+/// The ledger transactions that carry `reference`, as ops read them.
+async fn transactions_of(
+    server: &TestServer,
+    ops_token: &str,
+    reference: &str,
+) -> Vec<pb::Transaction> {
+    server
+        .ledger()
+        .list_transactions(authed(
+            ops_token,
+            pb::ListTransactionsRequest {
+                external_reference: reference.to_owned(),
+            },
+        ))
+        .await
+        .expect("list ledger transactions")
+        .into_inner()
+        .transactions
+}
+
 impl Coalition {
     /// Skyline Hotels and Zoom Rides with their gateways, agreements both ways (hotel points
     /// convert into miles; rides earn hotel points with `hold_days`), and H-1001 linked to R-77.
@@ -241,18 +261,7 @@ impl Coalition {
 
     /// The ledger transactions that carry `reference`.
     async fn ledger_transactions(&self, reference: &str) -> Vec<pb::Transaction> {
-        self.server
-            .ledger()
-            .list_transactions(authed(
-                &self.ops_token,
-                pb::ListTransactionsRequest {
-                    external_reference: reference.to_owned(),
-                },
-            ))
-            .await
-            .expect("list ledger transactions")
-            .into_inner()
-            .transactions
+        transactions_of(&self.server, &self.ops_token, reference).await
     }
 
     async fn trial_balance_is_zero(&self) {
@@ -850,18 +859,7 @@ async fn conversions_interrupted_by_a_crash_finish_once(database: TestDatabase) 
         "each credited once"
     );
     for conversion in &conversions {
-        let posted = server
-            .ledger()
-            .list_transactions(authed(
-                &ops_token,
-                pb::ListTransactionsRequest {
-                    external_reference: conversion.conversion_id.clone(),
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .transactions;
+        let posted = transactions_of(&server, &ops_token, &conversion.conversion_id).await;
         assert_eq!(posted.len(), 1, "each posted once");
     }
     let trial = server
@@ -949,46 +947,39 @@ async fn a_conversion_killed_after_its_ledger_post_only_goes_forward(database: T
         "debited once"
     );
     assert_eq!(ride_sim.balance(RIDER).await, 2_500, "credited once");
-    let posted = server
-        .ledger()
-        .list_transactions(authed(
-            &ops_token,
-            pb::ListTransactionsRequest {
-                external_reference: conversion.conversion_id.clone(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .transactions;
+    let posted = transactions_of(&server, &ops_token, &conversion.conversion_id).await;
     assert_eq!(posted.len(), 1, "posted once");
     assert_eq!(conversion.ledger_transaction_id, posted[0].transaction_id);
 }
 
-/// Converts 10,000 hotel points while `gateway`'s `rpc` applies the first call and fails to
-/// answer, then refuses every call after: a gateway that forgot what it applied.
-async fn convert_with_a_forgetful(
-    coalition: &Coalition,
-    gateway: &Simulator,
+/// Converts 10,000 hotel points while the gateway `forgetful` picks applies the first call of
+/// `rpc`, gives no answer, then refuses the same key: a gateway that forgot what it applied. The
+/// refusal proves nothing, so what may have moved is reversed by key: the conversion ends
+/// FAILED, saying `why`, with both wallets as before and nothing in the ledger.
+async fn a_forgotten_movement_is_undone(
+    server: TestServer,
+    forgetful: fn(&Coalition) -> &Simulator,
     rpc: &str,
-) -> pb::Conversion {
-    gateway.queue_fault(rpc, Fault::FailAfterApplying, 1).await;
-    gateway.queue_fault(rpc, Fault::Forgetful, 0).await;
+    why: &str,
+) {
+    let coalition = Coalition::new(server, 0).await;
+    forgetful(&coalition).forget_after_applying(rpc).await;
     let quote = coalition.quote(10_000).await.unwrap();
-    coalition
+    let conversion = coalition
         .execute(&quote.quote_id, "forgotten")
         .await
         .unwrap()
         .conversion
-        .unwrap()
-}
-
-/// Both wallets as before the conversion, and nothing in the ledger.
-async fn nothing_moved(coalition: &Coalition, conversion: &pb::Conversion) {
+        .unwrap();
     assert_eq!(
         conversion.status,
         pb::ConversionStatus::Failed as i32,
         "{conversion:?}"
+    );
+    assert!(
+        conversion.failure_reason.contains(why),
+        "{}",
+        conversion.failure_reason
     );
     assert_eq!(coalition.hotel_sim.balance(HOTEL_MEMBER).await, 50_000);
     assert_eq!(coalition.ride_sim.balance(RIDER).await, 0);
@@ -1000,32 +991,26 @@ async fn nothing_moved(coalition: &Coalition, conversion: &pb::Conversion) {
     );
 }
 
-/// The target's gateway applies the credit, gives no answer, then refuses the same key: the
-/// refusal proves nothing, so the credit is reversed by key before the debit is given back.
+/// The target's credit: reversed by key before the debit is given back.
 async fn a_credit_refused_after_an_unknown_outcome_is_reversed(server: TestServer) {
-    let coalition = Coalition::new(server, 0).await;
-    let conversion =
-        convert_with_a_forgetful(&coalition, &coalition.ride_sim, "CreditPoints").await;
-    assert!(
-        conversion.failure_reason.contains("refused the credit"),
-        "{}",
-        conversion.failure_reason
-    );
-    nothing_moved(&coalition, &conversion).await;
+    a_forgotten_movement_is_undone(
+        server,
+        |coalition| &coalition.ride_sim,
+        "CreditPoints",
+        "refused the credit",
+    )
+    .await;
 }
 
-/// The source's gateway applies the debit, gives no answer, then refuses the same key: the
-/// member's points are given back all the same.
+/// The source's debit: the member's points are given back all the same.
 async fn a_debit_refused_after_an_unknown_outcome_is_given_back(server: TestServer) {
-    let coalition = Coalition::new(server, 0).await;
-    let conversion =
-        convert_with_a_forgetful(&coalition, &coalition.hotel_sim, "DebitPoints").await;
-    assert!(
-        conversion.failure_reason.contains("refused the debit"),
-        "{}",
-        conversion.failure_reason
-    );
-    nothing_moved(&coalition, &conversion).await;
+    a_forgotten_movement_is_undone(
+        server,
+        |coalition| &coalition.hotel_sim,
+        "DebitPoints",
+        "refused the debit",
+    )
+    .await;
 }
 
 /// A reversal whose target debit applied, went unanswered and was then refused is undone by key:
@@ -1042,11 +1027,7 @@ async fn a_reversal_refused_after_an_unknown_outcome_is_undone(server: TestServe
     assert_eq!(conversion.status, pb::ConversionStatus::Completed as i32);
     coalition
         .ride_sim
-        .queue_fault("DebitPoints", Fault::FailAfterApplying, 1)
-        .await;
-    coalition
-        .ride_sim
-        .queue_fault("DebitPoints", Fault::Forgetful, 0)
+        .forget_after_applying("DebitPoints")
         .await;
     let refused = coalition
         .server
@@ -1093,11 +1074,7 @@ async fn an_earning_credit_refused_after_an_unknown_outcome_is_undone(server: Te
     let coalition = Coalition::new(server, 0).await;
     coalition
         .hotel_sim
-        .queue_fault("CreditPoints", Fault::FailAfterApplying, 1)
-        .await;
-    coalition
-        .hotel_sim
-        .queue_fault("CreditPoints", Fault::Forgetful, 0)
+        .forget_after_applying("CreditPoints")
         .await;
     let activity = coalition
         .ride("forgotten-ride", 2_345, "GOLD", "RIDE")

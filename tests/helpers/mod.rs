@@ -474,6 +474,14 @@ impl Simulator {
         self.arm_fault(rpc, fault, times, 0, true).await;
     }
 
+    /// Makes `rpc` apply its next call and fail to answer, then refuse every call after, even of
+    /// the key it applied: a gateway that forgot (it breaks the contract on purpose).
+    pub async fn forget_after_applying(&self, rpc: &str) {
+        use tandem_proto::sim::v1::Fault;
+        self.queue_fault(rpc, Fault::FailAfterApplying, 1).await;
+        self.queue_fault(rpc, Fault::Forgetful, 0).await;
+    }
+
     async fn arm_fault(
         &self,
         rpc: &str,
