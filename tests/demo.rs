@@ -44,8 +44,8 @@ async fn the_demo_tells_the_whole_story_on_its_own_sqlite() {
 }
 
 #[tokio::test]
+#[ignore = "PostgreSQL: set TANDEM_TEST_DATABASE_URL and pass -- --include-ignored"]
 async fn the_demo_tells_the_whole_story_on_postgres() {
-    if let Some(database) = TestDatabase::postgres().await {
-        run_demo(storage_args(&database)).await;
-    }
+    let database = TestDatabase::postgres_required().await;
+    run_demo(storage_args(&database)).await;
 }

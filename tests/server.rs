@@ -183,6 +183,54 @@ async fn operator_tokens_and_key_rotation_work_against_a_running_server(server: 
     );
 }
 
+/// `tandem token`, `keys list` and `keys rotate` run against a folder without Tandem's keys say
+/// where they looked and fail, creating nothing; `keys init` creates the store, once.
+#[tokio::test]
+async fn operator_commands_never_create_a_key_store() {
+    let database = TestDatabase::sqlite();
+    let tandem_storage::Location::SqliteDirectory(directory) = database.location() else {
+        unreachable!("a SQLite test database")
+    };
+    let key_file = directory.join("auth.db");
+    let storage = storage_args(&database);
+    let run = |args: &[&str]| {
+        std::process::Command::new(TANDEM)
+            .args(&storage)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for args in [
+        &["token", "--role", "admin", "--subject", "alice"][..],
+        &["keys", "list"],
+        &["keys", "rotate"],
+    ] {
+        let output = run(args);
+        assert_eq!(output.status.code(), Some(1), "tandem {args:?}");
+        let message = String::from_utf8(output.stderr).unwrap();
+        assert!(
+            message.contains("no key store at") && message.contains("auth.db"),
+            "tandem {args:?} says where it looked: {message}"
+        );
+        assert!(!key_file.exists(), "tandem {args:?} created no key store");
+    }
+    let created = run(&["keys", "init"]);
+    assert!(created.status.success());
+    let kid = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    assert!(key_file.exists());
+    let again = run(&["keys", "init"]);
+    assert!(again.status.success());
+    assert!(again.stdout.is_empty(), "a second init adds no key");
+    let token = run(&["token", "--role", "ops", "--subject", "bob"]);
+    assert!(token.status.success());
+    let token = String::from_utf8(token.stdout).unwrap();
+    assert_eq!(
+        jsonwebtoken::decode_header(token.trim()).unwrap().kid,
+        Some(kid),
+        "the token is signed by the key init created"
+    );
+}
+
 #[tokio::test]
 async fn invalid_settings_fail_at_start_with_every_problem_named() {
     let database = TestDatabase::sqlite();

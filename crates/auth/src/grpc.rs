@@ -57,8 +57,11 @@ fn validate_credentials(request: &IssueTokenRequest) -> Result<(), Status> {
         ("client_id", &request.client_id),
         ("client_secret", &request.client_secret),
     ] {
-        if value.is_empty() || value.len() > MAX_CREDENTIAL_LENGTH {
-            violations.push((field, "must be 1 to 200 characters"));
+        if !tandem_domain::is_printable_identifier(value, MAX_CREDENTIAL_LENGTH) {
+            violations.push((
+                field,
+                "must be 1 to 200 printable ASCII characters without spaces",
+            ));
         }
     }
     if violations.is_empty() {

@@ -94,12 +94,16 @@ impl KeyStore {
         Ok(info)
     }
 
+    /// How many signing keys there are.
+    pub async fn key_count(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM signing_keys")
+            .fetch_one(self.database.pool())
+            .await
+    }
+
     /// Makes sure a key exists, creating the first one on a fresh deployment.
     pub async fn ensure_key(&self) -> Result<(), sqlx::Error> {
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM signing_keys")
-            .fetch_one(self.database.pool())
-            .await?;
-        if count == 0 {
+        if self.key_count().await? == 0 {
             self.rotate().await?;
         }
         Ok(())

@@ -8,6 +8,13 @@ use uuid::Uuid;
 #[error("must be a UUID such as 0192f0c4-8a1e-7c3a-9b5e-1d2f3a4b5c6d")]
 pub struct IdParseError;
 
+/// Whether `text` is a server-assigned id in its one spelling (a hyphenated UUID, 36
+/// characters). Anything else names nothing Tandem made, so a look-up by it need not reach a
+/// database (where a NUL byte, for one, is an error on PostgreSQL and a value on SQLite).
+pub fn is_server_id(text: &str) -> bool {
+    text.len() == 36 && Uuid::parse_str(text).is_ok()
+}
+
 macro_rules! uuid_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*

@@ -4,6 +4,7 @@
 mod agreement;
 mod codes;
 mod currency;
+mod identifiers;
 mod ids;
 mod numbers;
 mod partner;
@@ -16,7 +17,8 @@ pub use agreement::{
 };
 pub use codes::{PartnerCode, ProgramCode, Reason, Text};
 pub use currency::Currency;
-pub use ids::{AgreementId, IdParseError, PartnerId};
+pub use identifiers::{ExternalId, IdempotencyKey, MemberId, is_printable_identifier};
+pub use ids::{AgreementId, IdParseError, PartnerId, is_server_id};
 pub use numbers::{BasisPoints, Multiplier, Points, Price, Rate, Scale};
 pub use partner::{Category, GatewayEndpoint, Partner, PartnerStatus, Program};
 pub use terms::{EarnRules, PromotionWindow, Terms, TierMultiplier};

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use chrono::{Datelike, TimeZone, Utc};
 use rust_decimal::Decimal;
 use tandem_auth::Caller;
-use tandem_domain::{Currency, from_unix_micros};
+use tandem_domain::{Currency, IdempotencyKey, MemberId, PartnerId, from_unix_micros};
 use tandem_proto::{status, time::datetime, v1 as pb};
 use tandem_storage::{Backend, PageCursor, PageRequest};
 use tonic::{Code, Status};
@@ -205,6 +205,9 @@ const COUNTS_AGAINST_CAPS: &str = "status NOT IN ('FAILED', 'REVERSED')";
 
 impl Exchange {
     pub(crate) async fn load_quote(&self, quote_id: &str) -> Result<Option<QuoteRow>, Status> {
+        if !tandem_domain::is_server_id(quote_id) {
+            return Ok(None);
+        }
         sqlx::query_as::<_, QuoteRow>(sqlx::AssertSqlSafe(format!(
             "SELECT {QUOTE_COLUMNS} FROM quotes WHERE quote_id = $1"
         )))
@@ -215,6 +218,10 @@ impl Exchange {
     }
 
     pub(crate) async fn load_conversion(&self, id: &str) -> Result<Option<ConversionRow>, Status> {
+        // An id Tandem never made names no conversion, and never reaches the database.
+        if !tandem_domain::is_server_id(id) {
+            return Ok(None);
+        }
         sqlx::query_as::<_, ConversionRow>(sqlx::AssertSqlSafe(format!(
             "SELECT {CONVERSION_COLUMNS} FROM conversions WHERE conversion_id = $1"
         )))
@@ -338,6 +345,14 @@ impl Exchange {
         require_partner(caller, &request.partner_id)?;
         if request.link_id.is_empty() {
             return Err(invalid("link_id", "is required"));
+        }
+        // Checked before it joins a batch of look-ups, which one malformed id would fail.
+        if !tandem_domain::is_server_id(&request.link_id) {
+            return Err(refuse(
+                Code::NotFound,
+                "LINK_NOT_FOUND",
+                format!("link {} not found", request.link_id),
+            ));
         }
         let amount = match request.amount {
             Some(pb::get_quote_request::Amount::SourcePoints(points)) => Amount::Source(points),
@@ -555,8 +570,9 @@ impl Exchange {
         if request.quote_id.is_empty() {
             violations.push(("quote_id", "is required"));
         }
-        if request.idempotency_key.is_empty() || request.idempotency_key.len() > 200 {
-            violations.push(("idempotency_key", "must be 1 to 200 characters"));
+        let key = IdempotencyKey::parse(&request.idempotency_key);
+        if let Err(error) = &key {
+            violations.push(("idempotency_key", error.as_str()));
         }
         if !violations.is_empty() {
             return Err(status::invalid_argument(violations));
@@ -957,6 +973,23 @@ impl Exchange {
                 "needs partner_id: a member id belongs to a partner",
             ));
         }
+        let mut violations = Vec::new();
+        if !request.partner_id.is_empty() && request.partner_id.parse::<PartnerId>().is_err() {
+            violations.push(("partner_id", "must be a partner id (a UUID)".to_owned()));
+        }
+        if let Err(error) = (!request.member_id.is_empty())
+            .then(|| MemberId::parse(&request.member_id))
+            .transpose()
+        {
+            violations.push(("member_id", error));
+        }
+        if !violations.is_empty() {
+            return Err(status::invalid_argument(
+                violations
+                    .iter()
+                    .map(|(field, message)| (*field, message.as_str())),
+            ));
+        }
         let page = PageRequest::parse(request.page_size, &request.page_token)
             .map_err(|(field, message)| invalid(field, message))?;
         let time = |field: &str, value: &Option<tandem_proto::time::ProtoTimestamp>| {
@@ -1097,8 +1130,8 @@ impl Exchange {
         caller: &Caller,
         request: pb::ReverseConversionRequest,
     ) -> Result<pb::Conversion, Status> {
-        if request.reason.is_empty() || request.reason.chars().count() > 500 {
-            return Err(invalid("reason", "must be 1 to 500 characters"));
+        if let Err(error) = tandem_domain::Reason::parse(&request.reason) {
+            return Err(invalid("reason", error));
         }
         let not_found = || {
             refuse(

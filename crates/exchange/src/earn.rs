@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use chrono::Datelike;
 use rust_decimal::Decimal;
 use tandem_auth::Caller;
-use tandem_domain::{Currency, from_unix_micros, to_unix_micros};
+use tandem_domain::{Currency, ExternalId, MemberId, Text, from_unix_micros, to_unix_micros};
 use tandem_proto::{status, time::datetime, v1 as pb};
 use tandem_storage::{Backend, ColumnType, JsonRows};
 use tonic::{Code, Status};
@@ -41,6 +41,10 @@ const CLOCK_SKEW_MICROS: i64 = 5 * 60 * 1_000_000;
 /// must send the very same request, or the ledger refuses the key as reused.
 const HOLD_TIMEOUT_SECONDS: i64 = 400 * 24 * 3600;
 const DAY_MICROS: i64 = 24 * 3600 * 1_000_000;
+/// The earliest activity time accepted, 2000-01-01T00:00:00Z: no loyalty purchase older than
+/// Tandem's partners' programs is reported, and a time near year 0 is a client's bug (an unset
+/// date), not a purchase.
+const EARLIEST_ACTIVITY_MICROS: i64 = 946_684_800 * 1_000_000;
 
 /// What became of one report that was recorded (or had been).
 #[derive(Debug)]
@@ -70,11 +74,12 @@ pub(crate) struct Report {
 impl Report {
     pub fn parse(request: pb::RecordActivityRequest) -> Result<Self, Status> {
         let mut violations: Vec<(&str, String)> = Vec::new();
-        if request.external_id.is_empty() || request.external_id.len() > 200 {
-            violations.push(("external_id", "must be 1 to 200 characters".into()));
+        // The same rules as every service's: linking refuses the member ids this would let by.
+        if let Err(error) = ExternalId::parse(&request.external_id) {
+            violations.push(("external_id", error));
         }
-        if request.member_id.is_empty() || request.member_id.len() > 128 {
-            violations.push(("member_id", "must be 1 to 128 characters".into()));
+        if let Err(error) = MemberId::parse(&request.member_id) {
+            violations.push(("member_id", error));
         }
         if request.spend_amount_minor < 1 {
             violations.push(("spend_amount_minor", "must be at least 1".into()));
@@ -83,11 +88,17 @@ impl Report {
         if let Err(error) = &currency {
             violations.push(("spend_currency", error.to_string()));
         }
-        if request.category.is_empty() || request.category.chars().count() > 32 {
-            violations.push(("category", "must be 1 to 32 characters".into()));
+        let category = Text::<32>::parse(&request.category);
+        if let Err(error) = &category {
+            violations.push(("category", error.clone()));
         }
-        if request.member_tier.chars().count() > 32 {
-            violations.push(("member_tier", "must be at most 32 characters".into()));
+        // The tier is optional: empty means none.
+        let tier = match request.member_tier.as_str() {
+            "" => Ok(String::new()),
+            tier => Text::<32>::parse(tier).map(|tier| tier.as_str().to_owned()),
+        };
+        if let Err(error) = &tier {
+            violations.push(("member_tier", error.clone()));
         }
         let at = match request.activity_time.as_ref().map(datetime) {
             None => {
@@ -98,23 +109,32 @@ impl Report {
                 violations.push(("activity_time", error));
                 None
             }
+            Some(Ok(at)) if to_unix_micros(at) < EARLIEST_ACTIVITY_MICROS => {
+                violations.push((
+                    "activity_time",
+                    "must be on or after 2000-01-01T00:00:00Z".into(),
+                ));
+                None
+            }
             Some(Ok(at)) if to_unix_micros(at) > now_micros() + CLOCK_SKEW_MICROS => {
                 violations.push(("activity_time", "must not be in the future".into()));
                 None
             }
             Some(Ok(at)) => Some(to_unix_micros(at)),
         };
-        match (currency, at) {
-            (Ok(currency), Some(at_micros)) if violations.is_empty() => Ok(Self {
-                partner_id: request.partner_id,
-                external_id: request.external_id,
-                member_id: request.member_id,
-                spend_minor: request.spend_amount_minor,
-                currency,
-                category: request.category,
-                tier: request.member_tier,
-                at_micros,
-            }),
+        match (currency, at, category, tier) {
+            (Ok(currency), Some(at_micros), Ok(category), Ok(tier)) if violations.is_empty() => {
+                Ok(Self {
+                    partner_id: request.partner_id,
+                    external_id: request.external_id,
+                    member_id: request.member_id,
+                    spend_minor: request.spend_amount_minor,
+                    currency,
+                    category: category.as_str().to_owned(),
+                    tier,
+                    at_micros,
+                })
+            }
             _ => Err(status::invalid_argument(
                 violations
                     .iter()
@@ -208,24 +228,46 @@ impl Exchange {
             else {
                 continue;
             };
+            // Every linked partner gets an outcome; one that earns nothing says why.
+            let nothing = |note: String| {
+                Self::not_earned(
+                    report,
+                    activity_id,
+                    link,
+                    &target_partner_id,
+                    &target_member_id,
+                    note,
+                )
+            };
             let Some(agreement) = self
                 .peers
                 .agreement(&report.partner_id, &target_partner_id)
                 .await?
             else {
+                plans.push(nothing(
+                    "no ACTIVE agreement from the reporter to this partner".to_owned(),
+                ));
                 continue;
             };
-            let Some(version) = terms_at(&agreement, report.at_micros) else {
-                continue;
-            };
-            let Some(terms) = version.terms.as_ref() else {
+            let Some((version, terms)) = terms_at(&agreement, report.at_micros)
+                .and_then(|version| version.terms.as_ref().map(|terms| (version, terms)))
+            else {
+                plans.push(nothing(format!(
+                    "no terms of agreement {} were in force at activity_time",
+                    agreement.agreement_id
+                )));
                 continue;
             };
             let Some(rules) = terms.earn_rules.as_ref() else {
+                plans.push(nothing(format!(
+                    "the terms of agreement {} in force at activity_time have no earn rules",
+                    agreement.agreement_id
+                )));
                 continue;
             };
             let target = self.peers.partner(&target_partner_id).await?;
-            if require_active(&target).is_err() {
+            if let Err(refusal) = require_active(&target) {
+                plans.push(nothing(refusal.message().to_owned()));
                 continue;
             }
             let target_scale = target.program.as_ref().map_or(0, |program| program.scale);
@@ -314,6 +356,56 @@ impl Exchange {
             });
         }
         Ok(plans)
+    }
+
+    /// The outcome at a linked partner where the activity earns nothing, saying why.
+    fn not_earned(
+        report: &Report,
+        activity_id: &str,
+        link: &pb::Link,
+        target_partner_id: &str,
+        target_member_id: &str,
+        note: String,
+    ) -> Plan {
+        let row = EarningRow {
+            earning_id: new_id(),
+            activity_id: activity_id.to_owned(),
+            source_partner_id: report.partner_id.clone(),
+            source_member_id: report.member_id.clone(),
+            target_partner_id: target_partner_id.to_owned(),
+            target_member_id: target_member_id.to_owned(),
+            target_gateway: String::new(),
+            link_id: link.link_id.clone(),
+            agreement_id: String::new(),
+            terms_version: 0,
+            target_program: String::new(),
+            target_scale: 0,
+            points: 0,
+            eligible_spend_minor: 0,
+            spend_year: from_unix_micros(report.at_micros).year().into(),
+            multiplier: "1".to_owned(),
+            settlement_currency: String::new(),
+            currency_scale: 0,
+            settlement_amount_minor: 0,
+            fee_amount_minor: 0,
+            status: "NOT_EARNED".to_owned(),
+            step: "DONE".to_owned(),
+            refund_requested: 0,
+            hold_until_micros: None,
+            note,
+            ledger_transaction_id: String::new(),
+            attempts: 0,
+            last_error: String::new(),
+        };
+        Plan {
+            row,
+            points_per_spend_unit: Decimal::ZERO,
+            multiplier: Decimal::ONE,
+            price: Decimal::ZERO,
+            fee_basis_points: 0,
+            spend_scale: report.currency.exponent(),
+            annual_cap: None,
+        }
     }
 
     /// Applies the annual cap (against the spend `used` so far, which it adds to) and prices the
@@ -1061,12 +1153,24 @@ impl Exchange {
             refuse(
                 Code::PermissionDenied,
                 "PERMISSION_DENIED",
-                "activities are read by ops and the reporting partner",
+                "activities are read by ops, the reporting partner and the partners where they \
+                 earned",
             )
         };
         let own = own_partner(caller);
         if own.is_none() && !is_staff(caller) {
             return Err(denied());
+        }
+        let not_found = || {
+            refuse(
+                Code::NotFound,
+                "ACTIVITY_NOT_FOUND",
+                format!("activity {id} not found"),
+            )
+        };
+        // An id Tandem never made names no activity, and never reaches the database.
+        if !tandem_domain::is_server_id(id) {
+            return Err(not_found());
         }
         let row = sqlx::query_as::<_, ActivityRow>(sqlx::AssertSqlSafe(format!(
             "SELECT {ACTIVITY_COLUMNS} FROM activities WHERE activity_id = $1"
@@ -1075,17 +1179,25 @@ impl Exchange {
         .fetch_optional(self.database.pool())
         .await
         .map_err(database_error)?
-        .ok_or_else(|| {
-            refuse(
-                Code::NotFound,
-                "ACTIVITY_NOT_FOUND",
-                format!("activity {id} not found"),
-            )
-        })?;
-        if own.is_some_and(|own| own != row.partner_id) {
-            return Err(denied());
+        .ok_or_else(not_found)?;
+        let earnings = self.earnings_of(&row.activity_id).await?;
+        match own {
+            Some(own) if own != row.partner_id => {
+                // A partner where the member earned reads the activity as its own member's,
+                // with its own earning only: never the reporter's member id.
+                let Some(earning) = earnings
+                    .iter()
+                    .find(|earning| earning.target_partner_id == own)
+                else {
+                    return Err(denied());
+                };
+                let mut activity = row.to_pb(std::slice::from_ref(earning));
+                activity.member_id = earning.target_member_id.clone();
+                activity.member_tier.clear();
+                Ok(activity)
+            }
+            _ => Ok(row.to_pb(&earnings)),
         }
-        self.activity_pb(&row).await
     }
 
     pub async fn reverse_activity(
@@ -1094,8 +1206,19 @@ impl Exchange {
         request: pb::ReverseActivityRequest,
     ) -> Result<pb::Activity, Status> {
         require_partner(caller, &request.partner_id)?;
-        if request.reason.is_empty() || request.reason.chars().count() > 500 {
-            return Err(invalid("reason", "must be 1 to 500 characters"));
+        let mut violations = Vec::new();
+        if let Err(error) = ExternalId::parse(&request.external_id) {
+            violations.push(("external_id", error));
+        }
+        if let Err(error) = tandem_domain::Reason::parse(&request.reason) {
+            violations.push(("reason", error));
+        }
+        if !violations.is_empty() {
+            return Err(status::invalid_argument(
+                violations
+                    .iter()
+                    .map(|(field, message)| (*field, message.as_str())),
+            ));
         }
         let row = self
             .activity_by_external_id(&request.partner_id, &request.external_id)

@@ -121,6 +121,14 @@ impl ExchangeService for ExchangeGrpc {
         request: Request<Streaming<pb::RecordActivitiesRequest>>,
     ) -> Result<Response<pb::RecordActivitiesResponse>, Status> {
         let caller = self.caller(&request).await?;
+        // Refused at the call, before a message is read: only a partner reports activities.
+        if caller.role() != tandem_auth::Role::Partner {
+            return Err(refuse(
+                Code::PermissionDenied,
+                "PERMISSION_DENIED",
+                "only a partner reports its members' activities",
+            ));
+        }
         let mut stream = request.into_inner();
         let mut activities = Vec::new();
         while let Some(message) = stream.next().await {

@@ -135,14 +135,36 @@ impl std::fmt::Debug for Peers {
     }
 }
 
-/// A peer service failed: UNAVAILABLE to our caller, with the cause logged.
-fn peer_unavailable(peer: &str, status: &Status) -> Status {
-    tracing::warn!(peer, code = ?status.code(), message = status.message(), "peer call failed");
-    status::with_reason(
-        Code::Unavailable,
-        "DEPENDENCY_UNAVAILABLE",
-        format!("the {peer} could not answer; try again"),
-    )
+/// A peer service's error as the exchange passes it on, classified by what it means rather than
+/// turned into one code: a refusal of the request (INVALID_ARGUMENT, NOT_FOUND,
+/// FAILED_PRECONDITION, OUT_OF_RANGE) stays the caller's refusal, with its reason, since asking
+/// again would be refused again; only a peer that could not answer (unreachable, overloaded,
+/// failing, or refusing the exchange's own credentials) is UNAVAILABLE, which callers may retry.
+fn peer_error(peer: &str, error: &Status) -> Status {
+    match error.code() {
+        Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition | Code::OutOfRange => {
+            tracing::info!(peer, code = ?error.code(), message = error.message(), "peer refused the request");
+            let reason = status::reason(error);
+            let reason = if reason.is_empty() {
+                "REQUEST_REFUSED".to_owned()
+            } else {
+                reason
+            };
+            status::with_reason(
+                error.code(),
+                &reason,
+                format!("the {peer} refused the request: {}", error.message()),
+            )
+        }
+        _ => {
+            tracing::warn!(peer, code = ?error.code(), message = error.message(), "peer call failed");
+            status::with_reason(
+                Code::Unavailable,
+                "DEPENDENCY_UNAVAILABLE",
+                format!("the {peer} could not answer; try again"),
+            )
+        }
+    }
 }
 
 impl Peers {
@@ -202,7 +224,7 @@ impl Peers {
                 "PARTNER_NOT_FOUND",
                 format!("partner {partner_id} not found"),
             )),
-            Err(error) => Err(peer_unavailable("partner registry", &error)),
+            Err(error) => Err(peer_error("partner registry", &error)),
         }
     }
 
@@ -219,7 +241,7 @@ impl Peers {
             Some(Ok(Some(link))) => Ok(link),
             Some(Ok(None)) => Err(not_found()),
             Some(Err(status)) => Err(status),
-            None => Err(peer_unavailable(
+            None => Err(peer_error(
                 "linking service",
                 &Status::unavailable("the link batcher stopped"),
             )),
@@ -252,7 +274,7 @@ impl Peers {
                     .clone()
                     .list_links(request)
                     .await
-                    .map_err(|error| peer_unavailable("linking service", &error))?
+                    .map_err(|error| peer_error("linking service", &error))?
                     .into_inner();
                 for link in page.links {
                     let side = [&link.initiator, &link.acceptor]
@@ -311,7 +333,7 @@ impl Peers {
                 .clone()
                 .list_agreements(request)
                 .await
-                .map_err(|error| peer_unavailable("partner registry", &error))?
+                .map_err(|error| peer_error("partner registry", &error))?
                 .into_inner();
             if let Some(agreement) = page.agreements.into_iter().find(|agreement| {
                 agreement.source_partner_id == source && agreement.target_partner_id == target
@@ -525,7 +547,7 @@ fn link_batcher(
                 Ok(request) => linking
                     .batch_get_links(request)
                     .await
-                    .map_err(|error| peer_unavailable("linking service", &error)),
+                    .map_err(|error| peer_error("linking service", &error)),
                 Err(error) => Err(status::internal(&error)),
             };
             match answer {

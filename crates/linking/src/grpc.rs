@@ -51,7 +51,9 @@ fn to_status(error: LinkingError) -> Status {
         LinkingError::CodeExpired => (Code::FailedPrecondition, "LINK_CODE_EXPIRED"),
         LinkingError::CodeUsed => (Code::FailedPrecondition, "LINK_CODE_USED"),
         LinkingError::RequestLocked => (Code::ResourceExhausted, "LINK_REQUEST_LOCKED"),
-        LinkingError::WrongCode(_) => (Code::InvalidArgument, "LINK_CODE_WRONG"),
+        // Not INVALID_ARGUMENT: a wrong secret is recorded (it counts toward the lockout), and
+        // INVALID_ARGUMENT promises that nothing was written.
+        LinkingError::WrongCode(_) => (Code::PermissionDenied, "LINK_CODE_WRONG"),
         LinkingError::AlreadyLinked => (Code::FailedPrecondition, "ALREADY_LINKED"),
         LinkingError::CategoryTaken(_) => (Code::FailedPrecondition, "CATEGORY_ALREADY_LINKED"),
         LinkingError::SamePartner => (Code::InvalidArgument, "SAME_PARTNER"),

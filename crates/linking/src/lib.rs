@@ -332,6 +332,9 @@ impl<D: PartnerDirectory> Linking<D> {
     }
 
     async fn readable_link(&self, caller: &Caller, link_id: &str) -> Result<Link> {
+        if !tandem_domain::is_server_id(link_id) {
+            return Err(LinkingError::LinkNotFound(link_id.to_owned()));
+        }
         let mut connection = self.database.pool().acquire().await?;
         let link = store::link(&mut connection, link_id)
             .await?
@@ -363,8 +366,17 @@ impl<D: PartnerDirectory> Linking<D> {
                 "links are read by partners, ops and services",
             ));
         }
+        // An id Tandem never made names no link.
+        let ids: Vec<&str> = ids
+            .iter()
+            .copied()
+            .filter(|id| tandem_domain::is_server_id(id))
+            .collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut connection = self.database.pool().acquire().await?;
-        let links = store::links_by_id(&mut connection, ids).await?;
+        let links = store::links_by_id(&mut connection, &ids).await?;
         Ok(links
             .into_iter()
             .filter(|link| staff || own.is_some_and(|partner| link.involves(partner)))

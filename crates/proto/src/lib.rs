@@ -4,6 +4,7 @@
 //! Partners and Tandem's own services use the clients; the `tandem` binary mounts the servers.
 
 pub mod channel;
+pub mod framework_errors;
 pub mod status;
 pub mod time;
 

@@ -7,7 +7,9 @@ use sqlx::{AnyConnection, Connection, Executor};
 use crate::Location;
 
 /// The environment variable naming a PostgreSQL server for tests, for example
-/// `postgres://postgres@127.0.0.1:5432/test`. Unset: PostgreSQL variants of tests do nothing.
+/// `postgres://postgres@127.0.0.1:5432/test`. The PostgreSQL variants of tests are marked
+/// ignored: `cargo test` reports them as such, and `cargo test -- --include-ignored` runs them,
+/// failing each one when this is unset.
 pub const TEST_DATABASE_URL: &str = "TANDEM_TEST_DATABASE_URL";
 
 /// A throw-away database, removed when dropped.
@@ -53,6 +55,18 @@ impl TestDatabase {
         Some(Self {
             location: Location::Postgres(SecretString::from(url)),
             cleanup: Cleanup::Postgres { admin_url, name },
+        })
+    }
+
+    /// A new, empty PostgreSQL database for a test that runs only on PostgreSQL. Such tests are
+    /// marked ignored, so they run only when asked for (`-- --include-ignored`); asked for
+    /// without `TANDEM_TEST_DATABASE_URL`, they fail rather than pass without running.
+    pub async fn postgres_required() -> Self {
+        Self::postgres().await.unwrap_or_else(|| {
+            panic!(
+                "this test runs on PostgreSQL: set {TEST_DATABASE_URL}, for example \
+                 postgres://postgres@127.0.0.1:5432/test"
+            )
         })
     }
 
@@ -124,10 +138,10 @@ macro_rules! on_every_database {
             })*
         }
         mod postgres {
-            $(#[$runtime] async fn $test() {
-                if let Some(database) = $crate::testing::TestDatabase::postgres().await {
-                    super::$test(database).await;
-                }
+            $(#[$runtime]
+            #[ignore = "PostgreSQL: set TANDEM_TEST_DATABASE_URL and pass -- --include-ignored"]
+            async fn $test() {
+                super::$test($crate::testing::TestDatabase::postgres_required().await).await;
             })*
         }
     };

@@ -62,6 +62,8 @@ enum BenchCommand {
 
 #[derive(Debug, Subcommand)]
 enum KeysCommand {
+    /// Create the key store and its first signing key, unless they exist (`serve` does the same)
+    Init,
     /// Add a new signing key; tokens signed by older keys stay valid until they expire.
     Rotate,
     /// List the signing keys, newest (the one that signs) first.
@@ -134,6 +136,7 @@ impl Cli {
             Command::Keys { command } => {
                 let settings = Settings::load(&self.common)?;
                 match command {
+                    KeysCommand::Init => crate::keys::init(&settings).await,
                     KeysCommand::Rotate => crate::keys::rotate(&settings).await,
                     KeysCommand::List => crate::keys::list(&settings).await,
                 }

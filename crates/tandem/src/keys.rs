@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use tandem_auth::{Authenticator, Caller, KeyStore, Role, TokenSettings};
-use tandem_storage::Database;
+use tandem_storage::{Database, Location};
 
 use crate::settings::Settings;
 
@@ -22,6 +22,49 @@ async fn key_store(settings: &Settings) -> anyhow::Result<KeyStore> {
             )
         })?;
     Ok(KeyStore::new(database))
+}
+
+/// The deployment's key store, which must exist already. An operator command never creates one:
+/// a token signed by a key the running server does not know is refused on every call, so a
+/// command run against the wrong folder or database must say so rather than mint such a token.
+async fn existing_key_store(settings: &Settings) -> anyhow::Result<KeyStore> {
+    let remedy = "start `tandem serve` with the same --data-dir or --database-url first (it \
+                  creates the keys), run `tandem keys init`, or point --data-dir / \
+                  --database-url at the running server's storage";
+    if let Location::SqliteDirectory(directory) = &settings.location {
+        let file = directory.join("auth.db");
+        if !file.exists() {
+            bail!("no key store at {}: {remedy}", file.display());
+        }
+    }
+    let store = key_store(settings).await?;
+    if store.key_count().await? == 0 {
+        bail!(
+            "the key store ({}) holds no signing key: {remedy}",
+            settings.location.describe()
+        );
+    }
+    Ok(store)
+}
+
+/// Creates the deployment's key store and its first signing key, unless they exist.
+pub async fn init(settings: &Settings) -> anyhow::Result<()> {
+    let store = key_store(settings).await?;
+    if store.key_count().await? > 0 {
+        eprintln!(
+            "the key store ({}) already holds signing keys; nothing changed",
+            settings.location.describe()
+        );
+        return Ok(());
+    }
+    let key = store.rotate().await?;
+    println!("{}", key.kid);
+    eprintln!(
+        "created the key store ({}) with signing key {}",
+        settings.location.describe(),
+        key.kid
+    );
+    Ok(())
 }
 
 pub async fn mint_operator_token(
@@ -47,7 +90,7 @@ pub async fn mint_operator_token(
     }
     let caller = Caller::staff(role, subject).map_err(anyhow::Error::msg)?;
     let authenticator = Authenticator::load(
-        key_store(settings).await?,
+        existing_key_store(settings).await?,
         TokenSettings {
             audience: settings.token_audience.clone(),
         },
@@ -62,8 +105,7 @@ pub async fn mint_operator_token(
 }
 
 pub async fn rotate(settings: &Settings) -> anyhow::Result<()> {
-    let store = key_store(settings).await?;
-    store.ensure_key().await?;
+    let store = existing_key_store(settings).await?;
     let key = store.rotate().await?;
     println!("{}", key.kid);
     eprintln!(
@@ -74,8 +116,7 @@ pub async fn rotate(settings: &Settings) -> anyhow::Result<()> {
 }
 
 pub async fn list(settings: &Settings) -> anyhow::Result<()> {
-    let store = key_store(settings).await?;
-    store.ensure_key().await?;
+    let store = existing_key_store(settings).await?;
     let authenticator = Authenticator::load(
         store,
         TokenSettings {

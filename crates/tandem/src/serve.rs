@@ -159,6 +159,7 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         .timeout(settings.request_timeout)
         .concurrency_limit_per_connection(MAX_CONCURRENT_REQUESTS_PER_CONNECTION)
         .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
+        .layer(tandem_proto::framework_errors::FrameworkErrorsLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
