@@ -84,34 +84,38 @@ impl Exchange {
     }
 }
 
-/// How full PostgreSQL fills each page of `earnings`, in percent. The rest is kept for the
-/// write that ends each earning's saga: it changes no indexed column (see migration 0002), so
-/// with room on the row's own page it is a heap-only update that touches no index. A page holds
-/// about fifteen earnings; at half full, every earning on it can end there.
-const EARNINGS_FILLFACTOR: u32 = 50;
+/// How full PostgreSQL fills each page of `earnings` and `conversions`, in percent. The rest is
+/// kept for the writes that follow a row's insert: an earning's end and a conversion's steps
+/// change no indexed column (see migration 0002 and `writes::update_conversions`), so with room
+/// on the row's own page each is a heap-only update that touches no index. A page holds about
+/// fifteen earnings; at half full, every earning on it can end there.
+const SAGA_TABLES_FILLFACTOR: &[(&str, u32)] = &[("earnings", 50), ("conversions", 50)];
 
 /// Storage settings the shared migrations cannot carry, since SQLite has no such thing: on
-/// PostgreSQL, the room `earnings` keeps on each page ([`EARNINGS_FILLFACTOR`]). Run after
-/// opening the exchange's database. The table is altered only when the setting is missing:
+/// PostgreSQL, the room the saga tables keep on each page ([`SAGA_TABLES_FILLFACTOR`]). Run
+/// after opening the exchange's database. A table is altered only when its setting is missing:
 /// `ALTER TABLE` waits for any vacuum of the table, and a start should not.
 pub async fn prepare_database(database: &Database) -> Result<(), sqlx::Error> {
     if database.backend() != tandem_storage::Backend::Postgres {
         return Ok(());
     }
-    let setting = format!("fillfactor={EARNINGS_FILLFACTOR}");
-    let already: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM pg_class WHERE oid = CAST('earnings' AS regclass) \
-         AND $1 = ANY(COALESCE(reloptions, CAST('{}' AS TEXT[])))",
-    )
-    .bind(&setting)
-    .fetch_one(database.pool())
-    .await?;
-    if already == 0 {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "ALTER TABLE earnings SET (fillfactor = {EARNINGS_FILLFACTOR})"
-        )))
-        .execute(database.pool())
+    for (table, fillfactor) in SAGA_TABLES_FILLFACTOR {
+        let setting = format!("fillfactor={fillfactor}");
+        let already: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_class WHERE oid = CAST($1 AS regclass) \
+             AND $2 = ANY(COALESCE(reloptions, CAST('{}' AS TEXT[])))",
+        )
+        .bind(table)
+        .bind(&setting)
+        .fetch_one(database.pool())
         .await?;
+        if already == 0 {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "ALTER TABLE {table} SET (fillfactor = {fillfactor})"
+            )))
+            .execute(database.pool())
+            .await?;
+        }
     }
     Ok(())
 }

@@ -43,7 +43,9 @@ pub(crate) struct ConversionProgress {
     pub failure_reason: String,
     pub ledger_transaction_id: String,
     pub reversal_transaction_id: String,
-    pub next_attempt_micros: i64,
+    /// When the recovery worker may take the saga up; `None` keeps what is stored, so that a
+    /// step recorded under a held lease changes no indexed column (see `update_conversions`).
+    pub next_attempt_micros: Option<i64>,
     pub lease_until_micros: i64,
     pub updated_at_micros: i64,
     /// When the saga ended, if it ends with this write.
@@ -346,6 +348,12 @@ const CONVERSION_PROGRESS_ROWS: JsonRows = JsonRows::new(&[
 ]);
 
 /// Conversions' progress, where the writer still holds the lease; returns the ids written.
+///
+/// A step recorded while its driver holds the lease keeps the stored status and next attempt:
+/// the worker cannot take the saga until the lease lapses, and then the stored next attempt is
+/// already due. Such a write changes no column an index covers (nor the partial index's
+/// condition), so on PostgreSQL, with room on the row's page (`prepare_database`), it is a
+/// heap-only update that touches none of the table's five indexes.
 fn update_conversions(backend: Backend, parameter: usize) -> String {
     format!(
         "UPDATE conversions SET status = progress.status, step = progress.step, \
@@ -353,7 +361,8 @@ fn update_conversions(backend: Backend, parameter: usize) -> String {
          failure_reason = progress.failure_reason, \
          ledger_transaction_id = progress.ledger_transaction_id, \
          reversal_transaction_id = progress.reversal_transaction_id, \
-         next_attempt_micros = progress.next_attempt_micros, \
+         next_attempt_micros = COALESCE(progress.next_attempt_micros, \
+         conversions.next_attempt_micros), \
          lease_until_micros = progress.lease_until_micros, \
          updated_at_micros = progress.updated_at_micros, \
          finished_at_micros = COALESCE(progress.finished_at_micros, \

@@ -248,8 +248,10 @@ impl Exchange {
     ) -> Result<Option<i64>, Status> {
         let now = now_micros();
         let (next_attempt, lease_until) = match release_after {
-            Some(wait) => (now + wait.as_micros() as i64, 0),
-            None => (now, self.lease_until()),
+            Some(wait) => (Some(now + wait.as_micros() as i64), 0),
+            // Under the lease the stored next attempt stands: it is due by the time the lease
+            // lapses, and leaving it makes the write cheaper (see `update_conversions`).
+            None => (None, self.lease_until()),
         };
         let written = self
             .writers
