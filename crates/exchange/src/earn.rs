@@ -26,10 +26,10 @@ use crate::{
     Exchange,
     conversions::{currency_scale, decimal, require_active, sides},
     database_error, invalid, is_staff, new_id, now_micros, own_partner,
-    peers::{GatewayAnswer, ledger_refused, terms_at},
+    peers::terms_at,
     pricing, refuse, require_partner,
     rows::{ACTIVITY_COLUMNS, ActivityRow, EARNING_COLUMNS, EarningRow},
-    saga::{SagaTable, TRIES_PER_DRIVE, backoff, quick_pause},
+    saga::{SagaTable, earning::EarningSaga},
     writes::{EarningProgress, SagaProgress},
 };
 
@@ -39,7 +39,7 @@ const CLOCK_SKEW_MICROS: i64 = 5 * 60 * 1_000_000;
 /// days, which outlives the longest hold (365 days from the activity) by more than a month, so a
 /// worker that is down for a while still finds it open. It is the same for every attempt: a retry
 /// must send the very same request, or the ledger refuses the key as reused.
-const HOLD_TIMEOUT_SECONDS: i64 = 400 * 24 * 3600;
+pub(crate) const HOLD_TIMEOUT_SECONDS: i64 = 400 * 24 * 3600;
 const DAY_MICROS: i64 = 24 * 3600 * 1_000_000;
 /// The earliest activity time accepted, 2000-01-01T00:00:00Z: no loyalty purchase older than
 /// Tandem's partners' programs is reported, and a time near year 0 is a client's bug (an unset
@@ -445,16 +445,10 @@ impl Exchange {
         row.points = points;
         row.settlement_amount_minor = settlement;
         row.fee_amount_minor = fee;
-        if row.hold_until_micros.is_some() {
-            row.status = "HELD".to_owned();
-            row.step = "POST_HOLD".to_owned();
-        } else {
-            // The ledger first: the credit that follows is then the saga's last step, and a
-            // refusal of it (which may follow an unknown outcome) is undone by key and answered
-            // by reversing the posted transaction. See `earning_step`.
-            row.status = "CREDITING".to_owned();
-            row.step = "POST".to_owned();
-        }
+        // See `saga::earning` for why the ledger goes first when there is no hold.
+        let start = EarningSaga::start(row.hold_until_micros.is_some());
+        row.status = start.status.as_str().to_owned();
+        row.step = start.step.as_str().to_owned();
         Ok(())
     }
 
@@ -778,7 +772,7 @@ impl Exchange {
 
     /// Writes an earning's progress if `owner` still holds it; `wait` releases the lease and
     /// says when the worker may try again.
-    async fn record_earning(
+    pub(crate) async fn record_earning(
         &self,
         earning: &EarningRow,
         owner: &str,
@@ -808,7 +802,7 @@ impl Exchange {
             .await
     }
 
-    async fn earning_transaction(
+    pub(crate) async fn earning_transaction(
         &self,
         earning: &EarningRow,
         key: String,
@@ -855,297 +849,6 @@ impl Exchange {
             .into(),
             pending_timeout_seconds: timeout_seconds,
         })
-    }
-
-    /// Drives one earning as far as it goes now; the caller holds its lease as `owner`.
-    async fn drive_earning(&self, mut earning: EarningRow, owner: &str) -> Result<(), Status> {
-        let mut tries = 0_u32;
-        loop {
-            if earning.step == "DONE" {
-                return Ok(());
-            }
-            tries += 1;
-            match self.earning_step(&mut earning).await {
-                Ok(EarnNext::Continue) => tries = 0,
-                Ok(EarnNext::Record) => {
-                    tries = 0;
-                    if !self.record_earning(&earning, owner, None, None).await? {
-                        return Ok(());
-                    }
-                }
-                Ok(EarnNext::WaitUntil(at)) => {
-                    self.record_earning(&earning, owner, None, Some(at)).await?;
-                    return Ok(());
-                }
-                Ok(EarnNext::Stop) => {
-                    self.record_earning(&earning, owner, Some(Default::default()), None)
-                        .await?;
-                    return Ok(());
-                }
-                Err(error) => {
-                    earning.attempts += 1;
-                    earning.last_error = error;
-                    if tries < TRIES_PER_DRIVE {
-                        tokio::time::sleep(quick_pause(tries)).await;
-                        continue;
-                    }
-                    tracing::warn!(earning = %earning.earning_id, step = %earning.step, error = %earning.last_error, "earning parked until the next attempt");
-                    self.record_earning(&earning, owner, Some(backoff(earning.attempts)), None)
-                        .await?;
-                    return Ok(());
-                }
-            }
-        }
-    }
-
-    async fn earning_step(&self, earning: &mut EarningRow) -> Result<EarnNext, String> {
-        let id = earning.earning_id.clone();
-        let key = |suffix: &str| format!("tandem:earning:{id}:{suffix}");
-        let refund = earning.refund_requested == 1;
-        let go = |earning: &mut EarningRow, status: &str, step: &str| {
-            earning.status = status.to_owned();
-            earning.step = step.to_owned();
-            earning.attempts = 0;
-            earning.last_error.clear();
-        };
-        let description = format!("Earned with a partner purchase ({})", earning.activity_id);
-        match earning.step.as_str() {
-            "CREDIT" | "RELEASE_CREDIT" => {
-                let release = earning.step == "RELEASE_CREDIT";
-                match self
-                    .peers
-                    .move_points(
-                        &earning.target_gateway,
-                        true,
-                        key("credit"),
-                        &earning.target_member_id,
-                        earning.points,
-                        &description,
-                    )
-                    .await
-                {
-                    GatewayAnswer::Applied if release => {
-                        let status = earning.status.clone();
-                        go(earning, &status, "RELEASE_POST");
-                        Ok(EarnNext::Continue)
-                    }
-                    // An earning recorded before the ledger went first has not posted yet.
-                    GatewayAnswer::Applied if earning.ledger_transaction_id.is_empty() => {
-                        go(earning, "CREDITING", "POST");
-                        Ok(EarnNext::Record)
-                    }
-                    GatewayAnswer::Applied => self.after_posting(earning, refund),
-                    GatewayAnswer::Refused(reason) => {
-                        // The refusal may follow a call that applied without an answer, or a
-                        // crash: the credit is reversed by key before anything else.
-                        earning.note = format!("the target partner refused the credit: {reason}");
-                        let status = earning.status.clone();
-                        go(earning, &status, "UNDO_CREDIT");
-                        Ok(EarnNext::Record)
-                    }
-                    GatewayAnswer::Unknown(error) => Err(error),
-                }
-            }
-            "UNDO_CREDIT" => match self
-                .peers
-                .reverse_points(&earning.target_gateway, key("credit:undo"), key("credit"))
-                .await
-            {
-                GatewayAnswer::Applied if earning.hold_until_micros.is_some() => {
-                    // The ledger holds a pending transaction that must now be voided.
-                    go(earning, "HELD", "VOID_FAILED");
-                    Ok(EarnNext::Record)
-                }
-                GatewayAnswer::Applied if earning.ledger_transaction_id.is_empty() => {
-                    go(earning, "FAILED", "DONE");
-                    Ok(EarnNext::Stop)
-                }
-                GatewayAnswer::Applied => {
-                    go(earning, "CREDITING", "REVERSE_FAILED");
-                    Ok(EarnNext::Record)
-                }
-                GatewayAnswer::Refused(reason) => Err(format!(
-                    "the target partner refused to undo the credit ({reason}); ops must look"
-                )),
-                GatewayAnswer::Unknown(error) => Err(error),
-            },
-            "REVERSE_FAILED" => match self
-                .peers
-                .reverse(
-                    key("reverse:failed"),
-                    &earning.ledger_transaction_id,
-                    "the target partner refused the credit",
-                )
-                .await
-            {
-                Ok(_) => {
-                    go(earning, "FAILED", "DONE");
-                    Ok(EarnNext::Stop)
-                }
-                Err(status) => Err(status.message().to_owned()),
-            },
-            "POST" => {
-                let request = self
-                    .earning_transaction(earning, key("ledger"), pb::TransactionKind::Posted, 0)
-                    .await
-                    .map_err(|status| status.message().to_owned())?;
-                match self.peers.post(request).await {
-                    Ok(transaction) => {
-                        earning.ledger_transaction_id = transaction.transaction_id;
-                        go(earning, "CREDITING", "CREDIT");
-                        Ok(EarnNext::Continue)
-                    }
-                    Err(status) if ledger_refused(&status) => Err(format!(
-                        "the ledger refused the earning ({}); ops must look",
-                        status.message()
-                    )),
-                    Err(status) => Err(status.message().to_owned()),
-                }
-            }
-            "POST_HOLD" => {
-                let request = self
-                    .earning_transaction(
-                        earning,
-                        key("hold"),
-                        pb::TransactionKind::Pending,
-                        HOLD_TIMEOUT_SECONDS,
-                    )
-                    .await
-                    .map_err(|status| status.message().to_owned())?;
-                match self.peers.post(request).await {
-                    Ok(transaction) => {
-                        earning.ledger_transaction_id = transaction.transaction_id;
-                        go(earning, "HELD", "WAIT_HOLD");
-                        Ok(EarnNext::Continue)
-                    }
-                    Err(status) => Err(status.message().to_owned()),
-                }
-            }
-            "WAIT_HOLD" => {
-                let hold_until = earning.hold_until_micros.unwrap_or_default();
-                if refund {
-                    go(earning, "HELD", "VOID");
-                    Ok(EarnNext::Continue)
-                } else if hold_until <= now_micros() {
-                    go(earning, "HELD", "RELEASE_CREDIT");
-                    Ok(EarnNext::Record)
-                } else {
-                    Ok(EarnNext::WaitUntil(hold_until))
-                }
-            }
-            "VOID" | "VOID_FAILED" => {
-                let failed = earning.step == "VOID_FAILED";
-                match self
-                    .peers
-                    .resolve(
-                        key("void"),
-                        &earning.ledger_transaction_id,
-                        pb::PendingResolution::Void,
-                    )
-                    .await
-                {
-                    Ok(_) => {
-                        go(earning, if failed { "FAILED" } else { "VOIDED" }, "DONE");
-                        Ok(EarnNext::Stop)
-                    }
-                    Err(status) => Err(status.message().to_owned()),
-                }
-            }
-            "RELEASE_POST" => match self
-                .peers
-                .resolve(
-                    key("release"),
-                    &earning.ledger_transaction_id,
-                    pb::PendingResolution::Post,
-                )
-                .await
-            {
-                Ok(transaction) => {
-                    earning.ledger_transaction_id = transaction.transaction_id;
-                    self.after_posting(earning, refund)
-                }
-                Err(status) => Err(status.message().to_owned()),
-            },
-            "CLAWBACK" => match self
-                .peers
-                .move_points(
-                    &earning.target_gateway,
-                    false,
-                    key("clawback"),
-                    &earning.target_member_id,
-                    earning.points,
-                    &format!("Refunded partner purchase ({})", earning.activity_id),
-                )
-                .await
-            {
-                GatewayAnswer::Applied => {
-                    // Recorded before the ledger reversal, so a resumed saga never asks for
-                    // the clawback again once the ledger has reversed.
-                    go(earning, "CLAWING_BACK", "REVERSE_LEDGER");
-                    Ok(EarnNext::Record)
-                }
-                GatewayAnswer::Refused(reason) => {
-                    earning.note = format!(
-                        "the target partner refused to take the points back ({reason}); they \
-                         stay earned and paid for"
-                    );
-                    go(earning, "CLAWING_BACK", "UNDO_CLAWBACK");
-                    Ok(EarnNext::Record)
-                }
-                GatewayAnswer::Unknown(error) => Err(error),
-            },
-            "UNDO_CLAWBACK" => match self
-                .peers
-                .reverse_points(
-                    &earning.target_gateway,
-                    key("clawback:undo"),
-                    key("clawback"),
-                )
-                .await
-            {
-                GatewayAnswer::Applied => {
-                    go(earning, "CLAWBACK_REFUSED", "DONE");
-                    Ok(EarnNext::Stop)
-                }
-                GatewayAnswer::Refused(reason) => Err(format!(
-                    "the target partner refused to undo the clawback ({reason}); ops must look"
-                )),
-                GatewayAnswer::Unknown(error) => Err(error),
-            },
-            "REVERSE_LEDGER" => match self
-                .peers
-                .reverse(
-                    key("reverse"),
-                    &earning.ledger_transaction_id,
-                    "the purchase was refunded",
-                )
-                .await
-            {
-                Ok(_) => {
-                    go(earning, "REVERSED", "DONE");
-                    Ok(EarnNext::Stop)
-                }
-                Err(status) => Err(status.message().to_owned()),
-            },
-            other => Err(format!(
-                "unknown earning step {other:?} in storage; ops must look"
-            )),
-        }
-    }
-
-    /// Once posted: done, or on to the clawback when a refund arrived meanwhile.
-    fn after_posting(&self, earning: &mut EarningRow, refund: bool) -> Result<EarnNext, String> {
-        earning.attempts = 0;
-        earning.last_error.clear();
-        if refund {
-            earning.status = "CLAWING_BACK".to_owned();
-            earning.step = "CLAWBACK".to_owned();
-            Ok(EarnNext::Record)
-        } else {
-            earning.status = "POSTED".to_owned();
-            earning.step = "DONE".to_owned();
-            Ok(EarnNext::Stop)
-        }
     }
 
     pub async fn get_activity(&self, caller: &Caller, id: &str) -> Result<pb::Activity, Status> {
@@ -1378,14 +1081,6 @@ fn refused_result(external_id: &str, status: &Status) -> pb::ActivityResult {
 /// Reports recorded in one transaction, whose earnings are then driven side by side: a stream of
 /// the default bench size is one group.
 const GROUP_SIZE: usize = 1_000;
-
-/// What an earning's drive does after one step.
-enum EarnNext {
-    Continue,
-    Record,
-    WaitUntil(i64),
-    Stop,
-}
 
 /// An activity row as the group insert reads it.
 #[derive(serde::Serialize)]

@@ -14,9 +14,8 @@
 //! - A reversal is all or nothing the same way: a refused or unanswered reversal step undoes,
 //!   by key, the reversal steps before it, and the conversion stands COMPLETED.
 
-use std::fmt;
-
-use super::MAX_UNKNOWN_ATTEMPTS;
+pub(crate) use super::UnknownValue;
+use super::{MAX_UNKNOWN_ATTEMPTS, stored_names};
 
 /// A conversion's status, as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,40 +52,6 @@ pub(crate) enum ConversionStep {
     UndoReverseDebit,
     /// Nothing left to do.
     Done,
-}
-
-/// A status or step read from storage that this version does not know.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown conversion {what} {value:?} in storage")]
-pub(crate) struct UnknownValue {
-    what: &'static str,
-    value: String,
-}
-
-macro_rules! stored_names {
-    ($type:ident, $what:literal, { $($variant:ident => $name:literal),+ $(,)? }) => {
-        impl $type {
-            pub(crate) fn as_str(self) -> &'static str {
-                match self {
-                    $($type::$variant => $name),+
-                }
-            }
-
-            /// Parses a stored value; an unknown one is an error, never a default.
-            pub(crate) fn parse(value: &str) -> Result<Self, UnknownValue> {
-                match value {
-                    $($name => Ok($type::$variant),)+
-                    _ => Err(UnknownValue { what: $what, value: value.to_owned() }),
-                }
-            }
-        }
-
-        impl fmt::Display for $type {
-            fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-                formatter.write_str(self.as_str())
-            }
-        }
-    };
 }
 
 stored_names!(ConversionStatus, "status", {

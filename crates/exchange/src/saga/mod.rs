@@ -1,15 +1,52 @@
 //! What conversions and earnings share as sagas: leases on their rows, and how long to wait
-//! before asking a partner again; and the conversion's saga, as a state machine
-//! ([`conversion`]) and its driver ([`conversion_driver`]).
+//! before asking a partner again; and each saga as a state machine ([`conversion`],
+//! [`earning`]) with its driver ([`conversion_driver`], [`earning_driver`]).
 
 pub(crate) mod conversion;
 mod conversion_driver;
+pub(crate) mod earning;
+mod earning_driver;
 
 use std::time::Duration;
 
 use tonic::Status;
 
 use crate::{Exchange, database_error, new_id, now_micros};
+
+/// A status or step read from storage that this version does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {value:?} in storage")]
+pub(crate) struct UnknownValue {
+    what: &'static str,
+    value: String,
+}
+
+macro_rules! stored_names {
+    ($type:ident, $what:literal, { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $type {
+            pub(crate) fn as_str(self) -> &'static str {
+                match self {
+                    $($type::$variant => $name),+
+                }
+            }
+
+            /// Parses a stored value; an unknown one is an error, never a default.
+            pub(crate) fn parse(value: &str) -> Result<Self, UnknownValue> {
+                match value {
+                    $($name => Ok($type::$variant),)+
+                    _ => Err(UnknownValue { what: $what, value: value.to_owned() }),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $type {
+            fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str(self.as_str())
+            }
+        }
+    };
+}
+pub(crate) use stored_names;
 
 /// A gateway answer that never came is asked again this many times within one drive, with
 /// short pauses, before the saga is parked for the recovery worker.

@@ -1,0 +1,286 @@
+//! An earning's saga as a state machine, as [`super::conversion`] is a conversion's: its
+//! statuses, its steps, and one pure function from where it stands and what its step answered to
+//! where it goes next. The driver (`crate::earn`) performs steps and writes states.
+//!
+//! Without a hold the ledger goes first (`POST`), then the member's credit (`CREDIT`), the last
+//! movement: a refusal of the credit, which may follow a credit that applied without an answer,
+//! is reversed by key (`UNDO_CREDIT`) and the posted transaction reversed (`REVERSE_FAILED`).
+//! With a hold the ledger holds the price PENDING (`POST_HOLD`) until the hold ends
+//! (`WAIT_HOLD`); then the member is credited (`RELEASE_CREDIT`) and the pending transaction
+//! posted (`RELEASE_POST`), or on a refusal the credit is reversed by key and the pending one
+//! voided (`VOID_FAILED`). A refund inside the hold voids it (`VOID`); after posting, the points
+//! are debited back (`CLAWBACK`) and the transaction reversed (`REVERSE_LEDGER`), or on a refusal
+//! the clawback is reversed by key (`UNDO_CLAWBACK`) and the earning stays paid for.
+
+use super::{UnknownValue, stored_names};
+
+/// An earning's status, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EarningStatus {
+    Crediting,
+    Held,
+    Posted,
+    Voided,
+    Reversed,
+    ClawingBack,
+    Failed,
+    ClawbackRefused,
+    NotEarned,
+}
+
+/// The next thing an earning's saga does, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EarningStep {
+    Post,
+    Credit,
+    UndoCredit,
+    ReverseFailed,
+    PostHold,
+    WaitHold,
+    ReleaseCredit,
+    ReleasePost,
+    Void,
+    VoidFailed,
+    Clawback,
+    UndoClawback,
+    ReverseLedger,
+    Done,
+}
+
+stored_names!(EarningStatus, "earning status", {
+    Crediting => "CREDITING",
+    Held => "HELD",
+    Posted => "POSTED",
+    Voided => "VOIDED",
+    Reversed => "REVERSED",
+    ClawingBack => "CLAWING_BACK",
+    Failed => "FAILED",
+    ClawbackRefused => "CLAWBACK_REFUSED",
+    NotEarned => "NOT_EARNED",
+});
+
+stored_names!(EarningStep, "earning step", {
+    Post => "POST",
+    Credit => "CREDIT",
+    UndoCredit => "UNDO_CREDIT",
+    ReverseFailed => "REVERSE_FAILED",
+    PostHold => "POST_HOLD",
+    WaitHold => "WAIT_HOLD",
+    ReleaseCredit => "RELEASE_CREDIT",
+    ReleasePost => "RELEASE_POST",
+    Void => "VOID",
+    VoidFailed => "VOID_FAILED",
+    Clawback => "CLAWBACK",
+    UndoClawback => "UNDO_CLAWBACK",
+    ReverseLedger => "REVERSE_LEDGER",
+    Done => "DONE",
+});
+
+/// Where an earning's saga stands: what its row says about the saga.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EarningSaga {
+    pub status: EarningStatus,
+    pub step: EarningStep,
+    pub attempts: i64,
+    pub last_error: String,
+    /// Why it earned nothing, failed, or could not be clawed back.
+    pub note: String,
+    /// The posted (or, while held, pending) ledger transaction; empty before the ledger has it.
+    pub ledger_transaction_id: String,
+}
+
+impl EarningSaga {
+    /// An earning just recorded, with a hold or without.
+    pub(crate) fn start(held: bool) -> Self {
+        let (status, step) = if held {
+            (EarningStatus::Held, EarningStep::PostHold)
+        } else {
+            (EarningStatus::Crediting, EarningStep::Post)
+        };
+        Self {
+            status,
+            step,
+            attempts: 0,
+            last_error: String::new(),
+            note: String::new(),
+            ledger_transaction_id: String::new(),
+        }
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        self.step == EarningStep::Done
+    }
+}
+
+/// What the saga knows besides its own state when it decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Facts {
+    /// The purchase was refunded.
+    pub refund_requested: bool,
+    /// The earning was held, so its ledger transaction is (or was) PENDING.
+    pub held: bool,
+    /// The hold has ended (only read at `WAIT_HOLD`).
+    pub hold_over: bool,
+}
+
+/// What one step's call answered. `WAIT_HOLD` calls nobody and is asked with `Applied`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StepOutcome {
+    /// Applied now or before; for ledger steps, with the transaction's id.
+    Applied { transaction_id: Option<String> },
+    /// Refused: this call did not apply, which says nothing of an earlier call of the same key.
+    Refused(String),
+    /// No definite answer.
+    Unknown(String),
+}
+
+/// What the driver does after a transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Go on to the next step at once, recording nothing: the step is safe to repeat from the
+    /// last record (each call is idempotent by its key, and nothing after it compensates).
+    Continue,
+    /// Record the new state before the next step starts.
+    Record,
+    /// Record the final state; the saga is over.
+    Finish,
+    /// Record the state and leave the saga until its hold ends.
+    WaitForHold,
+    /// Ask again: the same step, one more attempt counted.
+    Retry,
+}
+
+/// The pure transition of an earning's saga.
+pub(crate) fn next(
+    saga: &EarningSaga,
+    facts: Facts,
+    outcome: StepOutcome,
+) -> (EarningSaga, Action) {
+    let (refused, error) = match outcome {
+        StepOutcome::Applied { transaction_id } => return applied(saga, facts, transaction_id),
+        StepOutcome::Refused(reason) => (true, reason),
+        StepOutcome::Unknown(error) => (false, error),
+    };
+    let mut after = saga.clone();
+    let refusal = match saga.step {
+        EarningStep::Credit | EarningStep::ReleaseCredit if refused => Some((
+            EarningStep::UndoCredit,
+            format!("the target partner refused the credit: {error}"),
+        )),
+        EarningStep::Clawback if refused => Some((
+            EarningStep::UndoClawback,
+            format!(
+                "the target partner refused to take the points back ({error}); they stay \
+                 earned and paid for"
+            ),
+        )),
+        _ => None,
+    };
+    if let Some((step, note)) = refusal {
+        after.note = note;
+        return (moved(after, saga.status, step), Action::Record);
+    }
+    // Every other step asks again for as long as it takes: the ledger steps and the undoing of
+    // a movement have no way back, and an unanswered credit or clawback may have applied.
+    after.attempts += 1;
+    after.last_error = if refused {
+        format!("{} was refused ({error}); ops must look", saga.step)
+    } else {
+        error
+    };
+    (after, Action::Retry)
+}
+
+/// Where a step that applied leads.
+fn applied(
+    saga: &EarningSaga,
+    facts: Facts,
+    transaction_id: Option<String>,
+) -> (EarningSaga, Action) {
+    use EarningStatus as Status;
+    use EarningStep as Step;
+    let mut after = saga.clone();
+    let posted = |mut after: EarningSaga| {
+        if facts.refund_requested {
+            (
+                moved(after, Status::ClawingBack, Step::Clawback),
+                Action::Record,
+            )
+        } else {
+            after.last_error.clear();
+            (moved(after, Status::Posted, Step::Done), Action::Finish)
+        }
+    };
+    match saga.step {
+        Step::Post => {
+            after.ledger_transaction_id = transaction_id.unwrap_or_default();
+            (
+                moved(after, Status::Crediting, Step::Credit),
+                Action::Continue,
+            )
+        }
+        // An earning recorded when the credit went first has not posted yet.
+        Step::Credit if saga.ledger_transaction_id.is_empty() => {
+            (moved(after, Status::Crediting, Step::Post), Action::Record)
+        }
+        Step::Credit => posted(after),
+        Step::UndoCredit if facts.held => {
+            (moved(after, Status::Held, Step::VoidFailed), Action::Record)
+        }
+        Step::UndoCredit if saga.ledger_transaction_id.is_empty() => {
+            (moved(after, Status::Failed, Step::Done), Action::Finish)
+        }
+        Step::UndoCredit => (
+            moved(after, Status::Crediting, Step::ReverseFailed),
+            Action::Record,
+        ),
+        Step::ReverseFailed => (moved(after, Status::Failed, Step::Done), Action::Finish),
+        Step::PostHold => {
+            after.ledger_transaction_id = transaction_id.unwrap_or_default();
+            (moved(after, Status::Held, Step::WaitHold), Action::Continue)
+        }
+        Step::WaitHold if facts.refund_requested => {
+            (moved(after, Status::Held, Step::Void), Action::Continue)
+        }
+        Step::WaitHold if facts.hold_over => (
+            moved(after, Status::Held, Step::ReleaseCredit),
+            Action::Record,
+        ),
+        Step::WaitHold => (after, Action::WaitForHold),
+        // Recorded before the pending transaction posts, so that a refusal seen by a driver
+        // that resumes here can still void it.
+        Step::ReleaseCredit => (
+            moved(after, Status::Held, Step::ReleasePost),
+            Action::Record,
+        ),
+        Step::ReleasePost => {
+            after.ledger_transaction_id = transaction_id.unwrap_or_default();
+            posted(after)
+        }
+        Step::Void => (moved(after, Status::Voided, Step::Done), Action::Finish),
+        Step::VoidFailed => (moved(after, Status::Failed, Step::Done), Action::Finish),
+        // Recorded before the ledger reversal, so that a resumed saga never asks for the
+        // clawback again once the ledger has reversed.
+        Step::Clawback => (
+            moved(after, Status::ClawingBack, Step::ReverseLedger),
+            Action::Record,
+        ),
+        Step::UndoClawback => (
+            moved(after, Status::ClawbackRefused, Step::Done),
+            Action::Finish,
+        ),
+        Step::ReverseLedger => (moved(after, Status::Reversed, Step::Done), Action::Finish),
+        Step::Done => (after, Action::Finish),
+    }
+}
+
+fn moved(mut saga: EarningSaga, status: EarningStatus, step: EarningStep) -> EarningSaga {
+    saga.status = status;
+    saga.step = step;
+    saga.attempts = 0;
+    saga.last_error.clear();
+    saga
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,234 @@
+//! Drives an earning's saga: performs its current step (one call to the target's gateway or the
+//! ledger, with a key derived from the earning id), lets [`earning::next`] decide what follows,
+//! and records it under the lease the driver holds.
+
+use tandem_proto::v1 as pb;
+use tonic::Status;
+
+use super::{
+    TRIES_PER_DRIVE, backoff,
+    earning::{self, Action, EarningSaga, EarningStatus, EarningStep, Facts, StepOutcome},
+    quick_pause,
+};
+use crate::{
+    Exchange, earn::HOLD_TIMEOUT_SECONDS, now_micros, peers::GatewayAnswer, rows::EarningRow,
+};
+
+impl From<GatewayAnswer> for StepOutcome {
+    fn from(answer: GatewayAnswer) -> Self {
+        match answer {
+            GatewayAnswer::Applied => StepOutcome::Applied {
+                transaction_id: None,
+            },
+            GatewayAnswer::Refused(reason) => StepOutcome::Refused(reason),
+            GatewayAnswer::Unknown(error) => StepOutcome::Unknown(error),
+        }
+    }
+}
+
+fn ledger_outcome(result: Result<pb::Transaction, Status>) -> StepOutcome {
+    match result {
+        Ok(transaction) => StepOutcome::Applied {
+            transaction_id: Some(transaction.transaction_id),
+        },
+        Err(status) if crate::peers::ledger_refused(&status) => {
+            StepOutcome::Refused(status.message().to_owned())
+        }
+        Err(status) => StepOutcome::Unknown(status.message().to_owned()),
+    }
+}
+
+impl Exchange {
+    /// Drives one earning as far as it goes now; the caller holds its lease as `owner`.
+    pub(crate) async fn drive_earning(
+        &self,
+        mut earning: EarningRow,
+        owner: &str,
+    ) -> Result<(), Status> {
+        let mut saga = earning.saga()?;
+        let mut tries = 0_u32;
+        while !saga.is_done() {
+            let facts = Facts {
+                refund_requested: earning.refund_requested == 1,
+                held: earning.hold_until_micros.is_some(),
+                hold_over: earning
+                    .hold_until_micros
+                    .is_some_and(|until| until <= now_micros()),
+            };
+            let outcome = self.perform_earning_step(&earning, &saga).await;
+            let (after, action) = earning::next(&saga, facts, outcome);
+            earning.record(&after);
+            saga = after;
+            let written = match action {
+                Action::Continue => {
+                    tries = 0;
+                    continue;
+                }
+                Action::Record => self.record_earning(&earning, owner, None, None).await?,
+                Action::WaitForHold => {
+                    let until = earning.hold_until_micros.unwrap_or_default();
+                    self.record_earning(&earning, owner, None, Some(until))
+                        .await?;
+                    return Ok(());
+                }
+                Action::Finish => {
+                    self.record_earning(&earning, owner, Some(Default::default()), None)
+                        .await?;
+                    return Ok(());
+                }
+                Action::Retry => {
+                    tries += 1;
+                    if tries < TRIES_PER_DRIVE {
+                        tokio::time::sleep(quick_pause(tries)).await;
+                        continue;
+                    }
+                    tracing::warn!(earning = %earning.earning_id, step = %saga.step, error = %saga.last_error, "earning parked until the next attempt");
+                    self.record_earning(&earning, owner, Some(backoff(saga.attempts)), None)
+                        .await?;
+                    return Ok(());
+                }
+            };
+            if !written {
+                tracing::warn!(earning = %earning.earning_id, "another driver took the earning over");
+                return Ok(());
+            }
+            tries = 0;
+        }
+        Ok(())
+    }
+
+    /// Performs one step: one call, its answer as the saga reads it.
+    async fn perform_earning_step(&self, earning: &EarningRow, saga: &EarningSaga) -> StepOutcome {
+        let id = &earning.earning_id;
+        let key = |suffix: &str| format!("tandem:earning:{id}:{suffix}");
+        let gateway = &earning.target_gateway;
+        let ledger_id = &saga.ledger_transaction_id;
+        let peers = &self.peers;
+        let answer = match saga.step {
+            EarningStep::Post => {
+                return self
+                    .post_earning(earning, key("ledger"), pb::TransactionKind::Posted, 0)
+                    .await;
+            }
+            EarningStep::PostHold => {
+                return self
+                    .post_earning(
+                        earning,
+                        key("hold"),
+                        pb::TransactionKind::Pending,
+                        HOLD_TIMEOUT_SECONDS,
+                    )
+                    .await;
+            }
+            EarningStep::Credit | EarningStep::ReleaseCredit => {
+                let description =
+                    format!("Earned with a partner purchase ({})", earning.activity_id);
+                peers
+                    .move_points(
+                        gateway,
+                        true,
+                        key("credit"),
+                        &earning.target_member_id,
+                        earning.points,
+                        &description,
+                    )
+                    .await
+            }
+            EarningStep::UndoCredit => {
+                peers
+                    .reverse_points(gateway, key("credit:undo"), key("credit"))
+                    .await
+            }
+            EarningStep::ReverseFailed => {
+                let reversed = peers
+                    .reverse(
+                        key("reverse:failed"),
+                        ledger_id,
+                        "the target partner refused the credit",
+                    )
+                    .await;
+                return ledger_outcome(reversed);
+            }
+            EarningStep::WaitHold => GatewayAnswer::Applied,
+            EarningStep::ReleasePost => {
+                let posted = peers
+                    .resolve(key("release"), ledger_id, pb::PendingResolution::Post)
+                    .await;
+                return ledger_outcome(posted);
+            }
+            EarningStep::Void | EarningStep::VoidFailed => {
+                let voided = peers
+                    .resolve(key("void"), ledger_id, pb::PendingResolution::Void)
+                    .await;
+                return ledger_outcome(voided);
+            }
+            EarningStep::Clawback => {
+                let description = format!("Refunded partner purchase ({})", earning.activity_id);
+                peers
+                    .move_points(
+                        gateway,
+                        false,
+                        key("clawback"),
+                        &earning.target_member_id,
+                        earning.points,
+                        &description,
+                    )
+                    .await
+            }
+            EarningStep::UndoClawback => {
+                peers
+                    .reverse_points(gateway, key("clawback:undo"), key("clawback"))
+                    .await
+            }
+            EarningStep::ReverseLedger => {
+                let reversed = peers
+                    .reverse(key("reverse"), ledger_id, "the purchase was refunded")
+                    .await;
+                return ledger_outcome(reversed);
+            }
+            EarningStep::Done => GatewayAnswer::Applied,
+        };
+        answer.into()
+    }
+
+    async fn post_earning(
+        &self,
+        earning: &EarningRow,
+        key: String,
+        kind: pb::TransactionKind,
+        timeout_seconds: i64,
+    ) -> StepOutcome {
+        match self
+            .earning_transaction(earning, key, kind, timeout_seconds)
+            .await
+        {
+            Ok(request) => ledger_outcome(self.peers.post(request).await),
+            Err(status) => StepOutcome::Unknown(status.message().to_owned()),
+        }
+    }
+}
+
+impl EarningRow {
+    /// The saga as stored; a status or step this version does not know is an error.
+    pub(crate) fn saga(&self) -> Result<EarningSaga, Status> {
+        let unknown = |error: super::UnknownValue| tandem_proto::status::internal(&error);
+        Ok(EarningSaga {
+            status: EarningStatus::parse(&self.status).map_err(unknown)?,
+            step: EarningStep::parse(&self.step).map_err(unknown)?,
+            attempts: self.attempts,
+            last_error: self.last_error.clone(),
+            note: self.note.clone(),
+            ledger_transaction_id: self.ledger_transaction_id.clone(),
+        })
+    }
+
+    /// The row as `saga` leaves it.
+    pub(crate) fn record(&mut self, saga: &EarningSaga) {
+        self.status = saga.status.as_str().to_owned();
+        self.step = saga.step.as_str().to_owned();
+        self.attempts = saga.attempts;
+        self.last_error = saga.last_error.clone();
+        self.note = saga.note.clone();
+        self.ledger_transaction_id = saga.ledger_transaction_id.clone();
+    }
+}
