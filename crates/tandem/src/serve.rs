@@ -5,7 +5,6 @@ use std::{sync::Arc, time::Duration};
 use anyhow::Context;
 use tandem_auth::{AuthGrpc, Authenticator, KeyStore, TokenSettings};
 use tandem_exchange::{Exchange, ExchangeGrpc, ExchangeOptions, Peers};
-use tandem_ledger::{Ledger, LedgerOptions};
 use tandem_linking::{Linking, LinkingGrpc, RegistryDirectory};
 use tandem_proto::v1::{
     account_linking_service_server::AccountLinkingServiceServer,
@@ -15,7 +14,7 @@ use tandem_proto::v1::{
 };
 use tandem_registry::{Registry, RegistryGrpc};
 use tandem_settlement::LedgerGrpc;
-use tandem_storage::Database;
+use tandem_storage::{Database, Location};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{server::NamedService, transport::server::TcpIncoming};
@@ -34,6 +33,154 @@ struct Mounted {
     database: Database,
 }
 
+/// The name a service is mounted under (`tandem.v1.XService`).
+fn name_of<S: NamedService>(_: &S) -> &'static str {
+    S::NAME
+}
+
+/// Each service's own database.
+struct Databases {
+    auth: Database,
+    registry: Database,
+    linking: Database,
+    settlement: Database,
+    exchange: Database,
+}
+
+impl Databases {
+    /// Opens (and migrates) every service's database.
+    async fn open(location: &Location) -> anyhow::Result<Self> {
+        let exchange = Database::open(location, "exchange", &tandem_exchange::MIGRATOR).await?;
+        tandem_exchange::prepare_database(&exchange)
+            .await
+            .context("preparing the exchange's database")?;
+        Ok(Self {
+            auth: Database::open(location, "auth", &tandem_auth::MIGRATOR).await?,
+            registry: Database::open(location, "registry", &tandem_registry::MIGRATOR).await?,
+            linking: Database::open(location, "linking", &tandem_linking::MIGRATOR).await?,
+            settlement: tandem_settlement::open_database(location).await?,
+            exchange,
+        })
+    }
+
+    async fn close(self) {
+        for database in [
+            self.auth,
+            self.registry,
+            self.linking,
+            self.settlement,
+            self.exchange,
+        ] {
+            database.close().await;
+        }
+    }
+}
+
+/// Every service, built over its database, as `serve` mounts them.
+struct Services {
+    auth: AuthServiceServer<AuthGrpc<Registry>>,
+    registry: PartnerRegistryServiceServer<RegistryGrpc>,
+    linking: AccountLinkingServiceServer<LinkingGrpc<RegistryDirectory>>,
+    ledger: LedgerServiceServer<LedgerGrpc>,
+    exchange: ExchangeServiceServer<ExchangeGrpc>,
+    /// The exchange's logic, for its recovery worker.
+    exchange_logic: Exchange,
+}
+
+impl Services {
+    /// Builds every service. `address` is where this process listens: linking reaches the
+    /// registry there, through its gRPC client, as it would in another process.
+    async fn build(
+        settings: &ServeSettings,
+        databases: &Databases,
+        address: std::net::SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let token_settings = TokenSettings {
+            audience: settings.common.token_audience.clone(),
+        };
+        let authenticator = Arc::new(
+            Authenticator::load(KeyStore::new(databases.auth.clone()), token_settings)
+                .await
+                .context("loading signing keys")?,
+        );
+        let registry = Registry::new(databases.registry.clone());
+        let auth = AuthServiceServer::new(AuthGrpc::new(
+            authenticator.clone(),
+            registry.clone(),
+            settings.partner_token_ttl,
+        ));
+        let registry =
+            PartnerRegistryServiceServer::new(RegistryGrpc::new(registry, authenticator.clone()));
+        let ledger =
+            tandem_settlement::service(databases.settlement.clone(), authenticator.clone());
+        let registry_channel =
+            tonic::transport::Channel::from_shared(format!("http://{}", reachable(address)))?
+                .connect_lazy();
+        let linking = AccountLinkingServiceServer::new(LinkingGrpc::new(
+            Linking::new(
+                databases.linking.clone(),
+                RegistryDirectory::new(registry_channel, authenticator.clone()),
+                settings.link_code_ttl,
+            ),
+            authenticator.clone(),
+        ));
+        // The exchange reaches registry, linking and the ledger through their gRPC clients; in
+        // one process those talk to the services' routers directly, without a socket.
+        let neighbours = tonic::service::Routes::new(registry.clone())
+            .add_service(linking.clone())
+            .add_service(ledger.clone())
+            .prepare();
+        let exchange_logic = Exchange::new(
+            databases.exchange.clone(),
+            Peers::new(
+                tandem_proto::channel::local(neighbours),
+                authenticator.clone(),
+            ),
+            ExchangeOptions {
+                quote_lifetime: settings.quote_ttl,
+                saga_lease: settings.saga_lease,
+                ..ExchangeOptions::default()
+            },
+        );
+        let exchange =
+            ExchangeServiceServer::new(ExchangeGrpc::new(exchange_logic.clone(), authenticator));
+        Ok(Self {
+            auth,
+            registry,
+            linking,
+            ledger,
+            exchange,
+            exchange_logic,
+        })
+    }
+
+    /// Each service with the database its health depends on.
+    fn mounted(&self, databases: &Databases) -> Vec<Mounted> {
+        vec![
+            Mounted {
+                name: name_of(&self.auth),
+                database: databases.auth.clone(),
+            },
+            Mounted {
+                name: name_of(&self.registry),
+                database: databases.registry.clone(),
+            },
+            Mounted {
+                name: name_of(&self.linking),
+                database: databases.linking.clone(),
+            },
+            Mounted {
+                name: name_of(&self.ledger),
+                database: databases.settlement.clone(),
+            },
+            Mounted {
+                name: name_of(&self.exchange),
+                database: databases.exchange.clone(),
+            },
+        ]
+    }
+}
+
 pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     // Bind first: a taken port fails fast, and port 0 is resolved before anything is announced.
     let listener = TcpListener::bind(settings.listen)
@@ -41,99 +188,76 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", settings.listen))?;
     let address = listener.local_addr()?;
     let location = &settings.common.location;
-
-    let auth_database = Database::open(location, "auth", &tandem_auth::MIGRATOR).await?;
-    let registry_database =
-        Database::open(location, "registry", &tandem_registry::MIGRATOR).await?;
-    let linking_database = Database::open(location, "linking", &tandem_linking::MIGRATOR).await?;
-    let settlement_database =
-        Database::open(location, "settlement", &tandem_ledger::MIGRATOR).await?;
-    let exchange_database =
-        Database::open(location, "exchange", &tandem_exchange::MIGRATOR).await?;
-    tandem_exchange::prepare_database(&exchange_database)
-        .await
-        .context("preparing the exchange's database")?;
-    let token_settings = TokenSettings {
-        audience: settings.common.token_audience.clone(),
-    };
-    let authenticator = Arc::new(
-        Authenticator::load(KeyStore::new(auth_database.clone()), token_settings)
-            .await
-            .context("loading signing keys")?,
-    );
-    let registry = Registry::new(registry_database.clone());
-
-    let auth_service = AuthServiceServer::new(AuthGrpc::new(
-        authenticator.clone(),
-        registry.clone(),
-        settings.partner_token_ttl,
-    ));
-    let registry_service =
-        PartnerRegistryServiceServer::new(RegistryGrpc::new(registry, authenticator.clone()));
-    let ledger = Ledger::new(
-        settlement_database.clone(),
-        LedgerOptions::for_backend(settlement_database.backend()),
-    );
-    let ledger_service = LedgerServiceServer::new(LedgerGrpc::new(ledger, authenticator.clone()));
-    // Linking asks the registry through its gRPC client even in one process, so the services can
-    // be split across processes without changing a line of either.
-    let registry_channel =
-        tonic::transport::Channel::from_shared(format!("http://{}", reachable(address)))?
-            .connect_lazy();
-    let linking = Linking::new(
-        linking_database.clone(),
-        RegistryDirectory::new(registry_channel.clone(), authenticator.clone()),
-        settings.link_code_ttl,
-    );
-    let linking_service =
-        AccountLinkingServiceServer::new(LinkingGrpc::new(linking, authenticator.clone()));
-    // The exchange too reaches registry, linking and the ledger through their gRPC clients; in
-    // one process those talk to the services' routers directly, without a socket.
-    let neighbours = tonic::service::Routes::new(registry_service.clone())
-        .add_service(linking_service.clone())
-        .add_service(ledger_service.clone())
-        .prepare();
-    let exchange = Exchange::new(
-        exchange_database.clone(),
-        Peers::new(
-            tandem_proto::channel::local(neighbours),
-            authenticator.clone(),
-        ),
-        ExchangeOptions {
-            quote_lifetime: settings.quote_ttl,
-            saga_lease: settings.saga_lease,
-            ..ExchangeOptions::default()
-        },
-    );
-    let exchange_service =
-        ExchangeServiceServer::new(ExchangeGrpc::new(exchange.clone(), authenticator));
-    let mounted = vec![
-        Mounted {
-            name: <AuthServiceServer<AuthGrpc<Registry>> as NamedService>::NAME,
-            database: auth_database.clone(),
-        },
-        Mounted {
-            name: <PartnerRegistryServiceServer<RegistryGrpc> as NamedService>::NAME,
-            database: registry_database.clone(),
-        },
-        Mounted {
-            name:
-                <AccountLinkingServiceServer<LinkingGrpc<RegistryDirectory>> as NamedService>::NAME,
-            database: linking_database.clone(),
-        },
-        Mounted {
-            name: <LedgerServiceServer<LedgerGrpc> as NamedService>::NAME,
-            database: settlement_database.clone(),
-        },
-        Mounted {
-            name: <ExchangeServiceServer<ExchangeGrpc> as NamedService>::NAME,
-            database: exchange_database.clone(),
-        },
-    ];
-
-    let service_names: Vec<&'static str> = mounted.iter().map(|service| service.name).collect();
+    let databases = Databases::open(location).await?;
+    let services = Services::build(&settings, &databases, address).await?;
+    let mounted = services.mounted(&databases);
     let (health, health_service) = tonic_health::server::health_reporter();
     report_health(&health, &mounted).await;
+
+    let shutdown = CancellationToken::new();
+    stop_on_signal(shutdown.clone());
+    let service_names: Vec<&'static str> = mounted.iter().map(|service| service.name).collect();
+    tokio::spawn(watch_health(health.clone(), mounted, shutdown.clone()));
+    let recovery = tokio::spawn(tandem_exchange::run_recovery(
+        services.exchange_logic.clone(),
+        shutdown.clone(),
+    ));
+
+    tracing::info!(%address, storage = %location.describe(), "tandem serving");
+    // Scripts and tests read this line to learn the port; it is the only thing serve prints to
+    // standard output.
+    println!("tandem listening on {address}");
+    let draining = Draining {
+        shutdown: shutdown.clone(),
+        health,
+        service_names,
+    };
+    serve(&settings, listener, services, health_service, draining).await?;
+
+    // The worker stops at its next look; a saga it was driving keeps its lease and is resumed
+    // by the next process once the lease lapses.
+    shutdown.cancel();
+    let _ = recovery.await;
+    databases.close().await;
+    tracing::info!("tandem stopped");
+    Ok(())
+}
+
+/// What serving stops on, and the health to report while it drains.
+struct Draining {
+    shutdown: CancellationToken,
+    health: HealthReporter,
+    service_names: Vec<&'static str>,
+}
+
+impl Draining {
+    /// Waits for the shutdown, then reports every service NOT_SERVING, so that load balancers
+    /// stop sending new work while in-flight requests drain.
+    async fn begun(self) {
+        self.shutdown.cancelled().await;
+        self.health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        for name in self.service_names {
+            self.health
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
+        tracing::info!("shutting down: draining in-flight requests");
+    }
+}
+
+/// Serves every service, with health and reflection, until `draining` begins and the requests
+/// in flight are answered.
+async fn serve(
+    settings: &ServeSettings,
+    listener: TcpListener,
+    services: Services,
+    health_service: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    draining: Draining,
+) -> anyhow::Result<()> {
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tandem_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -142,19 +266,6 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         .register_encoded_file_descriptor_set(tandem_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-
-    let shutdown = CancellationToken::new();
-    stop_on_signal(shutdown.clone());
-    tokio::spawn(watch_health(health.clone(), mounted, shutdown.clone()));
-    let recovery = tokio::spawn(tandem_exchange::run_recovery(exchange, shutdown.clone()));
-
-    tracing::info!(%address, storage = %location.describe(), "tandem serving");
-    // Scripts and tests read this line to learn the port; it is the only thing serve prints to
-    // standard output.
-    println!("tandem listening on {address}");
-
-    let stopping = shutdown.clone();
-    let draining_health = health.clone();
     tonic::transport::Server::builder()
         .timeout(settings.request_timeout)
         .concurrency_limit_per_connection(MAX_CONCURRENT_REQUESTS_PER_CONNECTION)
@@ -163,45 +274,17 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(auth_service)
-        .add_service(registry_service)
-        .add_service(ledger_service)
-        .add_service(linking_service)
-        .add_service(exchange_service)
+        .add_service(services.auth)
+        .add_service(services.registry)
+        .add_service(services.ledger)
+        .add_service(services.linking)
+        .add_service(services.exchange)
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async move {
-                stopping.cancelled().await;
-                // Load balancers stop sending new work while in-flight requests drain.
-                draining_health
-                    .set_service_status("", ServingStatus::NotServing)
-                    .await;
-                for name in service_names {
-                    draining_health
-                        .set_service_status(name, ServingStatus::NotServing)
-                        .await;
-                }
-                tracing::info!("shutting down: draining in-flight requests");
-            },
+            draining.begun(),
         )
         .await
-        .context("serving gRPC")?;
-
-    // The worker stops at its next look; a saga it was driving keeps its lease and is resumed
-    // by the next process once the lease lapses.
-    shutdown.cancel();
-    let _ = recovery.await;
-    for database in [
-        auth_database,
-        registry_database,
-        linking_database,
-        settlement_database,
-        exchange_database,
-    ] {
-        database.close().await;
-    }
-    tracing::info!("tandem stopped");
-    Ok(())
+        .context("serving gRPC")
 }
 
 /// An address this process can call itself on: the listening address, with an unspecified IP
