@@ -76,6 +76,71 @@ stored_names!(ConversionStep, "step", {
     Done => "DONE",
 });
 
+/// Which partner's gateway a step calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    Source,
+    Target,
+}
+
+/// The one call a step makes. Gateway keys are suffixes of `tandem:conversion:<id>:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Call {
+    /// Credit (or debit) the member at `side` under `key`; `reversal` when it undoes the
+    /// conversion at the member's request rather than carrying it out.
+    Move {
+        side: Side,
+        credit: bool,
+        key: &'static str,
+        reversal: bool,
+    },
+    /// Reverse, under `key`, the movement made (or never made) under `original`.
+    Reverse {
+        side: Side,
+        key: &'static str,
+        original: &'static str,
+    },
+    /// Post the conversion's ledger transaction.
+    PostLedger,
+    /// Reverse the conversion's ledger transaction.
+    ReverseLedger,
+    /// Nothing: the saga is over.
+    Nothing,
+}
+
+impl ConversionStep {
+    /// The call this step makes.
+    pub(crate) fn call(self) -> Call {
+        use ConversionStep as Step;
+        let moved = |side, credit, key, reversal| Call::Move {
+            side,
+            credit,
+            key,
+            reversal,
+        };
+        let reverse = |side, key, original| Call::Reverse {
+            side,
+            key,
+            original,
+        };
+        match self {
+            Step::DebitSource => moved(Side::Source, false, "debit", false),
+            Step::CreditTarget => moved(Side::Target, true, "credit", false),
+            Step::PostLedger => Call::PostLedger,
+            Step::UndoCredit => reverse(Side::Target, "credit:undo", "credit"),
+            Step::UndoDebit => reverse(Side::Source, "debit:undo", "debit"),
+            Step::ReverseDebitTarget => moved(Side::Target, false, "reverse:debit", true),
+            Step::ReverseCreditSource => moved(Side::Source, true, "reverse:credit", true),
+            Step::ReverseLedger => Call::ReverseLedger,
+            Step::UndoReverseCredit => {
+                reverse(Side::Source, "reverse:credit:undo", "reverse:credit")
+            }
+            Step::UndoReverseDebit => reverse(Side::Target, "reverse:debit:undo", "reverse:debit"),
+            Step::Done => Call::Nothing,
+        }
+    }
+}
+
 /// Where a conversion's saga stands: everything its row says about the saga.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ConversionSaga {
@@ -144,8 +209,6 @@ pub(crate) enum Action {
 
 /// The pure transition: where the saga goes from `saga` when its step answered `outcome`.
 pub(crate) fn next(saga: &ConversionSaga, outcome: StepOutcome) -> (ConversionSaga, Action) {
-    use ConversionStatus as Status;
-    use ConversionStep as Step;
     let (refused, error) = match outcome {
         StepOutcome::Applied { transaction_id } => {
             return applied(saga, transaction_id.unwrap_or_default());
@@ -154,11 +217,38 @@ pub(crate) fn next(saga: &ConversionSaga, outcome: StepOutcome) -> (ConversionSa
         StepOutcome::Unknown(error) => (false, error),
     };
     let mut after = saga.clone();
+    let compensation = compensation(saga, refused, &error);
+    if let Some((status, step, reason)) = compensation {
+        after.failure_reason = reason;
+        return (moved(after, status, step), Action::Record);
+    }
+    // Steps that may not give up (the ledger post once the points moved, every undo, the
+    // reversal's ledger step) ask again for as long as it takes; a refusal there is a partner
+    // breaking the gateway contract, shown to ops as the last error.
+    after.attempts += 1;
+    after.last_error = if refused {
+        format!("{} was refused ({error}); ops must look", saga.step)
+    } else {
+        error
+    };
+    (after, Action::Retry)
+}
+
+/// Where a step that was refused (or, if it may give up, went unanswered too often) hands over:
+/// the compensation that undoes, by key, everything that was or may have been applied so far.
+/// `None` for steps that never give up.
+fn compensation(
+    saga: &ConversionSaga,
+    refused: bool,
+    error: &str,
+) -> Option<(ConversionStatus, ConversionStep, String)> {
+    use ConversionStatus as Status;
+    use ConversionStep as Step;
     let gave_up = !refused && saga.attempts + 1 >= MAX_UNKNOWN_ATTEMPTS;
     let no_answer = || format!("no answer after {} attempts: {error}", saga.attempts + 1);
     // Where a failed step hands over, if it may give up: the compensation that undoes, by key,
     // everything that was or may have been applied so far.
-    let compensation = match saga.step {
+    match saga.step {
         Step::DebitSource if refused => Some((
             Status::Pending,
             Step::UndoDebit,
@@ -213,21 +303,7 @@ pub(crate) fn next(saga: &ConversionSaga, outcome: StepOutcome) -> (ConversionSa
             ),
         )),
         _ => None,
-    };
-    if let Some((status, step, reason)) = compensation {
-        after.failure_reason = reason;
-        return (moved(after, status, step), Action::Record);
     }
-    // Steps that may not give up (the ledger post once the points moved, every undo, the
-    // reversal's ledger step) ask again for as long as it takes; a refusal there is a partner
-    // breaking the gateway contract, shown to ops as the last error.
-    after.attempts += 1;
-    after.last_error = if refused {
-        format!("{} was refused ({error}); ops must look", saga.step)
-    } else {
-        error
-    };
-    (after, Action::Retry)
 }
 
 /// Where a step that applied leads.

@@ -10,7 +10,9 @@ use tonic::Status;
 
 use super::{
     SagaTable, TRIES_PER_DRIVE, backoff,
-    conversion::{self, Action, ConversionSaga, ConversionStatus, ConversionStep, StepOutcome},
+    conversion::{
+        self, Action, Call, ConversionSaga, ConversionStatus, ConversionStep, Side, StepOutcome,
+    },
     quick_pause,
 };
 use crate::{
@@ -100,100 +102,66 @@ impl Exchange {
     ) -> StepOutcome {
         let id = row.conversion_id.as_str();
         let key = |suffix: &str| format!("tandem:conversion:{id}:{suffix}");
-        let description = || {
-            format!(
-                "Tandem conversion {id}: {} {} to {} {}",
-                quote.source_points,
-                quote.source_program,
-                quote.target_points,
-                quote.target_program
-            )
+        let gateway = |side| match side {
+            Side::Source => &quote.source_gateway,
+            Side::Target => &quote.target_gateway,
         };
-        let reversal = || format!("Reversal of Tandem conversion {id}");
-        let (source, target) = (&quote.source_gateway, &quote.target_gateway);
-        let peers = &self.peers;
-        let answer = match saga.step {
-            ConversionStep::DebitSource => {
-                peers
-                    .move_points(
-                        source,
-                        false,
-                        key("debit"),
-                        &quote.source_member_id,
+        match saga.step.call() {
+            Call::Move {
+                side,
+                credit,
+                key: suffix,
+                reversal,
+            } => {
+                let (member, points) = match side {
+                    Side::Source => (&quote.source_member_id, quote.source_points),
+                    Side::Target => (&quote.target_member_id, quote.target_points),
+                };
+                let description = if reversal {
+                    format!("Reversal of Tandem conversion {id}")
+                } else {
+                    format!(
+                        "Tandem conversion {id}: {} {} to {} {}",
                         quote.source_points,
-                        &description(),
-                    )
-                    .await
-            }
-            ConversionStep::CreditTarget => {
-                peers
-                    .move_points(
-                        target,
-                        true,
-                        key("credit"),
-                        &quote.target_member_id,
+                        quote.source_program,
                         quote.target_points,
-                        &description(),
+                        quote.target_program
                     )
-                    .await
-            }
-            ConversionStep::PostLedger => return self.post_conversion(row, quote).await,
-            ConversionStep::UndoCredit => {
-                peers
-                    .reverse_points(target, key("credit:undo"), key("credit"))
-                    .await
-            }
-            ConversionStep::UndoDebit => {
-                peers
-                    .reverse_points(source, key("debit:undo"), key("debit"))
-                    .await
-            }
-            ConversionStep::ReverseDebitTarget => {
-                peers
+                };
+                self.peers
                     .move_points(
-                        target,
-                        false,
-                        key("reverse:debit"),
-                        &quote.target_member_id,
-                        quote.target_points,
-                        &reversal(),
+                        gateway(side),
+                        credit,
+                        key(suffix),
+                        member,
+                        points,
+                        &description,
                     )
                     .await
+                    .into()
             }
-            ConversionStep::ReverseCreditSource => {
-                peers
-                    .move_points(
-                        source,
-                        true,
-                        key("reverse:credit"),
-                        &quote.source_member_id,
-                        quote.source_points,
-                        &reversal(),
-                    )
-                    .await
+            Call::Reverse {
+                side,
+                key: suffix,
+                original,
+            } => self
+                .peers
+                .reverse_points(gateway(side), key(suffix), key(original))
+                .await
+                .into(),
+            Call::PostLedger => self.post_conversion(row, quote).await,
+            Call::ReverseLedger => {
+                self.reverse_posted_conversion(
+                    row,
+                    &saga.ledger_transaction_id,
+                    key("ledger:reverse"),
+                )
+                .await
             }
-            ConversionStep::ReverseLedger => {
-                return self
-                    .reverse_posted_conversion(
-                        row,
-                        &saga.ledger_transaction_id,
-                        key("ledger:reverse"),
-                    )
-                    .await;
-            }
-            ConversionStep::UndoReverseCredit => {
-                peers
-                    .reverse_points(source, key("reverse:credit:undo"), key("reverse:credit"))
-                    .await
-            }
-            ConversionStep::UndoReverseDebit => {
-                peers
-                    .reverse_points(target, key("reverse:debit:undo"), key("reverse:debit"))
-                    .await
-            }
-            ConversionStep::Done => GatewayAnswer::Applied,
-        };
-        answer.into()
+            Call::Nothing => StepOutcome::Applied {
+                transaction_id: None,
+            },
+        }
     }
 
     async fn post_conversion(&self, row: &ConversionRow, quote: &QuoteRow) -> StepOutcome {

@@ -76,6 +76,79 @@ stored_names!(EarningStep, "earning step", {
     Done => "DONE",
 });
 
+/// The one call a step makes. Keys are suffixes of `tandem:earning:<id>:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Call {
+    /// Post the earning's ledger transaction under `key`: PENDING while it is held.
+    Post { key: &'static str, pending: bool },
+    /// Credit (or, for a clawback, debit) the member at the target's gateway under `key`.
+    Move { credit: bool, key: &'static str },
+    /// Reverse, under `key`, the movement made (or never made) under `original`.
+    Reverse {
+        key: &'static str,
+        original: &'static str,
+    },
+    /// Post (or void) the pending transaction under `key`.
+    Resolve { key: &'static str, post: bool },
+    /// Reverse the posted transaction under `key`, saying why.
+    ReverseLedger {
+        key: &'static str,
+        reason: &'static str,
+    },
+    /// Nothing: waiting for the hold, or the saga is over.
+    Nothing,
+}
+
+impl EarningStep {
+    /// The call this step makes.
+    pub(crate) fn call(self) -> Call {
+        use EarningStep as Step;
+        match self {
+            Step::Post => Call::Post {
+                key: "ledger",
+                pending: false,
+            },
+            Step::PostHold => Call::Post {
+                key: "hold",
+                pending: true,
+            },
+            Step::Credit | Step::ReleaseCredit => Call::Move {
+                credit: true,
+                key: "credit",
+            },
+            Step::Clawback => Call::Move {
+                credit: false,
+                key: "clawback",
+            },
+            Step::UndoCredit => Call::Reverse {
+                key: "credit:undo",
+                original: "credit",
+            },
+            Step::UndoClawback => Call::Reverse {
+                key: "clawback:undo",
+                original: "clawback",
+            },
+            Step::ReleasePost => Call::Resolve {
+                key: "release",
+                post: true,
+            },
+            Step::Void | Step::VoidFailed => Call::Resolve {
+                key: "void",
+                post: false,
+            },
+            Step::ReverseFailed => Call::ReverseLedger {
+                key: "reverse:failed",
+                reason: "the target partner refused the credit",
+            },
+            Step::ReverseLedger => Call::ReverseLedger {
+                key: "reverse",
+                reason: "the purchase was refunded",
+            },
+            Step::WaitHold | Step::Done => Call::Nothing,
+        }
+    }
+}
+
 /// Where an earning's saga stands: what its row says about the saga.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct EarningSaga {

@@ -7,7 +7,7 @@ use tonic::Status;
 
 use super::{
     TRIES_PER_DRIVE, backoff,
-    earning::{self, Action, EarningSaga, EarningStatus, EarningStep, Facts, StepOutcome},
+    earning::{self, Action, Call, EarningSaga, EarningStatus, EarningStep, Facts, StepOutcome},
     quick_pause,
 };
 use crate::{
@@ -101,94 +101,65 @@ impl Exchange {
     async fn perform_earning_step(&self, earning: &EarningRow, saga: &EarningSaga) -> StepOutcome {
         let id = &earning.earning_id;
         let key = |suffix: &str| format!("tandem:earning:{id}:{suffix}");
-        let gateway = &earning.target_gateway;
-        let ledger_id = &saga.ledger_transaction_id;
-        let peers = &self.peers;
-        let answer = match saga.step {
-            EarningStep::Post => {
-                return self
-                    .post_earning(earning, key("ledger"), pb::TransactionKind::Posted, 0)
-                    .await;
+        let (gateway, ledger_id) = (&earning.target_gateway, &saga.ledger_transaction_id);
+        match saga.step.call() {
+            Call::Post {
+                key: suffix,
+                pending,
+            } => {
+                let (kind, timeout) = if pending {
+                    (pb::TransactionKind::Pending, HOLD_TIMEOUT_SECONDS)
+                } else {
+                    (pb::TransactionKind::Posted, 0)
+                };
+                self.post_earning(earning, key(suffix), kind, timeout).await
             }
-            EarningStep::PostHold => {
-                return self
-                    .post_earning(
-                        earning,
-                        key("hold"),
-                        pb::TransactionKind::Pending,
-                        HOLD_TIMEOUT_SECONDS,
-                    )
-                    .await;
-            }
-            EarningStep::Credit | EarningStep::ReleaseCredit => {
-                let description =
-                    format!("Earned with a partner purchase ({})", earning.activity_id);
-                peers
+            Call::Move {
+                credit,
+                key: suffix,
+            } => {
+                let description = if credit {
+                    format!("Earned with a partner purchase ({})", earning.activity_id)
+                } else {
+                    format!("Refunded partner purchase ({})", earning.activity_id)
+                };
+                let member = &earning.target_member_id;
+                self.peers
                     .move_points(
                         gateway,
-                        true,
-                        key("credit"),
-                        &earning.target_member_id,
+                        credit,
+                        key(suffix),
+                        member,
                         earning.points,
                         &description,
                     )
                     .await
+                    .into()
             }
-            EarningStep::UndoCredit => {
-                peers
-                    .reverse_points(gateway, key("credit:undo"), key("credit"))
-                    .await
+            Call::Reverse {
+                key: suffix,
+                original,
+            } => self
+                .peers
+                .reverse_points(gateway, key(suffix), key(original))
+                .await
+                .into(),
+            Call::Resolve { key: suffix, post } => {
+                let resolution = if post {
+                    pb::PendingResolution::Post
+                } else {
+                    pb::PendingResolution::Void
+                };
+                ledger_outcome(self.peers.resolve(key(suffix), ledger_id, resolution).await)
             }
-            EarningStep::ReverseFailed => {
-                let reversed = peers
-                    .reverse(
-                        key("reverse:failed"),
-                        ledger_id,
-                        "the target partner refused the credit",
-                    )
-                    .await;
-                return ledger_outcome(reversed);
-            }
-            EarningStep::WaitHold => GatewayAnswer::Applied,
-            EarningStep::ReleasePost => {
-                let posted = peers
-                    .resolve(key("release"), ledger_id, pb::PendingResolution::Post)
-                    .await;
-                return ledger_outcome(posted);
-            }
-            EarningStep::Void | EarningStep::VoidFailed => {
-                let voided = peers
-                    .resolve(key("void"), ledger_id, pb::PendingResolution::Void)
-                    .await;
-                return ledger_outcome(voided);
-            }
-            EarningStep::Clawback => {
-                let description = format!("Refunded partner purchase ({})", earning.activity_id);
-                peers
-                    .move_points(
-                        gateway,
-                        false,
-                        key("clawback"),
-                        &earning.target_member_id,
-                        earning.points,
-                        &description,
-                    )
-                    .await
-            }
-            EarningStep::UndoClawback => {
-                peers
-                    .reverse_points(gateway, key("clawback:undo"), key("clawback"))
-                    .await
-            }
-            EarningStep::ReverseLedger => {
-                let reversed = peers
-                    .reverse(key("reverse"), ledger_id, "the purchase was refunded")
-                    .await;
-                return ledger_outcome(reversed);
-            }
-            EarningStep::Done => GatewayAnswer::Applied,
-        };
-        answer.into()
+            Call::ReverseLedger {
+                key: suffix,
+                reason,
+            } => ledger_outcome(self.peers.reverse(key(suffix), ledger_id, reason).await),
+            Call::Nothing => StepOutcome::Applied {
+                transaction_id: None,
+            },
+        }
     }
 
     async fn post_earning(
