@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use chrono::{Datelike, TimeZone, Utc};
 use rust_decimal::Decimal;
 use tandem_auth::Caller;
-use tandem_domain::{Currency, IdempotencyKey, MemberId, PartnerId, from_unix_micros};
-use tandem_proto::{status, time::datetime, v1 as pb};
-use tandem_storage::{Backend, PageCursor, PageRequest};
+use tandem_domain::{Currency, IdempotencyKey, from_unix_micros};
+use tandem_proto::{status, v1 as pb};
+use tandem_storage::Backend;
 use tonic::{Code, Status};
 
 use crate::{
@@ -21,6 +21,7 @@ use crate::{
     refuse, require_partner,
     rows::{CONVERSION_COLUMNS, ConversionRow, QUOTE_COLUMNS, QuoteRow, Viewer},
     saga::conversion::{ConversionSaga, ConversionStatus},
+    store::{self, ConversionFilter},
     writes::NewConversion,
 };
 
@@ -102,6 +103,26 @@ fn day_and_month_start(micros: i64) -> (i64, i64) {
         tandem_domain::to_unix_micros(day),
         tandem_domain::to_unix_micros(month),
     )
+}
+
+/// Who a quote is between and under which terms, as `Exchange::quote_parties` found them.
+struct QuoteParties {
+    link_id: String,
+    source_member: String,
+    target_member: String,
+    source: std::sync::Arc<pb::Partner>,
+    target: std::sync::Arc<pb::Partner>,
+    agreement_id: String,
+    version: pb::TermsVersion,
+}
+
+/// A partner's program code and scale.
+fn program_scale(partner: &pb::Partner) -> Result<(String, u32), Status> {
+    partner
+        .program
+        .as_ref()
+        .map(|program| (program.code.clone(), program.scale))
+        .ok_or_else(|| status::internal(&"partner without a program"))
 }
 
 /// Quotes this process priced lately, so that executing one (moments later, as a rule) need not
@@ -346,28 +367,49 @@ impl Exchange {
         if request.link_id.is_empty() {
             return Err(invalid("link_id", "is required"));
         }
-        // Checked before it joins a batch of look-ups, which one malformed id would fail.
-        if !tandem_domain::is_server_id(&request.link_id) {
-            return Err(refuse(
-                Code::NotFound,
-                "LINK_NOT_FOUND",
-                format!("link {} not found", request.link_id),
-            ));
-        }
         let amount = match request.amount {
             Some(pb::get_quote_request::Amount::SourcePoints(points)) => Amount::Source(points),
             Some(pb::get_quote_request::Amount::TargetPoints(points)) => Amount::Target(points),
             None => return Err(invalid("amount", "set source_points or target_points")),
         };
+        let parties = self.quote_parties(&request).await?;
+        let now = now_micros();
+        let quote = self.price_quote(parties, amount, now)?;
+        if quote.member_daily_cap_points.is_some() || quote.agreement_monthly_cap_points.is_some() {
+            let mut connection = self
+                .database
+                .pool()
+                .acquire()
+                .await
+                .map_err(database_error)?;
+            Self::check_caps(connection.as_mut(), &quote, now).await?;
+        }
+        match self.recent_quotes.remember(&quote) {
+            Some(stored) => self.store_in_background(quote.clone(), stored),
+            None => self.writers.quote(quote.clone()).await?,
+        }
+        Ok(quote.to_pb(Viewer::Partner(&request.partner_id)))
+    }
+
+    /// Who a quote is between and under which terms: the caller's ACTIVE link, both partners
+    /// ACTIVE with a gateway, the ACTIVE agreement from the caller and its terms in force now.
+    async fn quote_parties(&self, request: &pb::GetQuoteRequest) -> Result<QuoteParties, Status> {
+        let link_not_found = || {
+            refuse(
+                Code::NotFound,
+                "LINK_NOT_FOUND",
+                format!("link {} not found", request.link_id),
+            )
+        };
+        // Checked before it joins a batch of look-ups, which one malformed id would fail.
+        if !tandem_domain::is_server_id(&request.link_id) {
+            return Err(link_not_found());
+        }
         let link = self.peers.link(&request.link_id).await?;
         let Some((source_member, target_partner_id, target_member)) =
             sides(&link, &request.partner_id)
         else {
-            return Err(refuse(
-                Code::NotFound,
-                "LINK_NOT_FOUND",
-                format!("link {} not found", request.link_id),
-            ));
+            return Err(link_not_found());
         };
         if link.status != pb::LinkStatus::Active as i32 {
             return Err(refuse(
@@ -393,14 +435,40 @@ impl Exchange {
                 "there is no ACTIVE agreement from your program to the linked partner's",
             ));
         };
-        let now = now_micros();
-        let Some(version) = terms_at(&agreement, now).cloned() else {
+        let Some(version) = terms_at(&agreement, now_micros()).cloned() else {
             return Err(refuse(
                 Code::FailedPrecondition,
                 "NO_TERMS_IN_FORCE",
                 "no terms version of the agreement is in force now",
             ));
         };
+        Ok(QuoteParties {
+            link_id: link.link_id,
+            source_member,
+            target_member,
+            source,
+            target,
+            agreement_id: agreement.agreement_id.clone(),
+            version,
+        })
+    }
+
+    /// The quote of `amount` between `parties`, priced under their terms at `now`.
+    fn price_quote(
+        &self,
+        parties: QuoteParties,
+        amount: Amount,
+        now: i64,
+    ) -> Result<QuoteRow, Status> {
+        let QuoteParties {
+            link_id,
+            source_member,
+            target_member,
+            source,
+            target,
+            agreement_id,
+            version,
+        } = parties;
         let terms = version
             .terms
             .as_ref()
@@ -411,13 +479,6 @@ impl Exchange {
             increment_source_points: terms.increment_source_points.max(1),
             settlement_price: decimal(&terms.settlement_price, "settlement price")?,
             fee_basis_points: terms.exchange_fee_basis_points,
-        };
-        let program_scale = |partner: &pb::Partner| {
-            partner
-                .program
-                .as_ref()
-                .map(|program| (program.code.clone(), program.scale))
-                .ok_or_else(|| status::internal(&"partner without a program"))
         };
         let (source_program, source_scale) = program_scale(&source)?;
         let (target_program, target_scale) = program_scale(&target)?;
@@ -432,9 +493,9 @@ impl Exchange {
         };
         let priced = pricing::price_conversion(&conversion_terms, amount, scales)
             .map_err(|error| pricing_error(field, error))?;
-        let quote = QuoteRow {
+        Ok(QuoteRow {
             quote_id: new_id(),
-            link_id: link.link_id.clone(),
+            link_id,
             source_partner_id: source.partner_id.clone(),
             source_member_id: source_member,
             source_gateway: source.gateway_endpoint.clone(),
@@ -447,7 +508,7 @@ impl Exchange {
             target_program,
             target_scale: target_scale.into(),
             target_points: priced.target_points,
-            agreement_id: agreement.agreement_id.clone(),
+            agreement_id,
             terms_version: version.version.into(),
             conversion_rate: conversion_terms.rate.to_string(),
             settlement_currency: target.settlement_currency.clone(),
@@ -459,21 +520,7 @@ impl Exchange {
             reversal_hours: terms.conversion_reversal_hours.into(),
             created_at_micros: now,
             expires_at_micros: now + self.options.quote_lifetime.as_micros() as i64,
-        };
-        if quote.member_daily_cap_points.is_some() || quote.agreement_monthly_cap_points.is_some() {
-            let mut connection = self
-                .database
-                .pool()
-                .acquire()
-                .await
-                .map_err(database_error)?;
-            Self::check_caps(connection.as_mut(), &quote, now).await?;
-        }
-        match self.recent_quotes.remember(&quote) {
-            Some(stored) => self.store_in_background(quote.clone(), stored),
-            None => self.writers.quote(quote.clone()).await?,
-        }
-        Ok(quote.to_pb(Viewer::Partner(&request.partner_id)))
+        })
     }
 
     /// Stores a quote GetQuote has already answered with.
@@ -967,151 +1014,10 @@ impl Exchange {
                 ));
             }
         };
-        if !request.member_id.is_empty() && request.partner_id.is_empty() {
-            return Err(invalid(
-                "member_id",
-                "needs partner_id: a member id belongs to a partner",
-            ));
-        }
-        let mut violations = Vec::new();
-        if !request.partner_id.is_empty() && request.partner_id.parse::<PartnerId>().is_err() {
-            violations.push(("partner_id", "must be a partner id (a UUID)".to_owned()));
-        }
-        if let Err(error) = (!request.member_id.is_empty())
-            .then(|| MemberId::parse(&request.member_id))
-            .transpose()
-        {
-            violations.push(("member_id", error));
-        }
-        if !violations.is_empty() {
-            return Err(status::invalid_argument(
-                violations
-                    .iter()
-                    .map(|(field, message)| (*field, message.as_str())),
-            ));
-        }
-        let page = PageRequest::parse(request.page_size, &request.page_token)
-            .map_err(|(field, message)| invalid(field, message))?;
-        let time = |field: &str, value: &Option<tandem_proto::time::ProtoTimestamp>| {
-            value
-                .as_ref()
-                .map(|at| datetime(at).map(tandem_domain::to_unix_micros))
-                .transpose()
-                .map_err(|error| invalid(field, error))
-        };
-        let start = time("start_time", &request.start_time)?;
-        let end = time("end_time", &request.end_time)?;
-
-        let mut conditions = Vec::new();
-        let mut texts: Vec<String> = Vec::new();
-        let mut numbers: Vec<i64> = Vec::new();
-        // Placeholders are numbered texts first, then numbers.
-        let text = |value: String, texts: &mut Vec<String>| {
-            texts.push(value);
-            format!("${}", texts.len())
-        };
-        if !request.partner_id.is_empty() {
-            let partner = text(request.partner_id.clone(), &mut texts);
-            if request.member_id.is_empty() {
-                conditions.push(format!(
-                    "(source_partner_id = {partner} OR target_partner_id = {partner})"
-                ));
-            } else {
-                let member = text(request.member_id.clone(), &mut texts);
-                conditions.push(format!(
-                    "((source_partner_id = {partner} AND source_member_id = {member}) OR \
-                     (target_partner_id = {partner} AND target_member_id = {member}))"
-                ));
-            }
-        }
-        let status_filter = pb::ConversionStatus::try_from(request.status)
-            .map_err(|_| invalid("status", "is not a conversion status"))?;
-        if status_filter != pb::ConversionStatus::Unspecified {
-            let name = status_filter
-                .as_str_name()
-                .trim_start_matches("CONVERSION_STATUS_")
-                .to_owned();
-            let placeholder = text(name, &mut texts);
-            conditions.push(format!("status = {placeholder}"));
-        }
-        let cursor_id = page.after.as_ref().map(|cursor| cursor.id.clone());
-        let cursor_id_placeholder = cursor_id.map(|id| text(id, &mut texts));
-        let offset = texts.len();
-        let number = |value: i64, numbers: &mut Vec<i64>| {
-            numbers.push(value);
-            format!("${}", offset + numbers.len())
-        };
-        if let Some(start) = start {
-            let placeholder = number(start, &mut numbers);
-            conditions.push(format!("created_at_micros >= {placeholder}"));
-        }
-        if let Some(end) = end {
-            let placeholder = number(end, &mut numbers);
-            conditions.push(format!("created_at_micros < {placeholder}"));
-        }
-        if let (Some(cursor), Some(id)) = (&page.after, &cursor_id_placeholder) {
-            let at = number(cursor.created_at_micros, &mut numbers);
-            conditions.push(format!(
-                "(created_at_micros < {at} OR (created_at_micros = {at} AND conversion_id < {id}))"
-            ));
-        }
-        let limit = number(page.size as i64 + 1, &mut numbers);
-        let filter = if conditions.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", conditions.join(" AND "))
-        };
-        let sql = format!(
-            "SELECT {CONVERSION_COLUMNS} FROM conversions {filter} \
-             ORDER BY created_at_micros DESC, conversion_id DESC LIMIT {limit}"
-        );
-        let mut query = sqlx::query_as::<_, ConversionRow>(sqlx::AssertSqlSafe(sql));
-        for value in texts {
-            query = query.bind(value);
-        }
-        for value in numbers {
-            query = query.bind(value);
-        }
-        let mut rows = query
-            .fetch_all(self.database.pool())
-            .await
-            .map_err(database_error)?;
-        let next_page_token = if rows.len() > page.size {
-            rows.truncate(page.size);
-            rows.last()
-                .map(|last| {
-                    PageCursor {
-                        created_at_micros: last.created_at_micros,
-                        id: last.conversion_id.clone(),
-                    }
-                    .encode()
-                })
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
-        // The page's quotes in one query rather than one per conversion.
-        let mut quotes = HashMap::new();
-        if !rows.is_empty() {
-            let placeholders: Vec<String> =
-                (1..=rows.len()).map(|index| format!("${index}")).collect();
-            let sql = format!(
-                "SELECT {QUOTE_COLUMNS} FROM quotes WHERE quote_id IN ({})",
-                placeholders.join(", ")
-            );
-            let mut query = sqlx::query_as::<_, QuoteRow>(sqlx::AssertSqlSafe(sql))
-                .persistent(tandem_storage::REPLANNED);
-            for row in &rows {
-                query = query.bind(&row.quote_id);
-            }
-            for quote in query
-                .fetch_all(self.database.pool())
-                .await
-                .map_err(database_error)?
-            {
-                quotes.insert(quote.quote_id.clone(), quote);
-            }
-        }
+        let filter = ConversionFilter::parse(&request)?;
+        let (rows, next_page_token) =
+            store::list_conversions(self.database.pool(), &filter).await?;
+        let quotes = store::quotes_by_id(self.database.pool(), &rows).await?;
         let mut conversions = Vec::with_capacity(rows.len());
         for row in &rows {
             let quote = quotes

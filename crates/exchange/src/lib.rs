@@ -16,6 +16,7 @@ mod peers;
 pub mod pricing;
 mod rows;
 mod saga;
+mod store;
 mod worker;
 mod writes;
 
