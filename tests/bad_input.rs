@@ -45,6 +45,20 @@ async fn nul_bytes_are_refused_before_any_database(server: TestServer) {
         Code::InvalidArgument,
     );
     assert_eq!(violated_fields(&status), ["client_id"]);
+    // A role that may read no link learns nothing of whether one exists.
+    let admin = server.staff_token(Role::Admin).await;
+    refused(
+        server
+            .linking()
+            .get_link(authed(
+                &admin,
+                pb::GetLinkRequest {
+                    link_id: "0192f0c4-8a1e-7c3a-9b5e-1d2f3a4b5c6d".to_owned(),
+                },
+            ))
+            .await,
+        Code::PermissionDenied,
+    );
     let ops = server.staff_token(Role::Ops).await;
     for link_id in ["link\u{0}".to_owned(), "l".repeat(10_000)] {
         refused(

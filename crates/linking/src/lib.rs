@@ -332,6 +332,13 @@ impl<D: PartnerDirectory> Linking<D> {
     }
 
     async fn readable_link(&self, caller: &Caller, link_id: &str) -> Result<Link> {
+        // A role that may read no link is refused before the look-up, so it cannot learn
+        // whether a link id exists.
+        if !caller.is_any(&[Role::Ops, Role::Service, Role::Partner]) {
+            return Err(LinkingError::PermissionDenied(
+                "links are read by their partners, ops and services",
+            ));
+        }
         if !tandem_domain::is_server_id(link_id) {
             return Err(LinkingError::LinkNotFound(link_id.to_owned()));
         }
