@@ -165,6 +165,18 @@ struct Plan {
     annual_cap: Option<i64>,
 }
 
+/// Where an activity earns: the link to the partner, that partner, and the agreement's terms in
+/// force at the activity time with their earn rules.
+struct EarnSite<'a> {
+    link: &'a pb::Link,
+    target: &'a pb::Partner,
+    target_member_id: String,
+    agreement_id: &'a str,
+    terms_version: i32,
+    terms: &'a pb::AgreementTerms,
+    rules: &'a pb::EarnRules,
+}
+
 /// The member links one stream (or one call) has already looked up, by (partner, member), so a
 /// day of rides asks linking once per group for the members it has not seen rather than once
 /// per ride. Partners and agreements come from the registry lookups `Peers` already reuses.
@@ -210,7 +222,7 @@ fn in_window(window: &pb::PromotionWindow, at: i64) -> bool {
 }
 
 impl Exchange {
-    /// The earnings an activity makes, one per linked partner with earn rules from the reporter.
+    /// The earnings an activity makes: one outcome per partner the member is linked to.
     async fn plan(
         &self,
         lookups: &Lookups,
@@ -224,138 +236,184 @@ impl Exchange {
             .unwrap_or(&no_links);
         let mut plans = Vec::new();
         for link in links {
-            let Some((_, target_partner_id, target_member_id)) = sides(link, &report.partner_id)
-            else {
-                continue;
-            };
-            // Every linked partner gets an outcome; one that earns nothing says why.
-            let nothing = |note: String| {
-                Self::not_earned(
-                    report,
-                    activity_id,
-                    link,
-                    &target_partner_id,
-                    &target_member_id,
-                    note,
-                )
-            };
-            let Some(agreement) = self
-                .peers
-                .agreement(&report.partner_id, &target_partner_id)
-                .await?
-            else {
-                plans.push(nothing(
-                    "no ACTIVE agreement from the reporter to this partner".to_owned(),
-                ));
-                continue;
-            };
-            let Some((version, terms)) = terms_at(&agreement, report.at_micros)
-                .and_then(|version| version.terms.as_ref().map(|terms| (version, terms)))
-            else {
-                plans.push(nothing(format!(
-                    "no terms of agreement {} were in force at activity_time",
-                    agreement.agreement_id
-                )));
-                continue;
-            };
-            let Some(rules) = terms.earn_rules.as_ref() else {
-                plans.push(nothing(format!(
-                    "the terms of agreement {} in force at activity_time have no earn rules",
-                    agreement.agreement_id
-                )));
-                continue;
-            };
-            let target = self.peers.partner(&target_partner_id).await?;
-            if let Err(refusal) = require_active(&target) {
-                plans.push(nothing(refusal.message().to_owned()));
-                continue;
+            if let Some(plan) = self.plan_at(report, activity_id, link).await? {
+                plans.push(plan);
             }
-            let target_scale = target.program.as_ref().map_or(0, |program| program.scale);
-            let tier = rules
-                .tier_multipliers
-                .iter()
-                .find(|entry| !report.tier.is_empty() && entry.tier == report.tier)
-                .map(|entry| decimal(&entry.multiplier, "tier multiplier"))
-                .transpose()?;
-            let mut promotions = Vec::new();
-            for window in rules
-                .promotions
-                .iter()
-                .filter(|window| in_window(window, report.at_micros))
-            {
-                promotions.push(decimal(&window.multiplier, "promotion multiplier")?);
-            }
-            let multiplier = pricing::earn_multiplier(tier, promotions.into_iter());
-            let mut note = String::new();
-            if rules.spend_currency != report.currency.code() {
-                note = format!(
-                    "spend in {} does not earn: the earn rules count spend in {}",
-                    report.currency.code(),
-                    rules.spend_currency
-                );
-            } else if rules
-                .excluded_spend_categories
-                .iter()
-                .any(|category| category.eq_ignore_ascii_case(&report.category))
-            {
-                note = format!("category {} is excluded from earning", report.category);
-            }
-            let hold_until = (rules.hold_days > 0)
-                .then(|| report.at_micros + i64::from(rules.hold_days) * DAY_MICROS);
-            let row = EarningRow {
-                earning_id: new_id(),
-                activity_id: activity_id.to_owned(),
-                source_partner_id: report.partner_id.clone(),
-                source_member_id: report.member_id.clone(),
-                target_partner_id: target.partner_id.clone(),
-                target_member_id,
-                target_gateway: target.gateway_endpoint.clone(),
-                link_id: link.link_id.clone(),
-                agreement_id: agreement.agreement_id.clone(),
-                terms_version: version.version.into(),
-                target_program: target
-                    .program
-                    .as_ref()
-                    .map(|program| program.code.clone())
-                    .unwrap_or_default(),
-                target_scale: target_scale.into(),
-                points: 0,
-                eligible_spend_minor: if note.is_empty() {
-                    report.spend_minor
-                } else {
-                    0
-                },
-                spend_year: from_unix_micros(report.at_micros).year().into(),
-                multiplier: multiplier.normalize().to_string(),
-                settlement_currency: target.settlement_currency.clone(),
-                currency_scale: currency_scale(&target)?.into(),
-                settlement_amount_minor: 0,
-                fee_amount_minor: 0,
-                status: if note.is_empty() {
-                    "CREDITING"
-                } else {
-                    "NOT_EARNED"
-                }
-                .to_owned(),
-                step: "DONE".to_owned(),
-                refund_requested: 0,
-                hold_until_micros: hold_until,
-                note,
-                ledger_transaction_id: String::new(),
-                attempts: 0,
-                last_error: String::new(),
-            };
-            plans.push(Plan {
-                row,
-                points_per_spend_unit: decimal(&rules.points_per_spend_unit, "earn rate")?,
-                multiplier,
-                price: decimal(&terms.settlement_price, "settlement price")?,
-                fee_basis_points: terms.exchange_fee_basis_points,
-                spend_scale: report.currency.exponent(),
-                annual_cap: rules.annual_spend_cap_minor,
-            });
         }
         Ok(plans)
+    }
+
+    /// The earning at the other side of `link`, or why it earns nothing there; `None` when the
+    /// link is not the reporter's.
+    async fn plan_at(
+        &self,
+        report: &Report,
+        activity_id: &str,
+        link: &pb::Link,
+    ) -> Result<Option<Plan>, Status> {
+        let Some((_, target_partner_id, target_member_id)) = sides(link, &report.partner_id) else {
+            return Ok(None);
+        };
+        // Every linked partner gets an outcome; one that earns nothing says why.
+        let nothing = |note: String| {
+            Self::not_earned(
+                report,
+                activity_id,
+                link,
+                &target_partner_id,
+                &target_member_id,
+                note,
+            )
+        };
+        let Some(agreement) = self
+            .peers
+            .agreement(&report.partner_id, &target_partner_id)
+            .await?
+        else {
+            return Ok(Some(nothing(
+                "no ACTIVE agreement from the reporter to this partner".to_owned(),
+            )));
+        };
+        let Some((version, terms)) = terms_at(&agreement, report.at_micros)
+            .and_then(|version| version.terms.as_ref().map(|terms| (version, terms)))
+        else {
+            return Ok(Some(nothing(format!(
+                "no terms of agreement {} were in force at activity_time",
+                agreement.agreement_id
+            ))));
+        };
+        let Some(rules) = terms.earn_rules.as_ref() else {
+            return Ok(Some(nothing(format!(
+                "the terms of agreement {} in force at activity_time have no earn rules",
+                agreement.agreement_id
+            ))));
+        };
+        let target = self.peers.partner(&target_partner_id).await?;
+        if let Err(refusal) = require_active(&target) {
+            return Ok(Some(nothing(refusal.message().to_owned())));
+        }
+        let site = EarnSite {
+            link,
+            target: &target,
+            target_member_id,
+            agreement_id: &agreement.agreement_id,
+            terms_version: version.version,
+            terms,
+            rules,
+        };
+        Self::earning_plan(report, activity_id, site).map(Some)
+    }
+
+    /// The earning at `target` under `rules`, priced before the annual cap is applied; with a
+    /// note and nothing to earn when the spend's currency or category earns nothing.
+    fn earning_plan(
+        report: &Report,
+        activity_id: &str,
+        site: EarnSite<'_>,
+    ) -> Result<Plan, Status> {
+        let EarnSite {
+            link,
+            target,
+            target_member_id,
+            agreement_id,
+            terms_version,
+            terms,
+            rules,
+        } = site;
+        let target_scale = target.program.as_ref().map_or(0, |program| program.scale);
+        let (multiplier, note) = Self::multiplier_and_note(report, rules)?;
+        let hold_until = (rules.hold_days > 0)
+            .then(|| report.at_micros + i64::from(rules.hold_days) * DAY_MICROS);
+        let row = EarningRow {
+            earning_id: new_id(),
+            activity_id: activity_id.to_owned(),
+            source_partner_id: report.partner_id.clone(),
+            source_member_id: report.member_id.clone(),
+            target_partner_id: target.partner_id.clone(),
+            target_member_id,
+            target_gateway: target.gateway_endpoint.clone(),
+            link_id: link.link_id.clone(),
+            agreement_id: agreement_id.to_owned(),
+            terms_version: terms_version.into(),
+            target_program: target
+                .program
+                .as_ref()
+                .map(|program| program.code.clone())
+                .unwrap_or_default(),
+            target_scale: target_scale.into(),
+            points: 0,
+            eligible_spend_minor: if note.is_empty() {
+                report.spend_minor
+            } else {
+                0
+            },
+            spend_year: from_unix_micros(report.at_micros).year().into(),
+            multiplier: multiplier.normalize().to_string(),
+            settlement_currency: target.settlement_currency.clone(),
+            currency_scale: currency_scale(target)?.into(),
+            settlement_amount_minor: 0,
+            fee_amount_minor: 0,
+            status: if note.is_empty() {
+                "CREDITING"
+            } else {
+                "NOT_EARNED"
+            }
+            .to_owned(),
+            step: "DONE".to_owned(),
+            refund_requested: 0,
+            hold_until_micros: hold_until,
+            note,
+            ledger_transaction_id: String::new(),
+            attempts: 0,
+            last_error: String::new(),
+        };
+        Ok(Plan {
+            row,
+            points_per_spend_unit: decimal(&rules.points_per_spend_unit, "earn rate")?,
+            multiplier,
+            price: decimal(&terms.settlement_price, "settlement price")?,
+            fee_basis_points: terms.exchange_fee_basis_points,
+            spend_scale: report.currency.exponent(),
+            annual_cap: rules.annual_spend_cap_minor,
+        })
+    }
+
+    /// The multiplier the member's tier and the promotions running at the activity time give,
+    /// and why the spend earns nothing (another currency, an excluded category), if it does not.
+    fn multiplier_and_note(
+        report: &Report,
+        rules: &pb::EarnRules,
+    ) -> Result<(Decimal, String), Status> {
+        let tier = rules
+            .tier_multipliers
+            .iter()
+            .find(|entry| !report.tier.is_empty() && entry.tier == report.tier)
+            .map(|entry| decimal(&entry.multiplier, "tier multiplier"))
+            .transpose()?;
+        let mut promotions = Vec::new();
+        for window in rules
+            .promotions
+            .iter()
+            .filter(|window| in_window(window, report.at_micros))
+        {
+            promotions.push(decimal(&window.multiplier, "promotion multiplier")?);
+        }
+        let multiplier = pricing::earn_multiplier(tier, promotions.into_iter());
+        let mut note = String::new();
+        if rules.spend_currency != report.currency.code() {
+            note = format!(
+                "spend in {} does not earn: the earn rules count spend in {}",
+                report.currency.code(),
+                rules.spend_currency
+            );
+        } else if rules
+            .excluded_spend_categories
+            .iter()
+            .any(|category| category.eq_ignore_ascii_case(&report.category))
+        {
+            note = format!("category {} is excluded from earning", report.category);
+        }
+        Ok((multiplier, note))
     }
 
     /// The outcome at a linked partner where the activity earns nothing, saying why.
