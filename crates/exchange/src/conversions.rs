@@ -613,6 +613,58 @@ impl Exchange {
         request: pb::ExecuteConversionRequest,
     ) -> Result<(pb::Conversion, bool), Status> {
         require_partner(caller, &request.partner_id)?;
+        let (quote, landing) = self.quote_to_execute(&request).await?;
+        let viewer = Viewer::Partner(&request.partner_id);
+        let capped =
+            quote.member_daily_cap_points.is_some() || quote.agreement_monthly_cap_points.is_some();
+        // A retry is recognised before anything that may have changed since the original: the
+        // quote's expiry, the link, the caps the original itself used up.
+        let replay = |existing: ConversionRow| async move {
+            Self::replay(&existing, &request.quote_id)?;
+            Ok((self.conversion_pb(&existing, viewer).await?, true))
+        };
+        let by_key = || self.conversion_by_key(&request.partner_id, &request.idempotency_key);
+        if capped && let Some(existing) = by_key().await? {
+            return replay(existing).await;
+        }
+        // Consent is checked again while a quote priced here moments ago is being stored.
+        let (executable, quote_stored) =
+            tokio::join!(self.still_executable(&quote), stored(landing));
+        quote_stored?;
+        if let Err(refusal) = executable {
+            return match by_key().await? {
+                Some(existing) => replay(existing).await,
+                None => Err(refusal),
+            };
+        }
+        let new = self.new_conversion(&quote, &request.idempotency_key);
+        let inserted = if capped {
+            self.insert_capped(&new, &quote).await?
+        } else {
+            self.writers.conversion(new.clone()).await?
+        };
+        if !inserted {
+            // The key was taken first (a concurrent retry: it is the original), or the quote
+            // was executed under another key.
+            return match by_key().await? {
+                Some(existing) => replay(existing).await,
+                None => Err(refuse(
+                    Code::AlreadyExists,
+                    "QUOTE_ALREADY_EXECUTED",
+                    "the quote was already executed under another idempotency key",
+                )),
+            };
+        }
+        let row = self.drive_new(&new, &quote).await?;
+        Ok((row.to_pb(&quote, viewer), false))
+    }
+
+    /// The caller's quote that `request` executes, with how its storing goes when this process
+    /// priced it moments ago; INVALID_ARGUMENT or QUOTE_NOT_FOUND otherwise.
+    async fn quote_to_execute(
+        &self,
+        request: &pb::ExecuteConversionRequest,
+    ) -> Result<(QuoteRow, Option<tokio::sync::watch::Receiver<Option<bool>>>), Status> {
         let mut violations = Vec::new();
         if request.quote_id.is_empty() {
             violations.push(("quote_id", "is required"));
@@ -624,55 +676,28 @@ impl Exchange {
         if !violations.is_empty() {
             return Err(status::invalid_argument(violations));
         }
-        let viewer = Viewer::Partner(&request.partner_id);
         let (quote, landing) = match self.recent_quotes.take(&request.quote_id) {
             Some((quote, landing)) => (Some(quote), Some(landing)),
             None => (self.load_landing_quote(&request.quote_id).await?, None),
         };
-        let Some(quote) = quote.filter(|quote| quote.source_partner_id == request.partner_id)
-        else {
+        match quote.filter(|quote| quote.source_partner_id == request.partner_id) {
+            Some(quote) => Ok((quote, landing)),
             // A quote nobody priced for this partner was never executed by it either.
-            return Err(refuse(
+            None => Err(refuse(
                 Code::NotFound,
                 "QUOTE_NOT_FOUND",
                 format!("quote {} not found", request.quote_id),
-            ));
-        };
-        let capped =
-            quote.member_daily_cap_points.is_some() || quote.agreement_monthly_cap_points.is_some();
-        // A retry is recognised before anything that may have changed since the original: the
-        // quote's expiry, the link, the caps the original itself used up.
-        let replay = |existing: ConversionRow| async move {
-            Self::replay(&existing, &request.quote_id)?;
-            Ok((self.conversion_pb(&existing, viewer).await?, true))
-        };
-        if capped
-            && let Some(existing) = self
-                .conversion_by_key(&request.partner_id, &request.idempotency_key)
-                .await?
-        {
-            return replay(existing).await;
+            )),
         }
-        // Consent is checked again while a quote priced here moments ago is being stored.
-        let (executable, quote_stored) =
-            tokio::join!(self.still_executable(&quote), stored(landing));
-        quote_stored?;
-        if let Err(refusal) = executable {
-            return match self
-                .conversion_by_key(&request.partner_id, &request.idempotency_key)
-                .await?
-            {
-                Some(existing) => replay(existing).await,
-                None => Err(refusal),
-            };
-        }
+    }
 
-        let now = now_micros();
-        let new = NewConversion {
+    /// A conversion of `quote` about to start under `idempotency_key`, its lease held here.
+    fn new_conversion(&self, quote: &QuoteRow, idempotency_key: &str) -> NewConversion {
+        NewConversion {
             conversion_id: new_id(),
             quote_id: quote.quote_id.clone(),
             source_partner_id: quote.source_partner_id.clone(),
-            idempotency_key: request.idempotency_key.clone(),
+            idempotency_key: idempotency_key.to_owned(),
             source_member_id: quote.source_member_id.clone(),
             target_partner_id: quote.target_partner_id.clone(),
             target_member_id: quote.target_member_id.clone(),
@@ -680,49 +705,18 @@ impl Exchange {
             source_points: quote.source_points,
             lease_owner: new_id(),
             lease_until_micros: self.lease_until(),
-            created_at_micros: now,
-        };
-        let inserted = if capped {
-            self.insert_capped(&new, &quote).await?
-        } else {
-            self.writers.conversion(new.clone()).await?
-        };
-        if !inserted {
-            // The key was taken first (a concurrent retry: it is the original), or the quote
-            // was executed under another key.
-            return match self
-                .conversion_by_key(&request.partner_id, &request.idempotency_key)
-                .await?
-            {
-                Some(existing) => replay(existing).await,
-                None => Err(refuse(
-                    Code::AlreadyExists,
-                    "QUOTE_ALREADY_EXECUTED",
-                    "the quote was already executed under another idempotency key",
-                )),
-            };
+            created_at_micros: now_micros(),
         }
+    }
 
-        let started = ConversionSaga::start();
-        let mut row = ConversionRow {
-            conversion_id: new.conversion_id,
-            quote_id: quote.quote_id.clone(),
-            source_partner_id: quote.source_partner_id.clone(),
-            idempotency_key: request.idempotency_key.clone(),
-            target_partner_id: quote.target_partner_id.clone(),
-            status: started.status.as_str().to_owned(),
-            step: started.step.as_str().to_owned(),
-            attempts: 0,
-            last_error: String::new(),
-            failure_reason: String::new(),
-            ledger_transaction_id: String::new(),
-            reversal_transaction_id: String::new(),
-            reverse_reason: String::new(),
-            created_at_micros: now,
-            updated_at_micros: now,
-            finished_at_micros: None,
-        };
-        match self.drive_loaded(&row, &quote, &new.lease_owner).await? {
+    /// Drives a conversion just inserted as far as it goes now; the row as last recorded.
+    async fn drive_new(
+        &self,
+        new: &NewConversion,
+        quote: &QuoteRow,
+    ) -> Result<ConversionRow, Status> {
+        let mut row = ConversionRow::started(new, ConversionSaga::start());
+        match self.drive_loaded(&row, quote, &new.lease_owner).await? {
             // What the drive recorded, without reading it back.
             Some(recorded) => row.record(&recorded.saga, recorded.written_at_micros),
             // Another driver took the saga over: answer what is recorded.
@@ -733,7 +727,7 @@ impl Exchange {
                     .ok_or_else(|| status::internal(&"conversion vanished"))?;
             }
         }
-        Ok((row.to_pb(&quote, viewer), false))
+        Ok(row)
     }
 
     /// Why a quote can no longer be executed, if it cannot: it expired, or the member unlinked
@@ -1071,15 +1065,49 @@ impl Exchange {
             .await?
             .ok_or_else(|| status::internal(&"conversion without its quote"))?;
         let saga = row.saga()?;
+        if matches!(
+            saga.status,
+            ConversionStatus::Reversing | ConversionStatus::Reversed
+        ) {
+            return Ok(row.to_pb(&quote, viewer));
+        }
+        Self::check_reversible(&row, &saga, &quote)?;
+        let now = now_micros();
+        let owner = new_id();
+        if self
+            .begin_reversal(&row.conversion_id, saga, &request.reason, &owner, now)
+            .await?
+        {
+            self.drive_conversion(&row.conversion_id, &owner).await?;
+        }
+        let row = self
+            .load_conversion(&row.conversion_id)
+            .await?
+            .ok_or_else(not_found)?;
+        if row.saga()?.status == ConversionStatus::Completed && !row.failure_reason.is_empty() {
+            return Err(refuse(
+                Code::FailedPrecondition,
+                "REVERSAL_REFUSED",
+                row.failure_reason.clone(),
+            ));
+        }
+        Ok(row.to_pb(&quote, viewer))
+    }
+
+    /// Why a COMPLETED conversion cannot be reversed now, if it cannot: a reversal refused
+    /// before, a conversion that did not complete, terms that allow none, a window closed.
+    fn check_reversible(
+        row: &ConversionRow,
+        saga: &ConversionSaga,
+        quote: &QuoteRow,
+    ) -> Result<(), Status> {
         match saga.status {
-            ConversionStatus::Reversing | ConversionStatus::Reversed => {
-                return Ok(row.to_pb(&quote, viewer));
-            }
+            ConversionStatus::Reversing | ConversionStatus::Reversed => {}
             ConversionStatus::Completed if !saga.failure_reason.is_empty() => {
                 return Err(refuse(
                     Code::FailedPrecondition,
                     "REVERSAL_REFUSED",
-                    saga.failure_reason,
+                    saga.failure_reason.clone(),
                 ));
             }
             ConversionStatus::Completed => {}
@@ -1115,9 +1143,21 @@ impl Exchange {
                 ),
             ));
         }
-        let owner = new_id();
+        Ok(())
+    }
+
+    /// Records REVERSING under a new lease held by `owner`, before any partner is called, so a
+    /// crash leaves a reversal to finish. False when the conversion is no longer COMPLETED or
+    /// another driver holds it.
+    async fn begin_reversal(
+        &self,
+        conversion_id: &str,
+        saga: ConversionSaga,
+        reason: &str,
+        owner: &str,
+        now: i64,
+    ) -> Result<bool, Status> {
         let reversing = saga.start_reversal();
-        // Written before any partner is called, so a crash leaves a reversal to finish.
         let started = sqlx::query(
             "UPDATE conversions SET status = $1, step = $2, \
              attempts = 0, last_error = '', reverse_reason = $3, lease_owner = $4, \
@@ -1127,31 +1167,17 @@ impl Exchange {
         )
         .bind(reversing.status.as_str())
         .bind(reversing.step.as_str())
-        .bind(&request.reason)
-        .bind(&owner)
+        .bind(reason)
+        .bind(owner)
         .bind(self.lease_until())
         .bind(now)
-        .bind(&row.conversion_id)
+        .bind(conversion_id)
         .bind(ConversionStatus::Completed.as_str())
         .execute(self.database.pool())
         .await
         .map_err(database_error)?
         .rows_affected();
-        if started == 1 {
-            self.drive_conversion(&row.conversion_id, &owner).await?;
-        }
-        let row = self
-            .load_conversion(&row.conversion_id)
-            .await?
-            .ok_or_else(not_found)?;
-        if row.saga()?.status == ConversionStatus::Completed && !row.failure_reason.is_empty() {
-            return Err(refuse(
-                Code::FailedPrecondition,
-                "REVERSAL_REFUSED",
-                row.failure_reason.clone(),
-            ));
-        }
-        Ok(row.to_pb(&quote, viewer))
+        Ok(started == 1)
     }
 }
 

@@ -141,6 +141,28 @@ impl ConversionRow {
         })
     }
 
+    /// The row of a conversion just inserted, its saga at `started`.
+    pub fn started(new: &crate::writes::NewConversion, started: ConversionSaga) -> Self {
+        Self {
+            conversion_id: new.conversion_id.clone(),
+            quote_id: new.quote_id.clone(),
+            source_partner_id: new.source_partner_id.clone(),
+            idempotency_key: new.idempotency_key.clone(),
+            target_partner_id: new.target_partner_id.clone(),
+            status: started.status.as_str().to_owned(),
+            step: started.step.as_str().to_owned(),
+            attempts: started.attempts,
+            last_error: started.last_error,
+            failure_reason: started.failure_reason,
+            ledger_transaction_id: started.ledger_transaction_id,
+            reversal_transaction_id: started.reversal_transaction_id,
+            reverse_reason: String::new(),
+            created_at_micros: new.created_at_micros,
+            updated_at_micros: new.created_at_micros,
+            finished_at_micros: None,
+        }
+    }
+
     /// The row as `saga` was written at `written_at_micros`.
     pub fn record(&mut self, saga: &ConversionSaga, written_at_micros: i64) {
         self.status = saga.status.as_str().to_owned();
