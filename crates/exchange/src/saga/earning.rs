@@ -270,81 +270,48 @@ fn applied(
     facts: Facts,
     transaction_id: Option<String>,
 ) -> (EarningSaga, Action) {
+    use Action::{Continue, Finish, Record, WaitForHold};
     use EarningStatus as Status;
     use EarningStep as Step;
     let mut after = saga.clone();
-    let posted = |mut after: EarningSaga| {
-        if facts.refund_requested {
-            (
-                moved(after, Status::ClawingBack, Step::Clawback),
-                Action::Record,
-            )
-        } else {
-            after.last_error.clear();
-            (moved(after, Status::Posted, Step::Done), Action::Finish)
-        }
+    if matches!(saga.step, Step::Post | Step::PostHold | Step::ReleasePost) {
+        after.ledger_transaction_id = transaction_id.unwrap_or_default();
+    }
+    // Posted: done, unless a refund came meanwhile and the points go back.
+    let posted = if facts.refund_requested {
+        (Status::ClawingBack, Step::Clawback, Record)
+    } else {
+        (Status::Posted, Step::Done, Finish)
     };
-    match saga.step {
-        Step::Post => {
-            after.ledger_transaction_id = transaction_id.unwrap_or_default();
-            (
-                moved(after, Status::Crediting, Step::Credit),
-                Action::Continue,
-            )
-        }
+    let (status, step, action) = match saga.step {
+        Step::Post => (Status::Crediting, Step::Credit, Continue),
         // An earning recorded when the credit went first has not posted yet.
         Step::Credit if saga.ledger_transaction_id.is_empty() => {
-            (moved(after, Status::Crediting, Step::Post), Action::Record)
+            (Status::Crediting, Step::Post, Record)
         }
-        Step::Credit => posted(after),
-        Step::UndoCredit if facts.held => {
-            (moved(after, Status::Held, Step::VoidFailed), Action::Record)
-        }
+        Step::Credit | Step::ReleasePost => posted,
+        Step::UndoCredit if facts.held => (Status::Held, Step::VoidFailed, Record),
         Step::UndoCredit if saga.ledger_transaction_id.is_empty() => {
-            (moved(after, Status::Failed, Step::Done), Action::Finish)
+            (Status::Failed, Step::Done, Finish)
         }
-        Step::UndoCredit => (
-            moved(after, Status::Crediting, Step::ReverseFailed),
-            Action::Record,
-        ),
-        Step::ReverseFailed => (moved(after, Status::Failed, Step::Done), Action::Finish),
-        Step::PostHold => {
-            after.ledger_transaction_id = transaction_id.unwrap_or_default();
-            (moved(after, Status::Held, Step::WaitHold), Action::Continue)
-        }
-        Step::WaitHold if facts.refund_requested => {
-            (moved(after, Status::Held, Step::Void), Action::Continue)
-        }
-        Step::WaitHold if facts.hold_over => (
-            moved(after, Status::Held, Step::ReleaseCredit),
-            Action::Record,
-        ),
-        Step::WaitHold => (after, Action::WaitForHold),
+        Step::UndoCredit => (Status::Crediting, Step::ReverseFailed, Record),
+        Step::ReverseFailed | Step::VoidFailed => (Status::Failed, Step::Done, Finish),
+        Step::PostHold => (Status::Held, Step::WaitHold, Continue),
+        Step::WaitHold if facts.refund_requested => (Status::Held, Step::Void, Continue),
+        Step::WaitHold if facts.hold_over => (Status::Held, Step::ReleaseCredit, Record),
+        Step::WaitHold => return (after, WaitForHold),
         // Recorded before the pending transaction posts, so that a refusal seen by a driver
         // that resumes here can still void it.
-        Step::ReleaseCredit => (
-            moved(after, Status::Held, Step::ReleasePost),
-            Action::Record,
-        ),
-        Step::ReleasePost => {
-            after.ledger_transaction_id = transaction_id.unwrap_or_default();
-            posted(after)
-        }
-        Step::Void => (moved(after, Status::Voided, Step::Done), Action::Finish),
-        Step::VoidFailed => (moved(after, Status::Failed, Step::Done), Action::Finish),
+        Step::ReleaseCredit => (Status::Held, Step::ReleasePost, Record),
+        Step::Void => (Status::Voided, Step::Done, Finish),
         // Recorded before the ledger reversal, so that a resumed saga never asks for the
         // clawback again once the ledger has reversed.
-        Step::Clawback => (
-            moved(after, Status::ClawingBack, Step::ReverseLedger),
-            Action::Record,
-        ),
-        Step::UndoClawback => (
-            moved(after, Status::ClawbackRefused, Step::Done),
-            Action::Finish,
-        ),
-        Step::ReverseLedger => (moved(after, Status::Reversed, Step::Done), Action::Finish),
-        Step::Done => (after, Action::Finish),
-    }
+        Step::Clawback => (Status::ClawingBack, Step::ReverseLedger, Record),
+        Step::UndoClawback => (Status::ClawbackRefused, Step::Done, Finish),
+        Step::ReverseLedger => (Status::Reversed, Step::Done, Finish),
+        Step::Done => return (after, Finish),
+    };
+    (moved(after, status, step), action)
 }
 
 fn moved(mut saga: EarningSaga, status: EarningStatus, step: EarningStep) -> EarningSaga {
