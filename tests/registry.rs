@@ -569,6 +569,21 @@ async fn credentials_rotate_and_offboarding_ends_everything(server: TestServer) 
         .await
         .unwrap_err();
     assert_eq!(after.code(), Code::Unauthenticated);
+    // A token issued before the offboarding, still unexpired, stops working at once.
+    let barred = server
+        .registry()
+        .get_partner(authed(
+            &hotel_token,
+            pb::GetPartnerRequest {
+                partner_id: hotel.partner_id.clone(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (barred.code(), helpers::reason(&barred).as_str()),
+        (Code::Unauthenticated, "PARTNER_OFFBOARDED")
+    );
     let ended = server
         .registry()
         .get_agreement(authed(

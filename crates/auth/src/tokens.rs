@@ -51,6 +51,8 @@ pub enum AuthError {
     WrongAudience,
     #[error("the token's claims are invalid: {0}")]
     InvalidClaims(String),
+    #[error("the partner was offboarded; its tokens no longer work")]
+    PartnerOffboarded,
 }
 
 impl AuthError {
@@ -59,6 +61,7 @@ impl AuthError {
         match self {
             AuthError::Missing => "TOKEN_MISSING",
             AuthError::Expired => "TOKEN_EXPIRED",
+            AuthError::PartnerOffboarded => "PARTNER_OFFBOARDED",
             _ => "TOKEN_INVALID",
         }
     }
@@ -123,6 +126,8 @@ pub struct Authenticator {
     /// the same token on every call for minutes, and an Ed25519 check per call was a tenth of
     /// the server's time under load. Only successes are kept, only until the token expires.
     verified: Mutex<HashMap<String, (Caller, i64)>>,
+    /// Partners whose tokens are refused although signed and unexpired: those offboarded.
+    barred: RwLock<std::collections::HashSet<PartnerId>>,
 }
 
 /// Most verified tokens kept; past it the set starts again empty, which costs one verification
@@ -140,6 +145,7 @@ impl Authenticator {
             keyring: RwLock::new(Arc::new(keyring)),
             last_unknown_key_reload: Mutex::new(None),
             verified: Mutex::new(HashMap::new()),
+            barred: RwLock::new(std::collections::HashSet::new()),
         })
     }
 
@@ -214,9 +220,26 @@ impl Authenticator {
         self.verify(token).await
     }
 
+    /// Refuses the tokens of `partners` from now on, however long they have left to run.
+    pub fn bar_partners(&self, partners: impl IntoIterator<Item = PartnerId>) {
+        self.barred.write().expect("barred lock").extend(partners);
+    }
+
+    /// The caller a token names, if Tandem signed it, it has not expired, it is for this
+    /// deployment's audience, and it does not act for an offboarded partner.
+    pub async fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+        let caller = self.verify_signed(token).await?;
+        if let Some(partner) = caller.partner_id()
+            && self.barred.read().expect("barred lock").contains(&partner)
+        {
+            return Err(AuthError::PartnerOffboarded);
+        }
+        Ok(caller)
+    }
+
     /// The caller a token names, if Tandem signed it, it has not expired, and it is for this
     /// deployment's audience.
-    pub async fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+    async fn verify_signed(&self, token: &str) -> Result<Caller, AuthError> {
         let now = chrono::Utc::now().timestamp();
         if let Some((caller, expires)) = self.verified.lock().expect("verified lock").get(token)
             && now < *expires

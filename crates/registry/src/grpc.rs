@@ -635,6 +635,8 @@ impl PartnerRegistryService for RegistryGrpc {
                 StatusChange::Offboard,
             )
             .await?;
+        // Its tokens stop working now, not when they expire.
+        self.authenticator.bar_partners([partner.id]);
         Ok(Response::new(pb::OffboardPartnerResponse {
             partner: Some(partner_to_pb(&partner)),
             terminated_agreements: terminated as i32,

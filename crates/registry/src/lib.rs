@@ -117,6 +117,12 @@ impl Registry {
         }
     }
 
+    /// Every offboarded partner's id: their tokens are refused from the moment they leave, so
+    /// a server starting up bars them before it serves (see `Authenticator::bar_partners`).
+    pub async fn offboarded_partner_ids(&self) -> Result<Vec<PartnerId>> {
+        Ok(self.store.offboarded_partner_ids().await?)
+    }
+
     /// Registers a partner, ACTIVE, and returns it with its first credentials. Callers: admin.
     pub async fn create_partner(
         &self,

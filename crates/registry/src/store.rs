@@ -297,6 +297,21 @@ impl Store {
         row.map(PartnerRow::into_partner).transpose()
     }
 
+    /// Every offboarded partner's id.
+    pub(crate) async fn offboarded_partner_ids(&self) -> Result<Vec<PartnerId>> {
+        let ids: Vec<String> =
+            sqlx::query_scalar("SELECT partner_id FROM partners WHERE status = $1")
+                .bind(PartnerStatus::Offboarded.as_str())
+                .fetch_all(self.database.pool())
+                .await?;
+        ids.iter()
+            .map(|id| {
+                id.parse()
+                    .map_err(|_| StoreError::Corrupt(format!("partner id {id:?}")))
+            })
+            .collect()
+    }
+
     /// One page of partners, newest first.
     pub(crate) async fn partners(
         &self,

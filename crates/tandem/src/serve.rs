@@ -104,6 +104,12 @@ impl Services {
                 .context("loading signing keys")?,
         );
         let registry = Registry::new(databases.registry.clone());
+        authenticator.bar_partners(
+            registry
+                .offboarded_partner_ids()
+                .await
+                .context("reading the offboarded partners")?,
+        );
         let auth = AuthServiceServer::new(AuthGrpc::new(
             authenticator.clone(),
             registry.clone(),
