@@ -4,7 +4,7 @@
 //! value the contract does not define. Each is sent with an admin, an ops, a service and a
 //! partner token, so it meets both the authorization and the validation of the RPC. Whatever the
 //! request, the answer is never INTERNAL or UNKNOWN, every error carries an `ErrorInfo` reason,
-//! and every message is small, on both backends.
+//! every message is small, and INVALID_ARGUMENT adds no row to any table, on both backends.
 //!
 //! The requests are built from the contract itself (the descriptors `tandem-proto` compiles),
 //! so an RPC or a field added tomorrow is covered without a line here.
@@ -171,6 +171,61 @@ async fn call(
     .map(drop)
 }
 
+/// How many rows every table of every service holds: what a refused request must leave as it
+/// found it. (Rows changed in place would not show; every write Tandem makes on a request
+/// inserts at least one row, an audit or a record.)
+struct RowCounts {
+    databases: Vec<(&'static str, tandem_storage::Database)>,
+}
+
+impl RowCounts {
+    async fn open(server: &TestServer) -> Self {
+        let location = server.database.location();
+        let mut databases = Vec::new();
+        for (service, migrator) in [
+            ("auth", &tandem_auth::MIGRATOR),
+            ("registry", &tandem_registry::MIGRATOR),
+            ("linking", &tandem_linking::MIGRATOR),
+            ("settlement", &tandem_ledger::MIGRATOR),
+            ("exchange", &tandem_exchange::MIGRATOR),
+        ] {
+            let database = tandem_storage::Database::open(location, service, migrator)
+                .await
+                .expect("open a service's database");
+            databases.push((service, database));
+        }
+        Self { databases }
+    }
+
+    async fn now(&self) -> std::collections::BTreeMap<String, i64> {
+        let mut counts = std::collections::BTreeMap::new();
+        for (service, database) in &self.databases {
+            let tables: Vec<String> = match database.backend() {
+                tandem_storage::Backend::Sqlite => sqlx::query_scalar(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+                ),
+                tandem_storage::Backend::Postgres => sqlx::query_scalar(
+                    "SELECT CAST(table_name AS TEXT) FROM information_schema.tables \
+                     WHERE table_schema = current_schema()",
+                ),
+            }
+            .fetch_all(database.pool())
+            .await
+            .expect("list the tables");
+            for table in tables {
+                let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT COUNT(*) FROM \"{table}\""
+                )))
+                .fetch_one(database.pool())
+                .await
+                .expect("count a table's rows");
+                counts.insert(format!("{service}.{table}"), count);
+            }
+        }
+        counts
+    }
+}
+
 async fn no_request_gets_an_error_outside_the_contract(server: TestServer) {
     let pool = DescriptorPool::decode(tandem_proto::FILE_DESCRIPTOR_SET)
         .expect("the contract's descriptors");
@@ -189,16 +244,29 @@ async fn no_request_gets_an_error_outside_the_contract(server: TestServer) {
         ("service", server.staff_token(Role::Service).await),
         ("partner", server.partner_token(&credentials).await),
     ];
+    let rows = RowCounts::open(&server).await;
+    let mut counted = rows.now().await;
+    assert_eq!(
+        counted.get("registry.partners"),
+        Some(&1),
+        "the row counts see the partner registered above: {counted:?}"
+    );
     let mut broken = Vec::new();
     let mut calls = 0;
     for method in served_methods(&pool) {
         for probe in probes(&method) {
             for (role, token) in &tokens {
                 calls += 1;
-                let Err(status) = call(&server, token, &method, probe.bytes.clone()).await else {
+                let answer = call(&server, token, &method, probe.bytes.clone()).await;
+                let after = rows.now().await;
+                let wrote = after != counted;
+                counted = after;
+                let Err(status) = answer else {
                     continue;
                 };
-                let wrong = if matches!(status.code(), Code::Internal | Code::Unknown) {
+                let wrong = if status.code() == Code::InvalidArgument && wrote {
+                    Some("INVALID_ARGUMENT after writing")
+                } else if matches!(status.code(), Code::Internal | Code::Unknown) {
                     Some("an INTERNAL or UNKNOWN status")
                 } else if reason(&status).is_empty() {
                     Some("no ErrorInfo reason")
