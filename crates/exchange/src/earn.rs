@@ -992,43 +992,8 @@ impl Exchange {
                 )
             })?;
         if row.status == "RECORDED" {
-            let now = now_micros();
-            let mut transaction = self.database.begin_write().await.map_err(database_error)?;
-            sqlx::query(
-                "UPDATE activities SET status = 'REVERSED', reverse_reason = $1 \
-                 WHERE activity_id = $2 AND status = 'RECORDED'",
-            )
-            .bind(&request.reason)
-            .bind(&row.activity_id)
-            .execute(&mut *transaction)
-            .await
-            .map_err(database_error)?;
-            // Posted earnings re-enter the saga to be clawed back; the rest notice the flag.
-            sqlx::query(
-                "UPDATE earnings SET refund_requested = 1, \
-                 step = CASE WHEN step = 'DONE' AND status = 'POSTED' THEN 'CLAWBACK' ELSE step END, \
-                 status = CASE WHEN step = 'DONE' AND status = 'POSTED' THEN 'CLAWING_BACK' ELSE status END, \
-                 next_attempt_micros = $1 WHERE activity_id = $2",
-            )
-            .bind(now)
-            .bind(&row.activity_id)
-            .execute(&mut *transaction)
-            .await
-            .map_err(database_error)?;
-            // A posted earning just sent back to its saga is due again, and one still in its
-            // saga is due now.
-            sqlx::query(
-                "INSERT INTO earnings_due (earning_id, next_attempt_micros) \
-                 SELECT earning_id, $1 FROM earnings WHERE activity_id = $2 AND step <> 'DONE' \
-                 ON CONFLICT (earning_id) DO UPDATE \
-                 SET next_attempt_micros = excluded.next_attempt_micros",
-            )
-            .bind(now)
-            .bind(&row.activity_id)
-            .execute(&mut *transaction)
-            .await
-            .map_err(database_error)?;
-            transaction.commit().await.map_err(database_error)?;
+            self.record_refund(&row.activity_id, &request.reason)
+                .await?;
         }
         // Drive what can be driven now; earnings another driver holds finish there.
         for earning in self.earnings_of(&row.activity_id).await? {
@@ -1043,6 +1008,49 @@ impl Exchange {
         self.activity_pb(&row).await
     }
 
+    /// Marks an activity refunded and sends its earnings back to their sagas, in one write
+    /// transaction: posted earnings are to be clawed back, the rest notice the flag.
+    async fn record_refund(&self, activity_id: &str, reason: &str) -> Result<(), Status> {
+        let now = now_micros();
+        let mut transaction = self.database.begin_write().await.map_err(database_error)?;
+        sqlx::query(
+            "UPDATE activities SET status = 'REVERSED', reverse_reason = $1 \
+             WHERE activity_id = $2 AND status = 'RECORDED'",
+        )
+        .bind(reason)
+        .bind(activity_id)
+        .execute(&mut *transaction)
+        .await
+        .map_err(database_error)?;
+        // Posted earnings re-enter the saga to be clawed back; the rest notice the flag.
+        sqlx::query(
+            "UPDATE earnings SET refund_requested = 1, \
+             step = CASE WHEN step = 'DONE' AND status = 'POSTED' THEN 'CLAWBACK' ELSE step END, \
+             status = CASE WHEN step = 'DONE' AND status = 'POSTED' THEN 'CLAWING_BACK' ELSE status END, \
+             next_attempt_micros = $1 WHERE activity_id = $2",
+        )
+        .bind(now)
+        .bind(activity_id)
+        .execute(&mut *transaction)
+        .await
+        .map_err(database_error)?;
+        // A posted earning just sent back to its saga is due again, and one still in its
+        // saga is due now.
+        sqlx::query(
+            "INSERT INTO earnings_due (earning_id, next_attempt_micros) \
+             SELECT earning_id, $1 FROM earnings WHERE activity_id = $2 AND step <> 'DONE' \
+             ON CONFLICT (earning_id) DO UPDATE \
+             SET next_attempt_micros = excluded.next_attempt_micros",
+        )
+        .bind(now)
+        .bind(activity_id)
+        .execute(&mut *transaction)
+        .await
+        .map_err(database_error)?;
+        transaction.commit().await.map_err(database_error)?;
+        Ok(())
+    }
+
     /// Records a stream of reports in groups: lookups are shared across the stream, and each
     /// group's earnings are driven side by side.
     pub async fn record_activities(
@@ -1052,78 +1060,85 @@ impl Exchange {
     ) -> Result<pb::RecordActivitiesResponse, Status> {
         let mut lookups = Lookups::default();
         let mut results = Vec::with_capacity(requests.len());
-        let mut recorded = 0;
-        let mut refused = 0;
         for group in requests.chunks(GROUP_SIZE) {
-            let mut group_results = Vec::with_capacity(group.len());
-            let mut reports = Vec::with_capacity(group.len());
-            let mut positions = Vec::with_capacity(group.len());
-            for request in group {
-                let parsed = require_partner(caller, &request.partner_id)
-                    .and_then(|()| Report::parse(request.clone()));
-                match parsed {
-                    Ok(report) => {
-                        positions.push(group_results.len());
-                        reports.push(report);
-                        group_results.push(pb::ActivityResult {
-                            external_id: request.external_id.clone(),
-                            ..Default::default()
-                        });
-                    }
-                    Err(status) => {
-                        group_results.push(refused_result(&request.external_id, &status))
-                    }
-                }
-            }
-            let outcomes = self.record_group(&mut lookups, &reports).await?;
-            let mut owned = Vec::new();
-            let mut replays = Vec::new();
-            for (position, outcome) in positions.into_iter().zip(outcomes) {
-                let result = &mut group_results[position];
-                match outcome {
-                    Ok(recorded) => {
-                        result.activity_id = recorded.activity_id;
-                        result.replayed = recorded.replayed;
-                        match recorded.new_earnings {
-                            Some((owner, earnings)) => {
-                                result.points = earnings.iter().map(|earning| earning.points).sum();
-                                owned.push((owner, earnings));
-                            }
-                            None => replays.push(position),
-                        }
-                    }
-                    Err(status) => *result = refused_result(&result.external_id, &status),
-                }
-            }
-            let drives = owned.into_iter().map(|(owner, earnings)| async move {
-                self.drive_earnings(earnings, &owner).await
-            });
-            for result in futures::future::join_all(drives).await {
-                result?;
-            }
-            for position in replays {
-                let result = &mut group_results[position];
-                result.points = self
-                    .earnings_of(&result.activity_id)
-                    .await?
-                    .iter()
-                    .map(|earning| earning.points)
-                    .sum();
-            }
-            for result in &group_results {
-                if result.activity_id.is_empty() {
-                    refused += 1;
-                } else {
-                    recorded += 1;
-                }
-            }
-            results.extend(group_results);
+            results.extend(
+                self.record_stream_group(caller, &mut lookups, group)
+                    .await?,
+            );
         }
+        let refused = results
+            .iter()
+            .filter(|result| result.activity_id.is_empty())
+            .count();
         Ok(pb::RecordActivitiesResponse {
+            recorded: (results.len() - refused) as i32,
+            refused: refused as i32,
             results,
-            recorded,
-            refused,
         })
+    }
+
+    /// Records one group of a stream's reports, each answered on its own: a malformed or
+    /// refused report gets its status, and the rest are recorded and their earnings driven.
+    async fn record_stream_group(
+        &self,
+        caller: &Caller,
+        lookups: &mut Lookups,
+        group: &[pb::RecordActivityRequest],
+    ) -> Result<Vec<pb::ActivityResult>, Status> {
+        let mut results = Vec::with_capacity(group.len());
+        let mut reports = Vec::with_capacity(group.len());
+        let mut positions = Vec::with_capacity(group.len());
+        for request in group {
+            let parsed = require_partner(caller, &request.partner_id)
+                .and_then(|()| Report::parse(request.clone()));
+            match parsed {
+                Ok(report) => {
+                    positions.push(results.len());
+                    reports.push(report);
+                    results.push(pb::ActivityResult {
+                        external_id: request.external_id.clone(),
+                        ..Default::default()
+                    });
+                }
+                Err(status) => results.push(refused_result(&request.external_id, &status)),
+            }
+        }
+        let outcomes = self.record_group(lookups, &reports).await?;
+        let mut owned = Vec::new();
+        let mut replays = Vec::new();
+        for (position, outcome) in positions.into_iter().zip(outcomes) {
+            let result = &mut results[position];
+            match outcome {
+                Ok(recorded) => {
+                    result.activity_id = recorded.activity_id;
+                    result.replayed = recorded.replayed;
+                    match recorded.new_earnings {
+                        Some((owner, earnings)) => {
+                            result.points = earnings.iter().map(|earning| earning.points).sum();
+                            owned.push((owner, earnings));
+                        }
+                        None => replays.push(position),
+                    }
+                }
+                Err(status) => *result = refused_result(&result.external_id, &status),
+            }
+        }
+        let drives = owned
+            .into_iter()
+            .map(|(owner, earnings)| async move { self.drive_earnings(earnings, &owner).await });
+        for result in futures::future::join_all(drives).await {
+            result?;
+        }
+        for position in replays {
+            let result = &mut results[position];
+            result.points = self
+                .earnings_of(&result.activity_id)
+                .await?
+                .iter()
+                .map(|earning| earning.points)
+                .sum();
+        }
+        Ok(results)
     }
 }
 

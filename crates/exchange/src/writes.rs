@@ -161,10 +161,9 @@ async fn write_batch(database: &Database, writes: &[Write]) -> Result<Vec<bool>,
             Write::Progress(SagaProgress::Earning(progress)) => earning_progress.push(progress),
         }
     }
-    let backend = database.backend();
     // Each statement is built for the parameter its rows are bound to: on PostgreSQL the four
     // are joined into one statement, so they read parameters 1 to 4; on SQLite each runs alone.
-    let statements: [(StatementFor, String, bool); 4] = [
+    let statements: [BatchStatement; 4] = [
         (
             insert_quotes,
             QUOTE_ROWS.to_json(&quotes),
@@ -186,65 +185,10 @@ async fn write_batch(database: &Database, writes: &[Write]) -> Result<Vec<bool>,
             earning_progress.is_empty(),
         ),
     ];
-    let mut written = HashSet::new();
-    match backend {
-        Backend::Postgres => {
-            let [quotes, conversions, conversion_progress, earning_progress] = statements;
-            let query = format!(
-                "WITH new_quotes AS ({}), new_conversions AS ({}), conversion_progress AS ({}), \
-                 earning_progress AS ({}), {} \
-                 SELECT id FROM new_conversions UNION ALL SELECT id FROM conversion_progress \
-                 UNION ALL SELECT id FROM earning_progress",
-                (quotes.0)(backend, 1),
-                (conversions.0)(backend, 2),
-                (conversion_progress.0)(backend, 3),
-                (earning_progress.0)(backend, 4),
-                EARNINGS_DUE_AFTER_PROGRESS,
-            );
-            let ids: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(query))
-                .bind(quotes.1)
-                .bind(conversions.1)
-                .bind(conversion_progress.1)
-                .bind(earning_progress.1)
-                .fetch_all(database.pool())
-                .await?;
-            written.extend(ids);
-        }
-        Backend::Sqlite => {
-            let mut transaction = database.begin_write().await?;
-            for (index, (statement, rows, empty)) in statements.into_iter().enumerate() {
-                if empty {
-                    continue;
-                }
-                let statement = statement(backend, 1);
-                let ids: Vec<String> = if index == 0 {
-                    sqlx::query(sqlx::AssertSqlSafe(statement))
-                        .bind(rows)
-                        .execute(&mut *transaction)
-                        .await?;
-                    Vec::new()
-                } else {
-                    sqlx::query_scalar(sqlx::AssertSqlSafe(statement))
-                        .bind(rows)
-                        .fetch_all(&mut *transaction)
-                        .await?
-                };
-                written.extend(ids);
-            }
-            if !earning_progress.is_empty() {
-                // Each statement alone sees the progress just written, so the queue follows the
-                // earnings' own steps.
-                let rows = EARNING_PROGRESS_ROWS.to_json(&earning_progress);
-                for statement in [ended_earnings_leave_the_queue, due_earnings_stay_queued] {
-                    sqlx::query(sqlx::AssertSqlSafe(statement(backend, 1)))
-                        .bind(rows.as_str())
-                        .execute(&mut *transaction)
-                        .await?;
-                }
-            }
-            transaction.commit().await?;
-        }
-    }
+    let written = match database.backend() {
+        Backend::Postgres => write_joined(database, statements).await?,
+        Backend::Sqlite => write_one_by_one(database, statements, &earning_progress).await?,
+    };
     Ok(writes
         .iter()
         .map(|write| match write {
@@ -258,6 +202,82 @@ async fn write_batch(database: &Database, writes: &[Write]) -> Result<Vec<bool>,
             }
         })
         .collect())
+}
+
+/// One statement of a batch: how to build it, its rows as JSON, and whether it has none.
+type BatchStatement = (StatementFor, String, bool);
+
+/// On PostgreSQL: the batch's statements joined by WITH into one, one round trip and one commit;
+/// the ids of the conversions and earnings written.
+async fn write_joined(
+    database: &Database,
+    statements: [BatchStatement; 4],
+) -> Result<HashSet<String>, sqlx::Error> {
+    let backend = Backend::Postgres;
+    let [quotes, conversions, conversion_progress, earning_progress] = statements;
+    let query = format!(
+        "WITH new_quotes AS ({}), new_conversions AS ({}), conversion_progress AS ({}), \
+         earning_progress AS ({}), {} \
+         SELECT id FROM new_conversions UNION ALL SELECT id FROM conversion_progress \
+         UNION ALL SELECT id FROM earning_progress",
+        (quotes.0)(backend, 1),
+        (conversions.0)(backend, 2),
+        (conversion_progress.0)(backend, 3),
+        (earning_progress.0)(backend, 4),
+        EARNINGS_DUE_AFTER_PROGRESS,
+    );
+    let ids: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(query))
+        .bind(quotes.1)
+        .bind(conversions.1)
+        .bind(conversion_progress.1)
+        .bind(earning_progress.1)
+        .fetch_all(database.pool())
+        .await?;
+    Ok(ids.into_iter().collect())
+}
+
+/// On SQLite: the batch's statements one after another in one transaction; the ids of the
+/// conversions and earnings written.
+async fn write_one_by_one(
+    database: &Database,
+    statements: [BatchStatement; 4],
+    earning_progress: &[&EarningProgress],
+) -> Result<HashSet<String>, sqlx::Error> {
+    let backend = Backend::Sqlite;
+    let mut written = HashSet::new();
+    let mut transaction = database.begin_write().await?;
+    for (index, (statement, rows, empty)) in statements.into_iter().enumerate() {
+        if empty {
+            continue;
+        }
+        let statement = statement(backend, 1);
+        // Quotes return no ids: a quote is always written.
+        if index == 0 {
+            sqlx::query(sqlx::AssertSqlSafe(statement))
+                .bind(rows)
+                .execute(&mut *transaction)
+                .await?;
+            continue;
+        }
+        let ids: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(statement))
+            .bind(rows)
+            .fetch_all(&mut *transaction)
+            .await?;
+        written.extend(ids);
+    }
+    if !earning_progress.is_empty() {
+        // Each statement alone sees the progress just written, so the queue follows the
+        // earnings' own steps.
+        let rows = EARNING_PROGRESS_ROWS.to_json(earning_progress);
+        for statement in [ended_earnings_leave_the_queue, due_earnings_stay_queued] {
+            sqlx::query(sqlx::AssertSqlSafe(statement(backend, 1)))
+                .bind(rows.as_str())
+                .execute(&mut *transaction)
+                .await?;
+        }
+    }
+    transaction.commit().await?;
+    Ok(written)
 }
 
 const QUOTE_ROWS: JsonRows = JsonRows::new(&[
