@@ -226,14 +226,7 @@ impl<D: PartnerDirectory> Linking<D> {
         let (initiator_facts, acceptor_facts) = self
             .check_partnership(request.initiator_partner, partner)
             .await?;
-        if let Some(endpoint) = &acceptor_facts.gateway_endpoint
-            && !self
-                .directory
-                .member_in_good_standing(endpoint, &member)
-                .await?
-        {
-            return Err(LinkingError::MemberNotEligible);
-        }
+        self.check_member_eligible(&acceptor_facts, &member).await?;
 
         let mut transaction = self.database.begin_write().await?;
         // The request is read again, locked: a concurrent completion may have used it meanwhile.
@@ -282,20 +275,7 @@ impl<D: PartnerDirectory> Linking<D> {
             return Err(LinkingError::CodeUsed);
         }
         store::insert_link(&mut transaction, &link).await?;
-        let started = LinkEvent {
-            kind: "STARTED".to_owned(),
-            actor_partner: Some(link.initiator.partner),
-            actor: request.started_by.clone(),
-            reason: None,
-            at: request.created_at,
-        };
-        let completed = LinkEvent {
-            kind: "COMPLETED".to_owned(),
-            actor_partner: Some(partner),
-            actor: caller.subject().to_owned(),
-            reason: None,
-            at: now,
-        };
+        let (started, completed) = link_events(&request, &link, caller, now);
         store::insert_event(&mut transaction, &link.id, &started).await?;
         store::insert_event(&mut transaction, &link.id, &completed).await?;
         transaction.commit().await?;
@@ -303,6 +283,19 @@ impl<D: PartnerDirectory> Linking<D> {
         let mut link = link;
         link.events = vec![started, completed];
         Ok(link)
+    }
+
+    /// Refuses a member its own brand's gateway does not vouch for, when the brand has one.
+    async fn check_member_eligible(&self, facts: &PartnerFacts, member: &MemberId) -> Result<()> {
+        if let Some(endpoint) = &facts.gateway_endpoint
+            && !self
+                .directory
+                .member_in_good_standing(endpoint, member)
+                .await?
+        {
+            return Err(LinkingError::MemberNotEligible);
+        }
+        Ok(())
     }
 
     /// The rules `side`'s partner set for its members, against `other`.
@@ -525,4 +518,29 @@ impl<D: PartnerDirectory> Linking<D> {
         let mut connection = self.database.pool().acquire().await?;
         Ok(store::policy(&mut connection, partner).await?)
     }
+}
+
+/// The two events of a completed link: started by the initiator's partner when the request was
+/// made, completed by the caller now.
+fn link_events(
+    request: &store::RequestRow,
+    link: &Link,
+    caller: &Caller,
+    now: Timestamp,
+) -> (LinkEvent, LinkEvent) {
+    let started = LinkEvent {
+        kind: "STARTED".to_owned(),
+        actor_partner: Some(link.initiator.partner),
+        actor: request.started_by.clone(),
+        reason: None,
+        at: request.created_at,
+    };
+    let completed = LinkEvent {
+        kind: "COMPLETED".to_owned(),
+        actor_partner: Some(link.acceptor.partner),
+        actor: caller.subject().to_owned(),
+        reason: None,
+        at: now,
+    };
+    (started, completed)
 }
