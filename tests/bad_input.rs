@@ -6,30 +6,10 @@
 
 mod helpers;
 
-use helpers::{TestServer, authed, create_partner_request, reason, violated_fields};
+use helpers::{TestServer, authed, create_partner_request, reason, refused, violated_fields};
 use tandem_auth::Role;
 use tandem_proto::v1 as pb;
 use tonic::Code;
-
-/// A message every gRPC client reads: well inside the 8 KiB some allow for all headers.
-const SMALL_BYTES: usize = 4_096;
-
-/// The status of a refused call, checked for what every refusal carries.
-fn refused<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code) -> tonic::Status {
-    let status = result.expect_err("the request is refused");
-    assert_eq!(status.code(), code, "{status:?}");
-    assert!(
-        !reason(&status).is_empty(),
-        "an ErrorInfo reason: {status:?}"
-    );
-    assert!(
-        status.message().len() + status.details().len() < SMALL_BYTES,
-        "a small error: {} bytes of message and {} of details",
-        status.message().len(),
-        status.details().len()
-    );
-    status
-}
 
 /// Client credentials and link ids with a NUL byte: refused as malformed or not found, never
 /// INTERNAL (PostgreSQL cannot store a NUL; SQLite can, and the two must answer alike).

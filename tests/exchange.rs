@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use helpers::{
     Backend, Simulator, TestServer, agree, authed, create_partner_request, eventually, reason,
-    terms,
+    refused, terms,
 };
 use prost_types::Timestamp;
 use tandem_auth::Role;
@@ -1129,18 +1129,6 @@ fn ride_report(
         member_tier: String::new(),
         activity_time: Some(coalition.ride_time),
     }
-}
-
-/// The status of a refused call: never one a client would retry, always with a reason, small.
-fn refused<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code) -> tonic::Status {
-    let status = result.expect_err("the request is refused");
-    assert_eq!(status.code(), code, "{status:?}");
-    assert!(
-        !reason(&status).is_empty(),
-        "an ErrorInfo reason: {status:?}"
-    );
-    assert!(status.message().len() < 4_096, "a small message");
-    status
 }
 
 /// A malformed member id (a space, a new line, a NUL byte) is the reporter's own INVALID_ARGUMENT,

@@ -529,3 +529,22 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The status of a refused call, checked for what every refusal Tandem sends carries: the
+/// expected code, an `ErrorInfo` reason, and a message small enough for any client's header
+/// limits.
+pub fn refused<T: std::fmt::Debug>(result: Result<T, Status>, code: Code) -> Status {
+    let status = result.expect_err("the request is refused");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(
+        !reason(&status).is_empty(),
+        "an ErrorInfo reason: {status:?}"
+    );
+    assert!(
+        status.message().len() + status.details().len() < 4_096,
+        "a small error: {} bytes of message and {} of details",
+        status.message().len(),
+        status.details().len()
+    );
+    status
+}

@@ -14,6 +14,7 @@
 //! - A reversal is all or nothing the same way: a refused or unanswered reversal step undoes,
 //!   by key, the reversal steps before it, and the conversion stands COMPLETED.
 
+pub(crate) use super::StepOutcome;
 pub(crate) use super::UnknownValue;
 use super::{MAX_UNKNOWN_ATTEMPTS, stored_names};
 
@@ -181,18 +182,6 @@ impl ConversionSaga {
     pub(crate) fn is_done(&self) -> bool {
         self.step == ConversionStep::Done
     }
-}
-
-/// What one step's call answered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum StepOutcome {
-    /// Applied now or before; for ledger steps, with the transaction's id.
-    Applied { transaction_id: Option<String> },
-    /// Refused: this call did not apply. It does not say whether an earlier call of the same
-    /// key did.
-    Refused(String),
-    /// No definite answer: it may or may not have applied.
-    Unknown(String),
 }
 
 /// What the driver does after a transition.

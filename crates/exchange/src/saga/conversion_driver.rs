@@ -17,22 +17,10 @@ use super::{
 };
 use crate::{
     Exchange, failpoint, now_micros,
-    peers::{GatewayAnswer, ledger_refused},
+    peers::ledger_refused,
     rows::{ConversionRow, QuoteRow},
     writes::{ConversionProgress, SagaProgress},
 };
-
-impl From<GatewayAnswer> for StepOutcome {
-    fn from(answer: GatewayAnswer) -> Self {
-        match answer {
-            GatewayAnswer::Applied => StepOutcome::Applied {
-                transaction_id: None,
-            },
-            GatewayAnswer::Refused(reason) => StepOutcome::Refused(reason),
-            GatewayAnswer::Unknown(error) => StepOutcome::Unknown(error),
-        }
-    }
-}
 
 /// A saga as a driver last recorded it.
 pub(crate) struct Recorded {

@@ -12,6 +12,7 @@
 //! are debited back (`CLAWBACK`) and the transaction reversed (`REVERSE_LEDGER`), or on a refusal
 //! the clawback is reversed by key (`UNDO_CLAWBACK`) and the earning stays paid for.
 
+pub(crate) use super::StepOutcome;
 use super::{UnknownValue, stored_names};
 
 /// An earning's status, as stored.
@@ -194,17 +195,6 @@ pub(crate) struct Facts {
     pub held: bool,
     /// The hold has ended (only read at `WAIT_HOLD`).
     pub hold_over: bool,
-}
-
-/// What one step's call answered. `WAIT_HOLD` calls nobody and is asked with `Applied`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum StepOutcome {
-    /// Applied now or before; for ledger steps, with the transaction's id.
-    Applied { transaction_id: Option<String> },
-    /// Refused: this call did not apply, which says nothing of an earlier call of the same key.
-    Refused(String),
-    /// No definite answer.
-    Unknown(String),
 }
 
 /// What the driver does after a transition.

@@ -10,21 +10,7 @@ use super::{
     earning::{self, Action, Call, EarningSaga, EarningStatus, EarningStep, Facts, StepOutcome},
     quick_pause,
 };
-use crate::{
-    Exchange, earn::HOLD_TIMEOUT_SECONDS, now_micros, peers::GatewayAnswer, rows::EarningRow,
-};
-
-impl From<GatewayAnswer> for StepOutcome {
-    fn from(answer: GatewayAnswer) -> Self {
-        match answer {
-            GatewayAnswer::Applied => StepOutcome::Applied {
-                transaction_id: None,
-            },
-            GatewayAnswer::Refused(reason) => StepOutcome::Refused(reason),
-            GatewayAnswer::Unknown(error) => StepOutcome::Unknown(error),
-        }
-    }
-}
+use crate::{Exchange, earn::HOLD_TIMEOUT_SECONDS, now_micros, rows::EarningRow};
 
 fn ledger_outcome(result: Result<pb::Transaction, Status>) -> StepOutcome {
     match result {

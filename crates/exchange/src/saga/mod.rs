@@ -48,6 +48,35 @@ macro_rules! stored_names {
 }
 pub(crate) use stored_names;
 
+/// What one step's call answered, as either saga reads it. (A step that calls nobody, such as
+/// an earning's wait for its hold, is asked with `Applied`.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StepOutcome {
+    /// Applied now or before; for ledger steps, with the transaction's id.
+    Applied { transaction_id: Option<String> },
+    /// Refused: this call did not apply. It does not say whether an earlier call of the same
+    /// key did.
+    Refused(String),
+    /// No definite answer: it may or may not have applied.
+    Unknown(String),
+}
+
+impl From<crate::peers::GatewayAnswer> for StepOutcome {
+    fn from(answer: crate::peers::GatewayAnswer) -> Self {
+        use crate::peers::GatewayAnswer;
+        match answer {
+            GatewayAnswer::Applied => StepOutcome::Applied {
+                transaction_id: None,
+            },
+            GatewayAnswer::Refused(reason) => StepOutcome::Refused(reason),
+            GatewayAnswer::Unknown(error) => StepOutcome::Unknown(error),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_faults;
+
 /// A gateway answer that never came is asked again this many times within one drive, with
 /// short pauses, before the saga is parked for the recovery worker.
 pub(crate) const TRIES_PER_DRIVE: u32 = 3;

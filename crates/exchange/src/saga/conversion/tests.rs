@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use proptest::prelude::*;
 
 use super::*;
+use crate::saga::test_faults::{Fault, fault, gateway_answer};
 
 fn at(status: ConversionStatus, step: ConversionStep) -> ConversionSaga {
     ConversionSaga {
@@ -250,30 +251,6 @@ fn stored_names_round_trip_and_unknown_ones_are_errors() {
 
 // ---- The property test: a model of the world the saga acts on. ----
 
-/// How one call misbehaves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fault {
-    None,
-    /// An honest refusal: a key the gateway has not stored is refused.
-    RefuseNew,
-    /// A gateway that forgot: refuses whatever it stored.
-    Forgetful,
-    /// No answer, nothing applied.
-    Lost,
-    /// Applied, then no answer.
-    AppliedThenLost,
-}
-
-fn fault() -> impl Strategy<Value = Fault> {
-    prop_oneof![
-        4 => Just(Fault::None),
-        1 => Just(Fault::RefuseNew),
-        1 => Just(Fault::Forgetful),
-        1 => Just(Fault::Lost),
-        1 => Just(Fault::AppliedThenLost),
-    ]
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Operation {
     Moved { delta: i64, reversed: bool },
@@ -290,23 +267,12 @@ struct Gateway {
 }
 
 impl Gateway {
-    fn answer(applied: bool, fault: Fault) -> StepOutcome {
-        match fault {
-            Fault::Forgetful => StepOutcome::Refused("forgot".to_owned()),
-            Fault::Lost | Fault::AppliedThenLost => StepOutcome::Unknown("lost".to_owned()),
-            _ if applied => StepOutcome::Applied {
-                transaction_id: None,
-            },
-            _ => StepOutcome::Refused("refused".to_owned()),
-        }
-    }
-
     fn apply_move(&mut self, key: &str, delta: i64, fault: Fault) -> StepOutcome {
         match self.operations.get(key) {
-            Some(Operation::Moved { .. }) => Self::answer(true, fault),
-            Some(_) => Self::answer(false, fault),
+            Some(Operation::Moved { .. }) => gateway_answer(true, fault),
+            Some(_) => gateway_answer(false, fault),
             None => match fault {
-                Fault::RefuseNew | Fault::Forgetful | Fault::Lost => Self::answer(false, fault),
+                Fault::RefuseNew | Fault::Forgetful | Fault::Lost => gateway_answer(false, fault),
                 Fault::None | Fault::AppliedThenLost => {
                     self.operations.insert(
                         key.to_owned(),
@@ -316,7 +282,7 @@ impl Gateway {
                         },
                     );
                     self.balance += delta;
-                    Self::answer(true, fault)
+                    gateway_answer(true, fault)
                 }
             },
         }
@@ -324,10 +290,10 @@ impl Gateway {
 
     fn reverse(&mut self, key: &str, original: &str, fault: Fault) -> StepOutcome {
         if self.operations.get(key) == Some(&Operation::Reversal) {
-            return Self::answer(true, fault);
+            return gateway_answer(true, fault);
         }
         if matches!(fault, Fault::RefuseNew | Fault::Forgetful | Fault::Lost) {
-            return Self::answer(false, fault);
+            return gateway_answer(false, fault);
         }
         match self.operations.get(original).copied() {
             None => {
@@ -350,7 +316,7 @@ impl Gateway {
             Some(_) => {}
         }
         self.operations.insert(key.to_owned(), Operation::Reversal);
-        Self::answer(true, fault)
+        gateway_answer(true, fault)
     }
 }
 

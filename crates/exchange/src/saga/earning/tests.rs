@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use proptest::prelude::*;
 
 use super::*;
+use crate::saga::test_faults::{Fault, fault, gateway_answer};
 
 use Action::{Continue, Finish, Record, Retry, WaitForHold};
 use EarningStatus::*;
@@ -232,25 +233,6 @@ fn stored_names_round_trip_and_unknown_ones_are_errors() {
 
 // ---- The property test. ----
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fault {
-    None,
-    RefuseNew,
-    Forgetful,
-    Lost,
-    AppliedThenLost,
-}
-
-fn fault() -> impl Strategy<Value = Fault> {
-    prop_oneof![
-        4 => Just(Fault::None),
-        1 => Just(Fault::RefuseNew),
-        1 => Just(Fault::Forgetful),
-        1 => Just(Fault::Lost),
-        1 => Just(Fault::AppliedThenLost),
-    ]
-}
-
 const POINTS: i64 = 70;
 
 /// The target's gateway: each key once; a reversal of an unseen key voids it.
@@ -260,17 +242,6 @@ struct Gateway {
     keys: HashMap<&'static str, (i64, bool)>,
     reversals: Vec<&'static str>,
     balance: i64,
-}
-
-fn gateway_answer(applied: bool, fault: Fault) -> StepOutcome {
-    match fault {
-        Fault::Forgetful => StepOutcome::Refused("forgot".to_owned()),
-        Fault::Lost | Fault::AppliedThenLost => StepOutcome::Unknown("lost".to_owned()),
-        _ if applied => StepOutcome::Applied {
-            transaction_id: None,
-        },
-        _ => StepOutcome::Refused("refused".to_owned()),
-    }
 }
 
 impl Gateway {
