@@ -1364,6 +1364,57 @@ async fn every_linked_partner_gets_an_outcome_and_may_read_it(server: TestServer
     assert_eq!(unearned.member_id, HOTEL_MEMBER);
 }
 
+/// A suspended partner reports no activities (its token still works for reading), from within a
+/// second of the suspension; reactivated, it reports again.
+async fn a_suspended_partner_reports_no_activities(server: TestServer) {
+    let coalition = Coalition::new(server, 0).await;
+    let admin = coalition.server.staff_token(Role::Admin).await;
+    coalition
+        .server
+        .registry()
+        .suspend_partner(authed(
+            &admin,
+            pb::SuspendPartnerRequest {
+                partner_id: coalition.ride.clone(),
+                reason: "under review".to_owned(),
+            },
+        ))
+        .await
+        .expect("suspend the rideshare");
+    let status = eventually(
+        SAGA_DEADLINE,
+        "the suspension to reach the exchange",
+        || async {
+            coalition
+                .ride("while-suspended", 1_000, "", "RIDE")
+                .await
+                .err()
+        },
+    )
+    .await;
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (Code::FailedPrecondition, "PARTNER_NOT_ACTIVE"),
+        "{status:?}"
+    );
+    coalition
+        .server
+        .registry()
+        .reactivate_partner(authed(
+            &admin,
+            pb::ReactivatePartnerRequest {
+                partner_id: coalition.ride.clone(),
+                reason: "review passed".to_owned(),
+            },
+        ))
+        .await
+        .expect("reactivate the rideshare");
+    eventually(SAGA_DEADLINE, "the rideshare to report again", || async {
+        coalition.ride("after-review", 1_000, "", "RIDE").await.ok()
+    })
+    .await;
+}
+
 /// Earnings queued for their saga (`earnings_due`), read straight from the exchange's database.
 async fn earnings_due(database: &TestDatabase) -> i64 {
     let exchange =
@@ -1525,6 +1576,7 @@ on_every_backend!(
     a_malformed_member_id_is_refused_alone,
     unstorable_values_are_refused_the_same_on_every_backend,
     every_linked_partner_gets_an_outcome_and_may_read_it,
+    a_suspended_partner_reports_no_activities,
     rides_earn_hotel_points_with_tier_and_promotion,
     held_points_post_after_the_hold_and_refunds_inside_it_void,
 );

@@ -668,6 +668,36 @@ impl Exchange {
         Ok((self.activity_pb(&row).await?, replayed))
     }
 
+    /// The reporters of `reports` that may not report now (SUSPENDED or OFFBOARDED since their
+    /// token was issued), each with its refusal. The registry is asked at most once a second
+    /// per partner (`Peers`), so a suspension takes effect within a second.
+    async fn inactive_reporters(
+        &self,
+        reports: &[Report],
+    ) -> Result<HashMap<String, Status>, Status> {
+        let mut partners: Vec<&str> = reports
+            .iter()
+            .map(|report| report.partner_id.as_str())
+            .collect();
+        partners.sort_unstable();
+        partners.dedup();
+        let mut inactive = HashMap::new();
+        for partner_id in partners {
+            let partner = self.peers.partner(partner_id).await?;
+            if partner.status != pb::PartnerStatus::Active as i32 {
+                inactive.insert(
+                    partner_id.to_owned(),
+                    refuse(
+                        Code::FailedPrecondition,
+                        "PARTNER_NOT_ACTIVE",
+                        format!("partner {partner_id} is not ACTIVE, so it reports no activities"),
+                    ),
+                );
+            }
+        }
+        Ok(inactive)
+    }
+
     /// Records checked reports in one write transaction: for each, (activity id, replayed,
     /// lease owner of its new earnings) or why it was refused. A report whose external id is
     /// already recorded (before, or earlier in the group) is a replay when its content matches.
@@ -680,7 +710,14 @@ impl Exchange {
         // Every report is planned as new; one whose external id is already recorded finds it
         // taken when its activity is inserted, and is answered as a replay then. Replays are
         // rare, so looking them up first would cost every group a query for nothing.
-        let fresh: Vec<usize> = (0..reports.len()).collect();
+        let inactive = self.inactive_reporters(reports).await?;
+        let mut fresh = Vec::with_capacity(reports.len());
+        for (index, report) in reports.iter().enumerate() {
+            match inactive.get(&report.partner_id) {
+                Some(refusal) => outcomes[index] = Some(Err(refusal.clone())),
+                None => fresh.push(index),
+            }
+        }
         let fresh_reports: Vec<&Report> = fresh.iter().map(|index| &reports[*index]).collect();
         lookups.fill(&self.peers, &fresh_reports).await?;
         let mut planned = Vec::with_capacity(fresh.len());
