@@ -129,6 +129,40 @@ fn known_plain(cache: &AccountCache, jobs: &[Job]) -> Option<HashMap<AccountId, 
 /// Applies every job in one transaction (on PostgreSQL, a batch of plain transfers on known
 /// accounts in one statement). A job refused for its own reason wrote nothing, and the others go
 /// on; a database failure rolls back the whole batch, which is then retried or failed.
+/// The accounts a batch touches, from the cache where it has them and the database otherwise
+/// (which fills the cache).
+async fn touched_accounts(
+    transaction: &mut sqlx::AnyConnection,
+    cache: &AccountCache,
+    jobs: &[Job],
+) -> Result<HashMap<AccountId, Account>, sqlx::Error> {
+    let mut touched = BTreeSet::<AccountId>::new();
+    for job in jobs {
+        touched.extend(store::accounts_touched(&mut *transaction, &job.request).await?);
+    }
+    let mut accounts: HashMap<AccountId, Account> = {
+        let cached = cache.read().expect("account cache lock");
+        touched
+            .iter()
+            .filter_map(|id| cached.get(id).map(|account| (*id, account.clone())))
+            .collect()
+    };
+    let missing: BTreeSet<AccountId> = touched
+        .iter()
+        .filter(|id| !accounts.contains_key(id))
+        .copied()
+        .collect();
+    if !missing.is_empty() {
+        let loaded = store::accounts(&mut *transaction, &missing).await?;
+        cache
+            .write()
+            .expect("account cache lock")
+            .extend(loaded.iter().map(|(id, account)| (*id, account.clone())));
+        accounts.extend(loaded);
+    }
+    Ok(accounts)
+}
+
 async fn apply_batch(
     database: &Database,
     plain_database: &Database,
@@ -150,30 +184,7 @@ async fn apply_batch(
         return store::post_plain(&mut connection, &accounts, &plain, now, true).await;
     }
     let mut transaction = database.begin_write().await?;
-    let mut touched = BTreeSet::<AccountId>::new();
-    for job in jobs {
-        touched.extend(store::accounts_touched(&mut transaction, &job.request).await?);
-    }
-    let mut accounts: HashMap<AccountId, Account> = {
-        let cached = cache.read().expect("account cache lock");
-        touched
-            .iter()
-            .filter_map(|id| cached.get(id).map(|account| (*id, account.clone())))
-            .collect()
-    };
-    let missing: BTreeSet<AccountId> = touched
-        .iter()
-        .filter(|id| !accounts.contains_key(id))
-        .copied()
-        .collect();
-    if !missing.is_empty() {
-        let loaded = store::accounts(&mut transaction, &missing).await?;
-        cache
-            .write()
-            .expect("account cache lock")
-            .extend(loaded.iter().map(|(id, account)| (*id, account.clone())));
-        accounts.extend(loaded);
-    }
+    let accounts = touched_accounts(&mut transaction, cache, jobs).await?;
     let guarded: BTreeSet<AccountId> = accounts
         .values()
         .filter(|account| account.guard != Guard::None)

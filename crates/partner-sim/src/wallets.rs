@@ -669,6 +669,28 @@ fn work_out_move(
     }
 }
 
+/// A reversal of a key never seen: the key becomes void, so that it is refused should it arrive
+/// later, and the reversal (`reversal`, undoing nothing) is stored under `key`.
+fn void_unseen(
+    plan: &mut Plan,
+    stored: &mut HashMap<String, StoredOperation>,
+    key: &str,
+    original: &str,
+    reversal: StoredOperation,
+) {
+    let void = StoredOperation {
+        kind: "VOID".to_owned(),
+        member: String::new(),
+        amount_minor: 0,
+        original: None,
+        reversed_by: Some(key.to_owned()),
+    };
+    stored.insert(original.to_owned(), void.clone());
+    plan.inserts.push((original.to_owned(), void));
+    stored.insert(key.to_owned(), reversal.clone());
+    plan.inserts.push((key.to_owned(), reversal));
+}
+
 fn work_out_reversal(
     plan: &mut Plan,
     stored: &mut HashMap<String, StoredOperation>,
@@ -692,19 +714,7 @@ fn work_out_reversal(
         reversed_by: None,
     };
     let Some(undone) = stored.get(original).cloned() else {
-        // Never seen: the key becomes void, so that it is refused should it arrive later.
-        let void = StoredOperation {
-            kind: "VOID".to_owned(),
-            member: String::new(),
-            amount_minor: 0,
-            original: None,
-            reversed_by: Some(key.to_owned()),
-        };
-        stored.insert(original.to_owned(), void.clone());
-        plan.inserts.push((original.to_owned(), void));
-        let reversal = reversal("", 0);
-        stored.insert(key.to_owned(), reversal.clone());
-        plan.inserts.push((key.to_owned(), reversal));
+        void_unseen(plan, stored, key, original, reversal("", 0));
         return Outcome::Applied {
             balance_after_minor: 0,
         };
@@ -789,12 +799,9 @@ const MOVED_ROWS: JsonRows = JsonRows::new(&[
 /// batch, in which case the transaction must be dropped and the batch worked out again. The
 /// wallets are locked (or the whole database is, on SQLite), so writing the balances worked out
 /// in memory loses no concurrent movement.
-async fn write_plan(
-    connection: &mut AnyConnection,
-    plan: &Plan,
-    wallets: &HashMap<String, Wallet>,
-) -> Result<bool, sqlx::Error> {
-    let now = tandem_domain::to_unix_micros(tandem_domain::now());
+/// Claims, for their reversals, the originals stored before this batch; false when another
+/// batch reversed one first.
+async fn claim_originals(connection: &mut AnyConnection, plan: &Plan) -> Result<bool, sqlx::Error> {
     for (original, reversal) in &plan.claims {
         let claimed = sqlx::query(
             "UPDATE sim_operations SET reversed_by = $1 \
@@ -808,6 +815,18 @@ async fn write_plan(
         if claimed == 0 {
             return Ok(false);
         }
+    }
+    Ok(true)
+}
+
+async fn write_plan(
+    connection: &mut AnyConnection,
+    plan: &Plan,
+    wallets: &HashMap<String, Wallet>,
+) -> Result<bool, sqlx::Error> {
+    let now = tandem_domain::to_unix_micros(tandem_domain::now());
+    if !claim_originals(connection, plan).await? {
+        return Ok(false);
     }
     let operations: Vec<NewOperation<'_>> = plan
         .inserts
