@@ -180,43 +180,8 @@ impl Coalition {
         let channel = Channel::from_shared(format!("http://{}", stack.address))?
             .connect()
             .await?;
-        let mut registry = PartnerRegistryServiceClient::new(channel.clone());
-        let mut register = async |code: &str,
-                                  category: pb::PartnerCategory,
-                                  program: &str,
-                                  name: &str,
-                                  gateway: &str|
-               -> anyhow::Result<(TandemClient, Credentials)> {
-            let created = registry
-                .create_partner(authed(
-                    &admin,
-                    pb::CreatePartnerRequest {
-                        code: code.to_owned(),
-                        display_name: name.to_owned(),
-                        category: category.into(),
-                        program: Some(pb::Program {
-                            code: program.to_owned(),
-                            name: format!("{name} points"),
-                            scale: 0,
-                        }),
-                        settlement_currency: "USD".to_owned(),
-                        gateway_endpoint: gateway.to_owned(),
-                    },
-                ))
-                .await
-                .with_context(|| format!("registering {name}"))?
-                .into_inner();
-            let credentials = created.credentials.context("credentials")?;
-            let partner = created.partner.context("partner")?;
-            let credentials = Credentials::new(credentials.client_id, credentials.client_secret);
-            Ok((
-                TandemClient::with_channel(
-                    channel.clone(),
-                    partner.partner_id,
-                    credentials.clone(),
-                ),
-                credentials,
-            ))
+        let register = |code, category, program, name, gateway| {
+            register_partner(&channel, &admin, code, category, program, name, gateway)
         };
         let (hotel, hotel_credentials) = register(
             "skyline-hotels",
@@ -366,4 +331,42 @@ async fn partner_token(client: &TandemClient) -> anyhow::Result<String> {
         .access_token()
         .await
         .with_context(|| format!("fetching a token for partner {}", client.partner_id()))
+}
+
+/// Registers a partner as `admin`; its SDK client on `channel`, and its credentials.
+async fn register_partner(
+    channel: &Channel,
+    admin: &str,
+    code: &str,
+    category: pb::PartnerCategory,
+    program: &str,
+    name: &str,
+    gateway: &str,
+) -> anyhow::Result<(TandemClient, Credentials)> {
+    let created = PartnerRegistryServiceClient::new(channel.clone())
+        .create_partner(authed(
+            admin,
+            pb::CreatePartnerRequest {
+                code: code.to_owned(),
+                display_name: name.to_owned(),
+                category: category.into(),
+                program: Some(pb::Program {
+                    code: program.to_owned(),
+                    name: format!("{name} points"),
+                    scale: 0,
+                }),
+                settlement_currency: "USD".to_owned(),
+                gateway_endpoint: gateway.to_owned(),
+            },
+        ))
+        .await
+        .with_context(|| format!("registering {name}"))?
+        .into_inner();
+    let credentials = created.credentials.context("credentials")?;
+    let partner = created.partner.context("partner")?;
+    let credentials = Credentials::new(credentials.client_id, credentials.client_secret);
+    Ok((
+        TandemClient::with_channel(channel.clone(), partner.partner_id, credentials.clone()),
+        credentials,
+    ))
 }

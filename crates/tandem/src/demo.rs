@@ -53,10 +53,19 @@ pub async fn run(common: &crate::settings::CommonArgs) -> anyhow::Result<()> {
     let link_id = coalition.link(HOTEL_MEMBER, RIDER).await?;
     println!("4. {HOTEL_MEMBER} linked to {RIDER} with a one-time code (link {link_id})");
 
-    let quote = coalition
-        .hotel
-        .quote_source_points(&link_id, 10_000)
-        .await?;
+    let (quote, conversion) = convert(&coalition, &link_id).await?;
+    let (ride, earned) = earn_on_a_ride(&coalition).await?;
+    check_books(&coalition, &quote, &conversion, &ride, earned).await?;
+    println!("8. Wallets and ledger agree; the trial balance is zero in every unit.");
+    Ok(())
+}
+
+/// Step 5: the hotel member converts 10,000 hotel points into ride miles.
+async fn convert(
+    coalition: &Coalition,
+    link_id: &str,
+) -> anyhow::Result<(pb::Quote, pb::Conversion)> {
+    let quote = coalition.hotel.quote_source_points(link_id, 10_000).await?;
     println!(
         "5. Quote {}: 10,000 SKYLINE_PTS → {} ZOOM_MILES; Skyline owes Zoom {} (+{} fee) {} minor units",
         quote.quote_id,
@@ -74,7 +83,11 @@ pub async fn run(common: &crate::settings::CommonArgs) -> anyhow::Result<()> {
     if conversion.status() != pb::ConversionStatus::Completed {
         bail!("the conversion did not complete: {}", conversion.last_error);
     }
+    Ok((quote, conversion))
+}
 
+/// Step 6: a ride by the GOLD rider earns hotel points; the activity and the points earned.
+async fn earn_on_a_ride(coalition: &Coalition) -> anyhow::Result<(pb::Activity, i64)> {
     let ride = coalition
         .ride
         .record_activity(pb::RecordActivityRequest {
@@ -93,7 +106,17 @@ pub async fn run(common: &crate::settings::CommonArgs) -> anyhow::Result<()> {
         "6. A $23.45 GOLD ride by {RIDER} earns {earned} SKYLINE_PTS for {HOTEL_MEMBER} (activity {})",
         ride.activity_id
     );
+    Ok((ride, earned))
+}
 
+/// Step 7: both wallets and the ledger, which must agree.
+async fn check_books(
+    coalition: &Coalition,
+    quote: &pb::Quote,
+    conversion: &pb::Conversion,
+    ride: &pb::Activity,
+    earned: i64,
+) -> anyhow::Result<()> {
     let hotel_wallet = Coalition::balance(&coalition.hotel_gateway, HOTEL_MEMBER).await?;
     let ride_wallet = Coalition::balance(&coalition.ride_gateway, RIDER).await?;
     println!(
@@ -141,6 +164,5 @@ pub async fn run(common: &crate::settings::CommonArgs) -> anyhow::Result<()> {
             trial.balanced
         );
     }
-    println!("8. Wallets and ledger agree; the trial balance is zero in every unit.");
     Ok(())
 }
