@@ -242,66 +242,14 @@ async fn measure(
             let mut sequence = 0_u64;
             while Instant::now() < deadline {
                 let began = Instant::now();
-                match workload {
-                    Workload::Convert => {
-                        let outcome = async {
-                            let quote = app.quote_source_points(link_id, 1_000).await?;
-                            app.convert(&quote.quote_id).await
-                        }
-                        .await;
-                        match outcome {
-                            Ok(conversion)
-                                if conversion.status() == pb::ConversionStatus::Completed =>
-                            {
-                                done += 1;
-                                latencies.push(began.elapsed());
-                            }
-                            Ok(conversion) => {
-                                tracing::warn!(status = ?conversion.status(), error = %conversion.last_error, "a conversion did not complete in its call");
-                                failed += 1;
-                            }
-                            Err(error) => {
-                                tracing::warn!(%error, "a conversion failed");
-                                failed += 1;
-                            }
-                        }
-                    }
-                    Workload::Earn => {
-                        let rides = (0..batch)
-                            .map(|_| {
-                                sequence += 1;
-                                pb::RecordActivityRequest {
-                                    // Unique across every run: a repeated id with other
-                                    // content is refused as reused.
-                                    external_id: uuid::Uuid::new_v4().to_string(),
-                                    member_id: links[sequence as usize % links.len()].1.clone(),
-                                    spend_amount_minor: 1_850,
-                                    spend_currency: "USD".to_owned(),
-                                    category: "RIDE".to_owned(),
-                                    activity_time: Some(tandem_proto::time::timestamp(
-                                        chrono::Utc::now(),
-                                    )),
-                                    ..Default::default()
-                                }
-                            })
-                            .collect();
-                        match app.record_activities(rides).await {
-                            Ok(answer) => {
-                                done += answer.recorded as usize;
-                                failed += answer.refused as usize;
-                                latencies.push(began.elapsed());
-                                if let Some(refused) =
-                                    answer.results.iter().find(|result| result.code != 0)
-                                {
-                                    tracing::warn!(code = refused.code, message = %refused.message, "a ride was refused");
-                                }
-                            }
-                            Err(error) => {
-                                tracing::warn!(%error, "a stream failed");
-                                failed += batch;
-                            }
-                        }
-                    }
+                let (ok, bad, answered) = match workload {
+                    Workload::Convert => convert_once(&app, link_id).await,
+                    Workload::Earn => earn_once(&app, &links, &mut sequence, batch).await,
+                };
+                done += ok;
+                failed += bad;
+                if answered {
+                    latencies.push(began.elapsed());
                 }
             }
             (done, failed, latencies)
@@ -327,6 +275,63 @@ async fn measure(
         failed,
         cpu,
     })
+}
+
+/// One conversion, quoted and executed: (completed, failed, whether it was answered COMPLETED).
+async fn convert_once(app: &TandemClient, link_id: &str) -> (usize, usize, bool) {
+    let outcome = async {
+        let quote = app.quote_source_points(link_id, 1_000).await?;
+        app.convert(&quote.quote_id).await
+    }
+    .await;
+    match outcome {
+        Ok(conversion) if conversion.status() == pb::ConversionStatus::Completed => (1, 0, true),
+        Ok(conversion) => {
+            tracing::warn!(status = ?conversion.status(), error = %conversion.last_error, "a conversion did not complete in its call");
+            (0, 1, false)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "a conversion failed");
+            (0, 1, false)
+        }
+    }
+}
+
+/// One stream of `batch` rides over the linked riders: (recorded, refused, whether the stream
+/// was answered).
+async fn earn_once(
+    app: &TandemClient,
+    links: &[(String, String)],
+    sequence: &mut u64,
+    batch: usize,
+) -> (usize, usize, bool) {
+    let rides = (0..batch)
+        .map(|_| {
+            *sequence += 1;
+            pb::RecordActivityRequest {
+                // Unique across every run: a repeated id with other content is refused as reused.
+                external_id: uuid::Uuid::new_v4().to_string(),
+                member_id: links[*sequence as usize % links.len()].1.clone(),
+                spend_amount_minor: 1_850,
+                spend_currency: "USD".to_owned(),
+                category: "RIDE".to_owned(),
+                activity_time: Some(tandem_proto::time::timestamp(chrono::Utc::now())),
+                ..Default::default()
+            }
+        })
+        .collect();
+    match app.record_activities(rides).await {
+        Ok(answer) => {
+            if let Some(refused) = answer.results.iter().find(|result| result.code != 0) {
+                tracing::warn!(code = refused.code, message = %refused.message, "a ride was refused");
+            }
+            (answer.recorded as usize, answer.refused as usize, true)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "a stream failed");
+            (0, batch, false)
+        }
+    }
 }
 
 fn print_table(workload: Workload, rounds: &[Round]) {
