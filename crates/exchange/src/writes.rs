@@ -194,14 +194,23 @@ async fn write_batch(database: &Database, writes: &[Write]) -> Result<Vec<bool>,
         .map(|write| match write {
             Write::Quote(_) => true,
             Write::Conversion(conversion) => written.contains(&conversion.conversion_id),
+            // A progress write landed only if its own driver's lease matched: two drivers of one
+            // saga (one that outlived its lease, and the one that took over) can meet in a batch,
+            // and only the holder may be told its write landed.
             Write::Progress(SagaProgress::Conversion(progress)) => {
-                written.contains(&progress.conversion_id)
+                written.contains(&written_key(&progress.conversion_id, &progress.lease_owner))
             }
             Write::Progress(SagaProgress::Earning(progress)) => {
-                written.contains(&progress.earning_id)
+                written.contains(&written_key(&progress.earning_id, &progress.lease_owner))
             }
         })
         .collect())
+}
+
+/// How a progress statement names a row it wrote: the saga's id and the lease it was written
+/// under (their `RETURNING … AS written`).
+fn written_key(id: &str, lease_owner: &str) -> String {
+    format!("{id} {lease_owner}")
 }
 
 /// One statement of a batch: how to build it, its rows as JSON, and whether it has none.
@@ -218,8 +227,8 @@ async fn write_joined(
     let query = format!(
         "WITH new_quotes AS ({}), new_conversions AS ({}), conversion_progress AS ({}), \
          earning_progress AS ({}), {} \
-         SELECT id FROM new_conversions UNION ALL SELECT id FROM conversion_progress \
-         UNION ALL SELECT id FROM earning_progress",
+         SELECT id FROM new_conversions UNION ALL SELECT written FROM conversion_progress \
+         UNION ALL SELECT written FROM earning_progress",
         (quotes.0)(backend, 1),
         (conversions.0)(backend, 2),
         (conversion_progress.0)(backend, 3),
@@ -367,7 +376,8 @@ const CONVERSION_PROGRESS_ROWS: JsonRows = JsonRows::new(&[
     ("finished_at_micros", ColumnType::BigInt),
 ]);
 
-/// Conversions' progress, where the writer still holds the lease; returns the ids written.
+/// Conversions' progress, where the writer still holds the lease; returns each row written as
+/// its id and the lease it was written under ([`written_key`]).
 ///
 /// A step recorded while its driver holds the lease keeps the stored status and next attempt:
 /// the worker cannot take the saga until the lease lapses, and then the stored next attempt is
@@ -389,7 +399,7 @@ fn update_conversions(backend: Backend, parameter: usize) -> String {
          conversions.finished_at_micros) \
          FROM {} WHERE conversions.conversion_id = progress.conversion_id \
          AND conversions.lease_owner = progress.lease_owner \
-         RETURNING conversions.conversion_id AS id",
+         RETURNING conversions.conversion_id || ' ' || conversions.lease_owner AS written",
         CONVERSION_PROGRESS_ROWS.source(backend, parameter, "progress")
     )
 }
@@ -426,12 +436,12 @@ fn update_earnings(backend: Backend, parameter: usize) -> String {
          updated_at_micros = progress.updated_at_micros \
          FROM {} WHERE earnings.earning_id = progress.earning_id \
          AND earnings.lease_owner = progress.lease_owner \
-         RETURNING earnings.earning_id AS id{}",
+         RETURNING earnings.earning_id || ' ' || earnings.lease_owner AS written{}",
         EARNING_PROGRESS_ROWS.source(backend, parameter, "progress"),
         match backend {
             // What EARNINGS_DUE_AFTER_PROGRESS reads.
             Backend::Postgres => {
-                ", earnings.step, \
+                ", earnings.earning_id AS id, earnings.step, \
                  GREATEST(earnings.next_attempt_micros, earnings.lease_until_micros) AS due_at_micros"
             }
             Backend::Sqlite => "",
@@ -474,4 +484,75 @@ fn due_earnings_stay_queued(backend: Backend, parameter: usize) -> String {
          ON CONFLICT (earning_id) DO UPDATE SET next_attempt_micros = excluded.next_attempt_micros",
         EARNING_PROGRESS_ROWS.source(backend, parameter, "progress")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_storage::{Database, testing::TestDatabase};
+
+    use super::*;
+
+    fn new_conversion(owner: &str) -> NewConversion {
+        NewConversion {
+            conversion_id: "0192f0c4-8a1e-7c3a-9b5e-1d2f3a4b5c6d".to_owned(),
+            quote_id: "0192f0c4-8a1e-7c3a-9b5e-000000000001".to_owned(),
+            source_partner_id: "source".to_owned(),
+            idempotency_key: "key".to_owned(),
+            source_member_id: "H-1".to_owned(),
+            target_partner_id: "target".to_owned(),
+            target_member_id: "R-1".to_owned(),
+            agreement_id: "agreement".to_owned(),
+            source_points: 1_000,
+            lease_owner: owner.to_owned(),
+            lease_until_micros: i64::MAX,
+            created_at_micros: 1,
+        }
+    }
+
+    fn progress(owner: &str, step: &'static str) -> Write {
+        Write::Progress(SagaProgress::Conversion(ConversionProgress {
+            conversion_id: new_conversion(owner).conversion_id,
+            lease_owner: owner.to_owned(),
+            status: "PENDING",
+            step,
+            attempts: 0,
+            last_error: String::new(),
+            failure_reason: String::new(),
+            ledger_transaction_id: String::new(),
+            reversal_transaction_id: String::new(),
+            next_attempt_micros: None,
+            lease_until_micros: i64::MAX,
+            updated_at_micros: 2,
+            finished_at_micros: None,
+        }))
+    }
+
+    /// A driver that outlived its lease and the one that took the saga over write in the same
+    /// batch: only the holder is told its write landed, and only its state is stored.
+    async fn only_the_lease_holder_is_told_its_write_landed(database: TestDatabase) {
+        let database = Database::open(database.location(), "exchange", &crate::MIGRATOR)
+            .await
+            .expect("open the exchange's database");
+        let inserted = write_batch(&database, &[Write::Conversion(new_conversion("holder"))])
+            .await
+            .expect("insert a conversion");
+        assert_eq!(inserted, [true]);
+        let answers = write_batch(
+            &database,
+            &[
+                progress("outlived", "UNDO_CREDIT"),
+                progress("holder", "POST_LEDGER"),
+            ],
+        )
+        .await
+        .expect("write a batch");
+        assert_eq!(answers, [false, true], "only the holder's write landed");
+        let step: String = sqlx::query_scalar("SELECT step FROM conversions")
+            .fetch_one(database.pool())
+            .await
+            .unwrap();
+        assert_eq!(step, "POST_LEDGER");
+    }
+
+    tandem_storage::on_every_database!(only_the_lease_holder_is_told_its_write_landed);
 }
