@@ -213,6 +213,9 @@ pub(crate) enum Action {
     Retry,
 }
 
+/// The ledger's reason for a pending transaction past its timeout, which leads its refusals.
+pub(crate) const PENDING_EXPIRED: &str = "PENDING_EXPIRED";
+
 /// The pure transition of an earning's saga.
 pub(crate) fn next(
     saga: &EarningSaga,
@@ -237,11 +240,24 @@ pub(crate) fn next(
                  earned and paid for"
             ),
         )),
+        // The pending transaction can no longer be posted (its hold outlived the ledger's
+        // timeout): the credit just made is undone by key, then the pending one voided.
+        EarningStep::ReleasePost if refused => Some((
+            EarningStep::UndoCredit,
+            format!("the held transaction could not be posted: {error}"),
+        )),
         _ => None,
     };
     if let Some((step, note)) = refusal {
         after.note = note;
         return (moved(after, saga.status, step), Action::Record);
+    }
+    // A pending transaction that expired holds nothing: voiding it is done.
+    if refused
+        && matches!(saga.step, EarningStep::Void | EarningStep::VoidFailed)
+        && error.starts_with(PENDING_EXPIRED)
+    {
+        return applied(saga, facts, None);
     }
     // Every other step asks again for as long as it takes: the ledger steps and the undoing of
     // a movement have no way back, and an unanswered credit or clawback may have applied.

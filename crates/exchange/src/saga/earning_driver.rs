@@ -17,9 +17,12 @@ fn ledger_outcome(result: Result<pb::Transaction, Status>) -> StepOutcome {
         Ok(transaction) => StepOutcome::Applied {
             transaction_id: Some(transaction.transaction_id),
         },
-        Err(status) if crate::peers::ledger_refused(&status) => {
-            StepOutcome::Refused(status.message().to_owned())
-        }
+        // The reason leads, so the saga can tell an expired hold from other refusals.
+        Err(status) if crate::peers::ledger_refused(&status) => StepOutcome::Refused(format!(
+            "{}: {}",
+            tandem_proto::status::reason(&status),
+            status.message()
+        )),
         Err(status) => StepOutcome::Unknown(status.message().to_owned()),
     }
 }

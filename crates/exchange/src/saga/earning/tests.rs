@@ -165,11 +165,39 @@ fn refunds_void_a_hold_and_claw_back_what_posted() {
 }
 
 #[test]
+fn a_hold_that_expired_before_it_posted_is_undone() {
+    let over = Facts {
+        held: true,
+        hold_over: true,
+        ..PLAIN
+    };
+    let expired = || StepOutcome::Refused(format!("{PENDING_EXPIRED}: the hold expired"));
+    let (saga, action) = next(&at(Held, ReleasePost, "tx"), over, expired());
+    assert_eq!((saga.step, action), (UndoCredit, Record));
+    assert!(saga.note.contains("could not be posted"));
+    assert_eq!(after(saga, over, applied()), (Held, VoidFailed, Record));
+    assert_eq!(
+        after(at(Held, VoidFailed, "tx"), over, expired()),
+        (Failed, Done, Finish),
+        "an expired pending transaction holds nothing"
+    );
+    assert_eq!(
+        after(at(Held, Void, "tx"), over, expired()),
+        (Voided, Done, Finish)
+    );
+}
+
+#[test]
 fn every_other_failure_is_asked_again() {
+    let (saga, action) = next(
+        &at(Held, ReleasePost, "tx"),
+        PLAIN,
+        StepOutcome::Unknown("timed out".to_owned()),
+    );
+    assert_eq!((saga.step, action), (ReleasePost, Retry));
     for step in [
         Post,
         PostHold,
-        ReleasePost,
         Void,
         VoidFailed,
         ReverseLedger,
