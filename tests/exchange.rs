@@ -871,22 +871,28 @@ async fn conversions_interrupted_by_a_crash_finish_once(database: TestDatabase) 
     assert!(trial.balanced, "{trial:?}");
 }
 
-/// The server stands paused between a conversion's ledger post and the record of its COMPLETED
-/// status, and is killed there; meanwhile the source gateway has gone down for good. The caller
-/// was never told COMPLETED (nothing is answered before it is recorded), and a new server
-/// finishes the conversion forward from its recorded step, without asking the source gateway
-/// anything: the debit, the credit and the ledger transaction each exist once.
-async fn a_conversion_killed_after_its_ledger_post_only_goes_forward(database: TestDatabase) {
-    let flags = ["--saga-lease", "1s"];
+/// Flags of the servers the pause tests start: a lapsed lease is taken over within a second.
+const PAUSE_FLAGS: [&str; 2] = ["--saga-lease", "1s"];
+
+/// A server that stops for good at `moment` of a conversion (a step applied, its outcome not
+/// yet recorded), with one conversion of 10,000 hotel points executing into it and paused there.
+async fn conversion_paused_at(
+    database: TestDatabase,
+    moment: &str,
+) -> (
+    Coalition,
+    tokio::task::JoinHandle<Result<tonic::Response<pb::ExecuteConversionResponse>, tonic::Status>>,
+    tempfile::TempDir,
+) {
     let scratch = tempfile::tempdir().expect("a scratch directory");
     let pause_file = scratch.path().join("paused");
-    let pause_file = pause_file.to_str().expect("a UTF-8 path");
+    let pause_path = pause_file.to_str().expect("a UTF-8 path");
     let server = TestServer::start_with(
         database,
-        &flags,
+        &PAUSE_FLAGS,
         &[
-            ("TANDEM_TEST_PAUSE_AT", "conversion-posted"),
-            ("TANDEM_TEST_PAUSE_FILE", pause_file),
+            ("TANDEM_TEST_PAUSE_AT", moment),
+            ("TANDEM_TEST_PAUSE_FILE", pause_path),
         ],
     )
     .await;
@@ -902,12 +908,22 @@ async fn a_conversion_killed_after_its_ledger_post_only_goes_forward(database: T
         },
     );
     let executing = tokio::spawn(async move { exchange.execute_conversion(request).await });
-    eventually(
-        SAGA_DEADLINE,
-        "the server to pause after the ledger post",
-        || async { std::path::Path::new(pause_file).exists().then_some(()) },
-    )
+    eventually(SAGA_DEADLINE, "the server to pause", || async {
+        pause_file.exists().then_some(())
+    })
     .await;
+    (coalition, executing, scratch)
+}
+
+/// The server stands paused between a conversion's ledger post and the record of its COMPLETED
+/// status, and is killed there; meanwhile the source gateway has gone down for good. The caller
+/// was never told COMPLETED (nothing is answered before it is recorded), and a new server
+/// finishes the conversion forward from its recorded step, without asking the source gateway
+/// anything: the debit, the credit and the ledger transaction each exist once.
+async fn a_conversion_killed_after_its_ledger_post_only_goes_forward(database: TestDatabase) {
+    let flags = PAUSE_FLAGS;
+    let (coalition, executing, _scratch) =
+        conversion_paused_at(database, "conversion-posted").await;
     let Coalition {
         server,
         hotel_sim,
@@ -950,6 +966,61 @@ async fn a_conversion_killed_after_its_ledger_post_only_goes_forward(database: T
     let posted = transactions_of(&server, &ops_token, &conversion.conversion_id).await;
     assert_eq!(posted.len(), 1, "posted once");
     assert_eq!(conversion.ledger_transaction_id, posted[0].transaction_id);
+}
+
+/// The server is killed after the source debit applied and before its outcome was recorded;
+/// the source gateway then forgets it applied the debit and refuses the key. The resumed saga
+/// does not take the refusal as "nothing moved": it reverses the debit by key, and the
+/// conversion ends FAILED with both wallets as before and nothing in the ledger.
+async fn a_conversion_killed_after_its_debit_meets_a_forgetful_gateway(database: TestDatabase) {
+    let (coalition, executing, _scratch) =
+        conversion_paused_at(database, "conversion-debited").await;
+    let Coalition {
+        server,
+        hotel_sim,
+        ride_sim,
+        ops_token,
+        ..
+    } = coalition;
+    assert_eq!(
+        hotel_sim.balance(HOTEL_MEMBER).await,
+        40_000,
+        "the debit applied before the kill"
+    );
+    hotel_sim
+        .set_fault("DebitPoints", Fault::Forgetful, 0, 0)
+        .await;
+    let database = kill_while_waiting(server, vec![executing]).await;
+
+    let server = TestServer::start_on(database, &PAUSE_FLAGS).await;
+    let conversion = eventually(SAGA_DEADLINE, "the conversion to end", || async {
+        let listed = server
+            .exchange()
+            .list_conversions(authed(&ops_token, pb::ListConversionsRequest::default()))
+            .await
+            .unwrap()
+            .into_inner()
+            .conversions;
+        let conversion = listed.into_iter().next().expect("the conversion");
+        (conversion.status != pb::ConversionStatus::Pending as i32).then_some(conversion)
+    })
+    .await;
+    assert_eq!(
+        conversion.status,
+        pb::ConversionStatus::Failed as i32,
+        "{conversion:?}"
+    );
+    assert_eq!(
+        hotel_sim.balance(HOTEL_MEMBER).await,
+        50_000,
+        "the debit given back"
+    );
+    assert_eq!(ride_sim.balance(RIDER).await, 0, "never credited");
+    assert!(
+        transactions_of(&server, &ops_token, &conversion.conversion_id)
+            .await
+            .is_empty()
+    );
 }
 
 /// Converts 10,000 hotel points while the gateway `forgetful` picks applies the first call of
@@ -1614,6 +1685,18 @@ async fn killed_after_the_ledger_post_on_sqlite() {
 async fn killed_after_the_ledger_post_on_postgres() {
     let database = TestDatabase::postgres_required().await;
     a_conversion_killed_after_its_ledger_post_only_goes_forward(database).await;
+}
+
+#[tokio::test]
+async fn killed_after_the_debit_on_sqlite() {
+    a_conversion_killed_after_its_debit_meets_a_forgetful_gateway(TestDatabase::sqlite()).await;
+}
+
+#[tokio::test]
+#[ignore = "PostgreSQL: set TANDEM_TEST_DATABASE_URL and pass -- --include-ignored"]
+async fn killed_after_the_debit_on_postgres() {
+    let database = TestDatabase::postgres_required().await;
+    a_conversion_killed_after_its_debit_meets_a_forgetful_gateway(database).await;
 }
 
 #[tokio::test]

@@ -6,6 +6,8 @@
 
 use std::{path::PathBuf, sync::OnceLock};
 
+use crate::saga::conversion::ConversionStep;
+
 struct Pause {
     at: String,
     file: PathBuf,
@@ -25,9 +27,19 @@ fn configured() -> Option<&'static Pause> {
         .as_ref()
 }
 
-/// The moment after a conversion's ledger transaction posted and before its COMPLETED status is
-/// recorded.
-pub(crate) const CONVERSION_POSTED: &str = "conversion-posted";
+/// The moments of a conversion a test can stop at: after a step applied, before its outcome is
+/// recorded. `conversion-debited`: the source debit applied, CREDIT_TARGET not yet recorded.
+/// `conversion-posted`: the ledger transaction posted, COMPLETED not yet recorded.
+pub(crate) fn conversion_moment(
+    applied: ConversionStep,
+    next: ConversionStep,
+) -> Option<&'static str> {
+    match (applied, next) {
+        (ConversionStep::DebitSource, ConversionStep::CreditTarget) => Some("conversion-debited"),
+        (ConversionStep::PostLedger, ConversionStep::Done) => Some("conversion-posted"),
+        _ => None,
+    }
+}
 
 /// Waits here for good if a test asked to pause at `moment`.
 pub(crate) async fn pause_at(moment: &str) {

@@ -10,14 +10,11 @@ use tonic::Status;
 
 use super::{
     SagaTable, TRIES_PER_DRIVE, backoff,
-    conversion::{
-        self, Action, Call, ConversionSaga, ConversionStatus, ConversionStep, Side, StepOutcome,
-    },
+    conversion::{self, Action, Call, ConversionSaga, Side, StepOutcome},
     quick_pause,
 };
 use crate::{
     Exchange, failpoint, now_micros,
-    peers::ledger_refused,
     rows::{ConversionRow, QuoteRow},
     writes::{ConversionProgress, SagaProgress},
 };
@@ -58,10 +55,8 @@ impl Exchange {
                 }
             };
             tries = 0;
-            if saga.step == ConversionStep::PostLedger
-                && after.status == ConversionStatus::Completed
-            {
-                failpoint::pause_at(failpoint::CONVERSION_POSTED).await;
+            if let Some(moment) = failpoint::conversion_moment(saga.step, after.step) {
+                failpoint::pause_at(moment).await;
             }
             let Some(written) = self
                 .record_conversion(&row.conversion_id, owner, &after, release)
@@ -160,15 +155,7 @@ impl Exchange {
             Ok(request) => request,
             Err(status) => return StepOutcome::Unknown(status.message().to_owned()),
         };
-        match self.peers.post(request).await {
-            Ok(transaction) => StepOutcome::Applied {
-                transaction_id: Some(transaction.transaction_id),
-            },
-            Err(status) if ledger_refused(&status) => {
-                StepOutcome::Refused(status.message().to_owned())
-            }
-            Err(status) => StepOutcome::Unknown(status.message().to_owned()),
-        }
+        StepOutcome::of_ledger(self.peers.post(request).await)
     }
 
     /// Reverses the conversion's ledger transaction. The points are already back by now, so
@@ -184,12 +171,9 @@ impl Exchange {
         } else {
             row.reverse_reason.clone()
         };
-        match self.peers.reverse(key, transaction_id, &reason).await {
-            Ok(transaction) => StepOutcome::Applied {
-                transaction_id: Some(transaction.transaction_id),
-            },
-            Err(status) => StepOutcome::Unknown(status.message().to_owned()),
-        }
+        // The points are back by now, so a refusal is asked about again like any other answer
+        // (`next` never gives up on this step).
+        StepOutcome::of_ledger(self.peers.reverse(key, transaction_id, &reason).await)
     }
 
     /// Writes a saga's state if `owner` still holds its lease; `release_after` gives the lease

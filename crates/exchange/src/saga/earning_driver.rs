@@ -12,21 +12,6 @@ use super::{
 };
 use crate::{Exchange, earn::HOLD_TIMEOUT_SECONDS, now_micros, rows::EarningRow};
 
-fn ledger_outcome(result: Result<pb::Transaction, Status>) -> StepOutcome {
-    match result {
-        Ok(transaction) => StepOutcome::Applied {
-            transaction_id: Some(transaction.transaction_id),
-        },
-        // The reason leads, so the saga can tell an expired hold from other refusals.
-        Err(status) if crate::peers::ledger_refused(&status) => StepOutcome::Refused(format!(
-            "{}: {}",
-            tandem_proto::status::reason(&status),
-            status.message()
-        )),
-        Err(status) => StepOutcome::Unknown(status.message().to_owned()),
-    }
-}
-
 impl Exchange {
     /// Drives one earning as far as it goes now; the caller holds its lease as `owner`.
     pub(crate) async fn drive_earning(
@@ -139,12 +124,12 @@ impl Exchange {
                 } else {
                     pb::PendingResolution::Void
                 };
-                ledger_outcome(self.peers.resolve(key(suffix), ledger_id, resolution).await)
+                StepOutcome::of_ledger(self.peers.resolve(key(suffix), ledger_id, resolution).await)
             }
             Call::ReverseLedger {
                 key: suffix,
                 reason,
-            } => ledger_outcome(self.peers.reverse(key(suffix), ledger_id, reason).await),
+            } => StepOutcome::of_ledger(self.peers.reverse(key(suffix), ledger_id, reason).await),
             Call::Nothing => StepOutcome::Applied {
                 transaction_id: None,
             },
@@ -162,7 +147,7 @@ impl Exchange {
             .earning_transaction(earning, key, kind, timeout_seconds)
             .await
         {
-            Ok(request) => ledger_outcome(self.peers.post(request).await),
+            Ok(request) => StepOutcome::of_ledger(self.peers.post(request).await),
             Err(status) => StepOutcome::Unknown(status.message().to_owned()),
         }
     }

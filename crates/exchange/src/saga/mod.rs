@@ -74,6 +74,24 @@ impl From<crate::peers::GatewayAnswer> for StepOutcome {
     }
 }
 
+impl StepOutcome {
+    /// A ledger call's answer as a saga reads it: a refusal of the request itself (by the reason
+    /// it carries, which leads the refusal's text) cannot have applied; anything else may have.
+    pub(crate) fn of_ledger(answer: Result<tandem_proto::v1::Transaction, Status>) -> Self {
+        match answer {
+            Ok(transaction) => StepOutcome::Applied {
+                transaction_id: Some(transaction.transaction_id),
+            },
+            Err(status) if crate::peers::ledger_refused(&status) => StepOutcome::Refused(format!(
+                "{}: {}",
+                tandem_proto::status::reason(&status),
+                status.message()
+            )),
+            Err(status) => StepOutcome::Unknown(status.message().to_owned()),
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod test_faults;
 
