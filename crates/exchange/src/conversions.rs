@@ -10,15 +10,14 @@ use chrono::{Datelike, TimeZone, Utc};
 use rust_decimal::Decimal;
 use tandem_auth::Caller;
 use tandem_domain::{Currency, IdempotencyKey, from_unix_micros};
-use tandem_proto::{status, v1 as pb};
+use tandem_proto::v1 as pb;
 use tandem_storage::Backend;
-use tonic::{Code, Status};
 
 use crate::{
-    Exchange, database_error, invalid, is_staff, new_id, now_micros, own_partner,
+    Exchange, ExchangeError, is_staff, new_id, now_micros, own_partner,
     peers::{AccountName, terms_at},
     pricing::{self, Amount, ConversionTerms, PricingError, Scales},
-    refuse, require_partner,
+    require_partner,
     rows::{CONVERSION_COLUMNS, ConversionRow, QUOTE_COLUMNS, QuoteRow, Viewer},
     saga::conversion::{ConversionSaga, ConversionStatus},
     store::{self, ConversionFilter},
@@ -50,42 +49,34 @@ pub(crate) fn sides(link: &pb::Link, partner_id: &str) -> Option<(String, String
     }
 }
 
-pub(crate) fn require_active(partner: &pb::Partner) -> Result<(), Status> {
+pub(crate) fn require_active(partner: &pb::Partner) -> Result<(), ExchangeError> {
     if partner.status != pb::PartnerStatus::Active as i32 {
-        return Err(refuse(
-            Code::FailedPrecondition,
-            "PARTNER_NOT_ACTIVE",
-            format!("partner {} is not ACTIVE", partner.partner_id),
-        ));
+        return Err(ExchangeError::PartnerNotActive(partner.partner_id.clone()));
     }
     if partner.gateway_endpoint.is_empty() {
-        return Err(refuse(
-            Code::FailedPrecondition,
-            "GATEWAY_NOT_CONFIGURED",
-            format!(
-                "partner {} has no gateway endpoint, so its points cannot move",
-                partner.partner_id
-            ),
+        return Err(ExchangeError::GatewayNotConfigured(
+            partner.partner_id.clone(),
         ));
     }
     Ok(())
 }
 
-pub(crate) fn decimal(text: &str, what: &str) -> Result<Decimal, Status> {
-    text.parse()
-        .map_err(|_| status::internal(&format!("terms carry an unreadable {what}: {text:?}")))
+pub(crate) fn decimal(text: &str, what: &str) -> Result<Decimal, ExchangeError> {
+    text.parse().map_err(|_| {
+        ExchangeError::internal(format!("terms carry an unreadable {what}: {text:?}"))
+    })
 }
 
-pub(crate) fn currency_scale(partner: &pb::Partner) -> Result<u32, Status> {
+pub(crate) fn currency_scale(partner: &pb::Partner) -> Result<u32, ExchangeError> {
     partner
         .settlement_currency
         .parse::<Currency>()
         .map(|currency| currency.exponent())
-        .map_err(|error| status::internal(&error))
+        .map_err(ExchangeError::internal)
 }
 
-fn pricing_error(field: &str, error: PricingError) -> Status {
-    invalid(field, error)
+fn pricing_error(field: &str, error: PricingError) -> ExchangeError {
+    ExchangeError::invalid(field, error)
 }
 
 /// Midnight UTC of the day and the first of the month of `micros`.
@@ -117,12 +108,12 @@ struct QuoteParties {
 }
 
 /// A partner's program code and scale.
-fn program_scale(partner: &pb::Partner) -> Result<(String, u32), Status> {
+fn program_scale(partner: &pb::Partner) -> Result<(String, u32), ExchangeError> {
     partner
         .program
         .as_ref()
         .map(|program| (program.code.clone(), program.scale))
-        .ok_or_else(|| status::internal(&"partner without a program"))
+        .ok_or_else(|| ExchangeError::internal("partner without a program"))
 }
 
 /// Quotes this process priced lately, so that executing one (moments later, as a rule) need not
@@ -196,7 +187,9 @@ impl RecentQuotes {
 }
 
 /// Waits until a remembered quote is stored; `Err` when storing it failed.
-async fn stored(landing: Option<tokio::sync::watch::Receiver<Option<bool>>>) -> Result<(), Status> {
+async fn stored(
+    landing: Option<tokio::sync::watch::Receiver<Option<bool>>>,
+) -> Result<(), ExchangeError> {
     let Some(mut landing) = landing else {
         return Ok(());
     };
@@ -208,11 +201,7 @@ async fn stored(landing: Option<tokio::sync::watch::Receiver<Option<bool>>>) -> 
     if stored {
         Ok(())
     } else {
-        Err(refuse(
-            Code::Unavailable,
-            "QUOTE_NOT_STORED",
-            "the quote could not be stored; ask for a new one",
-        ))
+        Err(ExchangeError::QuoteNotStored)
     }
 }
 
@@ -225,7 +214,10 @@ const QUOTE_LANDING: std::time::Duration = std::time::Duration::from_secs(2);
 const COUNTS_AGAINST_CAPS: &str = "status NOT IN ('FAILED', 'REVERSED')";
 
 impl Exchange {
-    pub(crate) async fn load_quote(&self, quote_id: &str) -> Result<Option<QuoteRow>, Status> {
+    pub(crate) async fn load_quote(
+        &self,
+        quote_id: &str,
+    ) -> Result<Option<QuoteRow>, ExchangeError> {
         if !tandem_domain::is_server_id(quote_id) {
             return Ok(None);
         }
@@ -235,10 +227,13 @@ impl Exchange {
         .bind(quote_id)
         .fetch_optional(self.database.pool())
         .await
-        .map_err(database_error)
+        .map_err(ExchangeError::from)
     }
 
-    pub(crate) async fn load_conversion(&self, id: &str) -> Result<Option<ConversionRow>, Status> {
+    pub(crate) async fn load_conversion(
+        &self,
+        id: &str,
+    ) -> Result<Option<ConversionRow>, ExchangeError> {
         // An id Tandem never made names no conversion, and never reaches the database.
         if !tandem_domain::is_server_id(id) {
             return Ok(None);
@@ -249,7 +244,7 @@ impl Exchange {
         .bind(id)
         .fetch_optional(self.database.pool())
         .await
-        .map_err(database_error)
+        .map_err(ExchangeError::from)
     }
 
     /// Source points a member (or the whole agreement) has converted since `since`.
@@ -293,7 +288,7 @@ impl Exchange {
         &self,
         transaction: &mut sqlx::AnyConnection,
         agreement_id: &str,
-    ) -> Result<(), Status> {
+    ) -> Result<(), ExchangeError> {
         if self.database.backend() != Backend::Postgres {
             return Ok(());
         }
@@ -301,12 +296,12 @@ impl Exchange {
             .bind(agreement_id)
             .execute(&mut *transaction)
             .await
-            .map_err(database_error)?;
+            .map_err(ExchangeError::from)?;
         sqlx::query("SELECT agreement_id FROM cap_locks WHERE agreement_id = $1 FOR UPDATE")
             .bind(agreement_id)
             .fetch_all(&mut *transaction)
             .await
-            .map_err(database_error)?;
+            .map_err(ExchangeError::from)?;
         Ok(())
     }
 
@@ -316,7 +311,7 @@ impl Exchange {
         connection: &mut sqlx::AnyConnection,
         quote: &QuoteRow,
         now: i64,
-    ) -> Result<(), Status> {
+    ) -> Result<(), ExchangeError> {
         let (day, month) = day_and_month_start(now);
         if let Some(cap) = quote.member_daily_cap_points {
             let used = Self::used_points(
@@ -326,33 +321,25 @@ impl Exchange {
                 day,
             )
             .await
-            .map_err(database_error)?;
+            .map_err(ExchangeError::from)?;
             if used + quote.source_points > cap {
-                return Err(refuse(
-                    Code::ResourceExhausted,
-                    "MEMBER_DAILY_CAP_REACHED",
-                    format!(
-                        "the member may convert {cap} points a day under this agreement; \
-                         {used} are used today, so {} more is too many",
-                        quote.source_points
-                    ),
-                ));
+                return Err(ExchangeError::MemberDailyCapReached {
+                    cap,
+                    used,
+                    points: quote.source_points,
+                });
             }
         }
         if let Some(cap) = quote.agreement_monthly_cap_points {
             let used = Self::used_points(connection, &quote.agreement_id, None, month)
                 .await
-                .map_err(database_error)?;
+                .map_err(ExchangeError::from)?;
             if used + quote.source_points > cap {
-                return Err(refuse(
-                    Code::ResourceExhausted,
-                    "AGREEMENT_MONTHLY_CAP_REACHED",
-                    format!(
-                        "the agreement allows {cap} points a month; {used} are used this month, \
-                         so {} more is too many",
-                        quote.source_points
-                    ),
-                ));
+                return Err(ExchangeError::AgreementMonthlyCapReached {
+                    cap,
+                    used,
+                    points: quote.source_points,
+                });
             }
         }
         Ok(())
@@ -362,15 +349,20 @@ impl Exchange {
         &self,
         caller: &Caller,
         request: pb::GetQuoteRequest,
-    ) -> Result<pb::Quote, Status> {
+    ) -> Result<pb::Quote, ExchangeError> {
         require_partner(caller, &request.partner_id)?;
         if request.link_id.is_empty() {
-            return Err(invalid("link_id", "is required"));
+            return Err(ExchangeError::invalid("link_id", "is required"));
         }
         let amount = match request.amount {
             Some(pb::get_quote_request::Amount::SourcePoints(points)) => Amount::Source(points),
             Some(pb::get_quote_request::Amount::TargetPoints(points)) => Amount::Target(points),
-            None => return Err(invalid("amount", "set source_points or target_points")),
+            None => {
+                return Err(ExchangeError::invalid(
+                    "amount",
+                    "set source_points or target_points",
+                ));
+            }
         };
         let parties = self.quote_parties(&request).await?;
         let now = now_micros();
@@ -381,7 +373,7 @@ impl Exchange {
                 .pool()
                 .acquire()
                 .await
-                .map_err(database_error)?;
+                .map_err(ExchangeError::from)?;
             Self::check_caps(connection.as_mut(), &quote, now).await?;
         }
         match self.recent_quotes.remember(&quote) {
@@ -393,14 +385,11 @@ impl Exchange {
 
     /// Who a quote is between and under which terms: the caller's ACTIVE link, both partners
     /// ACTIVE with a gateway, the ACTIVE agreement from the caller and its terms in force now.
-    async fn quote_parties(&self, request: &pb::GetQuoteRequest) -> Result<QuoteParties, Status> {
-        let link_not_found = || {
-            refuse(
-                Code::NotFound,
-                "LINK_NOT_FOUND",
-                format!("link {} not found", request.link_id),
-            )
-        };
+    async fn quote_parties(
+        &self,
+        request: &pb::GetQuoteRequest,
+    ) -> Result<QuoteParties, ExchangeError> {
+        let link_not_found = || ExchangeError::LinkNotFound(request.link_id.clone());
         // Checked before it joins a batch of look-ups, which one malformed id would fail.
         if !tandem_domain::is_server_id(&request.link_id) {
             return Err(link_not_found());
@@ -412,11 +401,7 @@ impl Exchange {
             return Err(link_not_found());
         };
         if link.status != pb::LinkStatus::Active as i32 {
-            return Err(refuse(
-                Code::FailedPrecondition,
-                "LINK_NOT_ACTIVE",
-                "the link has ended; the member must link again",
-            ));
+            return Err(ExchangeError::LinkNotActive);
         }
         let (source, target) = tokio::try_join!(
             self.peers.partner(&request.partner_id),
@@ -429,18 +414,10 @@ impl Exchange {
             .agreement(&source.partner_id, &target.partner_id)
             .await?
         else {
-            return Err(refuse(
-                Code::FailedPrecondition,
-                "NO_ACTIVE_AGREEMENT",
-                "there is no ACTIVE agreement from your program to the linked partner's",
-            ));
+            return Err(ExchangeError::NoActiveAgreement);
         };
         let Some(version) = terms_at(&agreement, now_micros()).cloned() else {
-            return Err(refuse(
-                Code::FailedPrecondition,
-                "NO_TERMS_IN_FORCE",
-                "no terms version of the agreement is in force now",
-            ));
+            return Err(ExchangeError::NoTermsInForce);
         };
         Ok(QuoteParties {
             link_id: link.link_id,
@@ -459,7 +436,7 @@ impl Exchange {
         parties: QuoteParties,
         amount: Amount,
         now: i64,
-    ) -> Result<QuoteRow, Status> {
+    ) -> Result<QuoteRow, ExchangeError> {
         let QuoteParties {
             link_id,
             source_member,
@@ -472,7 +449,7 @@ impl Exchange {
         let terms = version
             .terms
             .as_ref()
-            .ok_or_else(|| status::internal(&"terms version without terms"))?;
+            .ok_or_else(|| ExchangeError::internal("terms version without terms"))?;
         let conversion_terms = ConversionTerms {
             rate: decimal(&terms.conversion_rate, "conversion rate")?,
             minimum_source_points: terms.minimum_source_points,
@@ -534,7 +511,7 @@ impl Exchange {
             let quote_id = quote.quote_id.clone();
             let outcome = exchange.writers.quote(quote).await;
             if let Err(error) = &outcome {
-                tracing::warn!(quote = %quote_id, error = %error.message(), "a quote could not be stored");
+                tracing::warn!(quote = %quote_id, %error, "a quote could not be stored");
                 exchange.recent_quotes.forget(&quote_id);
             }
             let _ = stored.send(Some(outcome.is_ok()));
@@ -543,7 +520,7 @@ impl Exchange {
 
     /// A quote from the database, waiting for one priced moments ago by another process that
     /// may still be on its way there.
-    async fn load_landing_quote(&self, quote_id: &str) -> Result<Option<QuoteRow>, Status> {
+    async fn load_landing_quote(&self, quote_id: &str) -> Result<Option<QuoteRow>, ExchangeError> {
         let made_at_micros = uuid::Uuid::parse_str(quote_id)
             .ok()
             .and_then(|id| id.get_timestamp())
@@ -571,7 +548,7 @@ impl Exchange {
         &self,
         partner_id: &str,
         key: &str,
-    ) -> Result<Option<ConversionRow>, Status> {
+    ) -> Result<Option<ConversionRow>, ExchangeError> {
         self.fetch_conversion_by_key(partner_id, key).await
     }
 
@@ -579,7 +556,7 @@ impl Exchange {
         &self,
         partner_id: &str,
         key: &str,
-    ) -> Result<Option<ConversionRow>, Status> {
+    ) -> Result<Option<ConversionRow>, ExchangeError> {
         sqlx::query_as::<_, ConversionRow>(sqlx::AssertSqlSafe(format!(
             "SELECT {CONVERSION_COLUMNS} FROM conversions \
              WHERE source_partner_id = $1 AND idempotency_key = $2"
@@ -588,22 +565,17 @@ impl Exchange {
         .bind(key)
         .fetch_optional(self.database.pool())
         .await
-        .map_err(database_error)
+        .map_err(ExchangeError::from)
     }
 
-    fn replay(existing: &ConversionRow, quote_id: &str) -> Result<(), Status> {
+    fn replay(existing: &ConversionRow, quote_id: &str) -> Result<(), ExchangeError> {
         if existing.quote_id == quote_id {
             Ok(())
         } else {
-            Err(refuse(
-                Code::AlreadyExists,
-                "IDEMPOTENCY_KEY_REUSED",
-                format!(
-                    "idempotency key {:?} was used for another quote ({}); use a new key for a \
-                     new conversion",
-                    existing.idempotency_key, existing.quote_id
-                ),
-            ))
+            Err(ExchangeError::IdempotencyKeyReused {
+                key: existing.idempotency_key.clone(),
+                quote_id: existing.quote_id.clone(),
+            })
         }
     }
 
@@ -611,7 +583,7 @@ impl Exchange {
         &self,
         caller: &Caller,
         request: pb::ExecuteConversionRequest,
-    ) -> Result<(pb::Conversion, bool), Status> {
+    ) -> Result<(pb::Conversion, bool), ExchangeError> {
         require_partner(caller, &request.partner_id)?;
         let (quote, landing) = self.quote_to_execute(&request).await?;
         let viewer = Viewer::Partner(&request.partner_id);
@@ -648,11 +620,7 @@ impl Exchange {
             // was executed under another key.
             return match by_key().await? {
                 Some(existing) => replay(existing).await,
-                None => Err(refuse(
-                    Code::AlreadyExists,
-                    "QUOTE_ALREADY_EXECUTED",
-                    "the quote was already executed under another idempotency key",
-                )),
+                None => Err(ExchangeError::QuoteAlreadyExecuted),
             };
         }
         let row = self.drive_new(&new, &quote).await?;
@@ -664,7 +632,7 @@ impl Exchange {
     async fn quote_to_execute(
         &self,
         request: &pb::ExecuteConversionRequest,
-    ) -> Result<(QuoteRow, Option<tokio::sync::watch::Receiver<Option<bool>>>), Status> {
+    ) -> Result<(QuoteRow, Option<tokio::sync::watch::Receiver<Option<bool>>>), ExchangeError> {
         let mut violations = Vec::new();
         if request.quote_id.is_empty() {
             violations.push(("quote_id", "is required"));
@@ -674,7 +642,7 @@ impl Exchange {
             violations.push(("idempotency_key", error.as_str()));
         }
         if !violations.is_empty() {
-            return Err(status::invalid_argument(violations));
+            return Err(ExchangeError::violations(violations));
         }
         let (quote, landing) = match self.recent_quotes.take(&request.quote_id) {
             Some((quote, landing)) => (Some(quote), Some(landing)),
@@ -683,11 +651,7 @@ impl Exchange {
         match quote.filter(|quote| quote.source_partner_id == request.partner_id) {
             Some(quote) => Ok((quote, landing)),
             // A quote nobody priced for this partner was never executed by it either.
-            None => Err(refuse(
-                Code::NotFound,
-                "QUOTE_NOT_FOUND",
-                format!("quote {} not found", request.quote_id),
-            )),
+            None => Err(ExchangeError::QuoteNotFound(request.quote_id.clone())),
         }
     }
 
@@ -714,7 +678,7 @@ impl Exchange {
         &self,
         new: &NewConversion,
         quote: &QuoteRow,
-    ) -> Result<ConversionRow, Status> {
+    ) -> Result<ConversionRow, ExchangeError> {
         let mut row = ConversionRow::started(new, ConversionSaga::start());
         match self.drive_loaded(&row, quote, &new.lease_owner).await? {
             // What the drive recorded, without reading it back.
@@ -724,7 +688,7 @@ impl Exchange {
                 row = self
                     .load_conversion(&row.conversion_id)
                     .await?
-                    .ok_or_else(|| status::internal(&"conversion vanished"))?;
+                    .ok_or_else(|| ExchangeError::internal("conversion vanished"))?;
             }
         }
         Ok(row)
@@ -732,21 +696,13 @@ impl Exchange {
 
     /// Why a quote can no longer be executed, if it cannot: it expired, or the member unlinked
     /// since it was priced (consent is checked again).
-    async fn still_executable(&self, quote: &QuoteRow) -> Result<(), Status> {
+    async fn still_executable(&self, quote: &QuoteRow) -> Result<(), ExchangeError> {
         if quote.expires_at_micros <= now_micros() {
-            return Err(refuse(
-                Code::FailedPrecondition,
-                "QUOTE_EXPIRED",
-                "the quote has expired; ask for a new one",
-            ));
+            return Err(ExchangeError::QuoteExpired);
         }
         let link = self.peers.link(&quote.link_id).await?;
         if link.status != pb::LinkStatus::Active as i32 {
-            return Err(refuse(
-                Code::FailedPrecondition,
-                "LINK_NOT_ACTIVE",
-                "the link has ended since the quote; the member must link again",
-            ));
+            return Err(ExchangeError::LinkEndedSinceQuote);
         }
         Ok(())
     }
@@ -754,8 +710,16 @@ impl Exchange {
     /// Writes a conversion of a capped agreement: the caps are checked and taken in the same
     /// transaction, under the agreement's cap lock, so two conversions cannot both fit under the
     /// last of a cap. False when the key or the quote was already taken.
-    async fn insert_capped(&self, new: &NewConversion, quote: &QuoteRow) -> Result<bool, Status> {
-        let mut transaction = self.database.begin_write().await.map_err(database_error)?;
+    async fn insert_capped(
+        &self,
+        new: &NewConversion,
+        quote: &QuoteRow,
+    ) -> Result<bool, ExchangeError> {
+        let mut transaction = self
+            .database
+            .begin_write()
+            .await
+            .map_err(ExchangeError::from)?;
         self.lock_caps(&mut transaction, &quote.agreement_id)
             .await?;
         Self::check_caps(&mut transaction, quote, new.created_at_micros).await?;
@@ -783,9 +747,9 @@ impl Exchange {
         .bind(new.lease_until_micros)
         .execute(&mut *transaction)
         .await
-        .map_err(database_error)?
+        .map_err(ExchangeError::from)?
         .rows_affected();
-        transaction.commit().await.map_err(database_error)?;
+        transaction.commit().await.map_err(ExchangeError::from)?;
         Ok(inserted == 1)
     }
 
@@ -793,11 +757,11 @@ impl Exchange {
         &self,
         row: &ConversionRow,
         viewer: Viewer<'_>,
-    ) -> Result<pb::Conversion, Status> {
+    ) -> Result<pb::Conversion, ExchangeError> {
         let quote = self
             .load_quote(&row.quote_id)
             .await?
-            .ok_or_else(|| status::internal(&"conversion without its quote"))?;
+            .ok_or_else(|| ExchangeError::internal("conversion without its quote"))?;
         Ok(row.to_pb(&quote, viewer))
     }
 
@@ -809,7 +773,7 @@ impl Exchange {
         id: &str,
         quote: &QuoteRow,
         row: &ConversionRow,
-    ) -> Result<pb::PostTransactionRequest, Status> {
+    ) -> Result<pb::PostTransactionRequest, ExchangeError> {
         let mut legs = Vec::with_capacity(7);
         legs.extend(
             self.points_legs(
@@ -870,7 +834,7 @@ impl Exchange {
         scale: u32,
         points: i64,
         issued: bool,
-    ) -> Result<[pb::Leg; 2], Status> {
+    ) -> Result<[pb::Leg; 2], ExchangeError> {
         let partner_account = self
             .peers
             .account(&AccountName {
@@ -910,7 +874,7 @@ impl Exchange {
         scale: u32,
         settlement_minor: i64,
         fee_minor: i64,
-    ) -> Result<Vec<pb::Leg>, Status> {
+    ) -> Result<Vec<pb::Leg>, ExchangeError> {
         let mut legs = Vec::with_capacity(3);
         let total = settlement_minor + fee_minor;
         if total == 0 {
@@ -951,19 +915,11 @@ impl Exchange {
         &self,
         caller: &Caller,
         id: &str,
-    ) -> Result<pb::Conversion, Status> {
-        let not_found = || {
-            refuse(
-                Code::NotFound,
-                "CONVERSION_NOT_FOUND",
-                format!("conversion {id} not found"),
-            )
-        };
+    ) -> Result<pb::Conversion, ExchangeError> {
+        let not_found = || ExchangeError::ConversionNotFound(id.to_owned());
         let own = own_partner(caller);
         if own.is_none() && !is_staff(caller) {
-            return Err(refuse(
-                Code::PermissionDenied,
-                "PERMISSION_DENIED",
+            return Err(ExchangeError::PermissionDenied(
                 "conversions are read by ops and the partners involved",
             ));
         }
@@ -973,9 +929,7 @@ impl Exchange {
                 Viewer::Partner(own)
             }
             Some(_) => {
-                return Err(refuse(
-                    Code::PermissionDenied,
-                    "PERMISSION_DENIED",
+                return Err(ExchangeError::PermissionDenied(
                     "a partner reads only the conversions it takes part in",
                 ));
             }
@@ -988,22 +942,18 @@ impl Exchange {
         &self,
         caller: &Caller,
         request: pb::ListConversionsRequest,
-    ) -> Result<pb::ListConversionsResponse, Status> {
+    ) -> Result<pb::ListConversionsResponse, ExchangeError> {
         let own = own_partner(caller);
         let viewer = match &own {
             _ if is_staff(caller) => Viewer::Staff,
             Some(own) if request.partner_id == *own => Viewer::Partner(own),
             Some(_) => {
-                return Err(refuse(
-                    Code::PermissionDenied,
-                    "PERMISSION_DENIED",
+                return Err(ExchangeError::PermissionDenied(
                     "a partner lists only its own conversions: partner_id must be your own",
                 ));
             }
             None => {
-                return Err(refuse(
-                    Code::PermissionDenied,
-                    "PERMISSION_DENIED",
+                return Err(ExchangeError::PermissionDenied(
                     "conversions are listed by ops and the partners involved",
                 ));
             }
@@ -1016,7 +966,7 @@ impl Exchange {
         for row in &rows {
             let quote = quotes
                 .get(&row.quote_id)
-                .ok_or_else(|| status::internal(&"conversion without its quote"))?;
+                .ok_or_else(|| ExchangeError::internal("conversion without its quote"))?;
             conversions.push(row.to_pb(quote, viewer));
         }
         Ok(pb::ListConversionsResponse {
@@ -1029,22 +979,14 @@ impl Exchange {
         &self,
         caller: &Caller,
         request: pb::ReverseConversionRequest,
-    ) -> Result<pb::Conversion, Status> {
+    ) -> Result<pb::Conversion, ExchangeError> {
         if let Err(error) = tandem_domain::Reason::parse(&request.reason) {
-            return Err(invalid("reason", error));
+            return Err(ExchangeError::invalid("reason", error));
         }
-        let not_found = || {
-            refuse(
-                Code::NotFound,
-                "CONVERSION_NOT_FOUND",
-                format!("conversion {} not found", request.conversion_id),
-            )
-        };
+        let not_found = || ExchangeError::ConversionNotFound(request.conversion_id.clone());
         let own = own_partner(caller);
         let only_source = || {
-            refuse(
-                Code::PermissionDenied,
-                "PERMISSION_DENIED",
+            ExchangeError::PermissionDenied(
                 "only the source partner (or ops) may reverse a conversion",
             )
         };
@@ -1063,7 +1005,7 @@ impl Exchange {
         let quote = self
             .load_quote(&row.quote_id)
             .await?
-            .ok_or_else(|| status::internal(&"conversion without its quote"))?;
+            .ok_or_else(|| ExchangeError::internal("conversion without its quote"))?;
         let saga = row.saga()?;
         if matches!(
             saga.status,
@@ -1085,11 +1027,7 @@ impl Exchange {
             .await?
             .ok_or_else(not_found)?;
         if row.saga()?.status == ConversionStatus::Completed && !row.failure_reason.is_empty() {
-            return Err(refuse(
-                Code::FailedPrecondition,
-                "REVERSAL_REFUSED",
-                row.failure_reason.clone(),
-            ));
+            return Err(ExchangeError::ReversalRefused(row.failure_reason.clone()));
         }
         Ok(row.to_pb(&quote, viewer))
     }
@@ -1100,48 +1038,25 @@ impl Exchange {
         row: &ConversionRow,
         saga: &ConversionSaga,
         quote: &QuoteRow,
-    ) -> Result<(), Status> {
+    ) -> Result<(), ExchangeError> {
         match saga.status {
             ConversionStatus::Reversing | ConversionStatus::Reversed => {}
             ConversionStatus::Completed if !saga.failure_reason.is_empty() => {
-                return Err(refuse(
-                    Code::FailedPrecondition,
-                    "REVERSAL_REFUSED",
-                    saga.failure_reason.clone(),
-                ));
+                return Err(ExchangeError::ReversalRefused(saga.failure_reason.clone()));
             }
             ConversionStatus::Completed => {}
             ConversionStatus::Pending | ConversionStatus::Failed => {
-                return Err(refuse(
-                    Code::FailedPrecondition,
-                    "CONVERSION_NOT_COMPLETED",
-                    format!(
-                        "only a COMPLETED conversion can be reversed; this one is {}",
-                        saga.status
-                    ),
-                ));
+                return Err(ExchangeError::ConversionNotCompleted(saga.status.as_str()));
             }
         }
         if quote.reversal_hours == 0 {
-            return Err(refuse(
-                Code::FailedPrecondition,
-                "REVERSAL_NOT_ALLOWED",
-                "the agreement's terms allow no reversal of conversions",
-            ));
+            return Err(ExchangeError::ReversalNotAllowed);
         }
         let now = now_micros();
         let deadline = row.finished_at_micros.unwrap_or(row.created_at_micros)
             + quote.reversal_hours * 3_600_000_000;
         if now > deadline {
-            return Err(refuse(
-                Code::FailedPrecondition,
-                "REVERSAL_WINDOW_CLOSED",
-                format!(
-                    "conversions may be reversed for {} hours after they complete; that window \
-                     has closed",
-                    quote.reversal_hours
-                ),
-            ));
+            return Err(ExchangeError::ReversalWindowClosed(quote.reversal_hours));
         }
         Ok(())
     }
@@ -1156,7 +1071,7 @@ impl Exchange {
         reason: &str,
         owner: &str,
         now: i64,
-    ) -> Result<bool, Status> {
+    ) -> Result<bool, ExchangeError> {
         let reversing = saga.start_reversal();
         let started = sqlx::query(
             "UPDATE conversions SET status = $1, step = $2, \
@@ -1175,7 +1090,7 @@ impl Exchange {
         .bind(ConversionStatus::Completed.as_str())
         .execute(self.database.pool())
         .await
-        .map_err(database_error)?
+        .map_err(ExchangeError::from)?
         .rows_affected();
         Ok(started == 1)
     }

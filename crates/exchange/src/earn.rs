@@ -18,16 +18,16 @@ use chrono::Datelike;
 use rust_decimal::Decimal;
 use tandem_auth::Caller;
 use tandem_domain::{Currency, ExternalId, MemberId, Text, from_unix_micros, to_unix_micros};
-use tandem_proto::{status, time::datetime, v1 as pb};
+use tandem_proto::{time::datetime, v1 as pb};
 use tandem_storage::{Backend, ColumnType, JsonRows};
-use tonic::{Code, Status};
+use tonic::Code;
 
 use crate::{
-    Exchange,
+    Exchange, ExchangeError,
     conversions::{currency_scale, decimal, require_active, sides},
-    database_error, invalid, is_staff, new_id, now_micros, own_partner,
+    is_staff, new_id, now_micros, own_partner,
     peers::terms_at,
-    pricing, refuse, require_partner,
+    pricing, require_partner,
     rows::{ACTIVITY_COLUMNS, ActivityRow, EARNING_COLUMNS, EarningRow},
     saga::{SagaTable, earning::EarningSaga},
     writes::{EarningProgress, SagaProgress},
@@ -56,7 +56,7 @@ pub(crate) struct Recorded {
 }
 
 /// A recorded report, or why it was refused.
-type RecordOutcome = Result<Recorded, Status>;
+type RecordOutcome = Result<Recorded, ExchangeError>;
 
 /// A checked activity report.
 #[derive(Debug, Clone)]
@@ -72,7 +72,7 @@ pub(crate) struct Report {
 }
 
 impl Report {
-    pub fn parse(request: pb::RecordActivityRequest) -> Result<Self, Status> {
+    pub fn parse(request: pb::RecordActivityRequest) -> Result<Self, ExchangeError> {
         let mut violations: Vec<(&str, String)> = Vec::new();
         // The same rules as every service's: linking refuses the member ids this would let by.
         if let Err(error) = ExternalId::parse(&request.external_id) {
@@ -135,11 +135,7 @@ impl Report {
                     at_micros,
                 })
             }
-            _ => Err(status::invalid_argument(
-                violations
-                    .iter()
-                    .map(|(field, message)| (*field, message.as_str())),
-            )),
+            _ => Err(ExchangeError::violations(violations)),
         }
     }
 
@@ -187,7 +183,11 @@ pub(crate) struct Lookups {
 
 impl Lookups {
     /// Looks up, in one call per partner, the links of every member of `reports` not yet known.
-    async fn fill(&mut self, peers: &crate::Peers, reports: &[&Report]) -> Result<(), Status> {
+    async fn fill(
+        &mut self,
+        peers: &crate::Peers,
+        reports: &[&Report],
+    ) -> Result<(), ExchangeError> {
         let mut missing: HashMap<&str, Vec<String>> = HashMap::new();
         for report in reports {
             let key = (report.partner_id.clone(), report.member_id.clone());
@@ -228,7 +228,7 @@ impl Exchange {
         lookups: &Lookups,
         report: &Report,
         activity_id: &str,
-    ) -> Result<Vec<Plan>, Status> {
+    ) -> Result<Vec<Plan>, ExchangeError> {
         let no_links = Vec::new();
         let links = lookups
             .links
@@ -250,7 +250,7 @@ impl Exchange {
         report: &Report,
         activity_id: &str,
         link: &pb::Link,
-    ) -> Result<Option<Plan>, Status> {
+    ) -> Result<Option<Plan>, ExchangeError> {
         let Some((_, target_partner_id, target_member_id)) = sides(link, &report.partner_id) else {
             return Ok(None);
         };
@@ -290,7 +290,7 @@ impl Exchange {
         };
         let target = self.peers.partner(&target_partner_id).await?;
         if let Err(refusal) = require_active(&target) {
-            return Ok(Some(nothing(refusal.message().to_owned())));
+            return Ok(Some(nothing(refusal.to_string())));
         }
         let site = EarnSite {
             link,
@@ -310,7 +310,7 @@ impl Exchange {
         report: &Report,
         activity_id: &str,
         site: EarnSite<'_>,
-    ) -> Result<Plan, Status> {
+    ) -> Result<Plan, ExchangeError> {
         let EarnSite {
             link,
             target,
@@ -383,7 +383,7 @@ impl Exchange {
     fn multiplier_and_note(
         report: &Report,
         rules: &pb::EarnRules,
-    ) -> Result<(Decimal, String), Status> {
+    ) -> Result<(Decimal, String), ExchangeError> {
         let tier = rules
             .tier_multipliers
             .iter()
@@ -468,7 +468,7 @@ impl Exchange {
 
     /// Applies the annual cap (against the spend `used` so far, which it adds to) and prices the
     /// earning.
-    fn finish_plan(plan: &mut Plan, used: &mut SpendUsed) -> Result<(), Status> {
+    fn finish_plan(plan: &mut Plan, used: &mut SpendUsed) -> Result<(), ExchangeError> {
         if plan.row.status == "NOT_EARNED" {
             return Ok(());
         }
@@ -513,7 +513,7 @@ impl Exchange {
     /// Refuses a plan that could not be priced even before any of its annual cap is used: the
     /// most it could earn on. Less spend can only price lower, so a plan that passes here is
     /// priced when the group is written, whatever spend the cap leaves it.
-    fn check_plan(plan: &Plan) -> Result<(), Status> {
+    fn check_plan(plan: &Plan) -> Result<(), ExchangeError> {
         if plan.row.status == "NOT_EARNED" {
             return Ok(());
         }
@@ -529,8 +529,8 @@ impl Exchange {
     fn price_plan(
         plan: &Plan,
         eligible_spend_minor: i64,
-    ) -> Result<Option<(i64, i64, i64)>, Status> {
-        let too_large = || invalid("spend_amount_minor", "is too large to earn on");
+    ) -> Result<Option<(i64, i64, i64)>, ExchangeError> {
+        let too_large = || ExchangeError::invalid("spend_amount_minor", "is too large to earn on");
         let points = pricing::earned_points(
             plan.points_per_spend_unit,
             eligible_spend_minor,
@@ -560,7 +560,7 @@ impl Exchange {
         &self,
         transaction: &mut sqlx::AnyConnection,
         plans: &[&Plan],
-    ) -> Result<SpendUsed, Status> {
+    ) -> Result<SpendUsed, ExchangeError> {
         let mut capped: Vec<(&str, &str, i64)> = plans
             .iter()
             .filter(|plan| plan.annual_cap.is_some() && plan.row.status != "NOT_EARNED")
@@ -591,7 +591,7 @@ impl Exchange {
             .bind(year)
             .fetch_one(&mut *transaction)
             .await
-            .map_err(database_error)?;
+            .map_err(ExchangeError::from)?;
             used.insert(
                 (agreement.to_owned(), member.to_owned(), year),
                 spent.unwrap_or(0),
@@ -604,7 +604,7 @@ impl Exchange {
         &self,
         partner_id: &str,
         external_id: &str,
-    ) -> Result<Option<ActivityRow>, Status> {
+    ) -> Result<Option<ActivityRow>, ExchangeError> {
         sqlx::query_as::<_, ActivityRow>(sqlx::AssertSqlSafe(format!(
             "SELECT {ACTIVITY_COLUMNS} FROM activities WHERE partner_id = $1 AND external_id = $2"
         )))
@@ -612,35 +612,28 @@ impl Exchange {
         .bind(external_id)
         .fetch_optional(self.database.pool())
         .await
-        .map_err(database_error)
+        .map_err(ExchangeError::from)
     }
 
-    async fn earnings_of(&self, activity_id: &str) -> Result<Vec<EarningRow>, Status> {
+    async fn earnings_of(&self, activity_id: &str) -> Result<Vec<EarningRow>, ExchangeError> {
         sqlx::query_as::<_, EarningRow>(sqlx::AssertSqlSafe(format!(
             "SELECT {EARNING_COLUMNS} FROM earnings WHERE activity_id = $1 ORDER BY earning_id"
         )))
         .bind(activity_id)
         .fetch_all(self.database.pool())
         .await
-        .map_err(database_error)
+        .map_err(ExchangeError::from)
     }
 
-    async fn activity_pb(&self, row: &ActivityRow) -> Result<pb::Activity, Status> {
+    async fn activity_pb(&self, row: &ActivityRow) -> Result<pb::Activity, ExchangeError> {
         Ok(row.to_pb(&self.earnings_of(&row.activity_id).await?))
     }
 
-    fn check_replay(report: &Report, existing: &ActivityRow) -> Result<(), Status> {
+    fn check_replay(report: &Report, existing: &ActivityRow) -> Result<(), ExchangeError> {
         if report.same_as(existing) {
             Ok(())
         } else {
-            Err(refuse(
-                Code::AlreadyExists,
-                "EXTERNAL_ID_REUSED",
-                format!(
-                    "external id {:?} was reported before with different content",
-                    report.external_id
-                ),
-            ))
+            Err(ExchangeError::ExternalIdReused(report.external_id.clone()))
         }
     }
 
@@ -648,7 +641,7 @@ impl Exchange {
         &self,
         caller: &Caller,
         request: pb::RecordActivityRequest,
-    ) -> Result<(pb::Activity, bool), Status> {
+    ) -> Result<(pb::Activity, bool), ExchangeError> {
         require_partner(caller, &request.partner_id)?;
         let report = Report::parse(request)?;
         let mut lookups = Lookups::default();
@@ -656,7 +649,7 @@ impl Exchange {
             .record_group(&mut lookups, std::slice::from_ref(&report))
             .await?
             .pop()
-            .ok_or_else(|| status::internal(&"report not handled"))??;
+            .ok_or_else(|| ExchangeError::internal("report not handled"))??;
         let replayed = recorded.replayed;
         if let Some((owner, earnings)) = recorded.new_earnings {
             self.drive_earnings(earnings, &owner).await?;
@@ -664,7 +657,7 @@ impl Exchange {
         let row = self
             .activity_by_external_id(&report.partner_id, &report.external_id)
             .await?
-            .ok_or_else(|| status::internal(&"activity vanished"))?;
+            .ok_or_else(|| ExchangeError::internal("activity vanished"))?;
         Ok((self.activity_pb(&row).await?, replayed))
     }
 
@@ -674,7 +667,7 @@ impl Exchange {
     async fn inactive_reporters(
         &self,
         reports: &[Report],
-    ) -> Result<HashMap<String, Status>, Status> {
+    ) -> Result<HashMap<String, ExchangeError>, ExchangeError> {
         let mut partners: Vec<&str> = reports
             .iter()
             .map(|report| report.partner_id.as_str())
@@ -687,11 +680,7 @@ impl Exchange {
             if partner.status != pb::PartnerStatus::Active as i32 {
                 inactive.insert(
                     partner_id.to_owned(),
-                    refuse(
-                        Code::FailedPrecondition,
-                        "PARTNER_NOT_ACTIVE",
-                        format!("partner {partner_id} is not ACTIVE, so it reports no activities"),
-                    ),
+                    ExchangeError::ReporterNotActive(partner_id.to_owned()),
                 );
             }
         }
@@ -705,7 +694,7 @@ impl Exchange {
         &self,
         lookups: &mut Lookups,
         reports: &[Report],
-    ) -> Result<Vec<RecordOutcome>, Status> {
+    ) -> Result<Vec<RecordOutcome>, ExchangeError> {
         let mut outcomes: Vec<Option<RecordOutcome>> = (0..reports.len()).map(|_| None).collect();
         // Every report is planned as new; one whose external id is already recorded finds it
         // taken when its activity is inserted, and is answered as a replay then. Replays are
@@ -725,7 +714,7 @@ impl Exchange {
             let activity_id = new_id();
             let plans = match self.plan(lookups, &reports[index], &activity_id).await {
                 Ok(plans) => plans,
-                Err(status) if status.code() == Code::Unavailable => return Err(status),
+                Err(error) if error.code() == Code::Unavailable => return Err(error),
                 Err(status) => {
                     outcomes[index] = Some(Err(status));
                     continue;
@@ -751,7 +740,7 @@ impl Exchange {
             let existing = self
                 .activity_by_external_id(&report.partner_id, &report.external_id)
                 .await?
-                .ok_or_else(|| status::internal(&"activity vanished"))?;
+                .ok_or_else(|| ExchangeError::internal("activity vanished"))?;
             outcomes[index] = Some(Self::check_replay(report, &existing).map(|()| Recorded {
                 activity_id: existing.activity_id,
                 replayed: true,
@@ -760,7 +749,9 @@ impl Exchange {
         }
         Ok(outcomes
             .into_iter()
-            .map(|outcome| outcome.unwrap_or_else(|| Err(status::internal(&"report not handled"))))
+            .map(|outcome| {
+                outcome.unwrap_or_else(|| Err(ExchangeError::internal("report not handled")))
+            })
             .collect())
     }
 
@@ -772,11 +763,15 @@ impl Exchange {
         reports: &[Report],
         planned: &mut [(usize, String, Vec<Plan>)],
         outcomes: &mut [Option<RecordOutcome>],
-    ) -> Result<Vec<usize>, Status> {
+    ) -> Result<Vec<usize>, ExchangeError> {
         let owner = new_id();
         let now = now_micros();
         let lease_until = self.lease_until();
-        let mut transaction = self.database.begin_write().await.map_err(database_error)?;
+        let mut transaction = self
+            .database
+            .begin_write()
+            .await
+            .map_err(ExchangeError::from)?;
         let all_plans: Vec<&Plan> = planned
             .iter()
             .flat_map(|(_, _, plans)| plans.iter())
@@ -789,7 +784,7 @@ impl Exchange {
         let backend = self.database.backend();
         let inserted = insert_activities(&mut transaction, backend, &activities, now)
             .await
-            .map_err(database_error)?;
+            .map_err(ExchangeError::from)?;
         let landed = |activity_id: &str| inserted.contains(activity_id);
         let mut collided = Vec::new();
         for (index, activity_id, plans) in planned.iter_mut() {
@@ -815,8 +810,8 @@ impl Exchange {
             lease_until,
         )
         .await
-        .map_err(database_error)?;
-        transaction.commit().await.map_err(database_error)?;
+        .map_err(ExchangeError::from)?;
+        transaction.commit().await.map_err(ExchangeError::from)?;
         // Committed: each landed report's earnings move to its outcome, to be driven.
         for (index, activity_id, plans) in planned.iter_mut() {
             if !landed(activity_id) {
@@ -835,7 +830,11 @@ impl Exchange {
     }
 
     /// Drives every unfinished earning `owner` leases, side by side.
-    async fn drive_earnings(&self, earnings: Vec<EarningRow>, owner: &str) -> Result<(), Status> {
+    async fn drive_earnings(
+        &self,
+        earnings: Vec<EarningRow>,
+        owner: &str,
+    ) -> Result<(), ExchangeError> {
         let drives = earnings
             .into_iter()
             .filter(|earning| earning.step != "DONE")
@@ -846,17 +845,17 @@ impl Exchange {
         Ok(())
     }
 
-    async fn load_earning(&self, id: &str) -> Result<Option<EarningRow>, Status> {
+    async fn load_earning(&self, id: &str) -> Result<Option<EarningRow>, ExchangeError> {
         sqlx::query_as::<_, EarningRow>(sqlx::AssertSqlSafe(format!(
             "SELECT {EARNING_COLUMNS} FROM earnings WHERE earning_id = $1"
         )))
         .bind(id)
         .fetch_optional(self.database.pool())
         .await
-        .map_err(database_error)
+        .map_err(ExchangeError::from)
     }
 
-    pub(crate) async fn resume_earning(&self, id: &str) -> Result<(), Status> {
+    pub(crate) async fn resume_earning(&self, id: &str) -> Result<(), ExchangeError> {
         if let Some(owner) = self.claim(SagaTable::Earnings, id).await?
             && let Some(earning) = self.load_earning(id).await?
         {
@@ -873,7 +872,7 @@ impl Exchange {
         owner: &str,
         wait: Option<std::time::Duration>,
         next_at: Option<i64>,
-    ) -> Result<bool, Status> {
+    ) -> Result<bool, ExchangeError> {
         let now = now_micros();
         let (next_attempt, lease_until) = match (wait, next_at) {
             (_, Some(at)) => (at, 0),
@@ -903,7 +902,7 @@ impl Exchange {
         key: String,
         kind: pb::TransactionKind,
         timeout_seconds: i64,
-    ) -> Result<pb::PostTransactionRequest, Status> {
+    ) -> Result<pb::PostTransactionRequest, ExchangeError> {
         let mut legs = Vec::with_capacity(5);
         legs.extend(
             self.points_legs(
@@ -946,11 +945,13 @@ impl Exchange {
         })
     }
 
-    pub async fn get_activity(&self, caller: &Caller, id: &str) -> Result<pb::Activity, Status> {
+    pub async fn get_activity(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<pb::Activity, ExchangeError> {
         let denied = || {
-            refuse(
-                Code::PermissionDenied,
-                "PERMISSION_DENIED",
+            ExchangeError::PermissionDenied(
                 "activities are read by ops, the reporting partner and the partners where they \
                  earned",
             )
@@ -959,13 +960,7 @@ impl Exchange {
         if own.is_none() && !is_staff(caller) {
             return Err(denied());
         }
-        let not_found = || {
-            refuse(
-                Code::NotFound,
-                "ACTIVITY_NOT_FOUND",
-                format!("activity {id} not found"),
-            )
-        };
+        let not_found = || ExchangeError::ActivityNotFound(id.to_owned());
         // An id Tandem never made names no activity, and never reaches the database.
         if !tandem_domain::is_server_id(id) {
             return Err(not_found());
@@ -976,7 +971,7 @@ impl Exchange {
         .bind(id)
         .fetch_optional(self.database.pool())
         .await
-        .map_err(database_error)?
+        .map_err(ExchangeError::from)?
         .ok_or_else(not_found)?;
         let earnings = self.earnings_of(&row.activity_id).await?;
         match own {
@@ -1002,7 +997,7 @@ impl Exchange {
         &self,
         caller: &Caller,
         request: pb::ReverseActivityRequest,
-    ) -> Result<pb::Activity, Status> {
+    ) -> Result<pb::Activity, ExchangeError> {
         require_partner(caller, &request.partner_id)?;
         let mut violations = Vec::new();
         if let Err(error) = ExternalId::parse(&request.external_id) {
@@ -1012,22 +1007,12 @@ impl Exchange {
             violations.push(("reason", error));
         }
         if !violations.is_empty() {
-            return Err(status::invalid_argument(
-                violations
-                    .iter()
-                    .map(|(field, message)| (*field, message.as_str())),
-            ));
+            return Err(ExchangeError::violations(violations));
         }
         let row = self
             .activity_by_external_id(&request.partner_id, &request.external_id)
             .await?
-            .ok_or_else(|| {
-                refuse(
-                    Code::NotFound,
-                    "ACTIVITY_NOT_FOUND",
-                    format!("no activity with external id {:?}", request.external_id),
-                )
-            })?;
+            .ok_or_else(|| ExchangeError::ExternalIdNotFound(request.external_id.clone()))?;
         if row.status == "RECORDED" {
             self.record_refund(&row.activity_id, &request.reason)
                 .await?;
@@ -1041,15 +1026,19 @@ impl Exchange {
         let row = self
             .activity_by_external_id(&request.partner_id, &request.external_id)
             .await?
-            .ok_or_else(|| status::internal(&"activity vanished"))?;
+            .ok_or_else(|| ExchangeError::internal("activity vanished"))?;
         self.activity_pb(&row).await
     }
 
     /// Marks an activity refunded and sends its earnings back to their sagas, in one write
     /// transaction: posted earnings are to be clawed back, the rest notice the flag.
-    async fn record_refund(&self, activity_id: &str, reason: &str) -> Result<(), Status> {
+    async fn record_refund(&self, activity_id: &str, reason: &str) -> Result<(), ExchangeError> {
         let now = now_micros();
-        let mut transaction = self.database.begin_write().await.map_err(database_error)?;
+        let mut transaction = self
+            .database
+            .begin_write()
+            .await
+            .map_err(ExchangeError::from)?;
         sqlx::query(
             "UPDATE activities SET status = 'REVERSED', reverse_reason = $1 \
              WHERE activity_id = $2 AND status = 'RECORDED'",
@@ -1058,7 +1047,7 @@ impl Exchange {
         .bind(activity_id)
         .execute(&mut *transaction)
         .await
-        .map_err(database_error)?;
+        .map_err(ExchangeError::from)?;
         // Posted earnings re-enter the saga to be clawed back; the rest notice the flag.
         sqlx::query(
             "UPDATE earnings SET refund_requested = 1, \
@@ -1070,7 +1059,7 @@ impl Exchange {
         .bind(activity_id)
         .execute(&mut *transaction)
         .await
-        .map_err(database_error)?;
+        .map_err(ExchangeError::from)?;
         // A posted earning just sent back to its saga is due again, and one still in its
         // saga is due now.
         sqlx::query(
@@ -1083,8 +1072,8 @@ impl Exchange {
         .bind(activity_id)
         .execute(&mut *transaction)
         .await
-        .map_err(database_error)?;
-        transaction.commit().await.map_err(database_error)?;
+        .map_err(ExchangeError::from)?;
+        transaction.commit().await.map_err(ExchangeError::from)?;
         Ok(())
     }
 
@@ -1094,7 +1083,7 @@ impl Exchange {
         &self,
         caller: &Caller,
         requests: Vec<pb::RecordActivityRequest>,
-    ) -> Result<pb::RecordActivitiesResponse, Status> {
+    ) -> Result<pb::RecordActivitiesResponse, ExchangeError> {
         let mut lookups = Lookups::default();
         let mut results = Vec::with_capacity(requests.len());
         for group in requests.chunks(GROUP_SIZE) {
@@ -1121,7 +1110,7 @@ impl Exchange {
         caller: &Caller,
         lookups: &mut Lookups,
         group: &[pb::RecordActivityRequest],
-    ) -> Result<Vec<pb::ActivityResult>, Status> {
+    ) -> Result<Vec<pb::ActivityResult>, ExchangeError> {
         let mut results = Vec::with_capacity(group.len());
         let mut reports = Vec::with_capacity(group.len());
         let mut positions = Vec::with_capacity(group.len());
@@ -1179,7 +1168,8 @@ impl Exchange {
     }
 }
 
-fn refused_result(external_id: &str, status: &Status) -> pb::ActivityResult {
+fn refused_result(external_id: &str, error: &ExchangeError) -> pb::ActivityResult {
+    let status = tonic::Status::from(error.clone());
     pb::ActivityResult {
         external_id: external_id.to_owned(),
         code: status.code() as i32,

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use futures::StreamExt;
 use tandem_auth::{Authenticator, Caller};
 use tandem_proto::v1::{self as pb, exchange_service_server::ExchangeService};
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status, Streaming};
 
-use crate::{Exchange, refuse};
+use crate::{Exchange, ExchangeError};
 
 /// Most records one RecordActivities stream may carry: the answer lists one result per record,
 /// and must stay well under a client's default 4 MiB message limit.
@@ -123,25 +123,17 @@ impl ExchangeService for ExchangeGrpc {
         let caller = self.caller(&request).await?;
         // Refused at the call, before a message is read: only a partner reports activities.
         if caller.role() != tandem_auth::Role::Partner {
-            return Err(refuse(
-                Code::PermissionDenied,
-                "PERMISSION_DENIED",
+            return Err(ExchangeError::PermissionDenied(
                 "only a partner reports its members' activities",
-            ));
+            )
+            .into());
         }
         let mut stream = request.into_inner();
         let mut activities = Vec::new();
         while let Some(message) = stream.next().await {
             let message = message?;
             if activities.len() == MAX_STREAMED_ACTIVITIES {
-                return Err(refuse(
-                    Code::ResourceExhausted,
-                    "TOO_MANY_ACTIVITIES",
-                    format!(
-                        "a stream carries at most {MAX_STREAMED_ACTIVITIES} activities; nothing \
-                         was recorded; send them in several streams"
-                    ),
-                ));
+                return Err(ExchangeError::TooManyActivities(MAX_STREAMED_ACTIVITIES).into());
             }
             activities.push(message.activity.unwrap_or_default());
         }

@@ -10,6 +10,7 @@
 mod batch;
 mod conversions;
 mod earn;
+mod error;
 mod failpoint;
 mod grpc;
 mod peers;
@@ -23,10 +24,9 @@ mod writes;
 use std::time::Duration;
 
 use tandem_auth::{Caller, Role};
-use tandem_proto::status;
 use tandem_storage::Database;
-use tonic::{Code, Status};
 
+pub use error::ExchangeError;
 pub use grpc::ExchangeGrpc;
 pub use peers::Peers;
 pub use worker::run_recovery;
@@ -121,46 +121,14 @@ pub async fn prepare_database(database: &Database) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// A status with a stable reason.
-pub(crate) fn refuse(code: Code, reason: &str, message: impl Into<String>) -> Status {
-    status::with_reason(code, reason, message)
-}
-
-pub(crate) fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
-    status::invalid_argument([(field, message.to_string().as_str())])
-}
-
-pub(crate) fn database_error(error: sqlx::Error) -> Status {
-    if tandem_storage::is_pool_exhausted(&error) {
-        tracing::warn!("no database connection came free in time");
-        return refuse(
-            Code::Unavailable,
-            "DATABASE_BUSY",
-            "the exchange's database is busy; retry shortly",
-        );
-    }
-    if tandem_storage::is_retryable_conflict(&error) {
-        return refuse(
-            Code::Aborted,
-            "CONFLICT",
-            "the request conflicted with another; retry it",
-        );
-    }
-    status::internal(&error)
-}
-
 /// The caller's own partner id, when it is a partner acting for `partner_id`.
-pub(crate) fn require_partner(caller: &Caller, partner_id: &str) -> Result<(), Status> {
+pub(crate) fn require_partner(caller: &Caller, partner_id: &str) -> Result<(), ExchangeError> {
     match caller.partner_id() {
         Some(own) if caller.role() == Role::Partner && own.to_string() == partner_id => Ok(()),
-        _ if caller.role() == Role::Partner => Err(refuse(
-            Code::PermissionDenied,
-            "PERMISSION_DENIED",
+        _ if caller.role() == Role::Partner => Err(ExchangeError::PermissionDenied(
             "a partner may act only for itself: partner_id must be your own",
         )),
-        _ => Err(refuse(
-            Code::PermissionDenied,
-            "PERMISSION_DENIED",
+        _ => Err(ExchangeError::PermissionDenied(
             "only the partner itself may do this",
         )),
     }

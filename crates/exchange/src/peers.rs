@@ -28,7 +28,7 @@ use tandem_proto::{
 };
 use tonic::{Code, Status, transport::Channel};
 
-use crate::batch::Batcher;
+use crate::{ExchangeError, batch::Batcher};
 
 /// How long the exchange waits for a partner's gateway before the outcome counts as unknown.
 const GATEWAY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -73,8 +73,8 @@ pub struct Peers {
     accounts: Arc<Mutex<HashMap<AccountName, String>>>,
     partners: Arc<Mutex<Lookups<String, Arc<pb::Partner>>>>,
     agreements: Arc<Mutex<AgreementLookups>>,
-    links: Batcher<String, Result<Option<pb::Link>, Status>>,
-    posts: Batcher<pb::PostTransactionRequest, Result<pb::Transaction, Status>>,
+    links: Batcher<String, Result<Option<pb::Link>, ExchangeError>>,
+    posts: Batcher<pb::PostTransactionRequest, Result<pb::Transaction, ExchangeError>>,
 }
 
 /// The ACTIVE agreement (or none) by source and target partner.
@@ -140,29 +140,28 @@ impl std::fmt::Debug for Peers {
 /// FAILED_PRECONDITION, OUT_OF_RANGE) stays the caller's refusal, with its reason, since asking
 /// again would be refused again; only a peer that could not answer (unreachable, overloaded,
 /// failing, or refusing the exchange's own credentials) is UNAVAILABLE, which callers may retry.
-fn peer_error(peer: &str, error: &Status) -> Status {
+fn peer_error(peer: &'static str, error: &Status) -> ExchangeError {
     match error.code() {
         Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition | Code::OutOfRange => {
             tracing::info!(peer, code = ?error.code(), message = error.message(), "peer refused the request");
             let reason = status::reason(error);
-            let reason = if reason.is_empty() {
-                "REQUEST_REFUSED".to_owned()
-            } else {
-                reason
-            };
-            status::with_reason(
-                error.code(),
-                &reason,
-                format!("the {peer} refused the request: {}", error.message()),
-            )
+            ExchangeError::PeerRefused {
+                peer,
+                code: error.code(),
+                reason: if reason.is_empty() {
+                    "REQUEST_REFUSED".to_owned()
+                } else {
+                    reason
+                },
+                message: error.message().to_owned(),
+            }
         }
         _ => {
             tracing::warn!(peer, code = ?error.code(), message = error.message(), "peer call failed");
-            status::with_reason(
-                Code::Unavailable,
-                "DEPENDENCY_UNAVAILABLE",
-                format!("the {peer} could not answer; try again"),
-            )
+            ExchangeError::PeerUnavailable {
+                peer,
+                cause: format!("{:?}: {}", error.code(), error.message()),
+            }
         }
     }
 }
@@ -188,15 +187,15 @@ impl Peers {
         }
     }
 
-    async fn authed<T>(&self, message: T) -> Result<tonic::Request<T>, Status> {
+    async fn authed<T>(&self, message: T) -> Result<tonic::Request<T>, ExchangeError> {
         self.token
             .authorize(message)
             .await
-            .map_err(|error| status::internal(&error))
+            .map_err(ExchangeError::internal)
     }
 
     /// A partner, or NOT_FOUND.
-    pub async fn partner(&self, partner_id: &str) -> Result<Arc<pb::Partner>, Status> {
+    pub async fn partner(&self, partner_id: &str) -> Result<Arc<pb::Partner>, ExchangeError> {
         if let Some(partner) = fresh(&self.partners, &partner_id.to_owned()) {
             return Ok(partner);
         }
@@ -208,7 +207,7 @@ impl Peers {
         Ok(partner)
     }
 
-    async fn fetch_partner(&self, partner_id: &str) -> Result<pb::Partner, Status> {
+    async fn fetch_partner(&self, partner_id: &str) -> Result<pb::Partner, ExchangeError> {
         let request = self
             .authed(pb::GetPartnerRequest {
                 partner_id: partner_id.to_owned(),
@@ -218,33 +217,24 @@ impl Peers {
             Ok(response) => response
                 .into_inner()
                 .partner
-                .ok_or_else(|| status::internal(&"registry answered without a partner")),
-            Err(error) if error.code() == Code::NotFound => Err(status::with_reason(
-                Code::NotFound,
-                "PARTNER_NOT_FOUND",
-                format!("partner {partner_id} not found"),
-            )),
+                .ok_or_else(|| ExchangeError::internal("registry answered without a partner")),
+            Err(error) if error.code() == Code::NotFound => {
+                Err(ExchangeError::PartnerNotFound(partner_id.to_owned()))
+            }
             Err(error) => Err(peer_error("partner registry", &error)),
         }
     }
 
     /// A link with both members, or NOT_FOUND. Checks that arrive together are asked together.
-    pub async fn link(&self, link_id: &str) -> Result<pb::Link, Status> {
-        let not_found = || {
-            status::with_reason(
-                Code::NotFound,
-                "LINK_NOT_FOUND",
-                format!("link {link_id} not found"),
-            )
-        };
+    pub async fn link(&self, link_id: &str) -> Result<pb::Link, ExchangeError> {
         match self.links.submit(link_id.to_owned()).await {
             Some(Ok(Some(link))) => Ok(link),
-            Some(Ok(None)) => Err(not_found()),
-            Some(Err(status)) => Err(status),
-            None => Err(peer_error(
-                "linking service",
-                &Status::unavailable("the link batcher stopped"),
-            )),
+            Some(Ok(None)) => Err(ExchangeError::LinkNotFound(link_id.to_owned())),
+            Some(Err(error)) => Err(error),
+            None => Err(ExchangeError::PeerUnavailable {
+                peer: "linking service",
+                cause: "the link batcher stopped".to_owned(),
+            }),
         }
     }
 
@@ -254,7 +244,7 @@ impl Peers {
         &self,
         partner_id: &str,
         members: &[String],
-    ) -> Result<HashMap<String, Vec<pb::Link>>, Status> {
+    ) -> Result<HashMap<String, Vec<pb::Link>>, ExchangeError> {
         let mut links: HashMap<String, Vec<pb::Link>> = HashMap::new();
         for chunk in members.chunks(LINKS_PER_CALL) {
             let mut page_token = String::new();
@@ -300,7 +290,7 @@ impl Peers {
         &self,
         source: &str,
         target: &str,
-    ) -> Result<Option<Arc<pb::Agreement>>, Status> {
+    ) -> Result<Option<Arc<pb::Agreement>>, ExchangeError> {
         let key = (source.to_owned(), target.to_owned());
         if let Some(agreement) = fresh(&self.agreements, &key) {
             return Ok(agreement);
@@ -317,7 +307,7 @@ impl Peers {
         &self,
         source: &str,
         target: &str,
-    ) -> Result<Option<pb::Agreement>, Status> {
+    ) -> Result<Option<pb::Agreement>, ExchangeError> {
         let mut page_token = String::new();
         loop {
             let request = self
@@ -437,7 +427,7 @@ impl Peers {
     }
 
     /// The id of an account, opening it on first use.
-    pub async fn account(&self, name: &AccountName) -> Result<String, Status> {
+    pub async fn account(&self, name: &AccountName) -> Result<String, ExchangeError> {
         if let Some(id) = self.accounts.lock().expect("account cache lock").get(name) {
             return Ok(id.clone());
         }
@@ -459,7 +449,7 @@ impl Peers {
             .map_err(|error| ledger_error(&error))?
             .into_inner()
             .account
-            .ok_or_else(|| status::internal(&"ledger answered without an account"))?;
+            .ok_or_else(|| ExchangeError::internal("ledger answered without an account"))?;
         self.accounts
             .lock()
             .expect("account cache lock")
@@ -472,11 +462,12 @@ impl Peers {
     pub async fn post(
         &self,
         request: pb::PostTransactionRequest,
-    ) -> Result<pb::Transaction, Status> {
+    ) -> Result<pb::Transaction, ExchangeError> {
         self.posts.submit(request).await.unwrap_or_else(|| {
-            Err(Status::unavailable(
-                "ledger: the batcher of posts stopped; the outcome is unknown",
-            ))
+            Err(ExchangeError::PeerUnavailable {
+                peer: "ledger",
+                cause: "the batcher of posts stopped".to_owned(),
+            })
         })
     }
 
@@ -486,7 +477,7 @@ impl Peers {
         key: String,
         pending_transaction_id: &str,
         resolution: pb::PendingResolution,
-    ) -> Result<pb::Transaction, Status> {
+    ) -> Result<pb::Transaction, ExchangeError> {
         let request = self
             .authed(pb::ResolvePendingRequest {
                 idempotency_key: key,
@@ -501,7 +492,7 @@ impl Peers {
             .map_err(|error| ledger_error(&error))?
             .into_inner()
             .transaction
-            .ok_or_else(|| status::internal(&"ledger answered without a transaction"))
+            .ok_or_else(|| ExchangeError::internal("ledger answered without a transaction"))
     }
 
     /// Reverses a posted transaction.
@@ -510,7 +501,7 @@ impl Peers {
         key: String,
         transaction_id: &str,
         reason: &str,
-    ) -> Result<pb::Transaction, Status> {
+    ) -> Result<pb::Transaction, ExchangeError> {
         let request = self
             .authed(pb::ReverseTransactionRequest {
                 idempotency_key: key,
@@ -525,7 +516,7 @@ impl Peers {
             .map_err(|error| ledger_error(&error))?
             .into_inner()
             .transaction
-            .ok_or_else(|| status::internal(&"ledger answered without a transaction"))
+            .ok_or_else(|| ExchangeError::internal("ledger answered without a transaction"))
     }
 }
 
@@ -533,7 +524,7 @@ impl Peers {
 fn link_batcher(
     linking: AccountLinkingServiceClient<ServiceChannel>,
     token: ServiceToken,
-) -> Batcher<String, Result<Option<pb::Link>, Status>> {
+) -> Batcher<String, Result<Option<pb::Link>, ExchangeError>> {
     Batcher::start(LINKS_PER_CALL, CALLS_IN_FLIGHT, move |ids: Vec<String>| {
         let (mut linking, token) = (linking.clone(), token.clone());
         async move {
@@ -548,7 +539,7 @@ fn link_batcher(
                     .batch_get_links(request)
                     .await
                     .map_err(|error| peer_error("linking service", &error)),
-                Err(error) => Err(status::internal(&error)),
+                Err(error) => Err(ExchangeError::internal(error)),
             };
             match answer {
                 Ok(response) => {
@@ -570,7 +561,7 @@ fn link_batcher(
 fn post_batcher(
     ledger: LedgerServiceClient<ServiceChannel>,
     token: ServiceToken,
-) -> Batcher<pb::PostTransactionRequest, Result<pb::Transaction, Status>> {
+) -> Batcher<pb::PostTransactionRequest, Result<pb::Transaction, ExchangeError>> {
     Batcher::start(
         POSTS_PER_CALL,
         CALLS_IN_FLIGHT,
@@ -588,7 +579,7 @@ fn post_batcher(
                 {
                     Ok(request) => request,
                     Err(error) => {
-                        let status = status::internal(&error);
+                        let status = ExchangeError::internal(error);
                         return (0..count).map(|_| Err(status.clone())).collect();
                     }
                 };
@@ -596,9 +587,11 @@ fn post_batcher(
                     Ok(response) => {
                         let results = response.into_inner().results;
                         if results.len() != count {
-                            let status = Status::unavailable(
-                                "ledger: answered a batch with the wrong number of results",
-                            );
+                            let status = ExchangeError::PeerUnavailable {
+                                peer: "ledger",
+                                cause: "answered a batch with the wrong number of results"
+                                    .to_owned(),
+                            };
                             return (0..count).map(|_| Err(status.clone())).collect();
                         }
                         results.into_iter().map(post_result).collect()
@@ -614,11 +607,11 @@ fn post_batcher(
 }
 
 /// One transaction's answer in a PostTransactions call, as PostTransaction would have answered.
-fn post_result(result: pb::PostTransactionResult) -> Result<pb::Transaction, Status> {
+fn post_result(result: pb::PostTransactionResult) -> Result<pb::Transaction, ExchangeError> {
     if result.code == Code::Ok as i32 {
         return result
             .transaction
-            .ok_or_else(|| status::internal(&"ledger answered without a transaction"));
+            .ok_or_else(|| ExchangeError::internal("ledger answered without a transaction"));
     }
     let code = Code::from_i32(result.code);
     let error = if result.reason.is_empty() {
@@ -674,7 +667,7 @@ async fn batch_call(
     let request = token
         .authorize(pb::BatchMovePointsRequest { movements })
         .await
-        .map_err(|error| status::internal(&error))?;
+        .map_err(|error| Status::internal(error.to_string()))?;
     let results = gateway
         .batch_move_points(request)
         .await?
@@ -699,7 +692,7 @@ async fn single_call(
     token: &ServiceToken,
     movement: pb::PointMovement,
 ) -> MovementAnswer {
-    let authorize = |error: sqlx::Error| status::internal(&error);
+    let authorize = |error: sqlx::Error| Status::internal(error.to_string());
     match movement.operation {
         Some(pb::point_movement::Operation::Debit(debit)) => {
             let request = token.authorize(debit).await.map_err(authorize)?;
@@ -720,26 +713,27 @@ async fn single_call(
     }
 }
 
-/// The ledger's own status, kept as is so a saga can tell a refusal (which will never succeed)
-/// from an outage (which may).
-/// A ledger error as the exchange passes it on: the ledger's refusals keep their code and reason,
-/// anything else is UNAVAILABLE (with the ledger's reason, if any, for the saga to read).
-fn ledger_error(error: &Status) -> Status {
+/// A ledger error as the exchange reads it: the ledger's own refusals of the request (by the
+/// reason they carry) are certain and keep their code and reason; anything else may stand beside
+/// a transaction that exists, so its outcome is unknown and a saga asks again.
+fn ledger_error(error: &Status) -> ExchangeError {
     let reason = status::reason(error);
-    let refused = ledger_refused(error);
-    if refused {
+    if ledger_refused(&reason) {
         tracing::error!(code = ?error.code(), %reason, message = error.message(), "ledger refused the exchange");
+        return ExchangeError::PeerRefused {
+            peer: "ledger",
+            code: error.code(),
+            reason,
+            message: error.message().to_owned(),
+        };
     }
-    let code = if refused {
-        error.code()
-    } else {
-        Code::Unavailable
-    };
-    let message = format!("ledger: {}", error.message());
-    if reason.is_empty() {
-        Status::new(code, message)
-    } else {
-        status::with_reason(code, &reason, message)
+    ExchangeError::PeerUnavailable {
+        peer: "ledger",
+        cause: if reason.is_empty() {
+            error.message().to_owned()
+        } else {
+            format!("{reason}: {}", error.message())
+        },
     }
 }
 
@@ -758,12 +752,12 @@ const LEDGER_REFUSALS: &[&str] = &[
     "NOT_REVERSIBLE",
 ];
 
-/// Whether a ledger error is a refusal of the request, by the reason it carries.
-pub fn ledger_refused(error: &Status) -> bool {
-    LEDGER_REFUSALS.contains(&status::reason(error).as_str())
+/// Whether a ledger error's reason is a refusal of the request.
+fn ledger_refused(reason: &str) -> bool {
+    LEDGER_REFUSALS.contains(&reason)
 }
 
-fn answer(result: Result<(i32, i32), Status>) -> GatewayAnswer {
+fn answer(result: MovementAnswer) -> GatewayAnswer {
     match result {
         Ok((outcome, refusal)) => match pb::GatewayOutcome::try_from(outcome) {
             Ok(pb::GatewayOutcome::Applied | pb::GatewayOutcome::AlreadyApplied) => {

@@ -2,9 +2,11 @@
 
 use tandem_domain::from_unix_micros;
 use tandem_proto::{time::timestamp, v1 as pb};
-use tonic::Status;
 
-use crate::saga::conversion::{ConversionSaga, ConversionStatus, ConversionStep, UnknownValue};
+use crate::{
+    ExchangeError,
+    saga::conversion::{ConversionSaga, ConversionStatus, ConversionStep, UnknownValue},
+};
 
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub(crate) struct QuoteRow {
@@ -128,8 +130,8 @@ pub(crate) fn conversion_step(text: &str) -> pb::ConversionStep {
 
 impl ConversionRow {
     /// The saga as stored; a status or step this version does not know is an error.
-    pub fn saga(&self) -> Result<ConversionSaga, Status> {
-        let unknown = |error: UnknownValue| tandem_proto::status::internal(&error);
+    pub fn saga(&self) -> Result<ConversionSaga, ExchangeError> {
+        let unknown = |error: UnknownValue| ExchangeError::internal(error);
         Ok(ConversionSaga {
             status: ConversionStatus::parse(&self.status).map_err(unknown)?,
             step: ConversionStep::parse(&self.step).map_err(unknown)?,

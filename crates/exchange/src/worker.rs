@@ -24,7 +24,7 @@ pub async fn run_recovery(exchange: Exchange, shutdown: CancellationToken) {
             let due = match exchange.due(table, BATCH).await {
                 Ok(due) => due,
                 Err(error) => {
-                    tracing::warn!(error = %error.message(), "recovery could not look for sagas");
+                    tracing::warn!(%error, "recovery could not look for sagas");
                     continue;
                 }
             };
@@ -41,7 +41,7 @@ pub async fn run_recovery(exchange: Exchange, shutdown: CancellationToken) {
                             SagaTable::Earnings => exchange.resume_earning(&id).await,
                         };
                         if let Err(error) = result {
-                            tracing::warn!(saga = %id, error = %error.message(), "recovery step failed");
+                            tracing::warn!(saga = %id, %error, "recovery step failed");
                         }
                     }
                 })

@@ -7,9 +7,8 @@ use std::collections::HashSet;
 
 use serde::Serialize;
 use tandem_storage::{Backend, ColumnType, Database, JsonRows};
-use tonic::Status;
 
-use crate::{batch::Batcher, database_error, rows::QuoteRow};
+use crate::{ExchangeError, batch::Batcher, rows::QuoteRow};
 
 /// Most writes one batch carries.
 const ROWS_PER_BATCH: usize = 1_000;
@@ -88,11 +87,7 @@ enum Write {
 /// only part of its life waiting on any one of them.
 #[derive(Debug, Clone)]
 pub(crate) struct Writers {
-    writes: Batcher<Write, Result<bool, Status>>,
-}
-
-fn stopped() -> Status {
-    Status::unavailable("the exchange's writer stopped; the outcome is unknown, retry")
+    writes: Batcher<Write, Result<bool, ExchangeError>>,
 }
 
 impl Writers {
@@ -106,7 +101,7 @@ impl Writers {
                 match write_batch(&database, &writes).await {
                     Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
                     Err(error) => {
-                        let status = database_error(error);
+                        let status = ExchangeError::from(error);
                         vec![Err(status); writes.len()]
                     }
                 }
@@ -115,27 +110,30 @@ impl Writers {
         Self { writes }
     }
 
-    async fn write(&self, write: Write) -> Result<bool, Status> {
+    async fn write(&self, write: Write) -> Result<bool, ExchangeError> {
         self.writes
             .submit(write)
             .await
-            .unwrap_or_else(|| Err(stopped()))
+            .unwrap_or(Err(ExchangeError::WriterStopped))
     }
 
     /// Stores a quote.
-    pub(crate) async fn quote(&self, quote: QuoteRow) -> Result<(), Status> {
+    pub(crate) async fn quote(&self, quote: QuoteRow) -> Result<(), ExchangeError> {
         self.write(Write::Quote(quote)).await.map(drop)
     }
 
     /// Writes a new conversion; false when its idempotency key or its quote was already taken,
     /// in which case nothing was written.
-    pub(crate) async fn conversion(&self, conversion: NewConversion) -> Result<bool, Status> {
+    pub(crate) async fn conversion(
+        &self,
+        conversion: NewConversion,
+    ) -> Result<bool, ExchangeError> {
         self.write(Write::Conversion(conversion)).await
     }
 
     /// Writes a saga's progress; false when its driver no longer holds the lease, in which case
     /// nothing was written.
-    pub(crate) async fn progress(&self, progress: SagaProgress) -> Result<bool, Status> {
+    pub(crate) async fn progress(&self, progress: SagaProgress) -> Result<bool, ExchangeError> {
         self.write(Write::Progress(progress)).await
     }
 }

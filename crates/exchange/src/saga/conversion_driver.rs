@@ -6,15 +6,13 @@
 
 use std::time::Duration;
 
-use tonic::Status;
-
 use super::{
     SagaTable, TRIES_PER_DRIVE, backoff,
     conversion::{self, Action, Call, ConversionSaga, Side, StepOutcome},
     quick_pause,
 };
 use crate::{
-    Exchange, failpoint, now_micros,
+    Exchange, ExchangeError, failpoint, now_micros,
     rows::{ConversionRow, QuoteRow},
     writes::{ConversionProgress, SagaProgress},
 };
@@ -33,7 +31,7 @@ impl Exchange {
         row: &ConversionRow,
         quote: &QuoteRow,
         owner: &str,
-    ) -> Result<Option<Recorded>, Status> {
+    ) -> Result<Option<Recorded>, ExchangeError> {
         let mut saga = row.saga()?;
         let mut written_at_micros = row.updated_at_micros;
         let mut tries = 0_u32;
@@ -153,7 +151,7 @@ impl Exchange {
             .await
         {
             Ok(request) => request,
-            Err(status) => return StepOutcome::Unknown(status.message().to_owned()),
+            Err(error) => return StepOutcome::Unknown(error.to_string()),
         };
         StepOutcome::of_ledger(self.peers.post(request).await)
     }
@@ -185,7 +183,7 @@ impl Exchange {
         owner: &str,
         saga: &ConversionSaga,
         release_after: Option<Duration>,
-    ) -> Result<Option<i64>, Status> {
+    ) -> Result<Option<i64>, ExchangeError> {
         let now = now_micros();
         let (next_attempt, lease_until) = match release_after {
             Some(wait) => (Some(now + wait.as_micros() as i64), 0),
@@ -218,20 +216,24 @@ impl Exchange {
     }
 
     /// Drives a conversion's saga as far as it goes now. The caller holds the lease as `owner`.
-    pub(crate) async fn drive_conversion(&self, id: &str, owner: &str) -> Result<(), Status> {
+    pub(crate) async fn drive_conversion(
+        &self,
+        id: &str,
+        owner: &str,
+    ) -> Result<(), ExchangeError> {
         let row = self
             .load_conversion(id)
             .await?
-            .ok_or_else(|| tandem_proto::status::internal(&"conversion vanished"))?;
+            .ok_or_else(|| ExchangeError::internal("conversion vanished"))?;
         let quote = self
             .load_quote(&row.quote_id)
             .await?
-            .ok_or_else(|| tandem_proto::status::internal(&"conversion without its quote"))?;
+            .ok_or_else(|| ExchangeError::internal("conversion without its quote"))?;
         self.drive_loaded(&row, &quote, owner).await.map(drop)
     }
 
     /// Drives a saga the worker found due, if its lease can be taken.
-    pub(crate) async fn resume_conversion(&self, id: &str) -> Result<(), Status> {
+    pub(crate) async fn resume_conversion(&self, id: &str) -> Result<(), ExchangeError> {
         if let Some(owner) = self.claim(SagaTable::Conversions, id).await? {
             self.drive_conversion(id, &owner).await?;
         }

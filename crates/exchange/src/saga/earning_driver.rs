@@ -3,14 +3,13 @@
 //! and records it under the lease the driver holds.
 
 use tandem_proto::v1 as pb;
-use tonic::Status;
 
 use super::{
     TRIES_PER_DRIVE, backoff,
     earning::{self, Action, Call, EarningSaga, EarningStatus, EarningStep, Facts, StepOutcome},
     quick_pause,
 };
-use crate::{Exchange, earn::HOLD_TIMEOUT_SECONDS, now_micros, rows::EarningRow};
+use crate::{Exchange, ExchangeError, earn::HOLD_TIMEOUT_SECONDS, now_micros, rows::EarningRow};
 
 impl Exchange {
     /// Drives one earning as far as it goes now; the caller holds its lease as `owner`.
@@ -18,7 +17,7 @@ impl Exchange {
         &self,
         mut earning: EarningRow,
         owner: &str,
-    ) -> Result<(), Status> {
+    ) -> Result<(), ExchangeError> {
         let mut saga = earning.saga()?;
         let mut tries = 0_u32;
         while !saga.is_done() {
@@ -148,15 +147,15 @@ impl Exchange {
             .await
         {
             Ok(request) => StepOutcome::of_ledger(self.peers.post(request).await),
-            Err(status) => StepOutcome::Unknown(status.message().to_owned()),
+            Err(error) => StepOutcome::Unknown(error.to_string()),
         }
     }
 }
 
 impl EarningRow {
     /// The saga as stored; a status or step this version does not know is an error.
-    pub(crate) fn saga(&self) -> Result<EarningSaga, Status> {
-        let unknown = |error: super::UnknownValue| tandem_proto::status::internal(&error);
+    pub(crate) fn saga(&self) -> Result<EarningSaga, ExchangeError> {
+        let unknown = |error: super::UnknownValue| ExchangeError::internal(error);
         Ok(EarningSaga {
             status: EarningStatus::parse(&self.status).map_err(unknown)?,
             step: EarningStep::parse(&self.step).map_err(unknown)?,

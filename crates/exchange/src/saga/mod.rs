@@ -9,9 +9,7 @@ mod earning_driver;
 
 use std::time::Duration;
 
-use tonic::Status;
-
-use crate::{Exchange, database_error, new_id, now_micros};
+use crate::{Exchange, ExchangeError, new_id, now_micros};
 
 /// A status or step read from storage that this version does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -77,17 +75,19 @@ impl From<crate::peers::GatewayAnswer> for StepOutcome {
 impl StepOutcome {
     /// A ledger call's answer as a saga reads it: a refusal of the request itself (by the reason
     /// it carries, which leads the refusal's text) cannot have applied; anything else may have.
-    pub(crate) fn of_ledger(answer: Result<tandem_proto::v1::Transaction, Status>) -> Self {
+    pub(crate) fn of_ledger(answer: Result<tandem_proto::v1::Transaction, ExchangeError>) -> Self {
         match answer {
             Ok(transaction) => StepOutcome::Applied {
                 transaction_id: Some(transaction.transaction_id),
             },
-            Err(status) if crate::peers::ledger_refused(&status) => StepOutcome::Refused(format!(
-                "{}: {}",
-                tandem_proto::status::reason(&status),
-                status.message()
-            )),
-            Err(status) => StepOutcome::Unknown(status.message().to_owned()),
+            Err(ExchangeError::PeerRefused {
+                reason, message, ..
+            }) => StepOutcome::Refused(format!("{reason}: {message}")),
+            // Anything else may stand beside a transaction the ledger holds.
+            Err(ExchangeError::PeerUnavailable { peer, cause }) => {
+                StepOutcome::Unknown(format!("{peer}: {cause}"))
+            }
+            Err(error) => StepOutcome::Unknown(error.to_string()),
         }
     }
 }
@@ -146,7 +146,11 @@ impl Exchange {
     }
 
     /// Takes the lease on a saga row unless another driver holds it; the lease owner on success.
-    pub(crate) async fn claim(&self, table: SagaTable, id: &str) -> Result<Option<String>, Status> {
+    pub(crate) async fn claim(
+        &self,
+        table: SagaTable,
+        id: &str,
+    ) -> Result<Option<String>, ExchangeError> {
         let owner = new_id();
         let sql = format!(
             "UPDATE {} SET lease_owner = $1, lease_until_micros = $2 \
@@ -161,13 +165,17 @@ impl Exchange {
             .bind(now_micros())
             .execute(self.database.pool())
             .await
-            .map_err(database_error)?
+            .map_err(ExchangeError::from)?
             .rows_affected();
         Ok((claimed == 1).then_some(owner))
     }
 
     /// Ids of sagas whose next attempt is due and whose lease has lapsed.
-    pub(crate) async fn due(&self, table: SagaTable, limit: i64) -> Result<Vec<String>, Status> {
+    pub(crate) async fn due(
+        &self,
+        table: SagaTable,
+        limit: i64,
+    ) -> Result<Vec<String>, ExchangeError> {
         let now = now_micros();
         let sql = match table {
             SagaTable::Conversions => {
@@ -193,6 +201,6 @@ impl Exchange {
             .bind(limit)
             .fetch_all(self.keyed.pool())
             .await
-            .map_err(database_error)
+            .map_err(ExchangeError::from)
     }
 }

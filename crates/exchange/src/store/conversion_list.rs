@@ -3,12 +3,11 @@
 use std::collections::HashMap;
 
 use tandem_domain::{MemberId, PartnerId};
-use tandem_proto::{status, time::datetime, v1 as pb};
+use tandem_proto::{time::datetime, v1 as pb};
 use tandem_storage::{PageCursor, PageRequest};
-use tonic::Status;
 
 use crate::{
-    database_error, invalid,
+    ExchangeError,
     rows::{CONVERSION_COLUMNS, ConversionRow, QUOTE_COLUMNS, QuoteRow},
 };
 
@@ -26,9 +25,9 @@ pub(crate) struct ConversionFilter {
 
 impl ConversionFilter {
     /// The filter of `request`, or INVALID_ARGUMENT naming every bad field.
-    pub(crate) fn parse(request: &pb::ListConversionsRequest) -> Result<Self, Status> {
+    pub(crate) fn parse(request: &pb::ListConversionsRequest) -> Result<Self, ExchangeError> {
         if !request.member_id.is_empty() && request.partner_id.is_empty() {
-            return Err(invalid(
+            return Err(ExchangeError::invalid(
                 "member_id",
                 "needs partner_id: a member id belongs to a partner",
             ));
@@ -81,11 +80,7 @@ impl ConversionFilter {
                 end_micros,
                 page,
             }),
-            _ => Err(status::invalid_argument(
-                violations
-                    .iter()
-                    .map(|(field, message)| (*field, message.as_str())),
-            )),
+            _ => Err(ExchangeError::violations(violations)),
         }
     }
 }
@@ -166,7 +161,7 @@ impl Conditions {
 pub(crate) async fn list_conversions(
     pool: &sqlx::AnyPool,
     filter: &ConversionFilter,
-) -> Result<(Vec<ConversionRow>, String), Status> {
+) -> Result<(Vec<ConversionRow>, String), ExchangeError> {
     let (conditions, limit) = Conditions::of(filter);
     let where_clause = if conditions.clauses.is_empty() {
         String::new()
@@ -184,7 +179,7 @@ pub(crate) async fn list_conversions(
     for value in conditions.numbers {
         query = query.bind(value);
     }
-    let mut rows = query.fetch_all(pool).await.map_err(database_error)?;
+    let mut rows = query.fetch_all(pool).await.map_err(ExchangeError::from)?;
     if rows.len() <= filter.page.size {
         return Ok((rows, String::new()));
     }
@@ -206,7 +201,7 @@ pub(crate) async fn list_conversions(
 pub(crate) async fn quotes_by_id(
     pool: &sqlx::AnyPool,
     rows: &[ConversionRow],
-) -> Result<HashMap<String, QuoteRow>, Status> {
+) -> Result<HashMap<String, QuoteRow>, ExchangeError> {
     if rows.is_empty() {
         return Ok(HashMap::new());
     }
@@ -220,7 +215,7 @@ pub(crate) async fn quotes_by_id(
     for row in rows {
         query = query.bind(&row.quote_id);
     }
-    let quotes = query.fetch_all(pool).await.map_err(database_error)?;
+    let quotes = query.fetch_all(pool).await.map_err(ExchangeError::from)?;
     Ok(quotes
         .into_iter()
         .map(|quote| (quote.quote_id.clone(), quote))
