@@ -1,4 +1,4 @@
-//! Who may call what: every RPC of the auth and registry services, called with every kind of
+//! Who may call what: every RPC of every service Tandem serves, called with every kind of
 //! token, against the real server. Bad tokens are UNAUTHENTICATED everywhere; a valid token
 //! without the right is PERMISSION_DENIED; an allowed caller gets past both (its call may still
 //! fail for a business reason, which this table does not judge).
@@ -452,6 +452,143 @@ const LINK_READERS: &[TokenKind] = &[Ops, Service, ThePartner];
 
 fn rows() -> Vec<Row> {
     vec![
+        // Settlement first: rows further down suspend and offboard the partner, whose token
+        // is then refused outright.
+        Row {
+            rpc: "SettlementService.ListAccounts",
+            allowed: LEDGER_READERS,
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let request = pb::ListAccountsRequest::default();
+                    world
+                        .server
+                        .settlement()
+                        .list_accounts(request_with(token, request))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "SettlementService.ListPositions",
+            allowed: &[Ops, Service, ThePartner],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let request = pb::ListPositionsRequest {
+                        partner_id: world.hotel.partner_id.clone(),
+                        ..Default::default()
+                    };
+                    world
+                        .server
+                        .settlement()
+                        .list_positions(request_with(token, request))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "SettlementService.PostAdjustment",
+            allowed: &[Ops],
+            call: |world, token, attempt| {
+                Box::pin(async move {
+                    let request = pb::PostAdjustmentRequest {
+                        idempotency_key: format!("table-adjustment-{attempt}"),
+                        legs: world.ledger.transfer(String::new()).legs,
+                        reason: "table".to_owned(),
+                        reference: String::new(),
+                    };
+                    world
+                        .server
+                        .settlement()
+                        .post_adjustment(request_with(token, request))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "SettlementService.ApproveAdjustment",
+            allowed: &[Ops],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let request = pb::ApproveAdjustmentRequest {
+                        adjustment_id: "01a20560-0000-7000-8000-0000000000ee".to_owned(),
+                    };
+                    world
+                        .server
+                        .settlement()
+                        .approve_adjustment(request_with(token, request))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "SettlementService.RejectAdjustment",
+            allowed: &[Ops],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let request = pb::RejectAdjustmentRequest {
+                        adjustment_id: "01a20560-0000-7000-8000-0000000000ee".to_owned(),
+                        reason: "table".to_owned(),
+                    };
+                    world
+                        .server
+                        .settlement()
+                        .reject_adjustment(request_with(token, request))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "SettlementService.GetAdjustment",
+            allowed: &[Ops],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let request = pb::GetAdjustmentRequest {
+                        adjustment_id: "01a20560-0000-7000-8000-0000000000ee".to_owned(),
+                    };
+                    world
+                        .server
+                        .settlement()
+                        .get_adjustment(request_with(token, request))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "SettlementService.ListAdjustments",
+            allowed: &[Ops],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let request = pb::ListAdjustmentsRequest::default();
+                    world
+                        .server
+                        .settlement()
+                        .list_adjustments(request_with(token, request))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "SettlementService.ListAuditEvents",
+            allowed: &[Ops],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let request = pb::ListAuditEventsRequest::default();
+                    world
+                        .server
+                        .settlement()
+                        .list_audit_events(request_with(token, request))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
         Row {
             rpc: "AuthService.IssueToken",
             allowed: ANYONE,

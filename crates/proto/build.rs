@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "tandem/v1/linking.proto",
         "tandem/v1/partner_gateway.proto",
         "tandem/v1/exchange.proto",
+        "tandem/v1/settlement.proto",
         "tandem/sim/v1/partner_sim.proto",
     ];
     for file in files {

@@ -11,6 +11,7 @@ use tandem_proto::v1::{
     auth_service_client::AuthServiceClient, exchange_service_client::ExchangeServiceClient,
     ledger_service_client::LedgerServiceClient,
     partner_registry_service_client::PartnerRegistryServiceClient,
+    settlement_service_client::SettlementServiceClient,
 };
 use tandem_storage::{Database, Location, testing::TestDatabase};
 use tokio::{
@@ -147,6 +148,32 @@ impl TestServer {
 
     pub fn ledger(&self) -> LedgerServiceClient<Channel> {
         LedgerServiceClient::new(self.channel.clone())
+    }
+
+    pub fn settlement(&self) -> SettlementServiceClient<Channel> {
+        SettlementServiceClient::new(self.channel.clone())
+    }
+
+    /// A token for the ops user `name`: two of them make the four eyes of an approval.
+    pub async fn ops_token(&self, name: &str) -> String {
+        let caller = Caller::staff(Role::Ops, name).unwrap();
+        self.authenticator("tandem")
+            .await
+            .issue(&caller, HOUR)
+            .await
+            .unwrap()
+            .token
+    }
+
+    /// A token for partner `partner_id`, as AuthService would issue it.
+    pub async fn partner_token_for(&self, partner_id: &str) -> String {
+        let caller = Caller::partner(partner_id.parse().unwrap(), "test-partner");
+        self.authenticator("tandem")
+            .await
+            .issue(&caller, HOUR)
+            .await
+            .unwrap()
+            .token
     }
 
     pub fn exchange(&self) -> ExchangeServiceClient<Channel> {

@@ -62,9 +62,8 @@ pub(crate) fn require_active(partner: &pb::Partner) -> Result<(), ExchangeError>
 }
 
 pub(crate) fn decimal(text: &str, what: &str) -> Result<Decimal, ExchangeError> {
-    text.parse().map_err(|_| {
-        ExchangeError::internal(format!("terms carry an unreadable {what}: {text:?}"))
-    })
+    text.parse()
+        .map_err(|_| ExchangeError::internal(format!("terms carry an unreadable {what}: {text:?}")))
 }
 
 pub(crate) fn currency_scale(partner: &pb::Partner) -> Result<u32, ExchangeError> {

@@ -21,7 +21,7 @@ pub use model::{
     PendingStatus, Posted, Purpose, Totals, Transaction, TransactionId, TransactionKind, Unit,
     check_balanced,
 };
-pub use store::{Entry, EntryCursor, Resolution};
+pub use store::{AccountFilter, Entry, EntryCursor, Resolution};
 
 /// The ledger database's migrations.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -307,6 +307,17 @@ impl Ledger {
         store::account(&mut connection, id)
             .await?
             .ok_or(LedgerError::AccountNotFound(id))
+    }
+
+    /// Up to `limit` accounts matching `filter` after `after`, oldest first.
+    pub async fn list_accounts(
+        &self,
+        filter: &AccountFilter,
+        after: Option<AccountId>,
+        limit: usize,
+    ) -> Result<Vec<Account>, LedgerError> {
+        let mut connection = self.database.pool().acquire().await?;
+        Ok(store::list_accounts(&mut connection, filter, after, limit).await?)
     }
 
     /// An account's totals as of `at` (now when `None`).

@@ -278,6 +278,53 @@ pub(crate) async fn account(
     row.map(AccountRow::into_account).transpose()
 }
 
+/// Which accounts a listing shows; `None` shows all.
+#[derive(Debug, Clone, Default)]
+pub struct AccountFilter {
+    pub owner: Option<Owner>,
+    pub purpose: Option<Purpose>,
+    pub unit: Option<Unit>,
+}
+
+/// Up to `limit` accounts matching `filter` whose ids sort after `after`, by id: ids are UUIDv7,
+/// so that is the order they were opened in.
+pub(crate) async fn list_accounts(
+    connection: &mut AnyConnection,
+    filter: &AccountFilter,
+    after: Option<AccountId>,
+    limit: usize,
+) -> Result<Vec<Account>, sqlx::Error> {
+    let mut conditions = vec!["a.account_id > $1".to_owned()];
+    let mut values = Vec::new();
+    if let Some(owner) = &filter.owner {
+        values.push(owner.to_string());
+        conditions.push(format!("a.owner = ${}", values.len() + 1));
+    }
+    if let Some(purpose) = filter.purpose {
+        values.push(purpose.as_str().to_owned());
+        conditions.push(format!("a.purpose = ${}", values.len() + 1));
+    }
+    if let Some(unit) = &filter.unit {
+        values.push(unit.as_str().to_owned());
+        conditions.push(format!("a.unit = ${}", values.len() + 1));
+    }
+    let query = format!(
+        "{ACCOUNT_SELECT} WHERE {} ORDER BY a.account_id LIMIT ${}",
+        conditions.join(" AND "),
+        values.len() + 2
+    );
+    let mut statement = sqlx::query_as::<_, AccountRow>(sqlx::AssertSqlSafe(query))
+        .bind(after.map(|id| id.to_string()).unwrap_or_default());
+    for value in values {
+        statement = statement.bind(value);
+    }
+    let rows = statement
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(connection)
+        .await?;
+    rows.into_iter().map(AccountRow::into_account).collect()
+}
+
 /// The accounts with these ids; missing ones are simply absent.
 pub(crate) async fn accounts(
     connection: &mut AnyConnection,

@@ -103,7 +103,7 @@ fn parse<T: std::str::FromStr<Err = String>>(field: &str, text: &str) -> Result<
     text.parse().map_err(|error: String| invalid(field, error))
 }
 
-fn purpose_from_pb(value: i32) -> Result<Purpose, Status> {
+pub(crate) fn purpose_from_pb(value: i32) -> Result<Purpose, Status> {
     Ok(
         match pb::AccountPurpose::try_from(value).unwrap_or(pb::AccountPurpose::Unspecified) {
             pb::AccountPurpose::Unspecified => return Err(invalid("purpose", "is required")),
@@ -156,7 +156,7 @@ fn guard_to_pb(guard: Guard) -> pb::BalanceGuard {
     }
 }
 
-fn account_to_pb(account: &Account) -> pb::Account {
+pub(crate) fn account_to_pb(account: &Account) -> pb::Account {
     pb::Account {
         account_id: account.id.to_string(),
         owner: account.owner.to_string(),
@@ -169,7 +169,7 @@ fn account_to_pb(account: &Account) -> pb::Account {
     }
 }
 
-fn direction_to_pb(direction: Direction) -> pb::Direction {
+pub(crate) fn direction_to_pb(direction: Direction) -> pb::Direction {
     match direction {
         Direction::Debit => pb::Direction::Debit,
         Direction::Credit => pb::Direction::Credit,

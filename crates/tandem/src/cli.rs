@@ -48,6 +48,27 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Read the ledger of a running server: accounts, partners' positions, the trial balance.
+    Ledger {
+        #[command(flatten)]
+        server: crate::ops::ServerArgs,
+        #[command(subcommand)]
+        command: crate::ops::LedgerCommand,
+    },
+    /// Post adjustments to the ledger, and approve or reject other ops users' requests.
+    Adjust {
+        #[command(flatten)]
+        server: crate::ops::ServerArgs,
+        #[command(subcommand)]
+        command: crate::ops::AdjustCommand,
+    },
+    /// Read the audit trail of every ops action, newest first.
+    Audit {
+        #[command(flatten)]
+        server: crate::ops::ServerArgs,
+        #[command(flatten)]
+        audit: crate::ops::AuditArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,6 +153,18 @@ impl Cli {
                 let _telemetry =
                     tandem_telemetry::init("tandem-bench", tandem_telemetry::LogFormat::Human);
                 crate::bench_exchange::run(crate::bench_exchange::Workload::Earn, args).await
+            }
+            Command::Ledger { server, command } => {
+                let settings = Settings::load(&self.common)?;
+                crate::ops::ledger(&settings, &server, command).await
+            }
+            Command::Adjust { server, command } => {
+                let settings = Settings::load(&self.common)?;
+                crate::ops::adjust(&settings, &server, command).await
+            }
+            Command::Audit { server, audit } => {
+                let settings = Settings::load(&self.common)?;
+                crate::ops::audit(&settings, &server, audit).await
             }
             Command::Keys { command } => {
                 let settings = Settings::load(&self.common)?;

@@ -6,6 +6,7 @@ mod cli;
 mod coalition;
 mod demo;
 mod keys;
+mod ops;
 mod partner_sim;
 mod serve;
 mod settings;

@@ -11,9 +11,10 @@ use tandem_proto::v1::{
     auth_service_server::AuthServiceServer, exchange_service_server::ExchangeServiceServer,
     ledger_service_server::LedgerServiceServer,
     partner_registry_service_server::PartnerRegistryServiceServer,
+    settlement_service_server::SettlementServiceServer,
 };
 use tandem_registry::{Registry, RegistryGrpc};
-use tandem_settlement::LedgerGrpc;
+use tandem_settlement::{LedgerGrpc, Settlement, SettlementGrpc, SettlementOptions};
 use tandem_storage::{Database, Location};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -82,7 +83,10 @@ struct Services {
     registry: PartnerRegistryServiceServer<RegistryGrpc>,
     linking: AccountLinkingServiceServer<LinkingGrpc<RegistryDirectory>>,
     ledger: LedgerServiceServer<LedgerGrpc>,
+    settlement: SettlementServiceServer<SettlementGrpc>,
     exchange: ExchangeServiceServer<ExchangeGrpc>,
+    /// Settlement's logic, to finish adjustments a crash left half posted.
+    settlement_logic: Settlement,
     /// The exchange's logic, for its recovery worker.
     exchange_logic: Exchange,
 }
@@ -117,8 +121,14 @@ impl Services {
         ));
         let registry =
             PartnerRegistryServiceServer::new(RegistryGrpc::new(registry, authenticator.clone()));
-        let ledger =
-            tandem_settlement::service(databases.settlement.clone(), authenticator.clone());
+        let settlement = tandem_settlement::services(
+            databases.settlement.clone(),
+            authenticator.clone(),
+            SettlementOptions {
+                adjustment_approval_threshold_minor: settings.adjustment_approval_threshold_minor,
+            },
+        );
+        let ledger = settlement.ledger;
         let registry_channel =
             tonic::transport::Channel::from_shared(format!("http://{}", reachable(address)))?
                 .connect_lazy();
@@ -155,8 +165,10 @@ impl Services {
             registry,
             linking,
             ledger,
+            settlement: settlement.settlement,
             exchange,
             exchange_logic,
+            settlement_logic: settlement.logic,
         })
     }
 
@@ -177,6 +189,10 @@ impl Services {
             },
             Mounted {
                 name: name_of(&self.ledger),
+                database: databases.settlement.clone(),
+            },
+            Mounted {
+                name: name_of(&self.settlement),
                 database: databases.settlement.clone(),
             },
             Mounted {
@@ -208,6 +224,7 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         services.exchange_logic.clone(),
         shutdown.clone(),
     ));
+    tokio::spawn(finish_adjustments(services.settlement_logic.clone()));
 
     tracing::info!(%address, storage = %location.describe(), "tandem serving");
     // Scripts and tests read this line to learn the port; it is the only thing serve prints to
@@ -227,6 +244,16 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     databases.close().await;
     tracing::info!("tandem stopped");
     Ok(())
+}
+
+/// Posts the adjustments a crash left half posted, each by its own ledger key; a failure is
+/// logged, and the next start (or the ops user asking again) tries again.
+async fn finish_adjustments(settlement: Settlement) {
+    match settlement.resume_postings().await {
+        Ok(0) => {}
+        Ok(count) => tracing::info!(count, "finished adjustments left half posted"),
+        Err(error) => tracing::warn!(%error, "could not finish adjustments left half posted"),
+    }
 }
 
 /// What serving stops on, and the health to report while it drains.
@@ -283,6 +310,7 @@ async fn serve(
         .add_service(services.auth)
         .add_service(services.registry)
         .add_service(services.ledger)
+        .add_service(services.settlement)
         .add_service(services.linking)
         .add_service(services.exchange)
         .serve_with_incoming_shutdown(

@@ -55,6 +55,10 @@ pub struct ServeArgs {
     /// over; also how soon a crashed process's work is resumed, such as 30s [default: 30s].
     #[arg(long, env = "TANDEM_SAGA_LEASE")]
     pub saga_lease: Option<String>,
+    /// An adjustment moving more than this many minor units of any one unit waits for a second
+    /// ops user's approval [default: 100000].
+    #[arg(long, env = "TANDEM_ADJUSTMENT_APPROVAL_THRESHOLD")]
+    pub adjustment_approval_threshold: Option<i64>,
 }
 
 /// The settings file. Every key is optional.
@@ -71,6 +75,7 @@ struct FileSettings {
     request_timeout: Option<String>,
     quote_ttl: Option<String>,
     saga_lease: Option<String>,
+    adjustment_approval_threshold: Option<i64>,
 }
 
 /// Settings every command needs.
@@ -91,6 +96,8 @@ pub struct ServeSettings {
     pub request_timeout: Duration,
     pub quote_ttl: Duration,
     pub saga_lease: Duration,
+    /// Adjustments moving more than this, in minor units of any one unit, need a second ops user.
+    pub adjustment_approval_threshold_minor: i64,
 }
 
 /// Everything wrong with the settings, one line each.
@@ -189,6 +196,41 @@ impl Settings {
     }
 }
 
+/// A duration setting: the flag or variable, else the file, else `default`; a problem when it
+/// does not parse or passes `most`.
+fn bounded_duration(
+    name: &str,
+    given: [Option<&String>; 2],
+    default: &str,
+    most: Option<(Duration, &str)>,
+    problems: &mut Vec<String>,
+) -> Duration {
+    let text = given
+        .into_iter()
+        .flatten()
+        .next()
+        .map_or(default, String::as_str);
+    let value = duration(name, text, problems);
+    if let Some((most, why)) = most
+        && value > most
+    {
+        problems.push(format!("{name}: must be at most {}; {why}", text_of(most)));
+    }
+    value
+}
+
+/// `duration` as people write it: whole hours or minutes where it divides.
+fn text_of(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    if seconds.is_multiple_of(3600) {
+        format!("{}h", seconds / 3600)
+    } else if seconds.is_multiple_of(60) {
+        format!("{}m", seconds / 60)
+    } else {
+        format!("{seconds}s")
+    }
+}
+
 impl ServeSettings {
     pub fn load(args: &CommonArgs, serve: &ServeArgs) -> Result<Self, SettingsError> {
         let file = read_file(args.config.as_ref())?;
@@ -205,71 +247,92 @@ impl ServeSettings {
             ));
             SocketAddr::from(([127, 0, 0, 1], 0))
         });
-        let ttl_text = serve
-            .partner_token_ttl
-            .clone()
-            .or_else(|| file.partner_token_ttl.clone())
-            .unwrap_or_else(|| "15m".to_owned());
-        let partner_token_ttl = duration("partner_token_ttl", &ttl_text, &mut problems);
-        if partner_token_ttl > Duration::from_secs(24 * 3600) {
-            problems.push("partner_token_ttl: must be at most 24h; short-lived tokens limit the harm of a leak".to_owned());
+        let problems_so_far = &mut problems;
+        let partner_token_ttl = bounded_duration(
+            "partner_token_ttl",
+            [
+                serve.partner_token_ttl.as_ref(),
+                file.partner_token_ttl.as_ref(),
+            ],
+            "15m",
+            Some((HOURS_24, "short-lived tokens limit the harm of a leak")),
+            problems_so_far,
+        );
+        let link_code_ttl = bounded_duration(
+            "link_code_ttl",
+            [serve.link_code_ttl.as_ref(), file.link_code_ttl.as_ref()],
+            "10m",
+            Some((HOUR, "a short-lived code limits guessing")),
+            problems_so_far,
+        );
+        let request_timeout = bounded_duration(
+            "request_timeout",
+            [
+                serve.request_timeout.as_ref(),
+                file.request_timeout.as_ref(),
+            ],
+            "30s",
+            None,
+            problems_so_far,
+        );
+        let quote_ttl = bounded_duration(
+            "quote_ttl",
+            [serve.quote_ttl.as_ref(), file.quote_ttl.as_ref()],
+            "5m",
+            Some((HOUR, "a quote holds a price that terms may change")),
+            problems_so_far,
+        );
+        let saga_lease = saga_lease(serve, &file, problems_so_far);
+        let adjustment_approval_threshold_minor = approval_threshold(serve, &file, problems_so_far);
+        if !problems.is_empty() {
+            return Err(SettingsError(problems));
         }
-        let link_text = serve
-            .link_code_ttl
-            .clone()
-            .or_else(|| file.link_code_ttl.clone())
-            .unwrap_or_else(|| "10m".to_owned());
-        let link_code_ttl = duration("link_code_ttl", &link_text, &mut problems);
-        if link_code_ttl > Duration::from_secs(3600) {
-            problems.push(
-                "link_code_ttl: must be at most 1h; a short-lived code limits guessing".to_owned(),
-            );
-        }
-        let timeout_text = serve
-            .request_timeout
-            .clone()
-            .or_else(|| file.request_timeout.clone())
-            .unwrap_or_else(|| "30s".to_owned());
-        let request_timeout = duration("request_timeout", &timeout_text, &mut problems);
-        let quote_text = serve
-            .quote_ttl
-            .clone()
-            .or_else(|| file.quote_ttl.clone())
-            .unwrap_or_else(|| "5m".to_owned());
-        let quote_ttl = duration("quote_ttl", &quote_text, &mut problems);
-        if quote_ttl > Duration::from_secs(3600) {
-            problems.push(
-                "quote_ttl: must be at most 1h; a quote holds a price that terms may change"
-                    .to_owned(),
-            );
-        }
-        let lease_text = serve
-            .saga_lease
-            .clone()
-            .or_else(|| file.saga_lease.clone())
-            .unwrap_or_else(|| "30s".to_owned());
-        let saga_lease = duration("saga_lease", &lease_text, &mut problems);
-        if saga_lease < Duration::from_secs(1) {
-            problems.push(
-                "saga_lease: must be at least 1s; a shorter lease lets two processes drive one \
-                 conversion"
-                    .to_owned(),
-            );
-        }
-        if problems.is_empty() {
-            Ok(Self {
-                common,
-                listen,
-                partner_token_ttl,
-                link_code_ttl,
-                request_timeout,
-                quote_ttl,
-                saga_lease,
-            })
-        } else {
-            Err(SettingsError(problems))
-        }
+        Ok(Self {
+            common,
+            listen,
+            partner_token_ttl,
+            link_code_ttl,
+            request_timeout,
+            quote_ttl,
+            saga_lease,
+            adjustment_approval_threshold_minor,
+        })
     }
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+const HOURS_24: Duration = Duration::from_secs(24 * 3600);
+
+fn saga_lease(serve: &ServeArgs, file: &FileSettings, problems: &mut Vec<String>) -> Duration {
+    let lease = bounded_duration(
+        "saga_lease",
+        [serve.saga_lease.as_ref(), file.saga_lease.as_ref()],
+        "30s",
+        None,
+        problems,
+    );
+    if lease < Duration::from_secs(1) {
+        problems.push(
+            "saga_lease: must be at least 1s; a shorter lease lets two processes drive one \
+             conversion"
+                .to_owned(),
+        );
+    }
+    lease
+}
+
+fn approval_threshold(serve: &ServeArgs, file: &FileSettings, problems: &mut Vec<String>) -> i64 {
+    let threshold = serve
+        .adjustment_approval_threshold
+        .or(file.adjustment_approval_threshold)
+        .unwrap_or(100_000);
+    if threshold < 0 {
+        problems.push(format!(
+            "adjustment_approval_threshold: must be 0 or more (0 makes every adjustment need a \
+             second ops user); got {threshold}"
+        ));
+    }
+    threshold
 }
 
 #[cfg(test)]
@@ -294,6 +357,7 @@ mod tests {
             request_timeout: None,
             quote_ttl: None,
             saga_lease: None,
+            adjustment_approval_threshold: None,
         }
     }
 
@@ -340,6 +404,7 @@ mod tests {
             request_timeout: Some("0s".to_owned()),
             quote_ttl: None,
             saga_lease: None,
+            adjustment_approval_threshold: None,
         };
         let error = ServeSettings::load(&common, &serve).unwrap_err();
         let fields: Vec<&str> = error

@@ -1,0 +1,140 @@
+//! Settlement's one error enum, and its one mapping to gRPC codes.
+
+use tandem_domain::Violations;
+use tandem_ledger::LedgerError;
+use tandem_proto::status;
+use tonic::{Code, Status};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SettlementError {
+    #[error("{0}")]
+    InvalidArgument(Violations),
+    #[error("permission denied: {0}")]
+    PermissionDenied(&'static str),
+    /// Four eyes: the ops user who requested an adjustment may not approve it.
+    #[error("adjustment {0} was requested by you; another ops user must approve it")]
+    SameOpsUser(String),
+    #[error("adjustment {0} not found")]
+    AdjustmentNotFound(String),
+    #[error("adjustment {id} is {status}, not AWAITING_APPROVAL")]
+    NotAwaitingApproval { id: String, status: &'static str },
+    #[error(
+        "idempotency key {0:?} was used for another adjustment; use a new key for a new adjustment"
+    )]
+    IdempotencyKeyReused(String),
+    /// The ledger refused the request itself; its reason passes through.
+    #[error("{message}")]
+    LedgerRefused {
+        code: Code,
+        reason: &'static str,
+        message: String,
+    },
+    /// The ledger's storage failed: what was asked may or may not have landed.
+    #[error("the ledger's storage failed and the outcome is unknown; retry with the same key")]
+    OutcomeUnknown,
+    #[error("the settlement database is busy; retry shortly")]
+    DatabaseBusy,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl SettlementError {
+    pub(crate) fn invalid(field: &str, description: impl Into<String>) -> Self {
+        SettlementError::InvalidArgument(Violations::single(field, description))
+    }
+
+    /// Whether what was asked may have applied although it failed; a retry with the same key
+    /// is then the way to find out.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            SettlementError::OutcomeUnknown | SettlementError::Internal(_)
+        )
+    }
+}
+
+impl From<sqlx::Error> for SettlementError {
+    fn from(error: sqlx::Error) -> Self {
+        if tandem_storage::is_pool_exhausted(&error) {
+            return SettlementError::DatabaseBusy;
+        }
+        SettlementError::Internal(error.to_string())
+    }
+}
+
+impl From<LedgerError> for SettlementError {
+    fn from(error: LedgerError) -> Self {
+        let message = error.to_string();
+        let refused = |code, reason| SettlementError::LedgerRefused {
+            code,
+            reason,
+            message: message.clone(),
+        };
+        match &error {
+            LedgerError::Invalid(violations) => {
+                SettlementError::InvalidArgument(violations.clone())
+            }
+            LedgerError::Unbalanced(description) => {
+                SettlementError::InvalidArgument(Violations::single("legs", description.clone()))
+            }
+            LedgerError::AccountNotFound(_) => refused(Code::NotFound, "ACCOUNT_NOT_FOUND"),
+            LedgerError::TransactionNotFound(_) => refused(Code::NotFound, "TRANSACTION_NOT_FOUND"),
+            LedgerError::ScaleMismatch { .. } => {
+                refused(Code::FailedPrecondition, "UNIT_SCALE_MISMATCH")
+            }
+            LedgerError::AccountGuardDiffers(_) => refused(Code::AlreadyExists, "ACCOUNT_EXISTS"),
+            LedgerError::IdempotencyConflict { .. } => {
+                refused(Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED")
+            }
+            LedgerError::GuardRefused(_) => {
+                refused(Code::FailedPrecondition, "INSUFFICIENT_BALANCE")
+            }
+            LedgerError::NotPending(_) => refused(Code::FailedPrecondition, "NOT_PENDING"),
+            LedgerError::PendingExpired(_) => refused(Code::FailedPrecondition, "PENDING_EXPIRED"),
+            LedgerError::AlreadyResolved(..) => {
+                refused(Code::FailedPrecondition, "PENDING_ALREADY_RESOLVED")
+            }
+            LedgerError::NotReversible { .. } => {
+                refused(Code::FailedPrecondition, "NOT_REVERSIBLE")
+            }
+            LedgerError::AlreadyReversed(_) => {
+                refused(Code::FailedPrecondition, "ALREADY_REVERSED")
+            }
+            LedgerError::Conflict => refused(Code::Aborted, "CONCURRENT_WRITE"),
+            LedgerError::Stopped => refused(Code::Unavailable, "LEDGER_STOPPED"),
+            LedgerError::Storage(cause) => {
+                tracing::error!(%cause, "ledger storage failed");
+                SettlementError::OutcomeUnknown
+            }
+        }
+    }
+}
+
+impl From<SettlementError> for Status {
+    fn from(error: SettlementError) -> Self {
+        let message = error.to_string();
+        let (code, reason) = match &error {
+            SettlementError::InvalidArgument(violations) => {
+                return status::invalid_argument(
+                    violations.iter().map(|violation| {
+                        (violation.field.as_str(), violation.description.as_str())
+                    }),
+                );
+            }
+            SettlementError::Internal(cause) => return status::internal(cause),
+            SettlementError::PermissionDenied(_) => (Code::PermissionDenied, "PERMISSION_DENIED"),
+            SettlementError::SameOpsUser(_) => (Code::PermissionDenied, "SAME_OPS_USER"),
+            SettlementError::AdjustmentNotFound(_) => (Code::NotFound, "ADJUSTMENT_NOT_FOUND"),
+            SettlementError::NotAwaitingApproval { .. } => {
+                (Code::FailedPrecondition, "ADJUSTMENT_NOT_AWAITING_APPROVAL")
+            }
+            SettlementError::IdempotencyKeyReused(_) => {
+                (Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED")
+            }
+            SettlementError::LedgerRefused { code, reason, .. } => (*code, *reason),
+            SettlementError::OutcomeUnknown => (Code::Unavailable, "OUTCOME_UNKNOWN"),
+            SettlementError::DatabaseBusy => (Code::Unavailable, "DATABASE_BUSY"),
+        };
+        status::with_reason(code, reason, message)
+    }
+}

@@ -1,0 +1,452 @@
+//! The gRPC edge of `SettlementService`: who may call what, proto in, settlement types out.
+
+use std::sync::Arc;
+
+use tandem_auth::{Authenticator, Caller, Role};
+use tandem_domain::{FieldViolation, PartnerId, Violations};
+use tandem_ledger::{AccountFilter, AccountId, Direction, Leg, Owner, Unit};
+use tandem_proto::{
+    time::{datetime, timestamp},
+    v1::{self as pb, settlement_service_server::SettlementService},
+};
+use tandem_storage::{PageCursor, PageRequest};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    Adjustment, AdjustmentStatus, AuditEvent, AuditFilter, NewAdjustment, Position, Settlement,
+    SettlementError,
+    ledger_grpc::{account_to_pb, direction_to_pb, purpose_from_pb},
+};
+
+/// `SettlementService` over gRPC.
+pub struct SettlementGrpc {
+    settlement: Settlement,
+    authenticator: Arc<Authenticator>,
+}
+
+impl SettlementGrpc {
+    pub fn new(settlement: Settlement, authenticator: Arc<Authenticator>) -> Self {
+        Self {
+            settlement,
+            authenticator,
+        }
+    }
+
+    /// The caller, when it has one of `roles`; PERMISSION_DENIED otherwise, before the request
+    /// is looked at.
+    async fn require<T>(
+        &self,
+        request: &Request<T>,
+        roles: &[Role],
+        action: &'static str,
+    ) -> Result<Caller, Status> {
+        let caller = self.authenticator.authenticate(request.metadata()).await?;
+        if !caller.is_any(roles) {
+            return Err(SettlementError::PermissionDenied(action).into());
+        }
+        Ok(caller)
+    }
+}
+
+const OPS: &[Role] = &[Role::Ops];
+const READERS: &[Role] = &[Role::Ops, Role::Service];
+const POSITION_READERS: &[Role] = &[Role::Ops, Role::Service, Role::Partner];
+
+fn page_request(page_size: i32, page_token: &str) -> Result<PageRequest, SettlementError> {
+    PageRequest::parse(page_size, page_token)
+        .map_err(|(field, description)| SettlementError::invalid(field, description))
+}
+
+fn next_token(cursor: Option<PageCursor>) -> String {
+    cursor.map(|cursor| cursor.encode()).unwrap_or_default()
+}
+
+fn account_filter(request: &pb::ListAccountsRequest) -> Result<AccountFilter, SettlementError> {
+    let mut violations = Violations::new();
+    let owner = (!request.owner.is_empty())
+        .then(|| violations.check("owner", request.owner.parse::<Owner>()))
+        .flatten();
+    let purpose = match pb::AccountPurpose::try_from(request.purpose) {
+        Ok(pb::AccountPurpose::Unspecified) => None,
+        _ => violations.check("purpose", purpose_from_pb(request.purpose)),
+    };
+    let unit = (!request.unit.is_empty())
+        .then(|| violations.check("unit", Unit::parse(&request.unit)))
+        .flatten();
+    if !violations.is_empty() {
+        return Err(SettlementError::InvalidArgument(violations));
+    }
+    Ok(AccountFilter {
+        owner,
+        purpose,
+        unit,
+    })
+}
+
+/// The partner and currency a positions request names, and its time (not in the future).
+fn positions_query(
+    caller: &Caller,
+    request: &pb::ListPositionsRequest,
+) -> Result<(Option<PartnerId>, Option<Unit>, tandem_domain::Timestamp), SettlementError> {
+    let mut violations = Violations::new();
+    let partner = (!request.partner_id.is_empty())
+        .then(|| violations.check("partner_id", request.partner_id.parse::<PartnerId>()))
+        .flatten();
+    let currency = (!request.currency.is_empty())
+        .then(|| {
+            violations.check(
+                "currency",
+                request.currency.parse::<tandem_domain::Currency>(),
+            )
+        })
+        .flatten()
+        .and_then(|currency| Unit::parse(currency.code()).ok());
+    let now = tandem_domain::now();
+    let at = match request.as_of_time.as_ref().map(datetime).transpose() {
+        Ok(Some(at)) if at > now => {
+            violations.push(FieldViolation::new(
+                "as_of_time",
+                "must not be in the future",
+            ));
+            now
+        }
+        Ok(at) => at.unwrap_or(now),
+        Err(error) => {
+            violations.push(FieldViolation::new("as_of_time", error));
+            now
+        }
+    };
+    if !violations.is_empty() {
+        return Err(SettlementError::InvalidArgument(violations));
+    }
+    if caller.role() == Role::Partner {
+        match partner {
+            Some(partner) if caller.is_partner(partner) => {}
+            _ => {
+                return Err(SettlementError::PermissionDenied(
+                    "a partner reads only its own positions: partner_id must be your own",
+                ));
+            }
+        }
+    }
+    Ok((partner, currency, at))
+}
+
+fn new_adjustment(request: pb::PostAdjustmentRequest) -> Result<NewAdjustment, SettlementError> {
+    let mut violations = Violations::new();
+    let key = violations.check(
+        "idempotency_key",
+        tandem_domain::IdempotencyKey::parse(&request.idempotency_key),
+    );
+    let reason = violations.check("reason", tandem_domain::Reason::parse(&request.reason));
+    if !request.reference.is_empty() {
+        violations.check(
+            "reference",
+            tandem_domain::ExternalId::parse(&request.reference),
+        );
+    }
+    let mut legs = Vec::with_capacity(request.legs.len());
+    for (index, leg) in request.legs.iter().enumerate() {
+        let account = violations.check(
+            &format!("legs[{index}].account_id"),
+            leg.account_id.parse::<AccountId>(),
+        );
+        let direction = match pb::Direction::try_from(leg.direction) {
+            Ok(pb::Direction::Debit) => Some(Direction::Debit),
+            Ok(pb::Direction::Credit) => Some(Direction::Credit),
+            _ => {
+                violations.push(FieldViolation::new(
+                    format!("legs[{index}].direction"),
+                    "must be DEBIT or CREDIT",
+                ));
+                None
+            }
+        };
+        if let (Some(account), Some(direction)) = (account, direction) {
+            legs.push(Leg {
+                account,
+                direction,
+                amount_minor: leg.amount_minor,
+            });
+        }
+    }
+    match (key, reason) {
+        (Some(key), Some(reason)) if violations.is_empty() => Ok(NewAdjustment {
+            idempotency_key: key.into_string(),
+            legs,
+            reason: reason.to_string(),
+            reference: request.reference,
+        }),
+        _ => Err(SettlementError::InvalidArgument(violations)),
+    }
+}
+
+fn status_to_pb(status: AdjustmentStatus) -> pb::AdjustmentStatus {
+    match status {
+        AdjustmentStatus::AwaitingApproval => pb::AdjustmentStatus::AwaitingApproval,
+        AdjustmentStatus::Posting => pb::AdjustmentStatus::Posting,
+        AdjustmentStatus::Posted => pb::AdjustmentStatus::Posted,
+        AdjustmentStatus::Rejected => pb::AdjustmentStatus::Rejected,
+        AdjustmentStatus::Failed => pb::AdjustmentStatus::Failed,
+    }
+}
+
+fn status_filter(value: i32) -> Result<Option<AdjustmentStatus>, SettlementError> {
+    Ok(match pb::AdjustmentStatus::try_from(value) {
+        Ok(pb::AdjustmentStatus::Unspecified) => None,
+        Ok(pb::AdjustmentStatus::AwaitingApproval) => Some(AdjustmentStatus::AwaitingApproval),
+        Ok(pb::AdjustmentStatus::Posting) => Some(AdjustmentStatus::Posting),
+        Ok(pb::AdjustmentStatus::Posted) => Some(AdjustmentStatus::Posted),
+        Ok(pb::AdjustmentStatus::Rejected) => Some(AdjustmentStatus::Rejected),
+        Ok(pb::AdjustmentStatus::Failed) => Some(AdjustmentStatus::Failed),
+        Err(_) => {
+            return Err(SettlementError::invalid(
+                "status",
+                format!("{value} is not an adjustment status"),
+            ));
+        }
+    })
+}
+
+fn adjustment_to_pb(adjustment: Adjustment) -> pb::Adjustment {
+    pb::Adjustment {
+        adjustment_id: adjustment.adjustment_id,
+        idempotency_key: adjustment.idempotency_key,
+        legs: adjustment
+            .legs
+            .iter()
+            .map(|leg| pb::Leg {
+                account_id: leg.account.to_string(),
+                direction: direction_to_pb(leg.direction).into(),
+                amount_minor: leg.amount_minor,
+            })
+            .collect(),
+        reason: adjustment.reason,
+        reference: adjustment.reference,
+        status: status_to_pb(adjustment.status).into(),
+        requested_by: adjustment.requested_by,
+        decided_by: adjustment.decided_by,
+        rejection_reason: adjustment.rejection_reason,
+        transaction_id: adjustment.transaction_id,
+        amount_minor: adjustment.amount_minor,
+        create_time: Some(timestamp(adjustment.created_at)),
+        decide_time: adjustment.decided_at.map(timestamp),
+    }
+}
+
+fn position_to_pb(position: Position) -> pb::Position {
+    pb::Position {
+        partner_id: position.partner_id.to_string(),
+        currency: position.account.unit.to_string(),
+        currency_scale: position.account.unit_scale,
+        account_id: position.account.id.to_string(),
+        posted_debits_minor: position.posted_debits_minor,
+        posted_credits_minor: position.posted_credits_minor,
+        net_minor: position.net_minor(),
+    }
+}
+
+fn event_to_pb(event: AuditEvent) -> pb::AuditEvent {
+    pb::AuditEvent {
+        event_id: event.event_id,
+        event_time: Some(timestamp(event.at)),
+        actor: event.actor,
+        action: event.action,
+        object_id: event.object_id,
+        reason: event.reason,
+        details: event.details.into_iter().collect(),
+    }
+}
+
+/// The trail's filters: texts without control characters, at most 200 characters each.
+fn audit_filter(request: &pb::ListAuditEventsRequest) -> Result<AuditFilter, SettlementError> {
+    let mut violations = Violations::new();
+    let mut text = |field: &str, value: &str| {
+        if value.is_empty() {
+            return None;
+        }
+        violations
+            .check(field, tandem_domain::Text::<200>::parse(value))
+            .map(|text| text.to_string())
+    };
+    let filter = AuditFilter {
+        actor: text("actor", &request.actor),
+        object_id: text("object_id", &request.object_id),
+    };
+    if violations.is_empty() {
+        Ok(filter)
+    } else {
+        Err(SettlementError::InvalidArgument(violations))
+    }
+}
+
+/// An adjustment id as given: one Tandem never made is simply not found.
+fn adjustment_id(id: &str) -> Result<&str, SettlementError> {
+    if id.is_empty() {
+        return Err(SettlementError::invalid("adjustment_id", "is required"));
+    }
+    Ok(id)
+}
+
+#[tonic::async_trait]
+impl SettlementService for SettlementGrpc {
+    async fn list_accounts(
+        &self,
+        request: Request<pb::ListAccountsRequest>,
+    ) -> Result<Response<pb::ListAccountsResponse>, Status> {
+        self.require(
+            &request,
+            READERS,
+            "only ops and Tandem's services list accounts",
+        )
+        .await?;
+        let request = request.into_inner();
+        let filter = account_filter(&request)?;
+        let page = page_request(request.page_size, &request.page_token)?;
+        let after = match &page.after {
+            Some(cursor) => Some(
+                cursor
+                    .id
+                    .parse::<AccountId>()
+                    .map_err(|_| SettlementError::invalid("page_token", "is not a page token"))?,
+            ),
+            None => None,
+        };
+        let accounts = self
+            .settlement
+            .accounts(&filter, after, page.size + 1)
+            .await?;
+        let (accounts, next) = page.split(accounts, |account| PageCursor {
+            created_at_micros: tandem_domain::to_unix_micros(account.created_at),
+            id: account.id.to_string(),
+        });
+        Ok(Response::new(pb::ListAccountsResponse {
+            accounts: accounts.iter().map(account_to_pb).collect(),
+            next_page_token: next_token(next),
+        }))
+    }
+
+    async fn list_positions(
+        &self,
+        request: Request<pb::ListPositionsRequest>,
+    ) -> Result<Response<pb::ListPositionsResponse>, Status> {
+        let caller = self
+            .require(
+                &request,
+                POSITION_READERS,
+                "positions are read by ops, Tandem's services and each partner for itself",
+            )
+            .await?;
+        let (partner, currency, at) = positions_query(&caller, request.get_ref())?;
+        let positions = self.settlement.positions(partner, currency, at).await?;
+        Ok(Response::new(pb::ListPositionsResponse {
+            positions: positions.into_iter().map(position_to_pb).collect(),
+            as_of_time: Some(timestamp(at)),
+        }))
+    }
+
+    async fn post_adjustment(
+        &self,
+        request: Request<pb::PostAdjustmentRequest>,
+    ) -> Result<Response<pb::PostAdjustmentResponse>, Status> {
+        let caller = self
+            .require(&request, OPS, "only ops post adjustments")
+            .await?;
+        let new = new_adjustment(request.into_inner())?;
+        let (adjustment, replayed) = self
+            .settlement
+            .post_adjustment(caller.subject(), new)
+            .await?;
+        Ok(Response::new(pb::PostAdjustmentResponse {
+            adjustment: Some(adjustment_to_pb(adjustment)),
+            replayed,
+        }))
+    }
+
+    async fn approve_adjustment(
+        &self,
+        request: Request<pb::ApproveAdjustmentRequest>,
+    ) -> Result<Response<pb::ApproveAdjustmentResponse>, Status> {
+        let caller = self
+            .require(&request, OPS, "only ops approve adjustments")
+            .await?;
+        let id = adjustment_id(&request.get_ref().adjustment_id)?;
+        let adjustment = self
+            .settlement
+            .approve_adjustment(caller.subject(), id)
+            .await?;
+        Ok(Response::new(pb::ApproveAdjustmentResponse {
+            adjustment: Some(adjustment_to_pb(adjustment)),
+        }))
+    }
+
+    async fn reject_adjustment(
+        &self,
+        request: Request<pb::RejectAdjustmentRequest>,
+    ) -> Result<Response<pb::RejectAdjustmentResponse>, Status> {
+        let caller = self
+            .require(&request, OPS, "only ops reject adjustments")
+            .await?;
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        if request.adjustment_id.is_empty() {
+            violations.push(FieldViolation::new("adjustment_id", "is required"));
+        }
+        let reason = violations.check("reason", tandem_domain::Reason::parse(&request.reason));
+        let Some(reason) = reason.filter(|_| violations.is_empty()) else {
+            return Err(SettlementError::InvalidArgument(violations).into());
+        };
+        let adjustment = self
+            .settlement
+            .reject_adjustment(caller.subject(), &request.adjustment_id, reason.as_str())
+            .await?;
+        Ok(Response::new(pb::RejectAdjustmentResponse {
+            adjustment: Some(adjustment_to_pb(adjustment)),
+        }))
+    }
+
+    async fn get_adjustment(
+        &self,
+        request: Request<pb::GetAdjustmentRequest>,
+    ) -> Result<Response<pb::GetAdjustmentResponse>, Status> {
+        self.require(&request, OPS, "only ops read adjustments")
+            .await?;
+        let id = adjustment_id(&request.get_ref().adjustment_id)?;
+        let adjustment = self.settlement.adjustment(id).await?;
+        Ok(Response::new(pb::GetAdjustmentResponse {
+            adjustment: Some(adjustment_to_pb(adjustment)),
+        }))
+    }
+
+    async fn list_adjustments(
+        &self,
+        request: Request<pb::ListAdjustmentsRequest>,
+    ) -> Result<Response<pb::ListAdjustmentsResponse>, Status> {
+        self.require(&request, OPS, "only ops list adjustments")
+            .await?;
+        let request = request.into_inner();
+        let status = status_filter(request.status)?;
+        let page = page_request(request.page_size, &request.page_token)?;
+        let (adjustments, next) = self.settlement.adjustments(status, &page).await?;
+        Ok(Response::new(pb::ListAdjustmentsResponse {
+            adjustments: adjustments.into_iter().map(adjustment_to_pb).collect(),
+            next_page_token: next_token(next),
+        }))
+    }
+
+    async fn list_audit_events(
+        &self,
+        request: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        self.require(&request, OPS, "only ops read the audit trail")
+            .await?;
+        let request = request.into_inner();
+        let filter = audit_filter(&request)?;
+        let page = page_request(request.page_size, &request.page_token)?;
+        let (events, next) = self.settlement.audit_events(&filter, &page).await?;
+        Ok(Response::new(pb::ListAuditEventsResponse {
+            events: events.into_iter().map(event_to_pb).collect(),
+            next_page_token: next_token(next),
+        }))
+    }
+}

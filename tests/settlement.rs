@@ -1,0 +1,583 @@
+//! SettlementService through the real server, as operations staff use it: the ledger's accounts
+//! and each partner's position, now and as of a time; adjustments with four eyes above the
+//! threshold, their replays and refusals; the audit trail; and the same through the `tandem` CLI.
+
+mod helpers;
+
+use std::process::Stdio;
+
+use helpers::{TANDEM, TestServer, authed, reason, storage_args, violated_fields};
+use tandem_auth::Role;
+use tandem_proto::v1 as pb;
+use tonic::Code;
+
+const HOTEL: &str = "01a20560-0000-7000-8000-00000000000a";
+const RIDE: &str = "01a20560-0000-7000-8000-00000000000b";
+
+/// Two partners' USD settlement accounts and the exchange's USD fee account.
+struct Books {
+    hotel: String,
+    ride: String,
+    fees: String,
+    service_token: String,
+}
+
+impl Books {
+    async fn open(server: &TestServer) -> Self {
+        let service_token = server.staff_token(Role::Service).await;
+        let mut ledger = server.ledger();
+        let mut open = async |owner: &str, purpose: pb::AccountPurpose| {
+            let request = pb::OpenAccountRequest {
+                owner: owner.to_owned(),
+                purpose: purpose.into(),
+                unit: "USD".to_owned(),
+                unit_scale: 2,
+                ..Default::default()
+            };
+            ledger
+                .open_account(authed(&service_token, request))
+                .await
+                .unwrap()
+                .into_inner()
+                .account
+                .unwrap()
+                .account_id
+        };
+        let hotel = open(HOTEL, pb::AccountPurpose::Settlement).await;
+        let ride = open(RIDE, pb::AccountPurpose::Settlement).await;
+        let fees = open("exchange", pb::AccountPurpose::Fees).await;
+        Self {
+            hotel,
+            ride,
+            fees,
+            service_token,
+        }
+    }
+
+    /// What a conversion posts: the hotel pays the ride `amount_minor` and the exchange a fee
+    /// of 100.
+    async fn conversion(&self, server: &TestServer, key: &str, amount_minor: i64) {
+        let request = pb::PostTransactionRequest {
+            idempotency_key: key.to_owned(),
+            legs: vec![
+                leg(&self.hotel, pb::Direction::Debit, amount_minor + 100),
+                leg(&self.ride, pb::Direction::Credit, amount_minor),
+                leg(&self.fees, pb::Direction::Credit, 100),
+            ],
+            type_code: "CONVERSION".to_owned(),
+            ..Default::default()
+        };
+        server
+            .ledger()
+            .post_transaction(authed(&self.service_token, request))
+            .await
+            .unwrap();
+    }
+}
+
+fn leg(account: &str, direction: pb::Direction, amount_minor: i64) -> pb::Leg {
+    pb::Leg {
+        account_id: account.to_owned(),
+        direction: direction.into(),
+        amount_minor,
+    }
+}
+
+async fn positions(
+    server: &TestServer,
+    token: &str,
+    request: pb::ListPositionsRequest,
+) -> Result<Vec<(String, i64)>, tonic::Status> {
+    let answer = server
+        .settlement()
+        .list_positions(authed(token, request))
+        .await?
+        .into_inner();
+    Ok(answer
+        .positions
+        .into_iter()
+        .map(|position| (position.partner_id, position.net_minor))
+        .collect())
+}
+
+async fn positions_show_what_each_partner_is_owed_now_and_as_of_a_time(server: TestServer) {
+    let books = Books::open(&server).await;
+    let ops = server.ops_token("alice").await;
+    books.conversion(&server, "first", 2_500).await;
+    let between = tandem_proto::time::timestamp(tandem_domain::now());
+    books.conversion(&server, "second", 1_000).await;
+
+    let now = positions(&server, &ops, pb::ListPositionsRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        now,
+        [(HOTEL.to_owned(), -3_700), (RIDE.to_owned(), 3_500)],
+        "the exchange's fee account is not a partner's position"
+    );
+    let earlier = positions(
+        &server,
+        &ops,
+        pb::ListPositionsRequest {
+            as_of_time: Some(between),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        earlier,
+        [(HOTEL.to_owned(), -2_600), (RIDE.to_owned(), 2_500)]
+    );
+
+    // A partner reads its own position, and only its own.
+    let hotel_token = server.partner_token_for(HOTEL).await;
+    let own = pb::ListPositionsRequest {
+        partner_id: HOTEL.to_owned(),
+        ..Default::default()
+    };
+    assert_eq!(
+        positions(&server, &hotel_token, own).await.unwrap(),
+        [(HOTEL.to_owned(), -3_700)]
+    );
+    for request in [
+        pb::ListPositionsRequest::default(),
+        pb::ListPositionsRequest {
+            partner_id: RIDE.to_owned(),
+            ..Default::default()
+        },
+    ] {
+        let refused = positions(&server, &hotel_token, request).await.unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    }
+    let future = pb::ListPositionsRequest {
+        as_of_time: Some(prost_types::Timestamp {
+            seconds: 4_000_000_000,
+            nanos: 0,
+        }),
+        currency: "XXQ".to_owned(),
+        ..Default::default()
+    };
+    let refused = positions(&server, &ops, future).await.unwrap_err();
+    assert_eq!(violated_fields(&refused), ["currency", "as_of_time"]);
+}
+
+async fn accounts_are_listed_by_filter_a_page_at_a_time(server: TestServer) {
+    let books = Books::open(&server).await;
+    let ops = server.ops_token("alice").await;
+    let mut seen = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = server
+            .settlement()
+            .list_accounts(authed(
+                &ops,
+                pb::ListAccountsRequest {
+                    purpose: pb::AccountPurpose::Settlement.into(),
+                    page_size: 1,
+                    page_token,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.accounts.len() <= 1);
+        seen.extend(page.accounts.into_iter().map(|account| account.account_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(
+        seen,
+        [books.hotel.clone(), books.ride.clone()],
+        "oldest first, once each"
+    );
+    let exchange_only = server
+        .settlement()
+        .list_accounts(authed(
+            &ops,
+            pb::ListAccountsRequest {
+                owner: "exchange".to_owned(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(exchange_only.accounts.len(), 1);
+    assert_eq!(exchange_only.accounts[0].account_id, books.fees);
+    let refused = server
+        .settlement()
+        .list_accounts(authed(
+            &ops,
+            pb::ListAccountsRequest {
+                owner: "not-a-partner".to_owned(),
+                unit: "x".to_owned(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&refused), ["owner", "unit"]);
+}
+
+fn adjustment(key: &str, from: &str, to: &str, amount_minor: i64) -> pb::PostAdjustmentRequest {
+    pb::PostAdjustmentRequest {
+        idempotency_key: key.to_owned(),
+        legs: vec![
+            leg(from, pb::Direction::Debit, amount_minor),
+            leg(to, pb::Direction::Credit, amount_minor),
+        ],
+        reason: "conversion 42 failed after the partners settled by hand".to_owned(),
+        reference: "conversion-42".to_owned(),
+    }
+}
+
+async fn post(
+    server: &TestServer,
+    token: &str,
+    request: pb::PostAdjustmentRequest,
+) -> Result<(pb::Adjustment, bool), tonic::Status> {
+    let answer = server
+        .settlement()
+        .post_adjustment(authed(token, request))
+        .await?
+        .into_inner();
+    Ok((answer.adjustment.unwrap(), answer.replayed))
+}
+
+async fn approve(
+    server: &TestServer,
+    token: &str,
+    id: &str,
+) -> Result<pb::Adjustment, tonic::Status> {
+    let request = pb::ApproveAdjustmentRequest {
+        adjustment_id: id.to_owned(),
+    };
+    Ok(server
+        .settlement()
+        .approve_adjustment(authed(token, request))
+        .await?
+        .into_inner()
+        .adjustment
+        .unwrap())
+}
+
+async fn an_adjustment_above_the_threshold_needs_a_second_ops_user(server: TestServer) {
+    let books = Books::open(&server).await;
+    let (alice, bob) = (
+        server.ops_token("alice").await,
+        server.ops_token("bob").await,
+    );
+    // $1,500.00 is above the default threshold of 100,000 minor units.
+    let big = adjustment("big", &books.hotel, &books.ride, 150_000);
+    let (requested, replayed) = post(&server, &alice, big.clone()).await.unwrap();
+    assert!(!replayed);
+    assert_eq!(
+        requested.status,
+        pb::AdjustmentStatus::AwaitingApproval as i32
+    );
+    assert_eq!(requested.amount_minor, 150_000);
+    assert!(requested.transaction_id.is_empty());
+    assert_eq!(
+        positions(&server, &alice, pb::ListPositionsRequest::default())
+            .await
+            .unwrap(),
+        [(HOTEL.to_owned(), 0), (RIDE.to_owned(), 0)],
+        "nothing posts before the approval"
+    );
+
+    let refused = approve(&server, &alice, &requested.adjustment_id)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert_eq!(reason(&refused), "SAME_OPS_USER");
+    let approved = approve(&server, &bob, &requested.adjustment_id)
+        .await
+        .unwrap();
+    assert_eq!(approved.status, pb::AdjustmentStatus::Posted as i32);
+    assert_eq!(approved.decided_by, "bob");
+    assert_eq!(
+        positions(&server, &bob, pb::ListPositionsRequest::default())
+            .await
+            .unwrap(),
+        [(HOTEL.to_owned(), -150_000), (RIDE.to_owned(), 150_000)]
+    );
+    let posted = server
+        .ledger()
+        .list_transactions(authed(
+            &bob,
+            pb::ListTransactionsRequest {
+                external_reference: "conversion-42".to_owned(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .transactions;
+    assert_eq!(posted.len(), 1, "posted once");
+    assert_eq!(posted[0].transaction_id, approved.transaction_id);
+    assert_eq!(posted[0].type_code, "ADJUSTMENT");
+    assert_eq!(posted[0].metadata["approved_by"], "bob");
+
+    // The approver asking again gets the posted adjustment; the same key again is the original.
+    let again = approve(&server, &bob, &requested.adjustment_id)
+        .await
+        .unwrap();
+    assert_eq!(again.transaction_id, approved.transaction_id);
+    let (replay, replayed) = post(&server, &alice, big.clone()).await.unwrap();
+    assert!(replayed);
+    assert_eq!(replay.adjustment_id, requested.adjustment_id);
+    let mut other = big;
+    other.reason = "another reason".to_owned();
+    let reused = post(&server, &alice, other).await.unwrap_err();
+    assert_eq!(reused.code(), Code::AlreadyExists);
+    assert_eq!(reason(&reused), "IDEMPOTENCY_KEY_REUSED");
+}
+
+async fn small_adjustments_post_at_once_and_waiting_ones_can_be_rejected(server: TestServer) {
+    let books = Books::open(&server).await;
+    let (alice, bob) = (
+        server.ops_token("alice").await,
+        server.ops_token("bob").await,
+    );
+    let (small, _) = post(
+        &server,
+        &alice,
+        adjustment("small", &books.ride, &books.hotel, 700),
+    )
+    .await
+    .unwrap();
+    assert_eq!(small.status, pb::AdjustmentStatus::Posted as i32);
+    assert!(!small.transaction_id.is_empty());
+
+    let (waiting, _) = post(
+        &server,
+        &alice,
+        adjustment("waiting", &books.hotel, &books.ride, 200_000),
+    )
+    .await
+    .unwrap();
+    let rejected = server
+        .settlement()
+        .reject_adjustment(authed(
+            &bob,
+            pb::RejectAdjustmentRequest {
+                adjustment_id: waiting.adjustment_id.clone(),
+                reason: "the partners settled it between them".to_owned(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .adjustment
+        .unwrap();
+    assert_eq!(rejected.status, pb::AdjustmentStatus::Rejected as i32);
+    let late = approve(&server, &bob, &waiting.adjustment_id)
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&late), "ADJUSTMENT_NOT_AWAITING_APPROVAL");
+    assert_eq!(
+        positions(&server, &bob, pb::ListPositionsRequest::default())
+            .await
+            .unwrap(),
+        [(HOTEL.to_owned(), 700), (RIDE.to_owned(), -700)],
+        "only the small one posted"
+    );
+
+    let listed = server
+        .settlement()
+        .list_adjustments(authed(
+            &alice,
+            pb::ListAdjustmentsRequest {
+                status: pb::AdjustmentStatus::Rejected.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .adjustments;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].adjustment_id, waiting.adjustment_id);
+
+    let trail: Vec<(String, String, String)> = server
+        .settlement()
+        .list_audit_events(authed(&alice, pb::ListAuditEventsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .events
+        .into_iter()
+        .map(|event| (event.actor, event.action, event.object_id))
+        .collect();
+    let small_id = small.adjustment_id;
+    let waiting_id = waiting.adjustment_id;
+    assert_eq!(
+        trail,
+        [
+            (
+                "bob".into(),
+                "ADJUSTMENT_REJECTED".into(),
+                waiting_id.clone()
+            ),
+            ("alice".into(), "ADJUSTMENT_REQUESTED".into(), waiting_id),
+            ("alice".into(), "ADJUSTMENT_POSTED".into(), small_id.clone()),
+            ("alice".into(), "ADJUSTMENT_REQUESTED".into(), small_id),
+        ],
+        "newest first, every action once"
+    );
+}
+
+async fn a_bad_adjustment_is_refused_and_writes_nothing(server: TestServer) {
+    let books = Books::open(&server).await;
+    let alice = server.ops_token("alice").await;
+    let mut unbalanced = adjustment("unbalanced", &books.hotel, &books.ride, 100);
+    unbalanced.legs[1].amount_minor = 99;
+    let refused = post(&server, &alice, unbalanced).await.unwrap_err();
+    assert_eq!(violated_fields(&refused), ["legs"]);
+    let mut blank = adjustment("", &books.hotel, &books.ride, 100);
+    blank.reason = " ".to_owned();
+    let refused = post(&server, &alice, blank).await.unwrap_err();
+    assert_eq!(violated_fields(&refused), ["idempotency_key", "reason"]);
+    let unknown = adjustment(
+        "unknown-account",
+        &books.hotel,
+        "01a20560-0000-7000-8000-0000000000ff",
+        100,
+    );
+    let refused = post(&server, &alice, unknown).await.unwrap_err();
+    assert_eq!(reason(&refused), "ACCOUNT_NOT_FOUND");
+    // A partner, or Tandem's own services, may not post adjustments.
+    let partner = server.partner_token_for(HOTEL).await;
+    let refused = post(
+        &server,
+        &partner,
+        adjustment("partner", &books.hotel, &books.ride, 100),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+
+    let listed = server
+        .settlement()
+        .list_adjustments(authed(&alice, pb::ListAdjustmentsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .adjustments;
+    assert!(listed.is_empty(), "{listed:?}");
+    let trail = server
+        .settlement()
+        .list_audit_events(authed(&alice, pb::ListAuditEventsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert!(trail.is_empty(), "{trail:?}");
+}
+
+/// `tandem` run against the server as the ops user `user`: (exit code, standard output,
+/// standard error).
+fn cli(server: &TestServer, user: &str, args: &[&str]) -> (i32, String, String) {
+    let output = std::process::Command::new(TANDEM)
+        .args(storage_args(&server.database))
+        .args(args)
+        .args([
+            "--server",
+            &format!("http://{}", server.address),
+            "--as",
+            user,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+async fn ops_run_the_four_eyes_flow_from_the_cli(server: TestServer) {
+    let books = Books::open(&server).await;
+    books.conversion(&server, "first", 2_500).await;
+    let (code, table, _) = cli(&server, "alice", &["ledger", "positions"]);
+    assert_eq!(code, 0);
+    assert!(table.contains(HOTEL) && table.contains("-26.00"), "{table}");
+    assert!(table.contains(RIDE) && table.contains("25.00"), "{table}");
+
+    let debit = format!("{}:debit:150000", books.hotel);
+    let credit = format!("{}:credit:150000", books.ride);
+    let post_args = [
+        "adjust",
+        "post",
+        "--key",
+        "cli-1",
+        "--leg",
+        &debit,
+        "--leg",
+        &credit,
+        "--reason",
+        "settled by hand",
+        "--output",
+        "json",
+    ];
+    let (code, json, error) = cli(&server, "alice", &post_args);
+    assert_eq!(code, 0, "{error}");
+    let posted: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(posted[0]["status"], "AWAITING_APPROVAL");
+    let id = posted[0]["adjustment_id"].as_str().unwrap().to_owned();
+
+    let (code, _, error) = cli(&server, "alice", &["adjust", "approve", &id]);
+    assert_eq!(code, 1);
+    assert!(error.contains("SAME_OPS_USER"), "{error}");
+    let (code, csv, error) = cli(
+        &server,
+        "bob",
+        &["adjust", "approve", &id, "--output", "csv"],
+    );
+    assert_eq!(code, 0, "{error}");
+    assert!(csv.starts_with("adjustment_id,status,"), "{csv}");
+    assert!(
+        csv.contains(&format!("{id},POSTED,150000,alice,bob")),
+        "{csv}"
+    );
+
+    let (code, trail, _) = cli(&server, "bob", &["audit", "--output", "csv"]);
+    assert_eq!(code, 0);
+    let actions: Vec<&str> = trail
+        .lines()
+        .skip(1)
+        .map(|line| line.split(',').nth(2).unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "ADJUSTMENT_POSTED",
+            "ADJUSTMENT_APPROVED",
+            "ADJUSTMENT_REQUESTED"
+        ]
+    );
+    let (code, _, error) = cli(&server, "bob", &["ledger", "trial-balance"]);
+    assert_eq!(code, 0);
+    assert!(error.contains("balanced"), "{error}");
+    let (code, _, error) = cli(
+        &server,
+        "bob",
+        &["ledger", "accounts", "--purpose", "sideways"],
+    );
+    assert_eq!(code, 1);
+    assert!(error.contains("--purpose"), "{error}");
+}
+
+on_every_backend!(
+    positions_show_what_each_partner_is_owed_now_and_as_of_a_time,
+    accounts_are_listed_by_filter_a_page_at_a_time,
+    an_adjustment_above_the_threshold_needs_a_second_ops_user,
+    small_adjustments_post_at_once_and_waiting_ones_can_be_rejected,
+    a_bad_adjustment_is_refused_and_writes_nothing,
+    ops_run_the_four_eyes_flow_from_the_cli
+);
