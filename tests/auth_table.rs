@@ -455,6 +455,129 @@ fn rows() -> Vec<Row> {
         // Settlement first: rows further down suspend and offboard the partner, whose token
         // is then refused outright.
         Row {
+            rpc: "SettlementService.CreateSettlementRun",
+            allowed: &[Ops],
+            call: |world, token, attempt| {
+                Box::pin(async move {
+                    let request = pb::CreateSettlementRunRequest {
+                        idempotency_key: format!("table-run-{attempt}"),
+                        currency: "USD".to_owned(),
+                        cutoff_time: Some(tandem_proto::time::timestamp(tandem_domain::now())),
+                    };
+                    world
+                        .server
+                        .settlement()
+                        .create_settlement_run(request_with(token, request))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "SettlementService.GetSettlementRun",
+            allowed: &[Ops],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let request = pb::GetSettlementRunRequest {
+                        run_id: "01a20560-0000-7000-8000-0000000000ee".to_owned(),
+                    };
+                    world
+                        .server
+                        .settlement()
+                        .get_settlement_run(request_with(token, request))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "SettlementService.ListSettlementRuns",
+            allowed: &[Ops],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let request = pb::ListSettlementRunsRequest::default();
+                    world
+                        .server
+                        .settlement()
+                        .list_settlement_runs(request_with(token, request))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "SettlementService.ApproveSettlementRun",
+            allowed: &[Ops],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let request = pb::ApproveSettlementRunRequest {
+                        run_id: "01a20560-0000-7000-8000-0000000000ee".to_owned(),
+                    };
+                    world
+                        .server
+                        .settlement()
+                        .approve_settlement_run(request_with(token, request))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "SettlementService.SettleSettlementRun",
+            allowed: &[Ops],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let request = pb::SettleSettlementRunRequest {
+                        run_id: "01a20560-0000-7000-8000-0000000000ee".to_owned(),
+                        ..Default::default()
+                    };
+                    world
+                        .server
+                        .settlement()
+                        .settle_settlement_run(request_with(token, request))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "SettlementService.CancelSettlementRun",
+            allowed: &[Ops],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let request = pb::CancelSettlementRunRequest {
+                        run_id: "01a20560-0000-7000-8000-0000000000ee".to_owned(),
+                        reason: "table".to_owned(),
+                    };
+                    world
+                        .server
+                        .settlement()
+                        .cancel_settlement_run(request_with(token, request))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "SettlementService.GetStatement",
+            allowed: &[Ops, ThePartner],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let request = pb::GetStatementRequest {
+                        run_id: "01a20560-0000-7000-8000-0000000000ee".to_owned(),
+                        party: world.hotel.partner_id.clone(),
+                        ..Default::default()
+                    };
+                    world
+                        .server
+                        .settlement()
+                        .get_statement(request_with(token, request))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
             rpc: "SettlementService.ListAccounts",
             allowed: LEDGER_READERS,
             call: |world, token, _| {

@@ -13,11 +13,13 @@ use tonic::Code;
 
 const HOTEL: &str = "01a20560-0000-7000-8000-00000000000a";
 const RIDE: &str = "01a20560-0000-7000-8000-00000000000b";
+const AIRLINE: &str = "01a20560-0000-7000-8000-00000000000c";
 
 /// Two partners' USD settlement accounts and the exchange's USD fee account.
 struct Books {
     hotel: String,
     ride: String,
+    airline: String,
     fees: String,
     service_token: String,
 }
@@ -46,9 +48,11 @@ impl Books {
         let hotel = open(HOTEL, pb::AccountPurpose::Settlement).await;
         let ride = open(RIDE, pb::AccountPurpose::Settlement).await;
         let fees = open("exchange", pb::AccountPurpose::Fees).await;
+        let airline = open(AIRLINE, pb::AccountPurpose::Settlement).await;
         Self {
             hotel,
             ride,
+            airline,
             fees,
             service_token,
         }
@@ -57,11 +61,24 @@ impl Books {
     /// What a conversion posts: the hotel pays the ride `amount_minor` and the exchange a fee
     /// of 100.
     async fn conversion(&self, server: &TestServer, key: &str, amount_minor: i64) {
+        self.payment(server, key, &self.hotel, &self.ride, amount_minor)
+            .await;
+    }
+
+    /// `payer` pays `payee` `amount_minor` and the exchange a fee of 100, as a conversion does.
+    async fn payment(
+        &self,
+        server: &TestServer,
+        key: &str,
+        payer: &str,
+        payee: &str,
+        amount_minor: i64,
+    ) {
         let request = pb::PostTransactionRequest {
             idempotency_key: key.to_owned(),
             legs: vec![
-                leg(&self.hotel, pb::Direction::Debit, amount_minor + 100),
-                leg(&self.ride, pb::Direction::Credit, amount_minor),
+                leg(payer, pb::Direction::Debit, amount_minor + 100),
+                leg(payee, pb::Direction::Credit, amount_minor),
                 leg(&self.fees, pb::Direction::Credit, 100),
             ],
             type_code: "CONVERSION".to_owned(),
@@ -112,7 +129,11 @@ async fn positions_show_what_each_partner_is_owed_now_and_as_of_a_time(server: T
         .unwrap();
     assert_eq!(
         now,
-        [(HOTEL.to_owned(), -3_700), (RIDE.to_owned(), 3_500)],
+        [
+            (HOTEL.to_owned(), -3_700),
+            (RIDE.to_owned(), 3_500),
+            (AIRLINE.to_owned(), 0)
+        ],
         "the exchange's fee account is not a partner's position"
     );
     let earlier = positions(
@@ -127,7 +148,11 @@ async fn positions_show_what_each_partner_is_owed_now_and_as_of_a_time(server: T
     .unwrap();
     assert_eq!(
         earlier,
-        [(HOTEL.to_owned(), -2_600), (RIDE.to_owned(), 2_500)]
+        [
+            (HOTEL.to_owned(), -2_600),
+            (RIDE.to_owned(), 2_500),
+            (AIRLINE.to_owned(), 0)
+        ]
     );
 
     // A partner reads its own position, and only its own.
@@ -191,7 +216,11 @@ async fn accounts_are_listed_by_filter_a_page_at_a_time(server: TestServer) {
     }
     assert_eq!(
         seen,
-        [books.hotel.clone(), books.ride.clone()],
+        [
+            books.hotel.clone(),
+            books.ride.clone(),
+            books.airline.clone()
+        ],
         "oldest first, once each"
     );
     let exchange_only = server
@@ -285,7 +314,11 @@ async fn an_adjustment_above_the_threshold_needs_a_second_ops_user(server: TestS
         positions(&server, &alice, pb::ListPositionsRequest::default())
             .await
             .unwrap(),
-        [(HOTEL.to_owned(), 0), (RIDE.to_owned(), 0)],
+        [
+            (HOTEL.to_owned(), 0),
+            (RIDE.to_owned(), 0),
+            (AIRLINE.to_owned(), 0)
+        ],
         "nothing posts before the approval"
     );
 
@@ -303,7 +336,11 @@ async fn an_adjustment_above_the_threshold_needs_a_second_ops_user(server: TestS
         positions(&server, &bob, pb::ListPositionsRequest::default())
             .await
             .unwrap(),
-        [(HOTEL.to_owned(), -150_000), (RIDE.to_owned(), 150_000)]
+        [
+            (HOTEL.to_owned(), -150_000),
+            (RIDE.to_owned(), 150_000),
+            (AIRLINE.to_owned(), 0)
+        ]
     );
     let posted = server
         .ledger()
@@ -383,7 +420,11 @@ async fn small_adjustments_post_at_once_and_waiting_ones_can_be_rejected(server:
         positions(&server, &bob, pb::ListPositionsRequest::default())
             .await
             .unwrap(),
-        [(HOTEL.to_owned(), 700), (RIDE.to_owned(), -700)],
+        [
+            (HOTEL.to_owned(), 700),
+            (RIDE.to_owned(), -700),
+            (AIRLINE.to_owned(), 0)
+        ],
         "only the small one posted"
     );
 
@@ -477,6 +518,263 @@ async fn a_bad_adjustment_is_refused_and_writes_nothing(server: TestServer) {
         .into_inner()
         .events;
     assert!(trail.is_empty(), "{trail:?}");
+}
+
+async fn create_run(
+    server: &TestServer,
+    token: &str,
+    key: &str,
+    cutoff: prost_types::Timestamp,
+) -> Result<(pb::SettlementRun, bool), tonic::Status> {
+    let request = pb::CreateSettlementRunRequest {
+        idempotency_key: key.to_owned(),
+        currency: "USD".to_owned(),
+        cutoff_time: Some(cutoff),
+    };
+    let answer = server
+        .settlement()
+        .create_settlement_run(authed(token, request))
+        .await?
+        .into_inner();
+    Ok((answer.run.unwrap(), answer.replayed))
+}
+
+fn nets(run: &pb::SettlementRun) -> Vec<(String, i64)> {
+    run.positions
+        .iter()
+        .map(|position| (position.party.clone(), position.net_minor))
+        .collect()
+}
+
+fn now() -> prost_types::Timestamp {
+    tandem_proto::time::timestamp(tandem_domain::now())
+}
+
+async fn a_run_nets_three_partners_and_settles_with_four_eyes(server: TestServer) {
+    let books = Books::open(&server).await;
+    let (alice, bob) = (
+        server.ops_token("alice").await,
+        server.ops_token("bob").await,
+    );
+    books
+        .payment(&server, "h-r", &books.hotel, &books.ride, 2_500)
+        .await;
+    books
+        .payment(&server, "r-a", &books.ride, &books.airline, 1_000)
+        .await;
+    books
+        .payment(&server, "a-h", &books.airline, &books.hotel, 500)
+        .await;
+    let cutoff = now();
+    // Committed after the cut-off: the next run's.
+    books
+        .payment(&server, "late", &books.hotel, &books.ride, 700)
+        .await;
+
+    let (run, replayed) = create_run(&server, &alice, "december", cutoff)
+        .await
+        .unwrap();
+    assert!(!replayed);
+    assert_eq!(run.status, pb::SettlementRunStatus::Draft as i32);
+    assert_eq!(run.entry_count, 9);
+    assert_eq!(
+        nets(&run),
+        [
+            (HOTEL.to_owned(), -2_100),
+            (RIDE.to_owned(), 1_400),
+            (AIRLINE.to_owned(), 400),
+            ("exchange".to_owned(), 300),
+        ]
+    );
+    let bilateral: Vec<(String, String, i64)> = run
+        .bilateral
+        .iter()
+        .map(|amount| {
+            (
+                amount.debtor.clone(),
+                amount.creditor.clone(),
+                amount.amount_minor,
+            )
+        })
+        .collect();
+    for (debtor, creditor, amount) in [
+        (HOTEL, RIDE, 2_500),
+        (HOTEL, "exchange", 100),
+        (RIDE, AIRLINE, 1_000),
+        (AIRLINE, HOTEL, 500),
+    ] {
+        assert!(
+            bilateral.contains(&(debtor.to_owned(), creditor.to_owned(), amount)),
+            "{debtor} owes {creditor} {amount}: {bilateral:?}"
+        );
+    }
+    assert_eq!(run.totals.len(), 1);
+    assert_eq!(run.totals[0].kind, "CONVERSION");
+    assert_eq!(
+        (run.totals[0].debits_minor, run.totals[0].credits_minor),
+        (4_300, 4_300)
+    );
+
+    let (again, replayed) = create_run(&server, &alice, "december", cutoff)
+        .await
+        .unwrap();
+    assert!(replayed);
+    assert_eq!(again.run_id, run.run_id);
+    let reused = create_run(&server, &alice, "december", now())
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&reused), "IDEMPOTENCY_KEY_REUSED");
+
+    let approve = |token: String, run_id: String| {
+        let mut client = server.settlement();
+        async move {
+            client
+                .approve_settlement_run(authed(&token, pb::ApproveSettlementRunRequest { run_id }))
+                .await
+        }
+    };
+    let refused = approve(alice.clone(), run.run_id.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&refused), "SAME_OPS_USER");
+    approve(bob.clone(), run.run_id.clone()).await.unwrap();
+
+    let settle = |references: Vec<(&str, &str)>| {
+        let mut client = server.settlement();
+        let request = pb::SettleSettlementRunRequest {
+            run_id: run.run_id.clone(),
+            payment_references: references
+                .into_iter()
+                .map(|(party, reference)| (party.to_owned(), reference.to_owned()))
+                .collect(),
+        };
+        let token = bob.clone();
+        async move { client.settle_settlement_run(authed(&token, request)).await }
+    };
+    let missing = settle(vec![(HOTEL, "wire-1")]).await.unwrap_err();
+    assert_eq!(missing.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&missing).len(), 3, "{missing:?}");
+    let settled = settle(vec![
+        (HOTEL, "wire-1"),
+        (RIDE, "wire-2"),
+        (AIRLINE, "wire-3"),
+        ("exchange", "internal-4"),
+    ])
+    .await
+    .unwrap()
+    .into_inner()
+    .run
+    .unwrap();
+    assert_eq!(settled.status, pb::SettlementRunStatus::Settled as i32);
+    assert_eq!(settled.settlement_transaction_ids.len(), 1);
+    assert_eq!(settled.positions[1].payment_reference, "wire-2");
+    assert_eq!(
+        positions(&server, &bob, pb::ListPositionsRequest::default())
+            .await
+            .unwrap(),
+        [
+            (HOTEL.to_owned(), -800),
+            (RIDE.to_owned(), 700),
+            (AIRLINE.to_owned(), 0)
+        ],
+        "settled positions are zero; only the late payment is left"
+    );
+
+    // The ride reads its own statement: its two lines, and its position.
+    let ride_token = server.partner_token_for(RIDE).await;
+    let statement = server
+        .settlement()
+        .get_statement(authed(
+            &ride_token,
+            pb::GetStatementRequest {
+                run_id: run.run_id.clone(),
+                party: RIDE.to_owned(),
+                page_size: 1,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(statement.position.unwrap().net_minor, 1_400);
+    assert_eq!(statement.lines.len(), 1);
+    assert!(!statement.next_page_token.is_empty(), "a second page");
+    let not_its_own = server
+        .settlement()
+        .get_statement(authed(
+            &ride_token,
+            pb::GetStatementRequest {
+                run_id: run.run_id.clone(),
+                party: HOTEL.to_owned(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(not_its_own.code(), Code::PermissionDenied);
+
+    // The next run takes only the late payment: not the settlement's own transaction.
+    let (next, _) = create_run(&server, &alice, "january", now()).await.unwrap();
+    assert_eq!(next.entry_count, 3);
+    assert_eq!(
+        nets(&next),
+        [
+            (HOTEL.to_owned(), -800),
+            (RIDE.to_owned(), 700),
+            ("exchange".to_owned(), 100),
+        ]
+    );
+    // Cancelled, it lets go of its entries, and a new run takes them again.
+    server
+        .settlement()
+        .cancel_settlement_run(authed(
+            &alice,
+            pb::CancelSettlementRunRequest {
+                run_id: next.run_id.clone(),
+                reason: "wrong cut-off".to_owned(),
+            },
+        ))
+        .await
+        .unwrap();
+    let (retaken, _) = create_run(&server, &alice, "january-again", now())
+        .await
+        .unwrap();
+    assert_eq!(retaken.entry_count, 3);
+    let (empty, _) = create_run(&server, &alice, "nothing-left", now())
+        .await
+        .unwrap();
+    assert_eq!(empty.entry_count, 0, "every entry in exactly one run");
+}
+
+async fn a_bad_run_request_is_refused_and_stores_nothing(server: TestServer) {
+    let alice = server.ops_token("alice").await;
+    let future = prost_types::Timestamp {
+        seconds: 4_000_000_000,
+        nanos: 0,
+    };
+    let refused = create_run(&server, &alice, "future", future)
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&refused), ["cutoff_time"]);
+    let request = pb::CreateSettlementRunRequest {
+        idempotency_key: "unknown".to_owned(),
+        currency: "XXQ".to_owned(),
+        cutoff_time: None,
+    };
+    let refused = server
+        .settlement()
+        .create_settlement_run(authed(&alice, request))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&refused), ["currency", "cutoff_time"]);
+    let runs = server
+        .settlement()
+        .list_settlement_runs(authed(&alice, pb::ListSettlementRunsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .runs;
+    assert!(runs.is_empty(), "{runs:?}");
 }
 
 /// `tandem` run against the server as the ops user `user`: (exit code, standard output,
@@ -573,11 +871,88 @@ async fn ops_run_the_four_eyes_flow_from_the_cli(server: TestServer) {
     assert!(error.contains("--purpose"), "{error}");
 }
 
+async fn ops_close_a_period_from_the_cli(server: TestServer) {
+    let books = Books::open(&server).await;
+    books.conversion(&server, "first", 2_500).await;
+    let cutoff = tandem_domain::now().to_rfc3339();
+    let (code, json, error) = cli(
+        &server,
+        "alice",
+        &[
+            "settlement",
+            "run",
+            "--currency",
+            "USD",
+            "--cutoff",
+            &cutoff,
+            "--key",
+            "cli-run",
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(code, 0, "{error}");
+    let created: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(created[0]["status"], "DRAFT");
+    let run_id = created[0]["run_id"].as_str().unwrap().to_owned();
+    let (code, _, error) = cli(&server, "alice", &["settlement", "approve", &run_id]);
+    assert_eq!(code, 1);
+    assert!(error.contains("SAME_OPS_USER"), "{error}");
+    let (code, table, error) = cli(&server, "bob", &["settlement", "approve", &run_id]);
+    assert_eq!(code, 0, "{error}");
+    assert!(
+        table.contains("APPROVED") && table.contains("-26.00"),
+        "{table}"
+    );
+    let payments = [
+        format!("{HOTEL}=wire-1"),
+        format!("{RIDE}=wire-2"),
+        "exchange=fees-3".to_owned(),
+    ];
+    let (code, table, error) = cli(
+        &server,
+        "bob",
+        &[
+            "settlement",
+            "settle",
+            &run_id,
+            "--payment",
+            &payments[0],
+            "--payment",
+            &payments[1],
+            "--payment",
+            &payments[2],
+        ],
+    );
+    assert_eq!(code, 0, "{error}");
+    assert!(
+        table.contains("SETTLED") && table.contains("wire-2"),
+        "{table}"
+    );
+    let (code, csv, error) = cli(
+        &server,
+        "bob",
+        &["statement", "export", "--run", &run_id, "--party", RIDE],
+    );
+    assert_eq!(code, 0, "{error}");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "transaction_id,kind,external_reference,debit_minor,credit_minor,commit_time"
+    );
+    assert_eq!(lines.len(), 2, "{csv}");
+    assert!(lines[1].contains(",CONVERSION,,0,2500,"), "{csv}");
+    assert!(error.contains("net 25.00 USD"), "{error}");
+}
+
 on_every_backend!(
     positions_show_what_each_partner_is_owed_now_and_as_of_a_time,
     accounts_are_listed_by_filter_a_page_at_a_time,
     an_adjustment_above_the_threshold_needs_a_second_ops_user,
     small_adjustments_post_at_once_and_waiting_ones_can_be_rejected,
     a_bad_adjustment_is_refused_and_writes_nothing,
-    ops_run_the_four_eyes_flow_from_the_cli
+    ops_run_the_four_eyes_flow_from_the_cli,
+    a_run_nets_three_partners_and_settles_with_four_eyes,
+    a_bad_run_request_is_refused_and_stores_nothing,
+    ops_close_a_period_from_the_cli
 );

@@ -283,7 +283,7 @@ impl Settlement {
     ) -> Result<Adjustment, SettlementError> {
         let adjustment = self.adjustment(id).await?;
         if adjustment.requested_by == actor {
-            return Err(SettlementError::SameOpsUser(id.to_owned()));
+            return Err(SettlementError::SameOpsUser(format!("adjustment {id}")));
         }
         match adjustment.status {
             AdjustmentStatus::AwaitingApproval => {}

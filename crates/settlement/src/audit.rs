@@ -11,16 +11,17 @@ use crate::{Settlement, SettlementError};
 
 /// What an ops user did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[expect(
-    clippy::enum_variant_names,
-    reason = "only adjustments are audited yet; settlement runs and reconciliations add theirs"
-)]
 pub enum AuditAction {
     AdjustmentRequested,
     AdjustmentApproved,
     AdjustmentRejected,
     AdjustmentPosted,
     AdjustmentFailed,
+    RunCreated,
+    RunApproved,
+    RunCancelled,
+    RunSettling,
+    RunSettled,
 }
 
 impl AuditAction {
@@ -31,6 +32,11 @@ impl AuditAction {
             AuditAction::AdjustmentRejected => "ADJUSTMENT_REJECTED",
             AuditAction::AdjustmentPosted => "ADJUSTMENT_POSTED",
             AuditAction::AdjustmentFailed => "ADJUSTMENT_FAILED",
+            AuditAction::RunCreated => "SETTLEMENT_RUN_CREATED",
+            AuditAction::RunApproved => "SETTLEMENT_RUN_APPROVED",
+            AuditAction::RunCancelled => "SETTLEMENT_RUN_CANCELLED",
+            AuditAction::RunSettling => "SETTLEMENT_RUN_SETTLING",
+            AuditAction::RunSettled => "SETTLEMENT_RUN_SETTLED",
         }
     }
 }

@@ -11,9 +11,24 @@ pub enum SettlementError {
     InvalidArgument(Violations),
     #[error("permission denied: {0}")]
     PermissionDenied(&'static str),
-    /// Four eyes: the ops user who requested an adjustment may not approve it.
-    #[error("adjustment {0} was requested by you; another ops user must approve it")]
+    /// Four eyes: the ops user who requested an adjustment or created a run may not approve it.
+    #[error("{0} is yours; another ops user must approve it")]
     SameOpsUser(String),
+    #[error("settlement run {0} not found")]
+    RunNotFound(String),
+    #[error("settlement run {id} is {status}, not {expected}")]
+    RunNotInStatus {
+        id: String,
+        status: &'static str,
+        expected: &'static str,
+    },
+    /// The run's positions do not sum to zero: a transaction in its currency reaches an account
+    /// outside the run (the exchange's bank clearing account), which ops must look at.
+    #[error(
+        "the run's positions do not sum to zero (off by {0} minor units): a transaction in this \
+         currency moves money to or from the exchange's bank clearing account; nothing was stored"
+    )]
+    RunUnbalanced(i64),
     #[error("adjustment {0} not found")]
     AdjustmentNotFound(String),
     #[error("adjustment {id} is {status}, not AWAITING_APPROVAL")]
@@ -125,6 +140,11 @@ impl From<SettlementError> for Status {
             SettlementError::PermissionDenied(_) => (Code::PermissionDenied, "PERMISSION_DENIED"),
             SettlementError::SameOpsUser(_) => (Code::PermissionDenied, "SAME_OPS_USER"),
             SettlementError::AdjustmentNotFound(_) => (Code::NotFound, "ADJUSTMENT_NOT_FOUND"),
+            SettlementError::RunNotFound(_) => (Code::NotFound, "SETTLEMENT_RUN_NOT_FOUND"),
+            SettlementError::RunNotInStatus { .. } => {
+                (Code::FailedPrecondition, "SETTLEMENT_RUN_STATUS")
+            }
+            SettlementError::RunUnbalanced(_) => (Code::FailedPrecondition, "RUN_UNBALANCED"),
             SettlementError::NotAwaitingApproval { .. } => {
                 (Code::FailedPrecondition, "ADJUSTMENT_NOT_AWAITING_APPROVAL")
             }

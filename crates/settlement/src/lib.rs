@@ -7,7 +7,10 @@ mod adjustments;
 mod audit;
 mod error;
 mod ledger_grpc;
+mod netting;
 mod positions;
+mod runs;
+mod runs_pb;
 mod settlement_grpc;
 
 use std::sync::Arc;
@@ -24,6 +27,7 @@ pub use audit::{AuditEvent, AuditFilter};
 pub use error::SettlementError;
 pub use ledger_grpc::LedgerGrpc;
 pub use positions::Position;
+pub use runs::{KindTotals, NewRun, RunStatus, RunSummary, SettlementRun, StatementLine};
 pub use settlement_grpc::SettlementGrpc;
 
 /// How settlement behaves; the defaults suit a small coalition.

@@ -16,6 +16,7 @@ use crate::{
     Adjustment, AdjustmentStatus, AuditEvent, AuditFilter, NewAdjustment, Position, Settlement,
     SettlementError,
     ledger_grpc::{account_to_pb, direction_to_pb, purpose_from_pb},
+    runs_pb,
 };
 
 /// `SettlementService` over gRPC.
@@ -280,6 +281,36 @@ fn audit_filter(request: &pb::ListAuditEventsRequest) -> Result<AuditFilter, Set
     }
 }
 
+/// A run id as given: one Tandem never made is simply not found.
+fn run_id(id: &str) -> Result<&str, SettlementError> {
+    if id.is_empty() {
+        return Err(SettlementError::invalid("run_id", "is required"));
+    }
+    Ok(id)
+}
+
+/// The party a statement is asked for: "exchange" or a partner id; a partner only itself.
+fn statement_party(
+    caller: &Caller,
+    request: &pb::GetStatementRequest,
+) -> Result<String, SettlementError> {
+    let party = request
+        .party
+        .parse::<Owner>()
+        .map_err(|error| SettlementError::invalid("party", error))?;
+    if caller.role() == Role::Partner {
+        match party {
+            Owner::Partner(partner) if caller.is_partner(partner) => {}
+            _ => {
+                return Err(SettlementError::PermissionDenied(
+                    "a partner reads only its own statements: party must be your own id",
+                ));
+            }
+        }
+    }
+    Ok(party.to_string())
+}
+
 /// An adjustment id as given: one Tandem never made is simply not found.
 fn adjustment_id(id: &str) -> Result<&str, SettlementError> {
     if id.is_empty() {
@@ -447,6 +478,147 @@ impl SettlementService for SettlementGrpc {
         Ok(Response::new(pb::ListAuditEventsResponse {
             events: events.into_iter().map(event_to_pb).collect(),
             next_page_token: next_token(next),
+        }))
+    }
+
+    async fn create_settlement_run(
+        &self,
+        request: Request<pb::CreateSettlementRunRequest>,
+    ) -> Result<Response<pb::CreateSettlementRunResponse>, Status> {
+        let caller = self
+            .require(&request, OPS, "only ops create settlement runs")
+            .await?;
+        let new = runs_pb::new_run(request.get_ref())?;
+        let (run, replayed) = self.settlement.create_run(caller.subject(), new).await?;
+        Ok(Response::new(pb::CreateSettlementRunResponse {
+            run: Some(runs_pb::run_to_pb(run)),
+            replayed,
+        }))
+    }
+
+    async fn get_settlement_run(
+        &self,
+        request: Request<pb::GetSettlementRunRequest>,
+    ) -> Result<Response<pb::GetSettlementRunResponse>, Status> {
+        self.require(&request, OPS, "only ops read settlement runs")
+            .await?;
+        let id = run_id(&request.get_ref().run_id)?;
+        let run = self.settlement.run(id).await?;
+        Ok(Response::new(pb::GetSettlementRunResponse {
+            run: Some(runs_pb::run_to_pb(run)),
+        }))
+    }
+
+    async fn list_settlement_runs(
+        &self,
+        request: Request<pb::ListSettlementRunsRequest>,
+    ) -> Result<Response<pb::ListSettlementRunsResponse>, Status> {
+        self.require(&request, OPS, "only ops list settlement runs")
+            .await?;
+        let request = request.into_inner();
+        let status = runs_pb::status_filter(request.status)?;
+        let page = page_request(request.page_size, &request.page_token)?;
+        let (runs, next) = self.settlement.runs(status, &page).await?;
+        Ok(Response::new(pb::ListSettlementRunsResponse {
+            runs: runs.into_iter().map(runs_pb::run_to_pb).collect(),
+            next_page_token: next_token(next),
+        }))
+    }
+
+    async fn approve_settlement_run(
+        &self,
+        request: Request<pb::ApproveSettlementRunRequest>,
+    ) -> Result<Response<pb::ApproveSettlementRunResponse>, Status> {
+        let caller = self
+            .require(&request, OPS, "only ops approve settlement runs")
+            .await?;
+        let id = run_id(&request.get_ref().run_id)?;
+        let run = self.settlement.approve_run(caller.subject(), id).await?;
+        Ok(Response::new(pb::ApproveSettlementRunResponse {
+            run: Some(runs_pb::run_to_pb(run)),
+        }))
+    }
+
+    async fn settle_settlement_run(
+        &self,
+        request: Request<pb::SettleSettlementRunRequest>,
+    ) -> Result<Response<pb::SettleSettlementRunResponse>, Status> {
+        let caller = self
+            .require(&request, OPS, "only ops settle settlement runs")
+            .await?;
+        let id = run_id(&request.get_ref().run_id)?;
+        let references = runs_pb::payment_references(&request.get_ref().payment_references)?;
+        let run = self
+            .settlement
+            .settle_run(caller.subject(), id, references)
+            .await?;
+        Ok(Response::new(pb::SettleSettlementRunResponse {
+            run: Some(runs_pb::run_to_pb(run)),
+        }))
+    }
+
+    async fn cancel_settlement_run(
+        &self,
+        request: Request<pb::CancelSettlementRunRequest>,
+    ) -> Result<Response<pb::CancelSettlementRunResponse>, Status> {
+        let caller = self
+            .require(&request, OPS, "only ops cancel settlement runs")
+            .await?;
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        if request.run_id.is_empty() {
+            violations.push(FieldViolation::new("run_id", "is required"));
+        }
+        let reason = violations.check("reason", tandem_domain::Reason::parse(&request.reason));
+        let Some(reason) = reason.filter(|_| violations.is_empty()) else {
+            return Err(SettlementError::InvalidArgument(violations).into());
+        };
+        let run = self
+            .settlement
+            .cancel_run(caller.subject(), &request.run_id, reason.as_str())
+            .await?;
+        Ok(Response::new(pb::CancelSettlementRunResponse {
+            run: Some(runs_pb::run_to_pb(run)),
+        }))
+    }
+
+    async fn get_statement(
+        &self,
+        request: Request<pb::GetStatementRequest>,
+    ) -> Result<Response<pb::GetStatementResponse>, Status> {
+        let caller = self
+            .require(
+                &request,
+                &[Role::Ops, Role::Partner],
+                "statements are read by ops and by each partner for itself",
+            )
+            .await?;
+        let request = request.into_inner();
+        let party = statement_party(&caller, &request)?;
+        let page = page_request(request.page_size, &request.page_token)?;
+        let id = run_id(&request.run_id)?;
+        let run = self.settlement.run(id).await?;
+        let (lines, next) = self.settlement.statement_lines(id, &party, &page).await?;
+        let totals = self.settlement.statement_totals(id, &party).await?;
+        let position = run
+            .summary
+            .positions
+            .get(&party)
+            .copied()
+            .unwrap_or_default();
+        Ok(Response::new(pb::GetStatementResponse {
+            position: Some(runs_pb::position_to_pb(
+                &party,
+                &position,
+                &run.payment_references,
+            )),
+            totals: runs_pb::totals_to_pb(&totals),
+            lines: lines.into_iter().map(runs_pb::line_to_pb).collect(),
+            next_page_token: next_token(next),
+            run_id: run.run_id,
+            currency: run.currency,
+            currency_scale: run.currency_scale,
+            status: runs_pb::status_to_pb(run.status).into(),
         }))
     }
 }

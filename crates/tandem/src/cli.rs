@@ -62,6 +62,20 @@ enum Command {
         #[command(subcommand)]
         command: crate::ops::AdjustCommand,
     },
+    /// Close periods into settlement runs, approve them with four eyes, settle them.
+    Settlement {
+        #[command(flatten)]
+        server: crate::ops::ServerArgs,
+        #[command(subcommand)]
+        command: crate::settlement_cli::SettlementCommand,
+    },
+    /// Export a party's statement of a settlement run.
+    Statement {
+        #[command(flatten)]
+        server: crate::ops::ServerArgs,
+        #[command(subcommand)]
+        command: crate::settlement_cli::StatementCommand,
+    },
     /// Read the audit trail of every ops action, newest first.
     Audit {
         #[command(flatten)]
@@ -161,6 +175,14 @@ impl Cli {
             Command::Adjust { server, command } => {
                 let settings = Settings::load(&self.common)?;
                 crate::ops::adjust(&settings, &server, command).await
+            }
+            Command::Settlement { server, command } => {
+                let settings = Settings::load(&self.common)?;
+                crate::settlement_cli::settlement(&settings, &server, command).await
+            }
+            Command::Statement { server, command } => {
+                let settings = Settings::load(&self.common)?;
+                crate::settlement_cli::statement(&settings, &server, command).await
             }
             Command::Audit { server, audit } => {
                 let settings = Settings::load(&self.common)?;

@@ -10,6 +10,7 @@ mod ops;
 mod partner_sim;
 mod serve;
 mod settings;
+mod settlement_cli;
 
 use clap::Parser;
 

@@ -32,9 +32,10 @@ pub struct ServerArgs {
     /// The ops user a minted token is for, recorded in the audit trail [default: $USER].
     #[arg(long = "as", env = "TANDEM_OPS_USER", global = true)]
     pub user: Option<String>,
-    /// How to print: table (for people), json or csv (for scripts).
-    #[arg(long, value_enum, default_value = "table", global = true)]
-    pub output: Output,
+    /// How to print: table (for people), json or csv (for scripts) [default: table; csv for
+    /// statement exports].
+    #[arg(long, value_enum, global = true)]
+    pub output: Option<Output>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -113,18 +114,18 @@ pub enum AdjustCommand {
 }
 
 /// Most rows a listing prints; pages are followed until then.
-const MAX_ROWS: usize = 10_000;
+pub(crate) const MAX_ROWS: usize = 10_000;
 
 /// A connected client and the token its calls carry.
-struct Ops {
-    client: SettlementServiceClient<Channel>,
+pub(crate) struct Ops {
+    pub(crate) client: SettlementServiceClient<Channel>,
     ledger: pb::ledger_service_client::LedgerServiceClient<Channel>,
     token: String,
-    output: Output,
+    pub(crate) output: Output,
 }
 
 impl Ops {
-    async fn connect(settings: &Settings, args: &ServerArgs) -> anyhow::Result<Self> {
+    pub(crate) async fn connect(settings: &Settings, args: &ServerArgs) -> anyhow::Result<Self> {
         let token = match &args.token {
             Some(token) => token.clone(),
             None => {
@@ -148,11 +149,11 @@ impl Ops {
             client: SettlementServiceClient::new(channel.clone()),
             ledger: pb::ledger_service_client::LedgerServiceClient::new(channel),
             token,
-            output: args.output,
+            output: args.output.unwrap_or(Output::Table),
         })
     }
 
-    fn request<T>(&self, message: T) -> anyhow::Result<Request<T>> {
+    pub(crate) fn request<T>(&self, message: T) -> anyhow::Result<Request<T>> {
         let mut request = Request::new(message);
         request.metadata_mut().insert(
             "authorization",
@@ -165,7 +166,7 @@ impl Ops {
 }
 
 /// A refusal as one line: the reason programs match on, and the server's message.
-fn refused(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn refused(status: tonic::Status) -> anyhow::Error {
     use tonic_types::StatusExt;
     let reason = status
         .get_details_error_info()
@@ -175,13 +176,13 @@ fn refused(status: tonic::Status) -> anyhow::Error {
 }
 
 /// Rows under headers, printed as `output` asks.
-struct Listing {
-    headers: Vec<&'static str>,
-    rows: Vec<Vec<String>>,
+pub(crate) struct Listing {
+    pub(crate) headers: Vec<&'static str>,
+    pub(crate) rows: Vec<Vec<String>>,
 }
 
 impl Listing {
-    fn print(&self, output: Output) {
+    pub(crate) fn print(&self, output: Output) {
         match output {
             Output::Table => {
                 let mut table = Table::new();
@@ -193,30 +194,38 @@ impl Listing {
                 println!("{table}");
             }
             Output::Json => {
-                let objects: Vec<serde_json::Map<String, serde_json::Value>> = self
-                    .rows
-                    .iter()
-                    .map(|row| {
-                        self.headers
-                            .iter()
-                            .zip(row)
-                            .map(|(header, value)| {
-                                ((*header).to_owned(), serde_json::Value::from(value.clone()))
-                            })
-                            .collect()
-                    })
-                    .collect();
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&objects).expect("strings serialize")
+                    serde_json::to_string_pretty(&self.rows_as_json()).expect("strings serialize")
                 );
             }
-            Output::Csv => {
-                println!("{}", csv_line(self.headers.iter().copied()));
-                for row in &self.rows {
-                    println!("{}", csv_line(row.iter().map(String::as_str)));
-                }
-            }
+            Output::Csv => self.print_csv(true),
+        }
+    }
+
+    /// Each row as a JSON object keyed by the headers.
+    pub(crate) fn rows_as_json(&self) -> Vec<serde_json::Map<String, serde_json::Value>> {
+        self.rows
+            .iter()
+            .map(|row| {
+                self.headers
+                    .iter()
+                    .zip(row)
+                    .map(|(header, value)| {
+                        ((*header).to_owned(), serde_json::Value::from(value.clone()))
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The rows as CSV lines, after the header line when `with_header`.
+    pub(crate) fn print_csv(&self, with_header: bool) {
+        if with_header {
+            println!("{}", csv_line(self.headers.iter().copied()));
+        }
+        for row in &self.rows {
+            println!("{}", csv_line(row.iter().map(String::as_str)));
         }
     }
 }
@@ -237,7 +246,7 @@ fn csv_line<'a>(fields: impl Iterator<Item = &'a str>) -> String {
 }
 
 /// `amount_minor` at `scale` decimal places, as people read money: 12345 at 2 is "123.45".
-fn decimal(amount_minor: i64, scale: u32) -> String {
+pub(crate) fn decimal(amount_minor: i64, scale: u32) -> String {
     if scale == 0 {
         return amount_minor.to_string();
     }
@@ -252,7 +261,7 @@ fn decimal(amount_minor: i64, scale: u32) -> String {
     )
 }
 
-fn time(timestamp: Option<&prost_types::Timestamp>) -> String {
+pub(crate) fn time(timestamp: Option<&prost_types::Timestamp>) -> String {
     timestamp
         .and_then(|timestamp| tandem_proto::time::datetime(timestamp).ok())
         .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))

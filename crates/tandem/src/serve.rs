@@ -246,13 +246,18 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Posts the adjustments a crash left half posted, each by its own ledger key; a failure is
-/// logged, and the next start (or the ops user asking again) tries again.
+/// Posts the adjustments and settlement runs a crash left half posted, each by its own ledger
+/// keys; a failure is logged, and the next start (or the ops user asking again) tries again.
 async fn finish_adjustments(settlement: Settlement) {
     match settlement.resume_postings().await {
         Ok(0) => {}
         Ok(count) => tracing::info!(count, "finished adjustments left half posted"),
         Err(error) => tracing::warn!(%error, "could not finish adjustments left half posted"),
+    }
+    match settlement.resume_settling().await {
+        Ok(0) => {}
+        Ok(count) => tracing::info!(count, "finished settlement runs left half settled"),
+        Err(error) => tracing::warn!(%error, "could not finish settlement runs left half settled"),
     }
 }
 

@@ -1,0 +1,843 @@
+//! Settlement runs: the closing of a period in one currency.
+//!
+//! A run takes every posted entry in its currency committed before its cut-off, on every account
+//! but the exchange's bank clearing account, that no other run holds: the partners' settlement
+//! accounts, the exchange's fees and adjustments. Entries are held by their own key in
+//! `settlement_run_entries`, so each lands in exactly one run; a cancelled run lets go of its
+//! entries. The ledger transactions that settle a run (type code SETTLEMENT) are never taken.
+//! Creating a run is one database transaction: the run, its entries, its positions (checked to
+//! sum to zero) and its audit event land together or not at all.
+//!
+//! DRAFT → APPROVED (by another ops user) → SETTLING → SETTLED, or DRAFT → CANCELLED. Settling
+//! is recorded before the ledger is asked, and the ledger is asked by keys derived from the run,
+//! so a crash mid-settlement is finished by asking again, and never posts twice.
+
+use std::collections::BTreeMap;
+
+use futures::TryStreamExt;
+use sqlx::AnyConnection;
+use tandem_domain::{Timestamp, from_unix_micros, to_unix_micros};
+use tandem_ledger::{
+    AccountId, Direction, Guard, LedgerError, Leg, MAX_LEGS, NewKind, NewTransaction, Owner,
+    Purpose, Unit,
+};
+use tandem_storage::{PageCursor, PageRequest};
+
+use crate::{
+    Settlement, SettlementError,
+    audit::{self, AuditAction, NewEvent},
+    netting::{Netting, PartyTotals},
+};
+
+/// Where a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    Draft,
+    Approved,
+    Settling,
+    Settled,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Draft => "DRAFT",
+            RunStatus::Approved => "APPROVED",
+            RunStatus::Settling => "SETTLING",
+            RunStatus::Settled => "SETTLED",
+            RunStatus::Cancelled => "CANCELLED",
+        }
+    }
+
+    /// A stored status; an unknown one is an error, never a default.
+    pub fn parse(text: &str) -> Result<Self, SettlementError> {
+        Ok(match text {
+            "DRAFT" => RunStatus::Draft,
+            "APPROVED" => RunStatus::Approved,
+            "SETTLING" => RunStatus::Settling,
+            "SETTLED" => RunStatus::Settled,
+            "CANCELLED" => RunStatus::Cancelled,
+            other => {
+                return Err(SettlementError::Internal(format!(
+                    "unknown settlement run status {other:?} in storage"
+                )));
+            }
+        })
+    }
+}
+
+/// A run's entries of one kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KindTotals {
+    pub debits_minor: i64,
+    pub credits_minor: i64,
+    pub entry_count: i64,
+}
+
+/// What a run computed: a few rows per party, whatever the number of entries.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RunSummary {
+    /// Each party's totals, by party.
+    pub positions: BTreeMap<String, PartyTotals>,
+    /// What a debtor owes a creditor, as (debtor, creditor, amount).
+    pub bilateral: Vec<(String, String, i64)>,
+    /// Totals by kind.
+    pub totals: BTreeMap<String, KindTotals>,
+    /// Each account's net in the run, to move when it settles: (account id, net).
+    pub account_nets: Vec<(String, i64)>,
+}
+
+/// A stored run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettlementRun {
+    pub run_id: String,
+    pub idempotency_key: String,
+    pub currency: String,
+    pub currency_scale: u32,
+    pub cutoff: Timestamp,
+    pub status: RunStatus,
+    pub created_by: String,
+    pub approved_by: String,
+    pub settled_by: String,
+    pub cancelled_by: String,
+    pub cancel_reason: String,
+    pub summary: RunSummary,
+    pub entry_count: i64,
+    pub payment_references: BTreeMap<String, String>,
+    pub settlement_transaction_ids: Vec<String>,
+    pub created_at: Timestamp,
+    pub decided_at: Option<Timestamp>,
+}
+
+/// A run as asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRun {
+    pub idempotency_key: String,
+    pub currency: Unit,
+    pub currency_scale: u32,
+    pub cutoff: Timestamp,
+}
+
+#[derive(sqlx::FromRow)]
+struct RunRow {
+    run_id: String,
+    idempotency_key: String,
+    currency: String,
+    currency_scale: i64,
+    cutoff_micros: i64,
+    status: String,
+    created_by: String,
+    approved_by: String,
+    settled_by: String,
+    cancelled_by: String,
+    cancel_reason: String,
+    summary: String,
+    entry_count: i64,
+    payment_references: String,
+    settlement_transaction_ids: String,
+    created_at_micros: i64,
+    decided_at_micros: Option<i64>,
+}
+
+const RUN_COLUMNS: &str = "run_id, idempotency_key, currency, currency_scale, cutoff_micros, \
+     status, created_by, approved_by, settled_by, cancelled_by, cancel_reason, summary, \
+     entry_count, payment_references, settlement_transaction_ids, created_at_micros, \
+     decided_at_micros";
+
+fn corrupt(run_id: &str, what: &str, error: impl std::fmt::Display) -> SettlementError {
+    SettlementError::Internal(format!("settlement run {run_id}: {what}: {error}"))
+}
+
+impl RunRow {
+    fn into_run(self) -> Result<SettlementRun, SettlementError> {
+        let id = self.run_id.clone();
+        Ok(SettlementRun {
+            status: RunStatus::parse(&self.status)?,
+            summary: serde_json::from_str(&self.summary)
+                .map_err(|error| corrupt(&id, "summary", error))?,
+            payment_references: serde_json::from_str(&self.payment_references)
+                .map_err(|error| corrupt(&id, "payment references", error))?,
+            settlement_transaction_ids: serde_json::from_str(&self.settlement_transaction_ids)
+                .map_err(|error| corrupt(&id, "settlement transactions", error))?,
+            currency_scale: u32::try_from(self.currency_scale)
+                .map_err(|error| corrupt(&id, "scale", error))?,
+            run_id: self.run_id,
+            idempotency_key: self.idempotency_key,
+            currency: self.currency,
+            cutoff: from_unix_micros(self.cutoff_micros),
+            created_by: self.created_by,
+            approved_by: self.approved_by,
+            settled_by: self.settled_by,
+            cancelled_by: self.cancelled_by,
+            cancel_reason: self.cancel_reason,
+            entry_count: self.entry_count,
+            created_at: from_unix_micros(self.created_at_micros),
+            decided_at: self.decided_at_micros.map(from_unix_micros),
+        })
+    }
+}
+
+/// The run's type code on the ledger transactions that settle it; never taken by a run.
+const SETTLEMENT_TYPE_CODE: &str = "SETTLEMENT";
+
+/// Takes every entry of `run_id`'s period that no run holds yet; how many.
+async fn take_entries(
+    connection: &mut AnyConnection,
+    run_id: &str,
+    new: &NewRun,
+) -> Result<u64, sqlx::Error> {
+    let taken = sqlx::query(
+        "INSERT INTO settlement_run_entries (transaction_id, leg, run_id, party, account_id, \
+         kind, external_reference, debit_minor, credit_minor, committed_at_micros) \
+         SELECT e.transaction_id, e.leg, $1, a.owner, a.account_id, \
+         CASE WHEN t.kind = 'REVERSAL' THEN 'REVERSAL' WHEN t.type_code = '' THEN t.kind \
+         ELSE t.type_code END, \
+         t.external_reference, e.debit_minor, e.credit_minor, e.committed_at_micros \
+         FROM ledger_entries e \
+         JOIN ledger_accounts a ON a.account_id = e.account_id \
+         JOIN ledger_transactions t ON t.transaction_id = e.transaction_id \
+         WHERE e.unit = $2 AND e.phase = 'POSTED' AND e.committed_at_micros < $3 \
+         AND a.purpose <> 'BANK' AND t.type_code <> $4 \
+         AND NOT EXISTS (SELECT 1 FROM settlement_run_entries r \
+         WHERE r.transaction_id = e.transaction_id AND r.leg = e.leg)",
+    )
+    .bind(run_id)
+    .bind(new.currency.as_str())
+    .bind(to_unix_micros(new.cutoff))
+    .bind(SETTLEMENT_TYPE_CODE)
+    .execute(connection)
+    .await?
+    .rows_affected();
+    Ok(taken)
+}
+
+/// Positions, the bilateral breakdown and totals of the entries `run_id` holds, read as a
+/// stream in transaction order: memory holds one transaction's entries at a time.
+async fn summarize(
+    connection: &mut AnyConnection,
+    run_id: &str,
+) -> Result<RunSummary, SettlementError> {
+    let mut netting = Netting::default();
+    let mut totals: BTreeMap<String, KindTotals> = BTreeMap::new();
+    let mut account_nets: BTreeMap<String, i64> = BTreeMap::new();
+    let mut current: Option<String> = None;
+    let mut entries: Vec<(String, i64, i64)> = Vec::new();
+    {
+        let mut rows = sqlx::query_as::<_, (String, String, String, String, i64, i64)>(
+            "SELECT transaction_id, party, account_id, kind, debit_minor, credit_minor \
+             FROM settlement_run_entries WHERE run_id = $1 ORDER BY transaction_id, leg",
+        )
+        .bind(run_id)
+        .fetch(&mut *connection);
+        while let Some((transaction_id, party, account_id, kind, debit, credit)) =
+            rows.try_next().await?
+        {
+            if current.as_deref() != Some(transaction_id.as_str()) {
+                netting.add_transaction(&entries);
+                entries.clear();
+                current = Some(transaction_id);
+            }
+            let kind_totals = totals.entry(kind).or_default();
+            kind_totals.debits_minor += debit;
+            kind_totals.credits_minor += credit;
+            kind_totals.entry_count += 1;
+            *account_nets.entry(account_id).or_default() += credit - debit;
+            entries.push((party, debit, credit));
+        }
+    }
+    netting.add_transaction(&entries);
+    if netting.imbalance_minor() != 0 {
+        return Err(SettlementError::RunUnbalanced(netting.imbalance_minor()));
+    }
+    Ok(RunSummary {
+        positions: netting.parties,
+        bilateral: netting
+            .bilateral
+            .into_iter()
+            .map(|((debtor, creditor), amount)| (debtor, creditor, amount))
+            .collect(),
+        totals,
+        account_nets: account_nets
+            .into_iter()
+            .filter(|(_, net)| *net != 0)
+            .collect(),
+    })
+}
+
+impl Settlement {
+    /// Creates the run of `new`'s currency and cut-off as `actor`, DRAFT; the same key with the
+    /// same currency and cut-off returns the original.
+    pub async fn create_run(
+        &self,
+        actor: &str,
+        new: NewRun,
+    ) -> Result<(SettlementRun, bool), SettlementError> {
+        if let Some(existing) = self.run_by_key(&new.idempotency_key).await? {
+            return replay(existing, &new);
+        }
+        let run_id = uuid::Uuid::now_v7().to_string();
+        let now = tandem_domain::now();
+        let mut transaction = self.database.begin_write().await?;
+        let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO settlement_runs ({RUN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, 'DRAFT', $6, \
+             '', '', '', '', '{{}}', 0, '{{}}', '[]', $7, NULL) \
+             ON CONFLICT (idempotency_key) DO NOTHING"
+        )))
+        .bind(&run_id)
+        .bind(&new.idempotency_key)
+        .bind(new.currency.as_str())
+        .bind(i64::from(new.currency_scale))
+        .bind(to_unix_micros(new.cutoff))
+        .bind(actor)
+        .bind(to_unix_micros(now))
+        .execute(&mut *transaction)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            drop(transaction);
+            let existing = self
+                .run_by_key(&new.idempotency_key)
+                .await?
+                .ok_or_else(|| SettlementError::Internal("settlement run vanished".to_owned()))?;
+            return replay(existing, &new);
+        }
+        let entry_count = take_entries(&mut transaction, &run_id, &new).await?;
+        let summary = summarize(&mut transaction, &run_id).await?;
+        sqlx::query("UPDATE settlement_runs SET summary = $1, entry_count = $2 WHERE run_id = $3")
+            .bind(serde_json::to_string(&summary).expect("a summary serializes"))
+            .bind(entry_count as i64)
+            .bind(&run_id)
+            .execute(&mut *transaction)
+            .await?;
+        let details = BTreeMap::from([
+            ("currency".to_owned(), new.currency.to_string()),
+            ("entry_count".to_owned(), entry_count.to_string()),
+        ]);
+        audit::append(
+            &mut transaction,
+            NewEvent {
+                actor,
+                action: AuditAction::RunCreated,
+                object_id: &run_id,
+                reason: "",
+                details,
+            },
+        )
+        .await?;
+        transaction.commit().await?;
+        tracing::info!(%run_id, actor, entry_count, currency = %new.currency, "settlement run created");
+        Ok((self.run(&run_id).await?, false))
+    }
+
+    /// Approves a DRAFT run; its creator may not.
+    pub async fn approve_run(
+        &self,
+        actor: &str,
+        id: &str,
+    ) -> Result<SettlementRun, SettlementError> {
+        let run = self.run(id).await?;
+        if run.created_by == actor {
+            return Err(SettlementError::SameOpsUser(format!("settlement run {id}")));
+        }
+        if run.status == RunStatus::Approved && run.approved_by == actor {
+            return Ok(run);
+        }
+        self.move_run(
+            &run,
+            RunStatus::Draft,
+            RunStatus::Approved,
+            "approved_by = $3",
+            actor,
+            "",
+            AuditAction::RunApproved,
+        )
+        .await
+    }
+
+    /// Cancels a DRAFT run and lets go of its entries.
+    pub async fn cancel_run(
+        &self,
+        actor: &str,
+        id: &str,
+        reason: &str,
+    ) -> Result<SettlementRun, SettlementError> {
+        let run = self.run(id).await?;
+        self.move_run(
+            &run,
+            RunStatus::Draft,
+            RunStatus::Cancelled,
+            "cancelled_by = $3, cancel_reason = $4",
+            actor,
+            reason,
+            AuditAction::RunCancelled,
+        )
+        .await
+    }
+
+    /// Moves `run` from `from` to `to`, setting `assignments` ($3 the actor, $4 the reason),
+    /// with its audit event; a cancelled run's entries are let go in the same transaction.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one move of the run's lifecycle; each caller names its own"
+    )]
+    async fn move_run(
+        &self,
+        run: &SettlementRun,
+        from: RunStatus,
+        to: RunStatus,
+        assignments: &str,
+        actor: &str,
+        reason: &str,
+        action: AuditAction,
+    ) -> Result<SettlementRun, SettlementError> {
+        let mut transaction = self.database.begin_write().await?;
+        let changed = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE settlement_runs SET status = $1, {assignments}, decided_at_micros = $5 \
+             WHERE run_id = $2 AND status = $6"
+        )))
+        .bind(to.as_str())
+        .bind(&run.run_id)
+        .bind(actor)
+        .bind(reason)
+        .bind(to_unix_micros(tandem_domain::now()))
+        .bind(from.as_str())
+        .execute(&mut *transaction)
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            drop(transaction);
+            let current = self.run(&run.run_id).await?;
+            return Err(SettlementError::RunNotInStatus {
+                id: run.run_id.clone(),
+                status: current.status.as_str(),
+                expected: from.as_str(),
+            });
+        }
+        if to == RunStatus::Cancelled {
+            sqlx::query("DELETE FROM settlement_run_entries WHERE run_id = $1")
+                .bind(&run.run_id)
+                .execute(&mut *transaction)
+                .await?;
+        }
+        audit::append(
+            &mut transaction,
+            NewEvent {
+                actor,
+                action,
+                object_id: &run.run_id,
+                reason,
+                details: BTreeMap::new(),
+            },
+        )
+        .await?;
+        transaction.commit().await?;
+        tracing::info!(run_id = %run.run_id, actor, action = action.as_str(), "settlement run moved");
+        self.run(&run.run_id).await
+    }
+
+    /// Records the payments of an APPROVED run and moves every account's net to the exchange's
+    /// bank clearing account. Asked again (after a crash, or a timeout), it finishes by the same
+    /// ledger keys.
+    pub async fn settle_run(
+        &self,
+        actor: &str,
+        id: &str,
+        payment_references: BTreeMap<String, String>,
+    ) -> Result<SettlementRun, SettlementError> {
+        let run = self.run(id).await?;
+        match run.status {
+            RunStatus::Settling | RunStatus::Settled => {
+                return self.finish_settling(actor, run).await;
+            }
+            RunStatus::Approved => {}
+            status => {
+                return Err(SettlementError::RunNotInStatus {
+                    id: id.to_owned(),
+                    status: status.as_str(),
+                    expected: RunStatus::Approved.as_str(),
+                });
+            }
+        }
+        let missing: Vec<&String> = run
+            .summary
+            .positions
+            .iter()
+            .filter(|(party, totals)| {
+                totals.net_minor() != 0 && !payment_references.contains_key(*party)
+            })
+            .map(|(party, _)| party)
+            .collect();
+        let unknown: Vec<&String> = payment_references
+            .keys()
+            .filter(|party| !run.summary.positions.contains_key(*party))
+            .collect();
+        if !missing.is_empty() || !unknown.is_empty() {
+            let mut violations = tandem_domain::Violations::new();
+            for party in missing {
+                violations.push(tandem_domain::FieldViolation::new(
+                    format!("payment_references[{party}]"),
+                    "is required: the party has a net position in the run",
+                ));
+            }
+            for party in unknown {
+                violations.push(tandem_domain::FieldViolation::new(
+                    format!("payment_references[{party}]"),
+                    "names no party of the run",
+                ));
+            }
+            return Err(SettlementError::InvalidArgument(violations));
+        }
+        let references =
+            serde_json::to_string(&payment_references).expect("a string map serializes");
+        let mut transaction = self.database.begin_write().await?;
+        let changed = sqlx::query(
+            "UPDATE settlement_runs SET status = 'SETTLING', settled_by = $1, \
+             payment_references = $2 WHERE run_id = $3 AND status = 'APPROVED'",
+        )
+        .bind(actor)
+        .bind(&references)
+        .bind(id)
+        .execute(&mut *transaction)
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            drop(transaction);
+            let current = self.run(id).await?;
+            return self.finish_settling(actor, current).await;
+        }
+        audit::append(
+            &mut transaction,
+            NewEvent {
+                actor,
+                action: AuditAction::RunSettling,
+                object_id: id,
+                reason: "",
+                details: payment_references,
+            },
+        )
+        .await?;
+        transaction.commit().await?;
+        let run = self.run(id).await?;
+        self.finish_settling(actor, run).await
+    }
+
+    /// Posts a SETTLING run's settlement transactions by their keys and records it SETTLED.
+    async fn finish_settling(
+        &self,
+        actor: &str,
+        run: SettlementRun,
+    ) -> Result<SettlementRun, SettlementError> {
+        if run.status != RunStatus::Settling {
+            return Ok(run);
+        }
+        let currency =
+            Unit::parse(&run.currency).map_err(|error| corrupt(&run.run_id, "currency", error))?;
+        let clearing = self
+            .ledger
+            .open_account(
+                Owner::Exchange,
+                Purpose::Bank,
+                &currency,
+                run.currency_scale,
+                Guard::None,
+            )
+            .await?;
+        let mut transaction_ids = Vec::new();
+        for (chunk, nets) in run.summary.account_nets.chunks(MAX_LEGS - 1).enumerate() {
+            let posted = self
+                .ledger
+                .post(settlement_transaction(&run, chunk, nets, clearing.id)?)
+                .await
+                .map_err(|error| match error {
+                    LedgerError::Storage(_) | LedgerError::Stopped | LedgerError::Conflict => {
+                        SettlementError::from(error)
+                    }
+                    // A refusal of a transaction the run computed is a fault to look into,
+                    // not the caller's: the run stays SETTLING until it posts.
+                    other => SettlementError::Internal(format!(
+                        "the ledger refused settlement run {}: {other}",
+                        run.run_id
+                    )),
+                })?;
+            transaction_ids.push(posted.transaction.id.to_string());
+        }
+        let ids = serde_json::to_string(&transaction_ids).expect("strings serialize");
+        let mut transaction = self.database.begin_write().await?;
+        let changed = sqlx::query(
+            "UPDATE settlement_runs SET status = 'SETTLED', settlement_transaction_ids = $1, \
+             decided_at_micros = $2 WHERE run_id = $3 AND status = 'SETTLING'",
+        )
+        .bind(&ids)
+        .bind(to_unix_micros(tandem_domain::now()))
+        .bind(&run.run_id)
+        .execute(&mut *transaction)
+        .await?
+        .rows_affected();
+        if changed == 1 {
+            let details =
+                BTreeMap::from([("transaction_ids".to_owned(), transaction_ids.join(" "))]);
+            audit::append(
+                &mut transaction,
+                NewEvent {
+                    actor,
+                    action: AuditAction::RunSettled,
+                    object_id: &run.run_id,
+                    reason: "",
+                    details,
+                },
+            )
+            .await?;
+            transaction.commit().await?;
+            tracing::info!(run_id = %run.run_id, actor, "settlement run settled");
+        }
+        self.run(&run.run_id).await
+    }
+
+    /// Finishes every run a crash left SETTLING; run at start-up.
+    pub async fn resume_settling(&self) -> Result<usize, SettlementError> {
+        let rows: Vec<RunRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM settlement_runs WHERE status = 'SETTLING'"
+        )))
+        .fetch_all(self.database.pool())
+        .await?;
+        let count = rows.len();
+        for row in rows {
+            let run = row.into_run()?;
+            let actor = run.settled_by.clone();
+            self.finish_settling(&actor, run).await?;
+        }
+        Ok(count)
+    }
+
+    async fn run_by_key(&self, key: &str) -> Result<Option<SettlementRun>, SettlementError> {
+        let row: Option<RunRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM settlement_runs WHERE idempotency_key = $1"
+        )))
+        .bind(key)
+        .fetch_optional(self.database.pool())
+        .await?;
+        row.map(RunRow::into_run).transpose()
+    }
+
+    /// One run, or SETTLEMENT_RUN_NOT_FOUND.
+    pub async fn run(&self, id: &str) -> Result<SettlementRun, SettlementError> {
+        if !tandem_domain::is_server_id(id) {
+            return Err(SettlementError::RunNotFound(id.to_owned()));
+        }
+        let row: Option<RunRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM settlement_runs WHERE run_id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(self.database.pool())
+        .await?;
+        row.map(RunRow::into_run)
+            .transpose()?
+            .ok_or_else(|| SettlementError::RunNotFound(id.to_owned()))
+    }
+
+    /// One page of runs, newest first, and the cursor of the next page.
+    pub async fn runs(
+        &self,
+        status: Option<RunStatus>,
+        page: &PageRequest,
+    ) -> Result<(Vec<SettlementRun>, Option<PageCursor>), SettlementError> {
+        let before = page
+            .after
+            .as_ref()
+            .map(|cursor| cursor.id.clone())
+            // Past every UUID: the first page starts at the newest run.
+            .unwrap_or_else(|| "g".to_owned());
+        let status_condition = if status.is_some() {
+            "AND status = $3"
+        } else {
+            "AND $3 = ''"
+        };
+        let rows: Vec<RunRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM settlement_runs WHERE run_id < $1 {status_condition} \
+             ORDER BY run_id DESC LIMIT $2"
+        )))
+        .bind(before)
+        .bind((page.size + 1) as i64)
+        .bind(status.map(RunStatus::as_str).unwrap_or_default())
+        .fetch_all(self.database.pool())
+        .await?;
+        let runs = rows
+            .into_iter()
+            .map(RunRow::into_run)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(page.split(runs, |run| PageCursor {
+            created_at_micros: to_unix_micros(run.created_at),
+            id: run.run_id.clone(),
+        }))
+    }
+}
+
+fn replay(existing: SettlementRun, new: &NewRun) -> Result<(SettlementRun, bool), SettlementError> {
+    if existing.currency != new.currency.as_str()
+        || to_unix_micros(existing.cutoff) != to_unix_micros(new.cutoff)
+    {
+        return Err(SettlementError::IdempotencyKeyReused(
+            new.idempotency_key.clone(),
+        ));
+    }
+    Ok((existing, true))
+}
+
+/// The `chunk`th settlement transaction of `run`: each account's net moved to `clearing`, which
+/// takes the difference, so every chunk balances and the clearing account returns to zero once
+/// all have posted.
+fn settlement_transaction(
+    run: &SettlementRun,
+    chunk: usize,
+    nets: &[(String, i64)],
+    clearing: AccountId,
+) -> Result<NewTransaction, SettlementError> {
+    let mut legs = Vec::with_capacity(nets.len() + 1);
+    let mut clearing_net = 0_i64;
+    for (account, net) in nets {
+        let account: AccountId = account
+            .parse()
+            .map_err(|error| corrupt(&run.run_id, "account", error))?;
+        // An account the coalition owes (credits over debits) is debited back to zero.
+        let direction = if *net > 0 {
+            Direction::Debit
+        } else {
+            Direction::Credit
+        };
+        legs.push(Leg {
+            account,
+            direction,
+            amount_minor: net.abs(),
+        });
+        clearing_net += net;
+    }
+    if clearing_net != 0 {
+        legs.push(Leg {
+            account: clearing,
+            direction: if clearing_net > 0 {
+                Direction::Credit
+            } else {
+                Direction::Debit
+            },
+            amount_minor: clearing_net.abs(),
+        });
+    }
+    Ok(NewTransaction {
+        idempotency_key: format!("tandem:settlement-run:{}:{chunk}", run.run_id),
+        legs,
+        kind: NewKind::Posted,
+        type_code: SETTLEMENT_TYPE_CODE.to_owned(),
+        external_reference: run.run_id.clone(),
+        effective_at_micros: Some(to_unix_micros(run.cutoff)),
+        metadata: BTreeMap::from([("settled_by".to_owned(), run.settled_by.clone())]),
+    })
+}
+
+/// One line of a party's statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementLine {
+    pub transaction_id: String,
+    pub leg: i64,
+    pub kind: String,
+    pub external_reference: String,
+    pub debit_minor: i64,
+    pub credit_minor: i64,
+    pub committed_at: Timestamp,
+}
+
+impl Settlement {
+    /// One page of `party`'s lines in `run_id`, in commit order, and the next page's cursor.
+    pub async fn statement_lines(
+        &self,
+        run_id: &str,
+        party: &str,
+        page: &PageRequest,
+    ) -> Result<(Vec<StatementLine>, Option<PageCursor>), SettlementError> {
+        // The cursor's id is "<transaction id>:<leg>".
+        let (after_micros, after_transaction, after_leg) = match &page.after {
+            Some(cursor) => {
+                let (transaction, leg) = cursor.id.rsplit_once(':').ok_or_else(|| {
+                    SettlementError::invalid(
+                        "page_token",
+                        "is not a page token from a previous response",
+                    )
+                })?;
+                let leg: i64 = leg.parse().map_err(|_| {
+                    SettlementError::invalid(
+                        "page_token",
+                        "is not a page token from a previous response",
+                    )
+                })?;
+                (cursor.created_at_micros, transaction.to_owned(), leg)
+            }
+            None => (i64::MIN, String::new(), -1),
+        };
+        let rows: Vec<(String, i64, String, String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT transaction_id, leg, kind, external_reference, debit_minor, credit_minor, \
+             committed_at_micros FROM settlement_run_entries \
+             WHERE run_id = $1 AND party = $2 AND (committed_at_micros > $3 \
+             OR (committed_at_micros = $3 AND (transaction_id > $4 \
+             OR (transaction_id = $4 AND leg > $5)))) \
+             ORDER BY committed_at_micros, transaction_id, leg LIMIT $6",
+        )
+        .bind(run_id)
+        .bind(party)
+        .bind(after_micros)
+        .bind(&after_transaction)
+        .bind(after_leg)
+        .bind((page.size + 1) as i64)
+        .fetch_all(self.database.pool())
+        .await?;
+        let lines = rows
+            .into_iter()
+            .map(
+                |(transaction_id, leg, kind, external_reference, debit, credit, micros)| {
+                    StatementLine {
+                        transaction_id,
+                        leg,
+                        kind,
+                        external_reference,
+                        debit_minor: debit,
+                        credit_minor: credit,
+                        committed_at: from_unix_micros(micros),
+                    }
+                },
+            )
+            .collect();
+        Ok(page.split(lines, |line: &StatementLine| PageCursor {
+            created_at_micros: to_unix_micros(line.committed_at),
+            id: format!("{}:{}", line.transaction_id, line.leg),
+        }))
+    }
+
+    /// `party`'s totals by kind in `run_id`.
+    pub async fn statement_totals(
+        &self,
+        run_id: &str,
+        party: &str,
+    ) -> Result<BTreeMap<String, KindTotals>, SettlementError> {
+        let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT kind, CAST(SUM(debit_minor) AS BIGINT), CAST(SUM(credit_minor) AS BIGINT), \
+             COUNT(*) FROM settlement_run_entries WHERE run_id = $1 AND party = $2 \
+             GROUP BY kind ORDER BY kind",
+        )
+        .bind(run_id)
+        .bind(party)
+        .fetch_all(self.database.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(kind, debits, credits, count)| {
+                (
+                    kind,
+                    KindTotals {
+                        debits_minor: debits,
+                        credits_minor: credits,
+                        entry_count: count,
+                    },
+                )
+            })
+            .collect())
+    }
+}
