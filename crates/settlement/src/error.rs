@@ -49,6 +49,10 @@ pub enum SettlementError {
     OutcomeUnknown,
     #[error("the settlement database is busy; retry shortly")]
     DatabaseBusy,
+    /// Another request changed the same rows at the same moment (two runs taking the same
+    /// entries): nothing was stored, and a retry sees the other's outcome.
+    #[error("the request conflicted with another at the same moment; nothing was stored, retry it")]
+    Conflict,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -72,6 +76,12 @@ impl From<sqlx::Error> for SettlementError {
     fn from(error: sqlx::Error) -> Self {
         if tandem_storage::is_pool_exhausted(&error) {
             return SettlementError::DatabaseBusy;
+        }
+        let unique_violation = error
+            .as_database_error()
+            .is_some_and(|database_error| database_error.is_unique_violation());
+        if unique_violation || tandem_storage::is_retryable_conflict(&error) {
+            return SettlementError::Conflict;
         }
         SettlementError::Internal(error.to_string())
     }
@@ -154,6 +164,7 @@ impl From<SettlementError> for Status {
             SettlementError::LedgerRefused { code, reason, .. } => (*code, *reason),
             SettlementError::OutcomeUnknown => (Code::Unavailable, "OUTCOME_UNKNOWN"),
             SettlementError::DatabaseBusy => (Code::Unavailable, "DATABASE_BUSY"),
+            SettlementError::Conflict => (Code::Aborted, "CONFLICT"),
         };
         status::with_reason(code, reason, message)
     }
