@@ -455,6 +455,24 @@ fn rows() -> Vec<Row> {
         // Settlement first: rows further down suspend and offboard the partner, whose token
         // is then refused outright.
         Row {
+            rpc: "SettlementService.GetLiabilityReport",
+            allowed: &[Ops, Service, ThePartner],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let request = pb::GetLiabilityReportRequest {
+                        partner_id: world.hotel.partner_id.clone(),
+                        ..Default::default()
+                    };
+                    world
+                        .server
+                        .settlement()
+                        .get_liability_report(request_with(token, request))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
             rpc: "SettlementService.CreateSettlementRun",
             allowed: &[Ops],
             call: |world, token, attempt| {

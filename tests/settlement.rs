@@ -777,6 +777,137 @@ async fn a_bad_run_request_is_refused_and_stores_nothing(server: TestServer) {
     assert!(runs.is_empty(), "{runs:?}");
 }
 
+/// A conversion as the exchange posts it: 10,000 hotel points out of the hotel's program,
+/// 2,500 ride miles into the ride's, and the hotel paying the ride $25.00 and the exchange $1.00.
+async fn conversion_with_points(server: &TestServer, books: &Books, key: &str) {
+    let mut ledger = server.ledger();
+    let token = books.service_token.clone();
+    let mut open = async |owner: &str, unit: &str| {
+        let request = pb::OpenAccountRequest {
+            owner: owner.to_owned(),
+            purpose: pb::AccountPurpose::ProgramClearing.into(),
+            unit: unit.to_owned(),
+            unit_scale: 0,
+            ..Default::default()
+        };
+        ledger
+            .open_account(authed(&token, request))
+            .await
+            .unwrap()
+            .into_inner()
+            .account
+            .unwrap()
+            .account_id
+    };
+    let hotel_points = open(HOTEL, "SKYLINE_PTS").await;
+    let exchange_points = open("exchange", "SKYLINE_PTS").await;
+    let ride_miles = open(RIDE, "ZOOM_MILES").await;
+    let exchange_miles = open("exchange", "ZOOM_MILES").await;
+    let request = pb::PostTransactionRequest {
+        idempotency_key: key.to_owned(),
+        legs: vec![
+            leg(&hotel_points, pb::Direction::Debit, 10_000),
+            leg(&exchange_points, pb::Direction::Credit, 10_000),
+            leg(&exchange_miles, pb::Direction::Debit, 2_500),
+            leg(&ride_miles, pb::Direction::Credit, 2_500),
+            leg(&books.hotel, pb::Direction::Debit, 2_600),
+            leg(&books.ride, pb::Direction::Credit, 2_500),
+            leg(&books.fees, pb::Direction::Credit, 100),
+        ],
+        type_code: "CONVERSION".to_owned(),
+        ..Default::default()
+    };
+    ledger
+        .post_transaction(authed(&token, request))
+        .await
+        .unwrap();
+}
+
+async fn the_liability_report_shows_points_issued_and_redeemed_with_their_value(
+    server: TestServer,
+) {
+    let books = Books::open(&server).await;
+    let before = now();
+    conversion_with_points(&server, &books, "points").await;
+    let ops = server.ops_token("alice").await;
+    let report = |request: pb::GetLiabilityReportRequest, token: String| {
+        let mut client = server.settlement();
+        async move {
+            client
+                .get_liability_report(authed(&token, request))
+                .await
+                .map(|answer| {
+                    answer
+                        .into_inner()
+                        .programs
+                        .into_iter()
+                        .map(|program| {
+                            (
+                                program.program,
+                                program.points_issued,
+                                program.points_redeemed,
+                                program.points_outstanding,
+                                program.value_issued_minor,
+                                program.value_redeemed_minor,
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                })
+        }
+    };
+    assert_eq!(
+        report(pb::GetLiabilityReportRequest::default(), ops.clone())
+            .await
+            .unwrap(),
+        [
+            ("SKYLINE_PTS".to_owned(), 0, 10_000, -10_000, 0, 2_600),
+            ("ZOOM_MILES".to_owned(), 2_500, 0, 2_500, 2_500, 0),
+        ]
+    );
+    let until_before = pb::GetLiabilityReportRequest {
+        end_time: Some(before),
+        ..Default::default()
+    };
+    let empty = report(until_before, ops.clone()).await.unwrap();
+    assert!(
+        empty
+            .iter()
+            .all(|row| row.1 == 0 && row.2 == 0 && row.3 == 0),
+        "nothing before the conversion: {empty:?}"
+    );
+    let ride = server.partner_token_for(RIDE).await;
+    let own = pb::GetLiabilityReportRequest {
+        partner_id: RIDE.to_owned(),
+        ..Default::default()
+    };
+    assert_eq!(
+        report(own, ride.clone()).await.unwrap(),
+        [("ZOOM_MILES".to_owned(), 2_500, 0, 2_500, 2_500, 0)]
+    );
+    let everyone = report(pb::GetLiabilityReportRequest::default(), ride)
+        .await
+        .unwrap_err();
+    assert_eq!(everyone.code(), Code::PermissionDenied);
+    let backwards = pb::GetLiabilityReportRequest {
+        start_time: Some(now()),
+        end_time: Some(before),
+        ..Default::default()
+    };
+    let refused = report(backwards, ops.clone()).await.unwrap_err();
+    assert_eq!(violated_fields(&refused), ["start_time"]);
+
+    let (code, csv, error) = cli(
+        &server,
+        "alice",
+        &["report", "liability", "--output", "csv"],
+    );
+    assert_eq!(code, 0, "{error}");
+    assert!(
+        csv.contains(&format!("{RIDE},ZOOM_MILES,2500,0,2500,USD,25.00,0.00")),
+        "{csv}"
+    );
+}
+
 /// `tandem` run against the server as the ops user `user`: (exit code, standard output,
 /// standard error).
 fn cli(server: &TestServer, user: &str, args: &[&str]) -> (i32, String, String) {
@@ -954,5 +1085,6 @@ on_every_backend!(
     ops_run_the_four_eyes_flow_from_the_cli,
     a_run_nets_three_partners_and_settles_with_four_eyes,
     a_bad_run_request_is_refused_and_stores_nothing,
-    ops_close_a_period_from_the_cli
+    ops_close_a_period_from_the_cli,
+    the_liability_report_shows_points_issued_and_redeemed_with_their_value
 );

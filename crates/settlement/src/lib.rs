@@ -9,6 +9,7 @@ mod error;
 mod ledger_grpc;
 mod netting;
 mod positions;
+mod reports;
 mod runs;
 mod runs_pb;
 mod settlement_grpc;
@@ -27,6 +28,7 @@ pub use audit::{AuditEvent, AuditFilter};
 pub use error::SettlementError;
 pub use ledger_grpc::LedgerGrpc;
 pub use positions::Position;
+pub use reports::ProgramLiability;
 pub use runs::{KindTotals, NewRun, RunStatus, RunSummary, SettlementRun, StatementLine};
 pub use settlement_grpc::SettlementGrpc;
 

@@ -133,6 +133,55 @@ fn positions_query(
     Ok((partner, currency, at))
 }
 
+/// The partner and period a liability report names: the end not in the future, the start
+/// before it; a partner only itself.
+fn liability_query(
+    caller: &Caller,
+    request: &pb::GetLiabilityReportRequest,
+) -> Result<
+    (
+        Option<PartnerId>,
+        Option<tandem_domain::Timestamp>,
+        tandem_domain::Timestamp,
+    ),
+    SettlementError,
+> {
+    let mut violations = Violations::new();
+    let partner = (!request.partner_id.is_empty())
+        .then(|| violations.check("partner_id", request.partner_id.parse::<PartnerId>()))
+        .flatten();
+    let now = tandem_domain::now();
+    let mut time = |field: &str, value: Option<&tandem_proto::time::ProtoTimestamp>| match value
+        .map(datetime)
+        .transpose()
+    {
+        Ok(Some(at)) if at > now => {
+            violations.push(FieldViolation::new(field, "must not be in the future"));
+            None
+        }
+        Ok(at) => at,
+        Err(error) => {
+            violations.push(FieldViolation::new(field, error));
+            None
+        }
+    };
+    let start = time("start_time", request.start_time.as_ref());
+    let end = time("end_time", request.end_time.as_ref()).unwrap_or(now);
+    if start.is_some_and(|start| start >= end) {
+        violations.push(FieldViolation::new("start_time", "must be before end_time"));
+    }
+    if !violations.is_empty() {
+        return Err(SettlementError::InvalidArgument(violations));
+    }
+    if caller.role() == Role::Partner && !partner.is_some_and(|partner| caller.is_partner(partner))
+    {
+        return Err(SettlementError::PermissionDenied(
+            "a partner reads only its own liability: partner_id must be your own",
+        ));
+    }
+    Ok((partner, start, end))
+}
+
 fn new_adjustment(request: pb::PostAdjustmentRequest) -> Result<NewAdjustment, SettlementError> {
     let mut violations = Violations::new();
     let key = violations.check(
@@ -619,6 +668,40 @@ impl SettlementService for SettlementGrpc {
             currency: run.currency,
             currency_scale: run.currency_scale,
             status: runs_pb::status_to_pb(run.status).into(),
+        }))
+    }
+
+    async fn get_liability_report(
+        &self,
+        request: Request<pb::GetLiabilityReportRequest>,
+    ) -> Result<Response<pb::GetLiabilityReportResponse>, Status> {
+        let caller = self
+            .require(
+                &request,
+                POSITION_READERS,
+                "the liability report is read by ops, Tandem's services and each partner for itself",
+            )
+            .await?;
+        let (partner, start, end) = liability_query(&caller, request.get_ref())?;
+        let programs = self.settlement.liability(partner, start, end).await?;
+        Ok(Response::new(pb::GetLiabilityReportResponse {
+            programs: programs
+                .into_iter()
+                .map(|program| pb::ProgramLiability {
+                    partner_id: program.partner_id,
+                    program: program.program,
+                    program_scale: program.program_scale,
+                    points_issued: program.points_issued,
+                    points_redeemed: program.points_redeemed,
+                    points_outstanding: program.points_outstanding,
+                    currency: program.currency,
+                    currency_scale: program.currency_scale,
+                    value_issued_minor: program.value_issued_minor,
+                    value_redeemed_minor: program.value_redeemed_minor,
+                })
+                .collect(),
+            start_time: start.map(timestamp),
+            end_time: Some(timestamp(end)),
         }))
     }
 }

@@ -76,6 +76,13 @@ enum Command {
         #[command(subcommand)]
         command: crate::settlement_cli::StatementCommand,
     },
+    /// Reports for finance: the points liability of each partner program.
+    Report {
+        #[command(flatten)]
+        server: crate::ops::ServerArgs,
+        #[command(subcommand)]
+        command: crate::settlement_cli::ReportCommand,
+    },
     /// Read the audit trail of every ops action, newest first.
     Audit {
         #[command(flatten)]
@@ -183,6 +190,10 @@ impl Cli {
             Command::Statement { server, command } => {
                 let settings = Settings::load(&self.common)?;
                 crate::settlement_cli::statement(&settings, &server, command).await
+            }
+            Command::Report { server, command } => {
+                let settings = Settings::load(&self.common)?;
+                crate::settlement_cli::report(&settings, &server, command).await
             }
             Command::Audit { server, audit } => {
                 let settings = Settings::load(&self.common)?;

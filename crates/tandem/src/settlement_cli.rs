@@ -340,3 +340,87 @@ pub async fn statement(
     }
     Ok(())
 }
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ReportCommand {
+    /// Points each partner program got and gave through the exchange in a period, the points
+    /// outstanding at its end, and their money value, for booking deferred revenue.
+    Liability {
+        /// Only this partner's programs.
+        #[arg(long)]
+        partner: Option<String>,
+        /// The period's start (RFC 3339), inclusive; the ledger's beginning when not given.
+        #[arg(long)]
+        from: Option<String>,
+        /// The period's end (RFC 3339), exclusive; now when not given.
+        #[arg(long)]
+        to: Option<String>,
+    },
+}
+
+fn rfc3339(flag: &str, text: Option<String>) -> anyhow::Result<Option<prost_types::Timestamp>> {
+    text.map(|text| {
+        let at = chrono::DateTime::parse_from_rfc3339(&text)
+            .with_context(|| format!("{flag}: {text:?} is not an RFC 3339 time"))?;
+        Ok(tandem_proto::time::timestamp(
+            at.with_timezone(&chrono::Utc),
+        ))
+    })
+    .transpose()
+}
+
+pub async fn report(
+    settings: &Settings,
+    args: &ServerArgs,
+    command: ReportCommand,
+) -> anyhow::Result<()> {
+    let ReportCommand::Liability { partner, from, to } = command;
+    let mut ops = Ops::connect(settings, args).await?;
+    let request = ops.request(pb::GetLiabilityReportRequest {
+        partner_id: partner.unwrap_or_default(),
+        start_time: rfc3339("--from", from)?,
+        end_time: rfc3339("--to", to)?,
+    })?;
+    let answer = ops.client.get_liability_report(request).await;
+    let answer = answer.map_err(refused)?.into_inner();
+    eprintln!(
+        "points liability from {} to {}",
+        answer
+            .start_time
+            .as_ref()
+            .map_or_else(|| "the beginning".to_owned(), |at| time(Some(at))),
+        time(answer.end_time.as_ref())
+    );
+    Listing {
+        headers: vec![
+            "partner_id",
+            "program",
+            "issued",
+            "redeemed",
+            "outstanding",
+            "currency",
+            "value_issued",
+            "value_redeemed",
+        ],
+        rows: answer
+            .programs
+            .iter()
+            .map(|program| {
+                let points = |amount| decimal(amount, program.program_scale);
+                let money = |amount| decimal(amount, program.currency_scale);
+                vec![
+                    program.partner_id.clone(),
+                    program.program.clone(),
+                    points(program.points_issued),
+                    points(program.points_redeemed),
+                    points(program.points_outstanding),
+                    program.currency.clone(),
+                    money(program.value_issued_minor),
+                    money(program.value_redeemed_minor),
+                ]
+            })
+            .collect(),
+    }
+    .print(ops.output);
+    Ok(())
+}
