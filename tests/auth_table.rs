@@ -455,6 +455,88 @@ fn rows() -> Vec<Row> {
         // Settlement first: rows further down suspend and offboard the partner, whose token
         // is then refused outright.
         Row {
+            rpc: "SettlementService.SubmitPartnerReport",
+            allowed: &[Ops, ThePartner],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let header = pb::ReportHeader {
+                        partner_id: world.hotel.partner_id.clone(),
+                        start_time: Some(prost_types::Timestamp {
+                            seconds: 1_700_000_000,
+                            nanos: 0,
+                        }),
+                        end_time: Some(tandem_proto::time::timestamp(tandem_domain::now())),
+                        dry_run: true,
+                        ..Default::default()
+                    };
+                    let messages = vec![pb::SubmitPartnerReportRequest {
+                        header: Some(header),
+                        records: Vec::new(),
+                    }];
+                    world
+                        .server
+                        .settlement()
+                        .submit_partner_report(request_with(token, futures::stream::iter(messages)))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "SettlementService.GetReconciliation",
+            allowed: &[Ops, ThePartner, AnotherPartner],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let request = pb::GetReconciliationRequest {
+                        reconciliation_id: "01a20560-0000-7000-8000-0000000000ee".to_owned(),
+                    };
+                    world
+                        .server
+                        .settlement()
+                        .get_reconciliation(request_with(token, request))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "SettlementService.ListDiscrepancies",
+            allowed: &[Ops, ThePartner, AnotherPartner],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let request = pb::ListDiscrepanciesRequest {
+                        reconciliation_id: "01a20560-0000-7000-8000-0000000000ee".to_owned(),
+                        ..Default::default()
+                    };
+                    world
+                        .server
+                        .settlement()
+                        .list_discrepancies(request_with(token, request))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
+            rpc: "SettlementService.ResolveDiscrepancy",
+            allowed: &[Ops],
+            call: |world, token, _| {
+                Box::pin(async move {
+                    let request = pb::ResolveDiscrepancyRequest {
+                        discrepancy_id: "01a20560-0000-7000-8000-0000000000ee".to_owned(),
+                        reason: "table".to_owned(),
+                        ..Default::default()
+                    };
+                    world
+                        .server
+                        .settlement()
+                        .resolve_discrepancy(request_with(token, request))
+                        .await
+                        .map(drop)
+                })
+            },
+        },
+        Row {
             rpc: "SettlementService.GetLiabilityReport",
             allowed: &[Ops, Service, ThePartner],
             call: |world, token, _| {

@@ -780,6 +780,11 @@ async fn a_bad_run_request_is_refused_and_stores_nothing(server: TestServer) {
 /// A conversion as the exchange posts it: 10,000 hotel points out of the hotel's program,
 /// 2,500 ride miles into the ride's, and the hotel paying the ride $25.00 and the exchange $1.00.
 async fn conversion_with_points(server: &TestServer, books: &Books, key: &str) {
+    converted(server, books, key, "").await;
+}
+
+/// The conversion of `conversion_with_points`, recording `reference`.
+async fn converted(server: &TestServer, books: &Books, key: &str, reference: &str) {
     let mut ledger = server.ledger();
     let token = books.service_token.clone();
     let mut open = async |owner: &str, unit: &str| {
@@ -815,6 +820,7 @@ async fn conversion_with_points(server: &TestServer, books: &Books, key: &str) {
             leg(&books.fees, pb::Direction::Credit, 100),
         ],
         type_code: "CONVERSION".to_owned(),
+        external_reference: reference.to_owned(),
         ..Default::default()
     };
     ledger
@@ -905,6 +911,292 @@ async fn the_liability_report_shows_points_issued_and_redeemed_with_their_value(
     assert!(
         csv.contains(&format!("{RIDE},ZOOM_MILES,2500,0,2500,USD,25.00,0.00")),
         "{csv}"
+    );
+}
+
+fn record(id: &str, reference: &str, points: i64) -> pb::PartnerRecord {
+    pb::PartnerRecord {
+        partner_record_id: id.to_owned(),
+        tandem_reference: reference.to_owned(),
+        kind: "CONVERSION".to_owned(),
+        points,
+        money_minor: Some(points),
+        time: Some(now()),
+    }
+}
+
+async fn submit(
+    server: &TestServer,
+    token: &str,
+    header: pb::ReportHeader,
+    records: Vec<pb::PartnerRecord>,
+) -> Result<pb::Reconciliation, tonic::Status> {
+    // Header alone first, then the records two to a message, as a partner's file streams in.
+    let mut messages = vec![pb::SubmitPartnerReportRequest {
+        header: Some(header),
+        records: Vec::new(),
+    }];
+    messages.extend(
+        records
+            .chunks(2)
+            .map(|chunk| pb::SubmitPartnerReportRequest {
+                header: None,
+                records: chunk.to_vec(),
+            }),
+    );
+    Ok(server
+        .settlement()
+        .submit_partner_report(authed(token, futures::stream::iter(messages)))
+        .await?
+        .into_inner()
+        .reconciliation
+        .unwrap())
+}
+
+fn counts(reconciliation: &pb::Reconciliation) -> Vec<(String, i64)> {
+    reconciliation
+        .counts
+        .iter()
+        .filter(|count| count.count > 0)
+        .map(|count| {
+            let class = pb::DiscrepancyClass::try_from(count.class).unwrap();
+            (
+                class
+                    .as_str_name()
+                    .trim_start_matches("DISCREPANCY_CLASS_")
+                    .to_owned(),
+                count.count,
+            )
+        })
+        .collect()
+}
+
+async fn a_partner_report_is_reconciled_and_its_discrepancies_resolved(server: TestServer) {
+    let books = Books::open(&server).await;
+    let start = now();
+    for reference in ["c1", "c2", "c3", "c4"] {
+        converted(&server, &books, reference, reference).await;
+    }
+    let end = now();
+    let header = pb::ReportHeader {
+        partner_id: RIDE.to_owned(),
+        start_time: Some(start),
+        end_time: Some(end),
+        ..Default::default()
+    };
+    // The ride's own records: c2's amount changed, c3 dropped, c4 twice, one Tandem never saw.
+    let records = vec![
+        record("r-1", "c1", 2_500),
+        record("r-2", "c2", 2_400),
+        record("r-4", "c4", 2_500),
+        record("r-4-again", "c4", 2_500),
+        record("r-9", "not-in-tandem", 300),
+    ];
+    let ops = server.ops_token("alice").await;
+    let dry = submit(
+        &server,
+        &ops,
+        pb::ReportHeader {
+            dry_run: true,
+            ..header.clone()
+        },
+        records.clone(),
+    )
+    .await
+    .unwrap();
+    let expected = [
+        ("MATCHED".to_owned(), 2),
+        ("MISSING_OURS".to_owned(), 1),
+        ("MISSING_THEIRS".to_owned(), 1),
+        ("AMOUNT_MISMATCH".to_owned(), 1),
+        ("DUPLICATE".to_owned(), 1),
+    ];
+    assert_eq!(counts(&dry), expected);
+    assert!(dry.reconciliation_id.is_empty(), "a dry run stores nothing");
+
+    // The partner sends its own report.
+    let ride = server.partner_token_for(RIDE).await;
+    let stored = submit(&server, &ride, header.clone(), records)
+        .await
+        .unwrap();
+    assert_eq!(counts(&stored), expected);
+    assert_eq!(
+        (stored.partner_record_count, stored.tandem_record_count),
+        (5, 4)
+    );
+    let hotel = server.partner_token_for(HOTEL).await;
+    let not_its_own = submit(&server, &hotel, header.clone(), Vec::new())
+        .await
+        .unwrap_err();
+    assert_eq!(not_its_own.code(), Code::PermissionDenied);
+
+    let missing_theirs = server
+        .settlement()
+        .list_discrepancies(authed(
+            &ops,
+            pb::ListDiscrepanciesRequest {
+                reconciliation_id: stored.reconciliation_id.clone(),
+                class: pb::DiscrepancyClass::MissingTheirs.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .discrepancies;
+    assert_eq!(missing_theirs.len(), 1);
+    assert_eq!(missing_theirs[0].tandem_reference, "c3");
+    assert_eq!(missing_theirs[0].our_points, 2_500);
+    let all = server
+        .settlement()
+        .list_discrepancies(authed(
+            &ride,
+            pb::ListDiscrepanciesRequest {
+                reconciliation_id: stored.reconciliation_id.clone(),
+                page_size: 2,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.discrepancies.len(), 2);
+    assert!(!all.next_page_token.is_empty());
+
+    // Resolved by an adjustment, which the next settlement run takes.
+    let (fix, _) = post(
+        &server,
+        &ops,
+        adjustment("fix-c3", &books.hotel, &books.ride, 50),
+    )
+    .await
+    .unwrap();
+    let resolve = |adjustment_id: String| {
+        let mut client = server.settlement();
+        let request = pb::ResolveDiscrepancyRequest {
+            discrepancy_id: missing_theirs[0].discrepancy_id.clone(),
+            adjustment_id,
+            reason: "the ride lost the record; corrected".to_owned(),
+        };
+        let token = ops.clone();
+        async move { client.resolve_discrepancy(authed(&token, request)).await }
+    };
+    let resolved = resolve(fix.adjustment_id.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .discrepancy
+        .unwrap();
+    assert_eq!(resolved.status, pb::DiscrepancyStatus::Adjusted as i32);
+    let again = resolve(String::new()).await.unwrap_err();
+    assert_eq!(reason(&again), "DISCREPANCY_RESOLVED");
+    let (run, _) = create_run(&server, &ops, "after-reconciliation", now())
+        .await
+        .unwrap();
+    assert!(
+        run.totals.iter().any(|total| total.kind == "ADJUSTMENT"),
+        "{:?}",
+        run.totals
+    );
+}
+
+async fn a_malformed_report_names_the_line_and_stores_nothing(server: TestServer) {
+    let ops = server.ops_token("alice").await;
+    let header = pb::ReportHeader {
+        partner_id: RIDE.to_owned(),
+        start_time: Some(prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 0,
+        }),
+        end_time: Some(now()),
+        ..Default::default()
+    };
+    let mut bad = record("r-2", "c2", 10);
+    bad.kind = "GIFT".to_owned();
+    let refused = submit(&server, &ops, header, vec![record("r-1", "c1", 10), bad])
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&refused), ["records[line 2].kind"]);
+    let trail = server
+        .settlement()
+        .list_audit_events(authed(&ops, pb::ListAuditEventsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert!(trail.is_empty(), "{trail:?}");
+}
+
+async fn ops_reconcile_a_file_from_the_cli(server: TestServer) {
+    let books = Books::open(&server).await;
+    let from = tandem_domain::now().to_rfc3339();
+    converted(&server, &books, "cli-c1", "cli-c1").await;
+    converted(&server, &books, "cli-c2", "cli-c2").await;
+    let to = tandem_domain::now().to_rfc3339();
+    let folder = tempfile::tempdir().unwrap();
+    let file = folder.path().join("ride.csv");
+    let at = tandem_domain::now().to_rfc3339();
+    std::fs::write(
+        &file,
+        format!(
+            "partner_record_id,tandem_reference,kind,points,money_minor,time\n\
+             r-1,cli-c1,CONVERSION,2500,2500,{at}\n\
+             r-2,cli-c2,CONVERSION,2500,,{at}\n"
+        ),
+    )
+    .unwrap();
+    let path = file.display().to_string();
+    let (code, csv, error) = cli(
+        &server,
+        "alice",
+        &[
+            "reconcile",
+            "submit",
+            "--partner",
+            RIDE,
+            "--file",
+            &path,
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--output",
+            "csv",
+        ],
+    );
+    assert_eq!(code, 0, "{error}");
+    assert!(csv.contains("MATCHED,2"), "{csv}");
+    assert!(csv.contains("MISSING_THEIRS,0"), "{csv}");
+
+    std::fs::write(
+        &file,
+        format!(
+            "partner_record_id,tandem_reference,kind,points,money_minor,time\n\
+             r-1,cli-c1,CONVERSION,2500,2500,{at}\n\
+             r-2,cli-c2,CONVERSION,many,,{at}\n"
+        ),
+    )
+    .unwrap();
+    let (code, _, error) = cli(
+        &server,
+        "alice",
+        &[
+            "reconcile",
+            "submit",
+            "--partner",
+            RIDE,
+            "--file",
+            &path,
+            "--from",
+            &from,
+            "--to",
+            &to,
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        error.contains("line 3") && error.contains("nothing was stored"),
+        "{error}"
     );
 }
 
@@ -1086,5 +1378,8 @@ on_every_backend!(
     a_run_nets_three_partners_and_settles_with_four_eyes,
     a_bad_run_request_is_refused_and_stores_nothing,
     ops_close_a_period_from_the_cli,
-    the_liability_report_shows_points_issued_and_redeemed_with_their_value
+    the_liability_report_shows_points_issued_and_redeemed_with_their_value,
+    a_partner_report_is_reconciled_and_its_discrepancies_resolved,
+    a_malformed_report_names_the_line_and_stores_nothing,
+    ops_reconcile_a_file_from_the_cli
 );

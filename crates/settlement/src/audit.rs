@@ -22,6 +22,8 @@ pub enum AuditAction {
     RunCancelled,
     RunSettling,
     RunSettled,
+    ReportReconciled,
+    DiscrepancyResolved,
 }
 
 impl AuditAction {
@@ -37,6 +39,8 @@ impl AuditAction {
             AuditAction::RunCancelled => "SETTLEMENT_RUN_CANCELLED",
             AuditAction::RunSettling => "SETTLEMENT_RUN_SETTLING",
             AuditAction::RunSettled => "SETTLEMENT_RUN_SETTLED",
+            AuditAction::ReportReconciled => "PARTNER_REPORT_RECONCILED",
+            AuditAction::DiscrepancyResolved => "DISCREPANCY_RESOLVED",
         }
     }
 }

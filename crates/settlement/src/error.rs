@@ -16,6 +16,12 @@ pub enum SettlementError {
     SameOpsUser(String),
     #[error("settlement run {0} not found")]
     RunNotFound(String),
+    #[error("reconciliation {0} not found")]
+    ReconciliationNotFound(String),
+    #[error("discrepancy {0} not found")]
+    DiscrepancyNotFound(String),
+    #[error("discrepancy {0} is already resolved")]
+    DiscrepancyResolved(String),
     #[error("settlement run {id} is {status}, not {expected}")]
     RunNotInStatus {
         id: String,
@@ -151,6 +157,13 @@ impl From<SettlementError> for Status {
             SettlementError::SameOpsUser(_) => (Code::PermissionDenied, "SAME_OPS_USER"),
             SettlementError::AdjustmentNotFound(_) => (Code::NotFound, "ADJUSTMENT_NOT_FOUND"),
             SettlementError::RunNotFound(_) => (Code::NotFound, "SETTLEMENT_RUN_NOT_FOUND"),
+            SettlementError::ReconciliationNotFound(_) => {
+                (Code::NotFound, "RECONCILIATION_NOT_FOUND")
+            }
+            SettlementError::DiscrepancyNotFound(_) => (Code::NotFound, "DISCREPANCY_NOT_FOUND"),
+            SettlementError::DiscrepancyResolved(_) => {
+                (Code::FailedPrecondition, "DISCREPANCY_RESOLVED")
+            }
             SettlementError::RunNotInStatus { .. } => {
                 (Code::FailedPrecondition, "SETTLEMENT_RUN_STATUS")
             }

@@ -9,6 +9,8 @@ mod error;
 mod ledger_grpc;
 mod netting;
 mod positions;
+mod reconciliation;
+mod reconciliation_pb;
 mod reports;
 mod runs;
 mod runs_pb;
@@ -28,6 +30,9 @@ pub use audit::{AuditEvent, AuditFilter};
 pub use error::SettlementError;
 pub use ledger_grpc::LedgerGrpc;
 pub use positions::Position;
+pub use reconciliation::{
+    Discrepancy, DiscrepancyClass, PartnerRecord, RECORD_KINDS, Reconciliation, ReportHeader,
+};
 pub use reports::ProgramLiability;
 pub use runs::{KindTotals, NewRun, RunStatus, RunSummary, SettlementRun, StatementLine};
 pub use settlement_grpc::SettlementGrpc;

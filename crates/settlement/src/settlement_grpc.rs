@@ -10,13 +10,13 @@ use tandem_proto::{
     v1::{self as pb, settlement_service_server::SettlementService},
 };
 use tandem_storage::{PageCursor, PageRequest};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     Adjustment, AdjustmentStatus, AuditEvent, AuditFilter, NewAdjustment, Position, Settlement,
     SettlementError,
     ledger_grpc::{account_to_pb, direction_to_pb, purpose_from_pb},
-    runs_pb,
+    reconciliation_pb, runs_pb,
 };
 
 /// `SettlementService` over gRPC.
@@ -48,6 +48,67 @@ impl SettlementGrpc {
         Ok(caller)
     }
 }
+
+impl SettlementGrpc {
+    /// Stages a report's records as they stream in, a batch at a time; how many there were.
+    async fn stage(
+        &self,
+        id: &str,
+        first: Vec<pb::PartnerRecord>,
+        stream: &mut Streaming<pb::SubmitPartnerReportRequest>,
+    ) -> Result<i64, Status> {
+        let mut line = 0_i64;
+        let mut records = first;
+        loop {
+            let mut batch = Vec::with_capacity(records.len());
+            for record in records {
+                line += 1;
+                batch.push((line, reconciliation_pb::record(line, record)?));
+                if batch.len() == RECORDS_PER_BATCH {
+                    self.settlement.stage_records(id, &batch).await?;
+                    batch.clear();
+                }
+            }
+            self.settlement.stage_records(id, &batch).await?;
+            match stream.message().await? {
+                Some(message) if message.header.is_some() => {
+                    return Err(SettlementError::invalid(
+                        "header",
+                        "only the first message carries the header",
+                    )
+                    .into());
+                }
+                Some(message) => records = message.records,
+                None => return Ok(line),
+            }
+        }
+    }
+
+    /// A reconciliation the caller may read: ops any, a partner its own.
+    async fn readable_reconciliation(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<crate::Reconciliation, SettlementError> {
+        if id.is_empty() {
+            return Err(SettlementError::invalid("reconciliation_id", "is required"));
+        }
+        let reconciliation = self.settlement.reconciliation(id).await?;
+        if caller.role() == Role::Partner
+            && !reconciliation
+                .partner_id
+                .parse::<PartnerId>()
+                .is_ok_and(|partner| caller.is_partner(partner))
+        {
+            // Not another partner's business whether it exists.
+            return Err(SettlementError::ReconciliationNotFound(id.to_owned()));
+        }
+        Ok(reconciliation)
+    }
+}
+
+/// Partner records written to the staging table in one statement.
+const RECORDS_PER_BATCH: usize = 500;
 
 const OPS: &[Role] = &[Role::Ops];
 const READERS: &[Role] = &[Role::Ops, Role::Service];
@@ -702,6 +763,119 @@ impl SettlementService for SettlementGrpc {
                 .collect(),
             start_time: start.map(timestamp),
             end_time: Some(timestamp(end)),
+        }))
+    }
+
+    async fn submit_partner_report(
+        &self,
+        request: Request<Streaming<pb::SubmitPartnerReportRequest>>,
+    ) -> Result<Response<pb::SubmitPartnerReportResponse>, Status> {
+        let caller = self
+            .require(
+                &request,
+                &[Role::Ops, Role::Partner],
+                "partner reports are sent by ops and by each partner for itself",
+            )
+            .await?;
+        let mut stream = request.into_inner();
+        let first = stream.message().await?.unwrap_or_default();
+        let header = reconciliation_pb::header(&caller, first.header)?;
+        let id = self.settlement.new_report_id();
+        let staged = self.stage(&id, first.records, &mut stream).await;
+        let count = match staged {
+            Ok(count) => count,
+            Err(error) => {
+                self.settlement.discard_report(&id).await?;
+                return Err(error);
+            }
+        };
+        let reconciliation = self
+            .settlement
+            .reconcile(caller.subject(), &id, &header, count)
+            .await?;
+        Ok(Response::new(pb::SubmitPartnerReportResponse {
+            reconciliation: Some(reconciliation_pb::reconciliation_to_pb(reconciliation)),
+        }))
+    }
+
+    async fn get_reconciliation(
+        &self,
+        request: Request<pb::GetReconciliationRequest>,
+    ) -> Result<Response<pb::GetReconciliationResponse>, Status> {
+        let caller = self
+            .require(
+                &request,
+                &[Role::Ops, Role::Partner],
+                "reconciliations are read by ops and by each partner for itself",
+            )
+            .await?;
+        let reconciliation = self
+            .readable_reconciliation(&caller, &request.get_ref().reconciliation_id)
+            .await?;
+        Ok(Response::new(pb::GetReconciliationResponse {
+            reconciliation: Some(reconciliation_pb::reconciliation_to_pb(reconciliation)),
+        }))
+    }
+
+    async fn list_discrepancies(
+        &self,
+        request: Request<pb::ListDiscrepanciesRequest>,
+    ) -> Result<Response<pb::ListDiscrepanciesResponse>, Status> {
+        let caller = self
+            .require(
+                &request,
+                &[Role::Ops, Role::Partner],
+                "discrepancies are read by ops and by each partner for itself",
+            )
+            .await?;
+        let request = request.into_inner();
+        let class = reconciliation_pb::class_filter(request.class)?;
+        let page = page_request(request.page_size, &request.page_token)?;
+        let reconciliation = self
+            .readable_reconciliation(&caller, &request.reconciliation_id)
+            .await?;
+        let (discrepancies, next) = self
+            .settlement
+            .discrepancies(&reconciliation.reconciliation_id, class, &page)
+            .await?;
+        Ok(Response::new(pb::ListDiscrepanciesResponse {
+            discrepancies: discrepancies
+                .into_iter()
+                .map(reconciliation_pb::discrepancy_to_pb)
+                .collect::<Result<_, _>>()?,
+            next_page_token: next_token(next),
+        }))
+    }
+
+    async fn resolve_discrepancy(
+        &self,
+        request: Request<pb::ResolveDiscrepancyRequest>,
+    ) -> Result<Response<pb::ResolveDiscrepancyResponse>, Status> {
+        let caller = self
+            .require(&request, OPS, "only ops resolve discrepancies")
+            .await?;
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        if request.discrepancy_id.is_empty() {
+            violations.push(FieldViolation::new("discrepancy_id", "is required"));
+        }
+        let reason = violations.check("reason", tandem_domain::Reason::parse(&request.reason));
+        let Some(reason) = reason.filter(|_| violations.is_empty()) else {
+            return Err(SettlementError::InvalidArgument(violations).into());
+        };
+        let adjustment =
+            (!request.adjustment_id.is_empty()).then_some(request.adjustment_id.as_str());
+        let discrepancy = self
+            .settlement
+            .resolve_discrepancy(
+                caller.subject(),
+                &request.discrepancy_id,
+                adjustment,
+                reason.as_str(),
+            )
+            .await?;
+        Ok(Response::new(pb::ResolveDiscrepancyResponse {
+            discrepancy: Some(reconciliation_pb::discrepancy_to_pb(discrepancy)?),
         }))
     }
 }

@@ -76,6 +76,13 @@ enum Command {
         #[command(subcommand)]
         command: crate::settlement_cli::StatementCommand,
     },
+    /// Reconcile a partner's file of its own records against Tandem's, and resolve what differs.
+    Reconcile {
+        #[command(flatten)]
+        server: crate::ops::ServerArgs,
+        #[command(subcommand)]
+        command: crate::reconcile_cli::ReconcileCommand,
+    },
     /// Reports for finance: the points liability of each partner program.
     Report {
         #[command(flatten)]
@@ -190,6 +197,10 @@ impl Cli {
             Command::Statement { server, command } => {
                 let settings = Settings::load(&self.common)?;
                 crate::settlement_cli::statement(&settings, &server, command).await
+            }
+            Command::Reconcile { server, command } => {
+                let settings = Settings::load(&self.common)?;
+                crate::reconcile_cli::reconcile(&settings, &server, command).await
             }
             Command::Report { server, command } => {
                 let settings = Settings::load(&self.common)?;

@@ -8,6 +8,7 @@ mod demo;
 mod keys;
 mod ops;
 mod partner_sim;
+mod reconcile_cli;
 mod serve;
 mod settings;
 mod settlement_cli;
