@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use helpers::{
     Backend, Simulator, TestServer, agree, authed, create_partner_request, eventually, reason,
-    refused, terms,
+    refused, storage_args, terms,
 };
 use prost_types::Timestamp;
 use tandem_auth::Role;
@@ -1647,7 +1647,129 @@ async fn a_gateway_without_batches_gets_one_call_per_movement(server: TestServer
     coalition.trial_balance_is_zero().await;
 }
 
+/// `tandem` with the server's storage flags; (exit code, standard output, standard error).
+fn tandem(server: &TestServer, args: &[&str]) -> (i32, String, String) {
+    let output = std::process::Command::new(helpers::TANDEM)
+        .args(storage_args(&server.database))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+/// The reference partner exports its own movements of a period; with one record dropped on
+/// each side, one amount changed and one duplicated, reconciling it against Tandem's ledger
+/// finds exactly those, and a conversion that failed (its debit undone) is on neither side.
+async fn a_partner_sim_export_reconciles_against_the_ledger(server: TestServer) {
+    let coalition = Coalition::new(server, 0).await;
+    let from = chrono::Utc::now().to_rfc3339();
+    let mut conversions = Vec::new();
+    for key in ["export-1", "export-2", "export-3"] {
+        let quote = coalition.quote(10_000).await.unwrap();
+        let conversion = coalition.execute(&quote.quote_id, key).await.unwrap();
+        conversions.push(conversion.conversion.unwrap().conversion_id);
+    }
+    coalition
+        .ride_sim
+        .set_fault("CreditPoints", Fault::Refuse, 0, 0)
+        .await;
+    let quote = coalition.quote(10_000).await.unwrap();
+    let failed = coalition
+        .execute(&quote.quote_id, "export-failed")
+        .await
+        .unwrap();
+    assert_eq!(
+        failed.conversion.unwrap().status,
+        pb::ConversionStatus::Failed as i32
+    );
+    let ride = coalition
+        .ride("export-ride", 2_345, "GOLD", "RIDE")
+        .await
+        .unwrap();
+    let to = chrono::Utc::now().to_rfc3339();
+
+    let (code, exported, error) = tandem(
+        &coalition.server,
+        &[
+            "partner-sim-export",
+            "--program",
+            "SKYLINE_PTS",
+            "--from",
+            &from,
+            "--to",
+            &to,
+        ],
+    );
+    assert_eq!(code, 0, "{error}");
+    let mut lines: Vec<String> = exported.lines().map(str::to_owned).collect();
+    assert_eq!(
+        lines.len(),
+        5,
+        "a header, three debits and the ride's credit: {exported}"
+    );
+    assert!(
+        lines[4].contains(&format!(",{},EARN,", ride.activity_id)),
+        "{exported}"
+    );
+    // Dropped on the hotel's side, changed, and duplicated; and one Tandem never saw.
+    lines.retain(|line| !line.contains(&conversions[0]));
+    let changed = lines
+        .iter()
+        .position(|line| line.contains(&conversions[1]))
+        .unwrap();
+    lines[changed] = lines[changed].replace(",-10000,", ",-9000,");
+    let earned = lines.last().unwrap().clone();
+    lines.push(earned.replace("tandem:earning", "duplicate:earning"));
+    lines.push(format!(
+        "hotel-only,not-in-tandem,CONVERSION,-500,,{}",
+        chrono::Utc::now().to_rfc3339()
+    ));
+    let folder = tempfile::tempdir().unwrap();
+    let file = folder.path().join("hotel.csv");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+
+    let path = file.display().to_string();
+    let (code, counts, error) = tandem(
+        &coalition.server,
+        &[
+            "reconcile",
+            "submit",
+            "--partner",
+            &coalition.hotel,
+            "--file",
+            &path,
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--server",
+            &format!("http://{}", coalition.server.address),
+            "--as",
+            "alice",
+            "--output",
+            "csv",
+        ],
+    );
+    assert_eq!(code, 0, "{error}");
+    for expected in [
+        "MATCHED,2",
+        "MISSING_OURS,1",
+        "MISSING_THEIRS,1",
+        "AMOUNT_MISMATCH,1",
+        "TIME_MISMATCH,0",
+        "DUPLICATE,1",
+    ] {
+        assert!(counts.contains(expected), "{expected} in {counts}");
+    }
+}
+
 on_every_backend!(
+    a_partner_sim_export_reconciles_against_the_ledger,
     a_gateway_without_batches_gets_one_call_per_movement,
     a_member_converts_and_wallets_and_ledger_agree,
     a_quote_priced_by_one_process_executes_on_another,

@@ -70,6 +70,7 @@ impl Simulator {
             member_id: member.to_owned(),
             amount_minor,
             description: "conversion".to_owned(),
+            ..Default::default()
         };
         let response = self
             .gateway
@@ -94,6 +95,7 @@ impl Simulator {
             member_id: member.to_owned(),
             amount_minor,
             description: "earn".to_owned(),
+            ..Default::default()
         };
         let response = self
             .gateway
@@ -171,6 +173,7 @@ fn debit(key: &str, member: &str, amount_minor: i64) -> pb::PointMovement {
                 member_id: member.to_owned(),
                 amount_minor,
                 description: "conversion".to_owned(),
+                ..Default::default()
             },
         )),
     }
@@ -184,6 +187,7 @@ fn credit(key: &str, member: &str, amount_minor: i64) -> pb::PointMovement {
                 member_id: member.to_owned(),
                 amount_minor,
                 description: "earn".to_owned(),
+                ..Default::default()
             },
         )),
     }
@@ -261,6 +265,7 @@ async fn only_tandems_services_may_call(server: TestServer) {
         member_id: "M-1".to_owned(),
         amount_minor: 1,
         description: String::new(),
+        ..Default::default()
     };
     assert_eq!(
         sim.gateway
@@ -392,6 +397,7 @@ async fn concurrent_movements_on_one_member_all_count(server: TestServer) {
                     member_id: "M-1".to_owned(),
                     amount_minor: amount,
                     description: "earn".to_owned(),
+                    ..Default::default()
                 };
                 gateway
                     .credit_points(authed(&token, request))
@@ -405,6 +411,7 @@ async fn concurrent_movements_on_one_member_all_count(server: TestServer) {
                     member_id: "M-1".to_owned(),
                     amount_minor: amount,
                     description: "conversion".to_owned(),
+                    ..Default::default()
                 };
                 gateway
                     .debit_points(authed(&token, request))

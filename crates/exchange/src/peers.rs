@@ -54,6 +54,22 @@ pub enum GatewayAnswer {
     Unknown(String),
 }
 
+/// A debit (`credit == false`) or credit of a member at a partner's gateway.
+#[derive(Debug, Clone)]
+pub struct PointsMovement {
+    pub credit: bool,
+    /// Tandem's key: the same key is the same movement.
+    pub key: String,
+    pub member_id: String,
+    pub amount_minor: i64,
+    /// For the member's statement.
+    pub description: String,
+    /// The conversion or activity id, for the partner's reconciliation.
+    pub tandem_reference: String,
+    /// CONVERSION, EARN or REVERSAL.
+    pub kind: &'static str,
+}
+
 /// The exchange's ledger accounts, named by owner, purpose and unit.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct AccountName {
@@ -369,29 +385,34 @@ impl Peers {
             .unwrap_or_else(|| Err(Status::unavailable("the gateway's batcher stopped")))
     }
 
-    /// Debits (`credit == false`) or credits a member at a partner's gateway.
-    pub async fn move_points(
-        &self,
-        endpoint: &str,
-        credit: bool,
-        key: String,
-        member_id: &str,
-        amount_minor: i64,
-        description: &str,
-    ) -> GatewayAnswer {
+    /// Debits or credits a member at a partner's gateway.
+    pub async fn move_points(&self, endpoint: &str, movement: PointsMovement) -> GatewayAnswer {
+        let PointsMovement {
+            credit,
+            key,
+            member_id,
+            amount_minor,
+            description,
+            tandem_reference,
+            kind,
+        } = movement;
         let operation = if credit {
             pb::point_movement::Operation::Credit(pb::CreditPointsRequest {
                 transaction_key: key,
-                member_id: member_id.to_owned(),
+                member_id,
                 amount_minor,
-                description: description.to_owned(),
+                description,
+                tandem_reference,
+                kind: kind.to_owned(),
             })
         } else {
             pb::point_movement::Operation::Debit(pb::DebitPointsRequest {
                 transaction_key: key,
-                member_id: member_id.to_owned(),
+                member_id,
                 amount_minor,
-                description: description.to_owned(),
+                description,
+                tandem_reference,
+                kind: kind.to_owned(),
             })
         };
         let movement = pb::PointMovement {

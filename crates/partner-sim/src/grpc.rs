@@ -10,7 +10,7 @@ use tandem_proto::{
 use tonic::{Request, Response, Status};
 
 use crate::{
-    Faults, Movement, Operation, Outcome, Refusal, TandemVerifier, Wallets, faults::Fault,
+    Faults, Move, Movement, Operation, Outcome, Refusal, TandemVerifier, Wallets, faults::Fault,
 };
 
 /// `PartnerGatewayService` over the simulated program's wallets.
@@ -34,17 +34,14 @@ impl GatewayGrpc {
     async fn move_points(
         &self,
         fault: Option<Fault>,
-        key: &str,
-        member: &str,
-        amount_minor: i64,
-        movement: Movement,
+        requested: Move,
     ) -> Result<(i32, i32, i64), Status> {
-        valid_operation(key, member, amount_minor)?;
-        let outcome = if self.refuses(fault, key).await? {
+        valid_move(&requested)?;
+        let outcome = if self.refuses(fault, &requested.key).await? {
             Outcome::Refused(Refusal::PartnerRule)
         } else {
             self.wallets
-                .apply(key, member, amount_minor, movement)
+                .apply(&requested)
                 .await
                 .map_err(storage_status)?
         };
@@ -88,32 +85,32 @@ pub const MAX_BATCH_MOVEMENTS: usize = 1_000;
 /// A movement of a batch as the wallets take it, with the single RPC whose faults act on it; or
 /// `None` when it is malformed.
 fn operation_of(movement: pb::PointMovement) -> Option<(&'static str, Operation)> {
-    let moved = |rpc, key: String, member: String, amount_minor, movement| {
-        valid_operation(&key, &member, amount_minor).ok()?;
-        Some((
-            rpc,
-            Operation::Move {
-                key,
-                member,
-                amount_minor,
-                movement,
-            },
-        ))
+    let moved = |rpc, requested: Move| {
+        valid_move(&requested).ok()?;
+        Some((rpc, Operation::Move(requested)))
     };
     match movement.operation? {
         pb::point_movement::Operation::Debit(debit) => moved(
             "DebitPoints",
-            debit.transaction_key,
-            debit.member_id,
-            debit.amount_minor,
-            Movement::Debit,
+            Move {
+                key: debit.transaction_key,
+                member: debit.member_id,
+                amount_minor: debit.amount_minor,
+                movement: Movement::Debit,
+                tandem_reference: debit.tandem_reference,
+                tandem_kind: debit.kind,
+            },
         ),
         pb::point_movement::Operation::Credit(credit) => moved(
             "CreditPoints",
-            credit.transaction_key,
-            credit.member_id,
-            credit.amount_minor,
-            Movement::Credit,
+            Move {
+                key: credit.transaction_key,
+                member: credit.member_id,
+                amount_minor: credit.amount_minor,
+                movement: Movement::Credit,
+                tandem_reference: credit.tandem_reference,
+                tandem_kind: credit.kind,
+            },
         ),
         pb::point_movement::Operation::Reverse(reverse) => {
             valid_operation(&reverse.transaction_key, "-", 1).ok()?;
@@ -175,6 +172,24 @@ fn outcome_to_pb(outcome: Outcome) -> (i32, i32, i64) {
     }
 }
 
+/// A move's own checks, and those of what Tandem says it is for (empty from a Tandem that did
+/// not send it yet).
+fn valid_move(requested: &Move) -> Result<(), Status> {
+    valid_operation(&requested.key, &requested.member, requested.amount_minor)?;
+    let mut violations = Vec::new();
+    if requested.tandem_reference.len() > 200 {
+        violations.push(("tandem_reference", "must be at most 200 characters"));
+    }
+    if requested.tandem_kind.len() > 32 {
+        violations.push(("kind", "must be at most 32 characters"));
+    }
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(status::invalid_argument(violations))
+    }
+}
+
 fn valid_operation(key: &str, member: &str, amount_minor: i64) -> Result<(), Status> {
     let mut violations = Vec::new();
     if key.is_empty() || key.len() > 200 {
@@ -233,15 +248,16 @@ impl PartnerGatewayService for GatewayGrpc {
     ) -> Result<Response<pb::DebitPointsResponse>, Status> {
         let fault = self.before("DebitPoints", &request).await?;
         let request = request.into_inner();
-        let (outcome, refusal_reason, balance_after_minor) = self
-            .move_points(
-                fault,
-                &request.transaction_key,
-                &request.member_id,
-                request.amount_minor,
-                Movement::Debit,
-            )
-            .await?;
+        let requested = Move {
+            key: request.transaction_key,
+            member: request.member_id,
+            amount_minor: request.amount_minor,
+            movement: Movement::Debit,
+            tandem_reference: request.tandem_reference,
+            tandem_kind: request.kind,
+        };
+        let (outcome, refusal_reason, balance_after_minor) =
+            self.move_points(fault, requested).await?;
         Ok(Response::new(pb::DebitPointsResponse {
             outcome,
             refusal_reason,
@@ -255,15 +271,16 @@ impl PartnerGatewayService for GatewayGrpc {
     ) -> Result<Response<pb::CreditPointsResponse>, Status> {
         let fault = self.before("CreditPoints", &request).await?;
         let request = request.into_inner();
-        let (outcome, refusal_reason, balance_after_minor) = self
-            .move_points(
-                fault,
-                &request.transaction_key,
-                &request.member_id,
-                request.amount_minor,
-                Movement::Credit,
-            )
-            .await?;
+        let requested = Move {
+            key: request.transaction_key,
+            member: request.member_id,
+            amount_minor: request.amount_minor,
+            movement: Movement::Credit,
+            tandem_reference: request.tandem_reference,
+            tandem_kind: request.kind,
+        };
+        let (outcome, refusal_reason, balance_after_minor) =
+            self.move_points(fault, requested).await?;
         Ok(Response::new(pb::CreditPointsResponse {
             outcome,
             refusal_reason,

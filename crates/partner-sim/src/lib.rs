@@ -14,7 +14,7 @@ mod wallets;
 pub use auth::TandemVerifier;
 pub use faults::Faults;
 pub use grpc::{GatewayGrpc, SimControlGrpc};
-pub use wallets::{Movement, Operation, Outcome, Refusal, Wallets};
+pub use wallets::{Move, Movement, Operation, Outcome, Refusal, ReportedMovement, Wallets};
 
 /// The wallet database's migrations.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

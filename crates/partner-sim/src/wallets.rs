@@ -116,13 +116,13 @@ impl Wallets {
 
     /// Debits or credits a member once per key: a repeat of the same operation is already
     /// applied, a different operation under the same key is refused.
-    pub async fn apply(
-        &self,
-        key: &str,
-        member: &str,
-        amount_minor: i64,
-        kind: Movement,
-    ) -> Result<Outcome, sqlx::Error> {
+    pub async fn apply(&self, requested: &Move) -> Result<Outcome, sqlx::Error> {
+        let (key, member, amount_minor, kind) = (
+            requested.key.as_str(),
+            requested.member.as_str(),
+            requested.amount_minor,
+            requested.movement,
+        );
         let mut transaction = self.database.begin_write().await?;
         if let Some((stored_kind, stored_member, stored_amount, _, _)) =
             operation(&mut transaction, key).await?
@@ -161,7 +161,7 @@ impl Wallets {
             kind.as_str(),
             member,
             amount_minor,
-            None,
+            (None, (&requested.tandem_reference, &requested.tandem_kind)),
         )
         .await?;
         transaction.commit().await?;
@@ -189,7 +189,7 @@ impl Wallets {
         }
         let outcome = match operation(&mut transaction, original).await? {
             None => {
-                record(&mut transaction, original, "VOID", "", 0, None).await?;
+                record(&mut transaction, original, "VOID", "", 0, (None, ("", ""))).await?;
                 sqlx::query(
                     "UPDATE sim_operations SET reversed_by = $1 WHERE transaction_key = $2",
                 )
@@ -197,7 +197,15 @@ impl Wallets {
                 .bind(original)
                 .execute(&mut *transaction)
                 .await?;
-                record(&mut transaction, key, "REVERSAL", "", 0, Some(original)).await?;
+                record(
+                    &mut transaction,
+                    key,
+                    "REVERSAL",
+                    "",
+                    0,
+                    (Some(original), ("", "")),
+                )
+                .await?;
                 Outcome::Applied {
                     balance_after_minor: 0,
                 }
@@ -233,7 +241,7 @@ impl Wallets {
                     "REVERSAL",
                     &member,
                     amount,
-                    Some(original),
+                    (Some(original), ("", "")),
                 )
                 .await?;
                 Outcome::Applied {
@@ -268,36 +276,88 @@ async fn move_balance(
         .await
 }
 
+/// Stores an operation; `(original, (tandem_reference, tandem_kind))`: the key a reversal
+/// undoes, and what Tandem said a move is for.
 async fn record(
     connection: &mut AnyConnection,
     key: &str,
     kind: &str,
     member: &str,
     amount_minor: i64,
-    original: Option<&str>,
+    (original, (tandem_reference, tandem_kind)): (Option<&str>, (&str, &str)),
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO sim_operations (transaction_key, kind, member_id, amount_minor, original_key, applied_at_micros) VALUES ($1, $2, $3, $4, $5, $6)")
-        .bind(key)
-        .bind(kind)
-        .bind(member)
-        .bind(amount_minor)
-        .bind(original)
-        .bind(tandem_domain::to_unix_micros(tandem_domain::now()))
-        .execute(connection)
-        .await?;
+    sqlx::query(
+        "INSERT INTO sim_operations (transaction_key, kind, member_id, amount_minor, \
+         original_key, applied_at_micros, tandem_reference, tandem_kind) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(key)
+    .bind(kind)
+    .bind(member)
+    .bind(amount_minor)
+    .bind(original)
+    .bind(tandem_domain::to_unix_micros(tandem_domain::now()))
+    .bind(tandem_reference)
+    .bind(tandem_kind)
+    .execute(connection)
+    .await?;
     Ok(())
+}
+
+/// One of the program's own records of a movement, as a partner reports it to Tandem for
+/// reconciliation.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ReportedMovement {
+    /// The program's own id for it: Tandem's transaction key.
+    pub transaction_key: String,
+    pub tandem_reference: String,
+    pub tandem_kind: String,
+    /// Credited to the member positive, debited negative.
+    pub points: i64,
+    pub applied_at_micros: i64,
+}
+
+impl Wallets {
+    /// The movements applied in `[from_micros, to_micros)` that still stand, in the order they
+    /// were applied, as a partner reports them: a debit or credit later undone by ReversePoints
+    /// never happened for Tandem's ledger either, and a void moved nothing. Read as a stream.
+    pub fn reported_movements(
+        &self,
+        from_micros: i64,
+        to_micros: i64,
+    ) -> impl futures::Stream<Item = Result<ReportedMovement, sqlx::Error>> + '_ {
+        sqlx::query_as(
+            "SELECT transaction_key, tandem_reference, tandem_kind, \
+             CASE WHEN kind = 'DEBIT' THEN -amount_minor ELSE amount_minor END AS points, \
+             applied_at_micros FROM sim_operations \
+             WHERE kind IN ('DEBIT', 'CREDIT') AND reversed_by IS NULL \
+             AND tandem_reference <> '' AND applied_at_micros >= $1 AND applied_at_micros < $2 \
+             ORDER BY applied_at_micros, transaction_key",
+        )
+        .bind(from_micros)
+        .bind(to_micros)
+        .fetch(self.database.pool())
+    }
+}
+
+/// A debit or credit of a member, with what Tandem says it is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Move {
+    pub key: String,
+    pub member: String,
+    pub amount_minor: i64,
+    pub movement: Movement,
+    /// The conversion or activity id Tandem sent with it, kept for reconciliation.
+    pub tandem_reference: String,
+    /// CONVERSION, EARN or REVERSAL, as Tandem sent it.
+    pub tandem_kind: String,
 }
 
 /// One operation of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Operation {
     /// A debit or credit of a member.
-    Move {
-        key: String,
-        member: String,
-        amount_minor: i64,
-        movement: Movement,
-    },
+    Move(Move),
     /// The undoing of the operation under `original`.
     Reverse { key: String, original: String },
 }
@@ -306,7 +366,7 @@ impl Operation {
     /// The transaction key the operation is asked under.
     pub fn key(&self) -> &str {
         match self {
-            Operation::Move { key, .. } | Operation::Reverse { key, .. } => key,
+            Operation::Move(Move { key, .. }) | Operation::Reverse { key, .. } => key,
         }
     }
 }
@@ -320,6 +380,10 @@ struct StoredOperation {
     amount_minor: i64,
     original: Option<String>,
     reversed_by: Option<String>,
+    /// What Tandem said a new move is for; empty for reversals, voids, and operations read back
+    /// (a batch only decides on those, and never rewrites them).
+    tandem_reference: String,
+    tandem_kind: String,
 }
 
 impl StoredOperation {
@@ -336,6 +400,8 @@ impl StoredOperation {
             amount_minor,
             original,
             reversed_by,
+            tandem_reference: String::new(),
+            tandem_kind: String::new(),
         }
     }
 }
@@ -408,14 +474,14 @@ impl Wallets {
         let mut keys: Vec<&str> = Vec::with_capacity(operations.len() * 2);
         for operation in operations {
             match operation {
-                Operation::Move { key, .. } => keys.push(key),
+                Operation::Move(Move { key, .. }) => keys.push(key),
                 Operation::Reverse { key, original } => keys.extend([key.as_str(), original]),
             }
         }
         let named: Vec<&str> = operations
             .iter()
             .filter_map(|operation| match operation {
-                Operation::Move { member, .. } => Some(member.as_str()),
+                Operation::Move(Move { member, .. }) => Some(member.as_str()),
                 Operation::Reverse { .. } => None,
             })
             .collect();
@@ -589,20 +655,7 @@ fn work_out(
     let mut plan = Plan::default();
     for operation in operations {
         let outcome = match operation {
-            Operation::Move {
-                key,
-                member,
-                amount_minor,
-                movement,
-            } => work_out_move(
-                &mut plan,
-                stored,
-                wallets,
-                key,
-                member,
-                *amount_minor,
-                *movement,
-            ),
+            Operation::Move(movement) => work_out_move(&mut plan, stored, wallets, movement),
             Operation::Reverse { key, original } => {
                 work_out_reversal(&mut plan, stored, wallets, key, original)
             }
@@ -620,11 +673,14 @@ fn work_out_move(
     plan: &mut Plan,
     stored: &mut HashMap<String, StoredOperation>,
     wallets: &mut HashMap<String, Wallet>,
-    key: &str,
-    member: &str,
-    amount_minor: i64,
-    movement: Movement,
+    requested: &Move,
 ) -> Outcome {
+    let (key, member, amount_minor, movement) = (
+        requested.key.as_str(),
+        requested.member.as_str(),
+        requested.amount_minor,
+        requested.movement,
+    );
     if let Some(existing) = stored.get(key) {
         let same = existing.kind == movement.as_str()
             && existing.member == member
@@ -661,6 +717,8 @@ fn work_out_move(
         amount_minor,
         original: None,
         reversed_by: None,
+        tandem_reference: requested.tandem_reference.clone(),
+        tandem_kind: requested.tandem_kind.clone(),
     };
     stored.insert(key.to_owned(), operation.clone());
     plan.inserts.push((key.to_owned(), operation));
@@ -684,6 +742,8 @@ fn void_unseen(
         amount_minor: 0,
         original: None,
         reversed_by: Some(key.to_owned()),
+        tandem_reference: String::new(),
+        tandem_kind: String::new(),
     };
     stored.insert(original.to_owned(), void.clone());
     plan.inserts.push((original.to_owned(), void));
@@ -712,6 +772,8 @@ fn work_out_reversal(
         amount_minor,
         original: Some(original.to_owned()),
         reversed_by: None,
+        tandem_reference: String::new(),
+        tandem_kind: String::new(),
     };
     let Some(undone) = stored.get(original).cloned() else {
         void_unseen(plan, stored, key, original, reversal("", 0));
@@ -771,6 +833,8 @@ struct NewOperation<'a> {
     original_key: Option<&'a str>,
     reversed_by: Option<&'a str>,
     applied_at_micros: i64,
+    tandem_reference: &'a str,
+    tandem_kind: &'a str,
 }
 
 const OPERATION_ROWS: JsonRows = JsonRows::new(&[
@@ -781,6 +845,8 @@ const OPERATION_ROWS: JsonRows = JsonRows::new(&[
     ("original_key", ColumnType::Text),
     ("reversed_by", ColumnType::Text),
     ("applied_at_micros", ColumnType::BigInt),
+    ("tandem_reference", ColumnType::Text),
+    ("tandem_kind", ColumnType::Text),
 ]);
 
 /// A wallet's balance as the batch update reads it.
@@ -839,6 +905,8 @@ async fn write_plan(
             original_key: operation.original.as_deref(),
             reversed_by: operation.reversed_by.as_deref(),
             applied_at_micros: now,
+            tandem_reference: &operation.tandem_reference,
+            tandem_kind: &operation.tandem_kind,
         })
         .collect();
     let moved: Vec<Moved<'_>> = wallets

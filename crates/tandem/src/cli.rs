@@ -26,6 +26,9 @@ enum Command {
     Serve(ServeArgs),
     /// Run the reference partner: a small loyalty program behind PartnerGatewayService.
     PartnerSim(crate::partner_sim::PartnerSimArgs),
+    /// Print the reference partner's movements of a period as the CSV `tandem reconcile submit`
+    /// reads (from its wallet store, beside Tandem's).
+    PartnerSimExport(crate::partner_sim::PartnerSimExportArgs),
     /// Mint an operator token (admin or ops) with the deployment's signing key.
     Token {
         /// The role: admin (registry administration) or ops (operations, read access).
@@ -155,6 +158,10 @@ impl Cli {
                     crate::keys::mint_operator_token(&settings, &role, &subject, ttl).await?;
                 println!("{token}");
                 Ok(())
+            }
+            Command::PartnerSimExport(args) => {
+                let settings = Settings::load(&self.common)?;
+                crate::partner_sim::export(settings, args).await
             }
             Command::PartnerSim(args) => {
                 let settings = Settings::load(&self.common)?;

@@ -77,3 +77,67 @@ pub async fn run(settings: Settings, args: PartnerSimArgs) -> anyhow::Result<()>
     database.close().await;
     Ok(())
 }
+
+/// Flags of `tandem partner-sim-export`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PartnerSimExportArgs {
+    /// The simulated program's point code, such as HOTEL_PTS.
+    #[arg(long)]
+    pub program: String,
+    /// The period's start (RFC 3339), inclusive.
+    #[arg(long)]
+    pub from: String,
+    /// The period's end (RFC 3339), exclusive.
+    #[arg(long)]
+    pub to: String,
+}
+
+/// Writes the program's movements of a period to standard output as the CSV `tandem reconcile
+/// submit` reads: what a partner sends Tandem to reconcile. Money is left empty: the program
+/// tracks points only.
+pub async fn export(settings: Settings, args: PartnerSimExportArgs) -> anyhow::Result<()> {
+    use futures::TryStreamExt;
+    let program =
+        ProgramCode::parse(&args.program).map_err(|error| anyhow::anyhow!("--program: {error}"))?;
+    let micros = |flag: &str, text: &str| -> anyhow::Result<i64> {
+        let at = chrono::DateTime::parse_from_rfc3339(text)
+            .with_context(|| format!("{flag}: {text:?} is not an RFC 3339 time"))?;
+        Ok(tandem_domain::to_unix_micros(
+            at.with_timezone(&chrono::Utc),
+        ))
+    };
+    let (from, to) = (micros("--from", &args.from)?, micros("--to", &args.to)?);
+    let store_name: &'static str =
+        Box::leak(format!("sim_{}", program.as_str().to_lowercase()).into_boxed_str());
+    let database = Database::open(
+        &settings.location,
+        store_name,
+        &tandem_partner_sim::MIGRATOR,
+    )
+    .await?;
+    let wallets = Wallets::new(database.clone());
+    let mut output = std::io::BufWriter::new(std::io::stdout().lock());
+    use std::io::Write;
+    writeln!(
+        output,
+        "partner_record_id,tandem_reference,kind,points,money_minor,time"
+    )?;
+    let mut movements = wallets.reported_movements(from, to);
+    while let Some(movement) = movements.try_next().await? {
+        let at = tandem_domain::from_unix_micros(movement.applied_at_micros)
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        // Keys, references and kinds are printable without commas (Tandem makes them so).
+        writeln!(
+            output,
+            "{},{},{},{},,{at}",
+            movement.transaction_key,
+            movement.tandem_reference,
+            movement.tandem_kind,
+            movement.points
+        )?;
+    }
+    output.flush()?;
+    drop(movements);
+    database.close().await;
+    Ok(())
+}

@@ -13,6 +13,7 @@ use super::{
 };
 use crate::{
     Exchange, ExchangeError, failpoint, now_micros,
+    peers::PointsMovement,
     rows::{ConversionRow, QuoteRow},
     writes::{ConversionProgress, SagaProgress},
 };
@@ -109,17 +110,16 @@ impl Exchange {
                         quote.target_program
                     )
                 };
-                self.peers
-                    .move_points(
-                        gateway(side),
-                        credit,
-                        key(suffix),
-                        member,
-                        points,
-                        &description,
-                    )
-                    .await
-                    .into()
+                let movement = PointsMovement {
+                    credit,
+                    key: key(suffix),
+                    member_id: member.clone(),
+                    amount_minor: points,
+                    description,
+                    tandem_reference: id.to_owned(),
+                    kind: if reversal { "REVERSAL" } else { "CONVERSION" },
+                };
+                self.peers.move_points(gateway(side), movement).await.into()
             }
             Call::Reverse {
                 side,

@@ -9,7 +9,10 @@ use super::{
     earning::{self, Action, Call, EarningSaga, EarningStatus, EarningStep, Facts, StepOutcome},
     quick_pause,
 };
-use crate::{Exchange, ExchangeError, earn::HOLD_TIMEOUT_SECONDS, now_micros, rows::EarningRow};
+use crate::{
+    Exchange, ExchangeError, earn::HOLD_TIMEOUT_SECONDS, now_micros, peers::PointsMovement,
+    rows::EarningRow,
+};
 
 impl Exchange {
     /// Drives one earning as far as it goes now; the caller holds its lease as `owner`.
@@ -97,17 +100,17 @@ impl Exchange {
                     format!("Refunded partner purchase ({})", earning.activity_id)
                 };
                 let member = &earning.target_member_id;
-                self.peers
-                    .move_points(
-                        gateway,
-                        credit,
-                        key(suffix),
-                        member,
-                        earning.points,
-                        &description,
-                    )
-                    .await
-                    .into()
+                let movement = PointsMovement {
+                    credit,
+                    key: key(suffix),
+                    member_id: member.clone(),
+                    amount_minor: earning.points,
+                    description,
+                    tandem_reference: earning.activity_id.clone(),
+                    // A debit of an earning is its clawback.
+                    kind: if credit { "EARN" } else { "REVERSAL" },
+                };
+                self.peers.move_points(gateway, movement).await.into()
             }
             Call::Reverse {
                 key: suffix,
