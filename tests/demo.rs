@@ -36,6 +36,21 @@ async fn run_demo(storage: Vec<String>) {
         "{stdout}"
     );
     assert!(stdout.contains("Wallets and ledger agree"), "{stdout}");
+    assert!(
+        stdout.contains("Skyline Hotels nets -20.87 USD")
+            && stdout.contains("Zoom Rides nets 20.54 USD"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("alice may not approve her own run; bob does"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "reconciles its own 2 records of the period: 2 match Tandem's, 0 discrepancies"
+        ),
+        "{stdout}"
+    );
 }
 
 #[tokio::test]

@@ -1,10 +1,12 @@
 //! `tandem demo`: the whole story on this machine, with nothing to set up. It starts Tandem and
 //! two reference partners, registers Skyline Hotels and Zoom Rides, agrees terms both ways,
 //! links a hotel member to a rider, converts hotel points into ride miles, records a ride that
-//! earns hotel points, and shows that both wallets and the ledger agree.
+//! earns hotel points, and shows that both wallets and the ledger agree. Then operations staff
+//! close the period with four eyes and settle it, and the hotel reconciles its own records
+//! against Tandem's.
 
 use anyhow::{Context, bail};
-use tandem_proto::v1 as pb;
+use tandem_proto::v1::{self as pb, settlement_service_client::SettlementServiceClient};
 
 use crate::{
     coalition::{Coalition, Stack, authed},
@@ -15,6 +17,9 @@ const HOTEL_MEMBER: &str = "H-1001";
 const RIDER: &str = "R-77";
 
 pub async fn run(common: &crate::settings::CommonArgs) -> anyhow::Result<()> {
+    // The period the demo reconciles: from now on, so a database an earlier demo used adds
+    // nothing to it.
+    let started = chrono::Utc::now();
     // A fresh data directory unless one was named, so the demo never meets an earlier run.
     let scratch = tempfile::Builder::new()
         .prefix("tandem-demo-")
@@ -57,6 +62,174 @@ pub async fn run(common: &crate::settings::CommonArgs) -> anyhow::Result<()> {
     let (ride, earned) = earn_on_a_ride(&coalition).await?;
     check_books(&coalition, &quote, &conversion, &ride, earned).await?;
     println!("8. Wallets and ledger agree; the trial balance is zero in every unit.");
+    settle_the_period(&coalition, &settings).await?;
+    reconcile_the_hotel(&coalition, &settings, started).await?;
+    Ok(())
+}
+
+/// Step 9: ops close the period into a settlement run; a second ops user approves it; it
+/// settles, each net position paid.
+async fn settle_the_period(coalition: &Coalition, settings: &Settings) -> anyhow::Result<()> {
+    let hour = std::time::Duration::from_secs(3600);
+    let alice = crate::keys::mint_operator_token(settings, "ops", "alice", hour).await?;
+    let bob = crate::keys::mint_operator_token(settings, "ops", "bob", hour).await?;
+    let mut settlement = SettlementServiceClient::new(coalition.channel.clone());
+    let run = settlement
+        .create_settlement_run(authed(
+            &alice,
+            pb::CreateSettlementRunRequest {
+                idempotency_key: format!("demo-period-{}", uuid::Uuid::now_v7()),
+                currency: "USD".to_owned(),
+                cutoff_time: Some(tandem_proto::time::timestamp(chrono::Utc::now())),
+            },
+        ))
+        .await?
+        .into_inner()
+        .run
+        .context("a run")?;
+    println!(
+        "9. Ops user alice closes the period: run {} takes {} ledger entries in USD",
+        run.run_id, run.entry_count
+    );
+    for position in &run.positions {
+        println!(
+            "   {} nets {} {}",
+            party_name(coalition, &position.party),
+            crate::ops::decimal(position.net_minor, run.currency_scale),
+            run.currency
+        );
+    }
+    let refused = settlement
+        .approve_settlement_run(authed(
+            &alice,
+            pb::ApproveSettlementRunRequest {
+                run_id: run.run_id.clone(),
+            },
+        ))
+        .await;
+    if refused.is_ok() {
+        bail!("the run's creator approved it alone");
+    }
+    println!("   alice may not approve her own run; bob does");
+    settlement
+        .approve_settlement_run(authed(
+            &bob,
+            pb::ApproveSettlementRunRequest {
+                run_id: run.run_id.clone(),
+            },
+        ))
+        .await?;
+    let references = run
+        .positions
+        .iter()
+        .filter(|position| position.net_minor != 0)
+        .map(|position| {
+            (
+                position.party.clone(),
+                format!("WIRE-{}", &position.party[..8]),
+            )
+        })
+        .collect();
+    let settled = settlement
+        .settle_settlement_run(authed(
+            &bob,
+            pb::SettleSettlementRunRequest {
+                run_id: run.run_id.clone(),
+                payment_references: references,
+            },
+        ))
+        .await?
+        .into_inner()
+        .run
+        .context("a run")?;
+    println!(
+        "   settled: every position moved to the bank clearing account ({:?})",
+        settled.status()
+    );
+    Ok(())
+}
+
+fn party_name(coalition: &Coalition, party: &str) -> String {
+    if party == coalition.hotel.partner_id() {
+        "Skyline Hotels".to_owned()
+    } else if party == coalition.ride.partner_id() {
+        "Zoom Rides".to_owned()
+    } else if party == "exchange" {
+        "Tandem (its fees)".to_owned()
+    } else {
+        party.to_owned()
+    }
+}
+
+/// Step 10: Skyline Hotels sends its own records of the period, read from its gateway's wallet
+/// store, and every one matches Tandem's.
+async fn reconcile_the_hotel(
+    coalition: &Coalition,
+    settings: &Settings,
+    started: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<()> {
+    use futures::TryStreamExt;
+    let database = tandem_storage::Database::open(
+        &settings.location,
+        "sim_skyline_pts",
+        &tandem_partner_sim::MIGRATOR,
+    )
+    .await?;
+    let wallets = tandem_partner_sim::Wallets::new(database.clone());
+    let now = chrono::Utc::now();
+    let records: Vec<pb::PartnerRecord> = wallets
+        .reported_movements(
+            tandem_domain::to_unix_micros(started),
+            tandem_domain::to_unix_micros(now),
+        )
+        .map_ok(|movement| pb::PartnerRecord {
+            partner_record_id: movement.transaction_key,
+            tandem_reference: movement.tandem_reference,
+            kind: movement.tandem_kind,
+            points: movement.points,
+            money_minor: None,
+            time: Some(tandem_proto::time::timestamp(
+                tandem_domain::from_unix_micros(movement.applied_at_micros),
+            )),
+        })
+        .try_collect()
+        .await?;
+    database.close().await;
+    let count = records.len();
+    let messages = vec![pb::SubmitPartnerReportRequest {
+        header: Some(pb::ReportHeader {
+            partner_id: coalition.hotel.partner_id().to_owned(),
+            start_time: Some(tandem_proto::time::timestamp(started)),
+            end_time: Some(tandem_proto::time::timestamp(now)),
+            ..Default::default()
+        }),
+        records,
+    }];
+    let hotel_token = coalition.hotel.access_token().await?;
+    let reconciliation = SettlementServiceClient::new(coalition.channel.clone())
+        .submit_partner_report(authed(&hotel_token, futures::stream::iter(messages)))
+        .await?
+        .into_inner()
+        .reconciliation
+        .context("a reconciliation")?;
+    let matched = reconciliation
+        .counts
+        .iter()
+        .find(|count| count.class() == pb::DiscrepancyClass::Matched)
+        .map_or(0, |count| count.count);
+    let discrepancies: i64 = reconciliation
+        .counts
+        .iter()
+        .filter(|count| count.class() != pb::DiscrepancyClass::Matched)
+        .map(|count| count.count)
+        .sum();
+    println!(
+        "10. Skyline Hotels reconciles its own {count} records of the period: {matched} match \
+         Tandem's, {discrepancies} discrepancies"
+    );
+    if discrepancies != 0 || matched as usize != count {
+        bail!("the hotel's records do not reconcile with Tandem's");
+    }
     Ok(())
 }
 
