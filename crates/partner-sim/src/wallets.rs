@@ -189,23 +189,7 @@ impl Wallets {
         }
         let outcome = match operation(&mut transaction, original).await? {
             None => {
-                record(&mut transaction, original, "VOID", "", 0, (None, ("", ""))).await?;
-                sqlx::query(
-                    "UPDATE sim_operations SET reversed_by = $1 WHERE transaction_key = $2",
-                )
-                .bind(key)
-                .bind(original)
-                .execute(&mut *transaction)
-                .await?;
-                record(
-                    &mut transaction,
-                    key,
-                    "REVERSAL",
-                    "",
-                    0,
-                    (Some(original), ("", "")),
-                )
-                .await?;
+                record_void(&mut transaction, key, original).await?;
                 Outcome::Applied {
                     balance_after_minor: 0,
                 }
@@ -274,6 +258,30 @@ async fn move_balance(
         .bind(member)
         .fetch_optional(connection)
         .await
+}
+
+/// The reversal `key` of a key never seen: `original` becomes a void reversed by it, so that it
+/// is refused should it arrive later.
+async fn record_void(
+    connection: &mut AnyConnection,
+    key: &str,
+    original: &str,
+) -> Result<(), sqlx::Error> {
+    record(connection, original, "VOID", "", 0, (None, ("", ""))).await?;
+    sqlx::query("UPDATE sim_operations SET reversed_by = $1 WHERE transaction_key = $2")
+        .bind(key)
+        .bind(original)
+        .execute(&mut *connection)
+        .await?;
+    record(
+        connection,
+        key,
+        "REVERSAL",
+        "",
+        0,
+        (Some(original), ("", "")),
+    )
+    .await
 }
 
 /// Stores an operation; `(original, (tandem_reference, tandem_kind))`: the key a reversal
@@ -837,6 +845,22 @@ struct NewOperation<'a> {
     tandem_kind: &'a str,
 }
 
+impl<'a> NewOperation<'a> {
+    fn of(key: &'a str, operation: &'a StoredOperation, applied_at_micros: i64) -> Self {
+        Self {
+            transaction_key: key,
+            kind: &operation.kind,
+            member_id: &operation.member,
+            amount_minor: operation.amount_minor,
+            original_key: operation.original.as_deref(),
+            reversed_by: operation.reversed_by.as_deref(),
+            applied_at_micros,
+            tandem_reference: &operation.tandem_reference,
+            tandem_kind: &operation.tandem_kind,
+        }
+    }
+}
+
 const OPERATION_ROWS: JsonRows = JsonRows::new(&[
     ("transaction_key", ColumnType::Text),
     ("kind", ColumnType::Text),
@@ -897,17 +921,7 @@ async fn write_plan(
     let operations: Vec<NewOperation<'_>> = plan
         .inserts
         .iter()
-        .map(|(key, operation)| NewOperation {
-            transaction_key: key,
-            kind: &operation.kind,
-            member_id: &operation.member,
-            amount_minor: operation.amount_minor,
-            original_key: operation.original.as_deref(),
-            reversed_by: operation.reversed_by.as_deref(),
-            applied_at_micros: now,
-            tandem_reference: &operation.tandem_reference,
-            tandem_kind: &operation.tandem_kind,
-        })
+        .map(|(key, operation)| NewOperation::of(key, operation, now))
         .collect();
     let moved: Vec<Moved<'_>> = wallets
         .iter()

@@ -163,6 +163,31 @@ type Compared = (
 /// Most discrepancies written in one statement.
 const DISCREPANCIES_PER_BATCH: usize = 200;
 
+/// What a comparison found so far: counts per class, and the discrepancies not yet written.
+struct Found {
+    counts: BTreeMap<DiscrepancyClass, i64>,
+    batch: Vec<Discrepancy>,
+    /// False for a dry run, which only counts.
+    store: bool,
+}
+
+impl Found {
+    /// Counts one record of `class`, keeping its discrepancy unless it matched or nothing is
+    /// stored; a full batch, to be written, once it fills.
+    fn add(
+        &mut self,
+        class: DiscrepancyClass,
+        discrepancy: impl FnOnce() -> Discrepancy,
+    ) -> Option<Vec<Discrepancy>> {
+        *self.counts.entry(class).or_default() += 1;
+        if class == DiscrepancyClass::Matched || !self.store {
+            return None;
+        }
+        self.batch.push(discrepancy());
+        (self.batch.len() == DISCREPANCIES_PER_BATCH).then(|| std::mem::take(&mut self.batch))
+    }
+}
+
 fn classify(header: &ReportHeader, compared: &Compared) -> DiscrepancyClass {
     let (_, _, _, _, points, money, at, nth, ours, our_points, our_money, our_at) = compared;
     if *nth > 1 {
@@ -337,9 +362,37 @@ impl Settlement {
         header: &ReportHeader,
     ) -> Result<(BTreeMap<DiscrepancyClass, i64>, i64), SettlementError> {
         let partner = header.partner.to_string();
-        let (start, end) = (to_unix_micros(header.start), to_unix_micros(header.end));
-        let mut counts: BTreeMap<DiscrepancyClass, i64> = BTreeMap::new();
-        let mut batch = Vec::with_capacity(DISCREPANCIES_PER_BATCH);
+        let period = (to_unix_micros(header.start), to_unix_micros(header.end));
+        let mut found = Found {
+            counts: BTreeMap::new(),
+            batch: Vec::with_capacity(DISCREPANCIES_PER_BATCH),
+            store: !header.dry_run,
+        };
+        self.compare_theirs(id, header, &partner, period, &mut found)
+            .await?;
+        self.find_missing_theirs(id, &partner, period, &mut found)
+            .await?;
+        self.write_discrepancies(&found.batch).await?;
+        let ours: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "WITH {OURS} SELECT COUNT(*) FROM ours"
+        )))
+        .bind(&partner)
+        .bind(period.0)
+        .bind(period.1)
+        .fetch_one(self.database.pool())
+        .await?;
+        Ok((found.counts, ours))
+    }
+
+    /// Each of the partner's records beside Tandem's of the same reference and kind.
+    async fn compare_theirs(
+        &self,
+        id: &str,
+        header: &ReportHeader,
+        partner: &str,
+        (start, end): (i64, i64),
+        found: &mut Found,
+    ) -> Result<(), SettlementError> {
         let theirs = format!(
             "WITH {OURS}, theirs AS (SELECT r.*, ROW_NUMBER() OVER (PARTITION BY r.reference, \
              r.kind ORDER BY r.line) AS nth FROM settlement_partner_records r \
@@ -352,23 +405,28 @@ impl Settlement {
              AND ours.kind = theirs.kind ORDER BY theirs.line"
         );
         let mut rows = sqlx::query_as::<_, Compared>(sqlx::AssertSqlSafe(theirs))
-            .bind(&partner)
+            .bind(partner)
             .bind(start)
             .bind(end)
             .bind(id)
             .fetch(self.database.pool());
         while let Some(compared) = rows.try_next().await? {
             let class = classify(header, &compared);
-            *counts.entry(class).or_default() += 1;
-            if class != DiscrepancyClass::Matched && !header.dry_run {
-                batch.push(discrepancy_of(id, class, compared));
-                if batch.len() == DISCREPANCIES_PER_BATCH {
-                    self.write_discrepancies(&batch).await?;
-                    batch.clear();
-                }
+            if let Some(full) = found.add(class, || discrepancy_of(id, class, compared)) {
+                self.write_discrepancies(&full).await?;
             }
         }
-        drop(rows);
+        Ok(())
+    }
+
+    /// Tandem's records the partner did not send.
+    async fn find_missing_theirs(
+        &self,
+        id: &str,
+        partner: &str,
+        (start, end): (i64, i64),
+        found: &mut Found,
+    ) -> Result<(), SettlementError> {
         let missing = format!(
             "WITH {OURS} SELECT ours.reference, ours.kind, ours.points, ours.money, \
              ours.at_micros FROM ours WHERE NOT EXISTS (SELECT 1 FROM \
@@ -377,14 +435,14 @@ impl Settlement {
         );
         let mut rows =
             sqlx::query_as::<_, (String, String, i64, i64, i64)>(sqlx::AssertSqlSafe(missing))
-                .bind(&partner)
+                .bind(partner)
                 .bind(start)
                 .bind(end)
                 .bind(id)
                 .fetch(self.database.pool());
         while let Some((reference, kind, points, money, at)) = rows.try_next().await? {
-            *counts.entry(DiscrepancyClass::MissingTheirs).or_default() += 1;
-            if !header.dry_run {
+            let class = DiscrepancyClass::MissingTheirs;
+            let discrepancy = || {
                 let compared: Compared = (
                     0,
                     String::new(),
@@ -399,26 +457,15 @@ impl Settlement {
                     Some(money),
                     Some(at),
                 );
-                let mut discrepancy = discrepancy_of(id, DiscrepancyClass::MissingTheirs, compared);
+                let mut discrepancy = discrepancy_of(id, class, compared);
                 discrepancy.their_at_micros = None;
-                batch.push(discrepancy);
-                if batch.len() == DISCREPANCIES_PER_BATCH {
-                    self.write_discrepancies(&batch).await?;
-                    batch.clear();
-                }
+                discrepancy
+            };
+            if let Some(full) = found.add(class, discrepancy) {
+                self.write_discrepancies(&full).await?;
             }
         }
-        drop(rows);
-        self.write_discrepancies(&batch).await?;
-        let ours: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "WITH {OURS} SELECT COUNT(*) FROM ours"
-        )))
-        .bind(&partner)
-        .bind(start)
-        .bind(end)
-        .fetch_one(self.database.pool())
-        .await?;
-        Ok((counts, ours))
+        Ok(())
     }
 
     async fn write_discrepancies(&self, batch: &[Discrepancy]) -> Result<(), SettlementError> {

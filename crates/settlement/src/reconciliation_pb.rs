@@ -29,35 +29,7 @@ pub(crate) fn header(
     };
     let mut violations = Violations::new();
     let partner = violations.check("header.partner_id", header.partner_id.parse::<PartnerId>());
-    let now = tandem_domain::now();
-    let mut time = |field: &str, value: Option<&tandem_proto::time::ProtoTimestamp>| match value
-        .map(datetime)
-        .transpose()
-    {
-        Ok(Some(at)) if at > now => {
-            violations.push(FieldViolation::new(field, "must not be in the future"));
-            None
-        }
-        Ok(Some(at)) => Some(at),
-        Ok(None) => {
-            violations.push(FieldViolation::new(field, "is required"));
-            None
-        }
-        Err(error) => {
-            violations.push(FieldViolation::new(field, error));
-            None
-        }
-    };
-    let start = time("header.start_time", header.start_time.as_ref());
-    let end = time("header.end_time", header.end_time.as_ref());
-    if let (Some(start), Some(end)) = (start, end)
-        && start >= end
-    {
-        violations.push(FieldViolation::new(
-            "header.start_time",
-            "must be before end_time",
-        ));
-    }
+    let (start, end) = period(&mut violations, &header);
     if header.amount_tolerance_minor < 0 {
         violations.push(FieldViolation::new(
             "header.amount_tolerance_minor",
@@ -93,6 +65,46 @@ pub(crate) fn header(
             header.time_tolerance_seconds
         },
     })
+}
+
+/// A header's period: both ends given, not in the future, the start before the end.
+fn period(
+    violations: &mut Violations,
+    header: &pb::ReportHeader,
+) -> (
+    Option<tandem_domain::Timestamp>,
+    Option<tandem_domain::Timestamp>,
+) {
+    let now = tandem_domain::now();
+    let mut time = |field: &str, value: Option<&tandem_proto::time::ProtoTimestamp>| match value
+        .map(datetime)
+        .transpose()
+    {
+        Ok(Some(at)) if at > now => {
+            violations.push(FieldViolation::new(field, "must not be in the future"));
+            None
+        }
+        Ok(Some(at)) => Some(at),
+        Ok(None) => {
+            violations.push(FieldViolation::new(field, "is required"));
+            None
+        }
+        Err(error) => {
+            violations.push(FieldViolation::new(field, error));
+            None
+        }
+    };
+    let start = time("header.start_time", header.start_time.as_ref());
+    let end = time("header.end_time", header.end_time.as_ref());
+    if let (Some(start), Some(end)) = (start, end)
+        && start >= end
+    {
+        violations.push(FieldViolation::new(
+            "header.start_time",
+            "must be before end_time",
+        ));
+    }
+    (start, end)
 }
 
 /// Record number `line` (1 for the first record of the report), checked; a violation names the

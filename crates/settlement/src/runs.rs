@@ -459,35 +459,7 @@ impl Settlement {
                 });
             }
         }
-        let missing: Vec<&String> = run
-            .summary
-            .positions
-            .iter()
-            .filter(|(party, totals)| {
-                totals.net_minor() != 0 && !payment_references.contains_key(*party)
-            })
-            .map(|(party, _)| party)
-            .collect();
-        let unknown: Vec<&String> = payment_references
-            .keys()
-            .filter(|party| !run.summary.positions.contains_key(*party))
-            .collect();
-        if !missing.is_empty() || !unknown.is_empty() {
-            let mut violations = tandem_domain::Violations::new();
-            for party in missing {
-                violations.push(tandem_domain::FieldViolation::new(
-                    format!("payment_references[{party}]"),
-                    "is required: the party has a net position in the run",
-                ));
-            }
-            for party in unknown {
-                violations.push(tandem_domain::FieldViolation::new(
-                    format!("payment_references[{party}]"),
-                    "names no party of the run",
-                ));
-            }
-            return Err(SettlementError::InvalidArgument(violations));
-        }
+        check_payment_references(&run, &payment_references)?;
         let references =
             serde_json::to_string(&payment_references).expect("a string map serializes");
         let mut transaction = self.database.begin_write().await?;
@@ -670,6 +642,35 @@ impl Settlement {
             created_at_micros: to_unix_micros(run.created_at),
             id: run.run_id.clone(),
         }))
+    }
+}
+
+/// A payment reference for every party of `run` with a net position, and for no one else.
+fn check_payment_references(
+    run: &SettlementRun,
+    references: &BTreeMap<String, String>,
+) -> Result<(), SettlementError> {
+    let mut violations = tandem_domain::Violations::new();
+    for (party, totals) in &run.summary.positions {
+        if totals.net_minor() != 0 && !references.contains_key(party) {
+            violations.push(tandem_domain::FieldViolation::new(
+                format!("payment_references[{party}]"),
+                "is required: the party has a net position in the run",
+            ));
+        }
+    }
+    for party in references.keys() {
+        if !run.summary.positions.contains_key(party) {
+            violations.push(tandem_domain::FieldViolation::new(
+                format!("payment_references[{party}]"),
+                "names no party of the run",
+            ));
+        }
+    }
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(SettlementError::InvalidArgument(violations))
     }
 }
 

@@ -19,8 +19,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the whole story on this machine: Tandem, two partner gateways, a link, a conversion
-    /// and a ride that earns points, ending with wallets and ledger checked against each other.
+    /// Run the whole story on this machine: Tandem, two partner gateways, a link, a conversion,
+    /// a ride that earns points, wallets and ledger checked against each other, a settled period
+    /// and a reconciliation.
     Demo,
     /// Run every Tandem service in this process on one port (SQLite in ./tandem-data by default).
     Serve(ServeArgs),
@@ -51,6 +52,13 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    #[command(flatten)]
+    Ops(OpsCommand),
+}
+
+/// The operations staff's commands, against a running server.
+#[derive(Debug, Subcommand)]
+enum OpsCommand {
     /// Read the ledger of a running server: accounts, partners' positions, the trial balance.
     Ledger {
         #[command(flatten)]
@@ -189,33 +197,9 @@ impl Cli {
                     tandem_telemetry::init("tandem-bench", tandem_telemetry::LogFormat::Human);
                 crate::bench_exchange::run(crate::bench_exchange::Workload::Earn, args).await
             }
-            Command::Ledger { server, command } => {
+            Command::Ops(command) => {
                 let settings = Settings::load(&self.common)?;
-                crate::ops::ledger(&settings, &server, command).await
-            }
-            Command::Adjust { server, command } => {
-                let settings = Settings::load(&self.common)?;
-                crate::ops::adjust(&settings, &server, command).await
-            }
-            Command::Settlement { server, command } => {
-                let settings = Settings::load(&self.common)?;
-                crate::settlement_cli::settlement(&settings, &server, command).await
-            }
-            Command::Statement { server, command } => {
-                let settings = Settings::load(&self.common)?;
-                crate::settlement_cli::statement(&settings, &server, command).await
-            }
-            Command::Reconcile { server, command } => {
-                let settings = Settings::load(&self.common)?;
-                crate::reconcile_cli::reconcile(&settings, &server, command).await
-            }
-            Command::Report { server, command } => {
-                let settings = Settings::load(&self.common)?;
-                crate::settlement_cli::report(&settings, &server, command).await
-            }
-            Command::Audit { server, audit } => {
-                let settings = Settings::load(&self.common)?;
-                crate::ops::audit(&settings, &server, audit).await
+                operate(&settings, command).await
             }
             Command::Keys { command } => {
                 let settings = Settings::load(&self.common)?;
@@ -226,5 +210,29 @@ impl Cli {
                 }
             }
         }
+    }
+}
+
+async fn operate(settings: &Settings, command: OpsCommand) -> anyhow::Result<()> {
+    match command {
+        OpsCommand::Ledger { server, command } => {
+            crate::ops::ledger(settings, &server, command).await
+        }
+        OpsCommand::Adjust { server, command } => {
+            crate::ops::adjust(settings, &server, command).await
+        }
+        OpsCommand::Settlement { server, command } => {
+            crate::settlement_cli::settlement(settings, &server, command).await
+        }
+        OpsCommand::Statement { server, command } => {
+            crate::settlement_cli::statement(settings, &server, command).await
+        }
+        OpsCommand::Reconcile { server, command } => {
+            crate::reconcile_cli::reconcile(settings, &server, command).await
+        }
+        OpsCommand::Report { server, command } => {
+            crate::settlement_cli::report(settings, &server, command).await
+        }
+        OpsCommand::Audit { server, audit } => crate::ops::audit(settings, &server, audit).await,
     }
 }

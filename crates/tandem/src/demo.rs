@@ -99,26 +99,7 @@ async fn settle_the_period(coalition: &Coalition, settings: &Settings) -> anyhow
             run.currency
         );
     }
-    let refused = settlement
-        .approve_settlement_run(authed(
-            &alice,
-            pb::ApproveSettlementRunRequest {
-                run_id: run.run_id.clone(),
-            },
-        ))
-        .await;
-    if refused.is_ok() {
-        bail!("the run's creator approved it alone");
-    }
-    println!("   alice may not approve her own run; bob does");
-    settlement
-        .approve_settlement_run(authed(
-            &bob,
-            pb::ApproveSettlementRunRequest {
-                run_id: run.run_id.clone(),
-            },
-        ))
-        .await?;
+    four_eyes(&mut settlement, &run.run_id, &alice, &bob).await?;
     let references = run
         .positions
         .iter()
@@ -146,6 +127,33 @@ async fn settle_the_period(coalition: &Coalition, settings: &Settings) -> anyhow
         "   settled: every position moved to the bank clearing account ({:?})",
         settled.status()
     );
+    Ok(())
+}
+
+/// The run's creator may not approve it; another ops user does.
+async fn four_eyes(
+    settlement: &mut SettlementServiceClient<tonic::transport::Channel>,
+    run_id: &str,
+    creator: &str,
+    approver: &str,
+) -> anyhow::Result<()> {
+    let approve = |token: &str| {
+        authed(
+            token,
+            pb::ApproveSettlementRunRequest {
+                run_id: run_id.to_owned(),
+            },
+        )
+    };
+    if settlement
+        .approve_settlement_run(approve(creator))
+        .await
+        .is_ok()
+    {
+        bail!("the run's creator approved it alone");
+    }
+    println!("   alice may not approve her own run; bob does");
+    settlement.approve_settlement_run(approve(approver)).await?;
     Ok(())
 }
 

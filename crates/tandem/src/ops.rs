@@ -549,28 +549,7 @@ pub async fn adjust(
             legs,
             reason,
             reference,
-        } => {
-            let legs = legs
-                .iter()
-                .map(|leg| leg_from_flag(leg))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let request = ops.request(pb::PostAdjustmentRequest {
-                idempotency_key: key,
-                legs,
-                reason,
-                reference,
-            })?;
-            let answer = ops
-                .client
-                .post_adjustment(request)
-                .await
-                .map_err(refused)?
-                .into_inner();
-            if answer.replayed {
-                eprintln!("this key was used before with the same content: the original follows");
-            }
-            vec![answer.adjustment.unwrap_or_default()]
-        }
+        } => vec![post_adjustment(&mut ops, key, &legs, reason, reference).await?],
         AdjustCommand::Approve { adjustment_id } => {
             let request = ops.request(pb::ApproveAdjustmentRequest { adjustment_id })?;
             let answer = ops.client.approve_adjustment(request).await;
@@ -614,6 +593,36 @@ pub async fn adjust(
     };
     adjustments_listing(&adjustments).print(ops.output);
     Ok(())
+}
+
+/// Requests one adjustment; the original when its key was used before with the same content.
+async fn post_adjustment(
+    ops: &mut Ops,
+    key: String,
+    legs: &[String],
+    reason: String,
+    reference: String,
+) -> anyhow::Result<pb::Adjustment> {
+    let legs = legs
+        .iter()
+        .map(|leg| leg_from_flag(leg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let request = ops.request(pb::PostAdjustmentRequest {
+        idempotency_key: key,
+        legs,
+        reason,
+        reference,
+    })?;
+    let answer = ops
+        .client
+        .post_adjustment(request)
+        .await
+        .map_err(refused)?
+        .into_inner();
+    if answer.replayed {
+        eprintln!("this key was used before with the same content: the original follows");
+    }
+    Ok(answer.adjustment.unwrap_or_default())
 }
 
 async fn list_adjustments(

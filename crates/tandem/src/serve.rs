@@ -91,6 +91,29 @@ struct Services {
     exchange_logic: Exchange,
 }
 
+/// The authenticator on the deployment's keys, barring the partners already offboarded.
+async fn authenticator(
+    settings: &ServeSettings,
+    databases: &Databases,
+    registry: &Registry,
+) -> anyhow::Result<Arc<Authenticator>> {
+    let token_settings = TokenSettings {
+        audience: settings.common.token_audience.clone(),
+    };
+    let authenticator = Arc::new(
+        Authenticator::load(KeyStore::new(databases.auth.clone()), token_settings)
+            .await
+            .context("loading signing keys")?,
+    );
+    authenticator.bar_partners(
+        registry
+            .offboarded_partner_ids()
+            .await
+            .context("reading the offboarded partners")?,
+    );
+    Ok(authenticator)
+}
+
 impl Services {
     /// Builds every service. `address` is where this process listens: linking reaches the
     /// registry there, through its gRPC client, as it would in another process.
@@ -99,21 +122,8 @@ impl Services {
         databases: &Databases,
         address: std::net::SocketAddr,
     ) -> anyhow::Result<Self> {
-        let token_settings = TokenSettings {
-            audience: settings.common.token_audience.clone(),
-        };
-        let authenticator = Arc::new(
-            Authenticator::load(KeyStore::new(databases.auth.clone()), token_settings)
-                .await
-                .context("loading signing keys")?,
-        );
         let registry = Registry::new(databases.registry.clone());
-        authenticator.bar_partners(
-            registry
-                .offboarded_partner_ids()
-                .await
-                .context("reading the offboarded partners")?,
-        );
+        let authenticator = authenticator(settings, databases, &registry).await?;
         let auth = AuthServiceServer::new(AuthGrpc::new(
             authenticator.clone(),
             registry.clone(),

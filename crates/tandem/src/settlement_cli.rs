@@ -263,6 +263,33 @@ async fn list(ops: &mut Ops, status: Option<String>) -> anyhow::Result<Vec<pb::S
     }
 }
 
+/// A statement's lines under their stable columns.
+fn statement_listing(lines: &[pb::StatementLine]) -> Listing {
+    Listing {
+        headers: vec![
+            "transaction_id",
+            "kind",
+            "external_reference",
+            "debit_minor",
+            "credit_minor",
+            "commit_time",
+        ],
+        rows: lines
+            .iter()
+            .map(|line| {
+                vec![
+                    line.transaction_id.clone(),
+                    line.kind.clone(),
+                    line.external_reference.clone(),
+                    line.debit_minor.to_string(),
+                    line.credit_minor.to_string(),
+                    time(line.commit_time.as_ref()),
+                ]
+            })
+            .collect(),
+    }
+}
+
 /// Prints every line of a statement, a page at a time: memory holds one page, whatever the
 /// statement's length. Table output prints one table per page.
 pub async fn statement(
@@ -296,30 +323,7 @@ pub async fn statement(
                 page.currency
             );
         }
-        let listing = Listing {
-            headers: vec![
-                "transaction_id",
-                "kind",
-                "external_reference",
-                "debit_minor",
-                "credit_minor",
-                "commit_time",
-            ],
-            rows: page
-                .lines
-                .iter()
-                .map(|line| {
-                    vec![
-                        line.transaction_id.clone(),
-                        line.kind.clone(),
-                        line.external_reference.clone(),
-                        line.debit_minor.to_string(),
-                        line.credit_minor.to_string(),
-                        time(line.commit_time.as_ref()),
-                    ]
-                })
-                .collect(),
-        };
+        let listing = statement_listing(&page.lines);
         match ops.output {
             Output::Csv => listing.print_csv(first),
             Output::Table => listing.print(Output::Table),
