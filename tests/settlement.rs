@@ -491,6 +491,45 @@ async fn a_bad_adjustment_is_refused_and_writes_nothing(server: TestServer) {
     );
     let refused = post(&server, &alice, unknown).await.unwrap_err();
     assert_eq!(reason(&refused), "ACCOUNT_NOT_FOUND");
+    // The bank clearing account moves only by settlement: an adjustment there is refused, and
+    // so is any other ledger transaction that claims settlement's own type code.
+    let bank = server
+        .ledger()
+        .open_account(authed(
+            &books.service_token,
+            pb::OpenAccountRequest {
+                owner: "exchange".to_owned(),
+                purpose: pb::AccountPurpose::Bank.into(),
+                unit: "USD".to_owned(),
+                unit_scale: 2,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .account
+        .unwrap()
+        .account_id;
+    let refused = post(&server, &alice, adjustment("bank", &bank, &books.ride, 100))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&refused), ["legs[0].account_id"]);
+    let settlement_code = pb::PostTransactionRequest {
+        idempotency_key: "not-a-settlement".to_owned(),
+        legs: vec![
+            leg(&books.hotel, pb::Direction::Debit, 1),
+            leg(&books.ride, pb::Direction::Credit, 1),
+        ],
+        type_code: "SETTLEMENT".to_owned(),
+        ..Default::default()
+    };
+    let refused = server
+        .ledger()
+        .post_transaction(authed(&books.service_token, settlement_code))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&refused), ["type_code"]);
     // A partner, or Tandem's own services, may not post adjustments.
     let partner = server.partner_token_for(HOTEL).await;
     let refused = post(
@@ -637,6 +676,20 @@ async fn a_run_nets_three_partners_and_settles_with_four_eyes(server: TestServer
         .await
         .unwrap_err();
     assert_eq!(reason(&refused), "SAME_OPS_USER");
+    // Until a second ops user approves it, the run is no partner's statement.
+    let draft = server
+        .settlement()
+        .get_statement(authed(
+            &server.partner_token_for(RIDE).await,
+            pb::GetStatementRequest {
+                run_id: run.run_id.clone(),
+                party: RIDE.to_owned(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(draft.code(), Code::NotFound);
     approve(bob.clone(), run.run_id.clone()).await.unwrap();
 
     let settle = |references: Vec<(&str, &str)>| {
@@ -1063,6 +1116,27 @@ async fn a_partner_report_is_reconciled_and_its_discrepancies_resolved(server: T
     assert_eq!(all.discrepancies.len(), 2);
     assert!(!all.next_page_token.is_empty());
 
+    // An adjustment still waiting for approval moves nothing, so it resolves nothing.
+    let (waiting, _) = post(
+        &server,
+        &ops,
+        adjustment("fix-c3-big", &books.hotel, &books.ride, 500_000),
+    )
+    .await
+    .unwrap();
+    let not_posted = server
+        .settlement()
+        .resolve_discrepancy(authed(
+            &ops,
+            pb::ResolveDiscrepancyRequest {
+                discrepancy_id: missing_theirs[0].discrepancy_id.clone(),
+                adjustment_id: waiting.adjustment_id,
+                reason: "too early".to_owned(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&not_posted), ["adjustment_id"]);
     // Resolved by an adjustment, which the next settlement run takes.
     let (fix, _) = post(
         &server,

@@ -10,7 +10,9 @@
 use std::collections::BTreeMap;
 
 use tandem_domain::{Timestamp, from_unix_micros, to_unix_micros};
-use tandem_ledger::{Direction, LedgerError, Leg, NewKind, NewTransaction, check_balanced};
+use tandem_ledger::{
+    Direction, LedgerError, Leg, NewKind, NewTransaction, Purpose, check_balanced,
+};
 use tandem_storage::{PageCursor, PageRequest};
 
 use crate::{
@@ -115,6 +117,13 @@ impl Adjustment {
     }
 }
 
+/// How long one request owns the posting of an adjustment: far longer than a ledger post takes,
+/// short enough that a crashed request's adjustment is posted by the next ask soon.
+const POSTING_LEASE_MICROS: i64 = 60_000_000;
+
+/// The longest ops user name a token carries (`tandem token --subject`), in bytes.
+const MAX_OPS_USER_BYTES: usize = 100;
+
 /// The largest amount an adjustment moves in any one unit (its debits there), which is what the
 /// approval threshold is compared with.
 fn amount_minor(legs: &[Leg], units: &[String]) -> i64 {
@@ -193,28 +202,27 @@ impl Settlement {
         if let Some(existing) = self.adjustment_by_key(&new.idempotency_key).await? {
             return self.replay(actor, existing, &new).await;
         }
-        let units = self.check_against_ledger(&new).await?;
-        let amount_minor = amount_minor(&new.legs, &units);
-        let status = if amount_minor > self.options.adjustment_approval_threshold_minor {
-            AdjustmentStatus::AwaitingApproval
-        } else {
-            AdjustmentStatus::Posting
-        };
-        let adjustment = Adjustment {
+        let mut adjustment = Adjustment {
             adjustment_id: uuid::Uuid::now_v7().to_string(),
             idempotency_key: new.idempotency_key.clone(),
             legs: new.legs.clone(),
             reason: new.reason.clone(),
             reference: new.reference.clone(),
-            status,
+            status: AdjustmentStatus::Posting,
             requested_by: actor.to_owned(),
             decided_by: String::new(),
             rejection_reason: String::new(),
             transaction_id: String::new(),
-            amount_minor,
+            amount_minor: 0,
             created_at: tandem_domain::now(),
             decided_at: None,
         };
+        let units = self.check_against_ledger(&adjustment).await?;
+        adjustment.amount_minor = amount_minor(&new.legs, &units);
+        if adjustment.amount_minor > self.options.adjustment_approval_threshold_minor {
+            adjustment.status = AdjustmentStatus::AwaitingApproval;
+        }
+        let (status, amount_minor) = (adjustment.status, adjustment.amount_minor);
         if !self.insert(&adjustment).await? {
             // The same key landed concurrently: answer as its replay.
             let existing = self
@@ -247,29 +255,36 @@ impl Settlement {
         Ok((existing, true))
     }
 
-    /// The units of the legs' accounts, once the legs are shown to be a transaction the ledger
-    /// could post: every account open, balanced in every unit.
+    /// The units of the legs' accounts, once the adjustment's own ledger transaction (its key,
+    /// legs and metadata, as it will be posted) is shown to be one the ledger could post: every
+    /// account open and not the bank clearing account, balanced in every unit.
     async fn check_against_ledger(
         &self,
-        new: &NewAdjustment,
+        adjustment: &Adjustment,
     ) -> Result<Vec<String>, SettlementError> {
-        let probe = NewTransaction {
-            idempotency_key: format!("tandem:adjustment:{}", new.idempotency_key),
-            legs: new.legs.clone(),
-            kind: NewKind::Posted,
-            type_code: "ADJUSTMENT".to_owned(),
-            external_reference: new.reference.clone(),
-            effective_at_micros: None,
-            metadata: BTreeMap::new(),
-        };
-        probe
+        let mut transaction = adjustment.transaction();
+        // The approver's name joins the metadata when it posts; a stand-in of the longest name
+        // checks that it will still fit.
+        transaction
+            .metadata
+            .insert("approved_by".to_owned(), "x".repeat(MAX_OPS_USER_BYTES));
+        transaction
             .validate()
             .map_err(|violations| SettlementError::from(LedgerError::Invalid(violations)))?;
-        let mut units = Vec::with_capacity(new.legs.len());
-        for leg in &new.legs {
-            units.push(self.ledger.account(leg.account).await?.unit);
+        let mut units = Vec::with_capacity(adjustment.legs.len());
+        for (index, leg) in adjustment.legs.iter().enumerate() {
+            let account = self.ledger.account(leg.account).await?;
+            // The bank clearing account moves only when a settlement run settles: an entry on it
+            // would leave a run's positions short of zero.
+            if account.purpose == Purpose::Bank {
+                return Err(SettlementError::invalid(
+                    &format!("legs[{index}].account_id"),
+                    "is the bank clearing account, which only settlement runs move",
+                ));
+            }
+            units.push(account.unit);
         }
-        check_balanced(new.legs.iter().zip(&units)).map_err(|description| {
+        check_balanced(adjustment.legs.iter().zip(&units)).map_err(|description| {
             SettlementError::InvalidArgument(tandem_domain::Violations::single("legs", description))
         })?;
         Ok(units.iter().map(|unit| unit.to_string()).collect())
@@ -404,6 +419,21 @@ impl Settlement {
         actor: &str,
         adjustment: Adjustment,
     ) -> Result<Adjustment, SettlementError> {
+        let now = to_unix_micros(tandem_domain::now());
+        let claimed = sqlx::query(
+            "UPDATE settlement_adjustments SET posting_until_micros = $1 \
+             WHERE adjustment_id = $2 AND status = 'POSTING' AND posting_until_micros < $3",
+        )
+        .bind(now + POSTING_LEASE_MICROS)
+        .bind(&adjustment.adjustment_id)
+        .bind(now)
+        .execute(self.database.pool())
+        .await?
+        .rows_affected();
+        if claimed == 0 {
+            // Posted or refused already, or another request is posting it now.
+            return self.adjustment(&adjustment.adjustment_id).await;
+        }
         match self.ledger.post(adjustment.transaction()).await {
             Ok(posted) => {
                 let transaction_id = posted.transaction.id.to_string();

@@ -235,10 +235,10 @@ fn transaction_to_pb_in(transaction: &Transaction, view: pb::TransactionView) ->
     }
 }
 
-fn new_transaction_from_pb(request: pb::PostTransactionRequest) -> Result<NewTransaction, Status> {
-    let mut violations = Violations::new();
-    let mut legs = Vec::with_capacity(request.legs.len());
-    for (index, leg) in request.legs.iter().enumerate() {
+/// The legs whose account id and direction read, with a violation for each that does not.
+pub(crate) fn legs_from_pb(violations: &mut Violations, legs: &[pb::Leg]) -> Vec<Leg> {
+    let mut read = Vec::with_capacity(legs.len());
+    for (index, leg) in legs.iter().enumerate() {
         let account = violations.check(
             &format!("legs[{index}].account_id"),
             leg.account_id.parse::<AccountId>(),
@@ -255,13 +255,19 @@ fn new_transaction_from_pb(request: pb::PostTransactionRequest) -> Result<NewTra
             }
         };
         if let (Some(account), Some(direction)) = (account, direction) {
-            legs.push(Leg {
+            read.push(Leg {
                 account,
                 direction,
                 amount_minor: leg.amount_minor,
             });
         }
     }
+    read
+}
+
+fn new_transaction_from_pb(request: pb::PostTransactionRequest) -> Result<NewTransaction, Status> {
+    let mut violations = Violations::new();
+    let legs = legs_from_pb(&mut violations, &request.legs);
     let kind = match pb::TransactionKind::try_from(request.kind) {
         Ok(pb::TransactionKind::Unspecified | pb::TransactionKind::Posted) => NewKind::Posted,
         Ok(pb::TransactionKind::Pending) => NewKind::Pending {
@@ -281,6 +287,14 @@ fn new_transaction_from_pb(request: pb::PostTransactionRequest) -> Result<NewTra
             violations.push(FieldViolation::new("effective_time", error));
             None
         });
+    // Settlement runs leave out their own transactions by this code; another transaction under
+    // it would be in no run.
+    if request.type_code == "SETTLEMENT" {
+        violations.push(FieldViolation::new(
+            "type_code",
+            "SETTLEMENT is reserved for the transactions that settle a settlement run",
+        ));
+    }
     if !violations.is_empty() {
         return Err(to_status(LedgerError::Invalid(violations)));
     }

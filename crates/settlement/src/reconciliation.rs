@@ -196,15 +196,16 @@ fn classify(header: &ReportHeader, compared: &Compared) -> DiscrepancyClass {
     if *ours == 0 {
         return DiscrepancyClass::MissingOurs;
     }
-    let tolerance = header.amount_tolerance_minor;
-    let points_differ = (points - our_points.unwrap_or(0)).abs() > tolerance;
+    // Differences as unsigned magnitudes: a partner's figure may be anywhere in i64.
+    let tolerance = header.amount_tolerance_minor.unsigned_abs();
+    let points_differ = points.abs_diff(our_points.unwrap_or(0)) > tolerance;
     let money_differ =
-        money.is_some_and(|money| (money - our_money.unwrap_or(0)).abs() > tolerance);
+        money.is_some_and(|money| money.abs_diff(our_money.unwrap_or(0)) > tolerance);
     if points_differ || money_differ {
         return DiscrepancyClass::AmountMismatch;
     }
-    let seconds = (at - our_at.unwrap_or(*at)).abs() / 1_000_000;
-    if seconds > header.time_tolerance_seconds {
+    let seconds = at.abs_diff(our_at.unwrap_or(*at)) / 1_000_000;
+    if seconds > header.time_tolerance_seconds.unsigned_abs() {
         return DiscrepancyClass::TimeMismatch;
     }
     DiscrepancyClass::Matched
@@ -288,6 +289,29 @@ impl Settlement {
         }
         statement.execute(self.database.pool()).await?;
         Ok(())
+    }
+
+    /// Deletes what reports left behind when their stream broke off or their process stopped
+    /// before they were stored: staged records and discrepancies of no reconciliation, older
+    /// than a day (a report still streaming in another process is younger). Run at start-up.
+    pub async fn sweep_abandoned_reports(&self) -> Result<u64, SettlementError> {
+        let day_ago = tandem_domain::now() - chrono::Duration::days(1);
+        let seconds = u64::try_from(day_ago.timestamp()).unwrap_or(0);
+        let before =
+            uuid::Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, seconds, 0)).to_string();
+        let mut swept = 0;
+        for table in ["settlement_partner_records", "settlement_discrepancies"] {
+            swept += sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE reconciliation_id < $1 AND NOT EXISTS \
+                 (SELECT 1 FROM settlement_reconciliations s \
+                 WHERE s.reconciliation_id = {table}.reconciliation_id)"
+            )))
+            .bind(&before)
+            .execute(self.database.pool())
+            .await?
+            .rows_affected();
+        }
+        Ok(swept)
     }
 
     /// Forgets report `id`'s staged records and anything compared from them: a refused or dry
@@ -643,7 +667,19 @@ impl Settlement {
     ) -> Result<Discrepancy, SettlementError> {
         let discrepancy = self.discrepancy(id).await?;
         if let Some(adjustment_id) = adjustment_id {
-            self.adjustment(adjustment_id).await?;
+            let adjustment = self.adjustment(adjustment_id).await?;
+            // Only a posted adjustment corrects anything; one waiting, rejected or refused
+            // would mark the discrepancy resolved with nothing moved.
+            if adjustment.status != crate::AdjustmentStatus::Posted {
+                return Err(SettlementError::invalid(
+                    "adjustment_id",
+                    format!(
+                        "adjustment {adjustment_id} is {}; only a POSTED adjustment resolves a \
+                         discrepancy",
+                        adjustment.status.as_str()
+                    ),
+                ));
+            }
         }
         let status = if adjustment_id.is_some() {
             "ADJUSTED"

@@ -181,7 +181,10 @@ impl RunRow {
 /// The run's type code on the ledger transactions that settle it; never taken by a run.
 const SETTLEMENT_TYPE_CODE: &str = "SETTLEMENT";
 
-/// Takes every entry of `run_id`'s period that no run holds yet; how many.
+/// Takes every entry of `run_id`'s period that no run holds yet; how many. A transaction that
+/// reaches the bank clearing account is taken by no run, whole: its other entries alone would
+/// leave the positions short of zero (adjustments may not touch that account, and settlements
+/// are left out by their type code, so none should exist).
 async fn take_entries(
     connection: &mut AnyConnection,
     run_id: &str,
@@ -200,7 +203,10 @@ async fn take_entries(
          WHERE e.unit = $2 AND e.phase = 'POSTED' AND e.committed_at_micros < $3 \
          AND a.purpose <> 'BANK' AND t.type_code <> $4 \
          AND NOT EXISTS (SELECT 1 FROM settlement_run_entries r \
-         WHERE r.transaction_id = e.transaction_id AND r.leg = e.leg)",
+         WHERE r.transaction_id = e.transaction_id AND r.leg = e.leg) \
+         AND NOT EXISTS (SELECT 1 FROM ledger_entries b \
+         JOIN ledger_accounts ba ON ba.account_id = b.account_id \
+         WHERE b.transaction_id = e.transaction_id AND ba.purpose = 'BANK')",
     )
     .bind(run_id)
     .bind(new.currency.as_str())
@@ -460,6 +466,19 @@ impl Settlement {
             }
         }
         check_payment_references(&run, &payment_references)?;
+        // Opened (or found) before SETTLING is recorded: an account the ledger refuses leaves the
+        // run APPROVED, not stuck half-settled.
+        let currency =
+            Unit::parse(&run.currency).map_err(|error| corrupt(&run.run_id, "currency", error))?;
+        self.ledger
+            .open_account(
+                Owner::Exchange,
+                Purpose::Bank,
+                &currency,
+                run.currency_scale,
+                Guard::None,
+            )
+            .await?;
         let references =
             serde_json::to_string(&payment_references).expect("a string map serializes");
         let mut transaction = self.database.begin_write().await?;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tandem_auth::{Authenticator, Caller, Role};
 use tandem_domain::{FieldViolation, PartnerId, Violations};
-use tandem_ledger::{AccountFilter, AccountId, Direction, Leg, Owner, Unit};
+use tandem_ledger::{AccountFilter, AccountId, Owner, Unit};
 use tandem_proto::{
     time::{datetime, timestamp},
     v1::{self as pb, settlement_service_server::SettlementService},
@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::{
     Adjustment, AdjustmentStatus, AuditEvent, AuditFilter, NewAdjustment, Position, Settlement,
     SettlementError,
-    ledger_grpc::{account_to_pb, direction_to_pb, purpose_from_pb},
+    ledger_grpc::{account_to_pb, direction_to_pb, legs_from_pb, purpose_from_pb},
     reconciliation_pb, runs_pb,
 };
 
@@ -256,31 +256,7 @@ fn new_adjustment(request: pb::PostAdjustmentRequest) -> Result<NewAdjustment, S
             tandem_domain::ExternalId::parse(&request.reference),
         );
     }
-    let mut legs = Vec::with_capacity(request.legs.len());
-    for (index, leg) in request.legs.iter().enumerate() {
-        let account = violations.check(
-            &format!("legs[{index}].account_id"),
-            leg.account_id.parse::<AccountId>(),
-        );
-        let direction = match pb::Direction::try_from(leg.direction) {
-            Ok(pb::Direction::Debit) => Some(Direction::Debit),
-            Ok(pb::Direction::Credit) => Some(Direction::Credit),
-            _ => {
-                violations.push(FieldViolation::new(
-                    format!("legs[{index}].direction"),
-                    "must be DEBIT or CREDIT",
-                ));
-                None
-            }
-        };
-        if let (Some(account), Some(direction)) = (account, direction) {
-            legs.push(Leg {
-                account,
-                direction,
-                amount_minor: leg.amount_minor,
-            });
-        }
-    }
+    let legs = legs_from_pb(&mut violations, &request.legs);
     match (key, reason) {
         (Some(key), Some(reason)) if violations.is_empty() => Ok(NewAdjustment {
             idempotency_key: key.into_string(),
@@ -708,6 +684,15 @@ impl SettlementService for SettlementGrpc {
         let page = page_request(request.page_size, &request.page_token)?;
         let id = run_id(&request.run_id)?;
         let run = self.settlement.run(id).await?;
+        // A partner's statement exists once a second ops user approved the run.
+        if caller.role() == Role::Partner
+            && matches!(
+                run.status,
+                crate::RunStatus::Draft | crate::RunStatus::Cancelled
+            )
+        {
+            return Err(SettlementError::RunNotFound(id.to_owned()).into());
+        }
         let (lines, next) = self.settlement.statement_lines(id, &party, &page).await?;
         let totals = self.settlement.statement_totals(id, &party).await?;
         let position = run

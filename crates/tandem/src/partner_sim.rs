@@ -30,16 +30,14 @@ pub struct PartnerSimArgs {
     pub tandem: String,
 }
 
-pub async fn run(settings: Settings, args: PartnerSimArgs) -> anyhow::Result<()> {
-    let program =
-        ProgramCode::parse(&args.program).map_err(|error| anyhow::anyhow!("--program: {error}"))?;
-    let listener = TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    let address = listener.local_addr()?;
-    // Each program keeps its own wallet store (a SQLite file, or a PostgreSQL schema), so a hotel
-    // and a rideshare simulator can share a data directory or a database. The name is built once
-    // per process and lives as long as it, which is what `Database::open` asks of a store name.
+/// The program's wallet store. Each program keeps its own (a SQLite file, or a PostgreSQL
+/// schema), so a hotel and a rideshare simulator can share a data directory or a database. The
+/// name is built once per process and lives as long as it, which is what `Database::open` asks
+/// of a store name.
+async fn open_wallets(
+    settings: &Settings,
+    program: &ProgramCode,
+) -> anyhow::Result<(Database, Wallets)> {
     let store_name: &'static str =
         Box::leak(format!("sim_{}", program.as_str().to_lowercase()).into_boxed_str());
     let database = Database::open(
@@ -49,6 +47,17 @@ pub async fn run(settings: Settings, args: PartnerSimArgs) -> anyhow::Result<()>
     )
     .await?;
     let wallets = Wallets::new(database.clone());
+    Ok((database, wallets))
+}
+
+pub async fn run(settings: Settings, args: PartnerSimArgs) -> anyhow::Result<()> {
+    let program =
+        ProgramCode::parse(&args.program).map_err(|error| anyhow::anyhow!("--program: {error}"))?;
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let address = listener.local_addr()?;
+    let (database, wallets) = open_wallets(&settings, &program).await?;
     let faults = Faults::default();
     let tandem = Channel::from_shared(args.tandem.clone())
         .context("--tandem must be a URL such as http://127.0.0.1:50051")?
@@ -107,15 +116,7 @@ pub async fn export(settings: Settings, args: PartnerSimExportArgs) -> anyhow::R
         ))
     };
     let (from, to) = (micros("--from", &args.from)?, micros("--to", &args.to)?);
-    let store_name: &'static str =
-        Box::leak(format!("sim_{}", program.as_str().to_lowercase()).into_boxed_str());
-    let database = Database::open(
-        &settings.location,
-        store_name,
-        &tandem_partner_sim::MIGRATOR,
-    )
-    .await?;
-    let wallets = Wallets::new(database.clone());
+    let (database, wallets) = open_wallets(&settings, &program).await?;
     let mut output = std::io::BufWriter::new(std::io::stdout().lock());
     use std::io::Write;
     writeln!(

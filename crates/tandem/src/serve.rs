@@ -234,7 +234,7 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         services.exchange_logic.clone(),
         shutdown.clone(),
     ));
-    tokio::spawn(finish_adjustments(services.settlement_logic.clone()));
+    tokio::spawn(finish_settlement_work(services.settlement_logic.clone()));
 
     tracing::info!(%address, storage = %location.describe(), "tandem serving");
     // Scripts and tests read this line to learn the port; it is the only thing serve prints to
@@ -257,8 +257,9 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
 }
 
 /// Posts the adjustments and settlement runs a crash left half posted, each by its own ledger
-/// keys; a failure is logged, and the next start (or the ops user asking again) tries again.
-async fn finish_adjustments(settlement: Settlement) {
+/// keys, and deletes what abandoned partner reports left; a failure is logged, and the next
+/// start (or the ops user asking again) tries again.
+async fn finish_settlement_work(settlement: Settlement) {
     match settlement.resume_postings().await {
         Ok(0) => {}
         Ok(count) => tracing::info!(count, "finished adjustments left half posted"),
@@ -268,6 +269,13 @@ async fn finish_adjustments(settlement: Settlement) {
         Ok(0) => {}
         Ok(count) => tracing::info!(count, "finished settlement runs left half settled"),
         Err(error) => tracing::warn!(%error, "could not finish settlement runs left half settled"),
+    }
+    match settlement.sweep_abandoned_reports().await {
+        Ok(0) => {}
+        Ok(rows) => tracing::info!(rows, "deleted what abandoned partner reports left"),
+        Err(error) => {
+            tracing::warn!(%error, "could not delete what abandoned partner reports left")
+        }
     }
 }
 
