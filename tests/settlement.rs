@@ -719,6 +719,15 @@ async fn a_run_nets_three_partners_and_settles_with_four_eyes(server: TestServer
     .run
     .unwrap();
     assert_eq!(settled.status, pb::SettlementRunStatus::Settled as i32);
+    let other_payments = settle(vec![
+        (HOTEL, "wire-9"),
+        (RIDE, "wire-2"),
+        (AIRLINE, "wire-3"),
+        ("exchange", "internal-4"),
+    ])
+    .await
+    .unwrap_err();
+    assert_eq!(reason(&other_payments), "PAYMENT_REFERENCES_DIFFER");
     assert_eq!(settled.settlement_transaction_ids.len(), 1);
     assert_eq!(settled.positions[1].payment_reference, "wire-2");
     assert_eq!(

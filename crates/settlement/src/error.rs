@@ -16,6 +16,11 @@ pub enum SettlementError {
     SameOpsUser(String),
     #[error("settlement run {0} not found")]
     RunNotFound(String),
+    #[error(
+        "settlement run {0} was settled with other payment references; ask again with the same \
+         ones to finish it"
+    )]
+    PaymentReferencesDiffer(String),
     #[error("reconciliation {0} not found")]
     ReconciliationNotFound(String),
     #[error("discrepancy {0} not found")]
@@ -168,6 +173,9 @@ impl From<SettlementError> for Status {
                 (Code::FailedPrecondition, "SETTLEMENT_RUN_STATUS")
             }
             SettlementError::RunUnbalanced(_) => (Code::FailedPrecondition, "RUN_UNBALANCED"),
+            SettlementError::PaymentReferencesDiffer(_) => {
+                (Code::FailedPrecondition, "PAYMENT_REFERENCES_DIFFER")
+            }
             SettlementError::NotAwaitingApproval { .. } => {
                 (Code::FailedPrecondition, "ADJUSTMENT_NOT_AWAITING_APPROVAL")
             }

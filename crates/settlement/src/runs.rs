@@ -453,8 +453,15 @@ impl Settlement {
     ) -> Result<SettlementRun, SettlementError> {
         let run = self.run(id).await?;
         match run.status {
-            RunStatus::Settling | RunStatus::Settled => {
+            // Asked again (after a crash or a timeout): the same payments finish it; others are
+            // a different settlement, refused.
+            RunStatus::Settling | RunStatus::Settled
+                if run.payment_references == payment_references =>
+            {
                 return self.finish_settling(actor, run).await;
+            }
+            RunStatus::Settling | RunStatus::Settled => {
+                return Err(SettlementError::PaymentReferencesDiffer(id.to_owned()));
             }
             RunStatus::Approved => {}
             status => {
