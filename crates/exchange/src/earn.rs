@@ -324,6 +324,8 @@ impl Exchange {
         let (multiplier, note) = Self::multiplier_and_note(report, rules)?;
         let hold_until = (rules.hold_days > 0)
             .then(|| report.at_micros + i64::from(rules.hold_days) * DAY_MICROS);
+        let target_program = target.program.as_ref().map(|program| program.code.clone());
+        let earned = note.is_empty();
         let row = EarningRow {
             earning_id: new_id(),
             activity_id: activity_id.to_owned(),
@@ -335,30 +337,17 @@ impl Exchange {
             link_id: link.link_id.clone(),
             agreement_id: agreement_id.to_owned(),
             terms_version: terms_version.into(),
-            target_program: target
-                .program
-                .as_ref()
-                .map(|program| program.code.clone())
-                .unwrap_or_default(),
+            target_program: target_program.unwrap_or_default(),
             target_scale: target_scale.into(),
             points: 0,
-            eligible_spend_minor: if note.is_empty() {
-                report.spend_minor
-            } else {
-                0
-            },
+            eligible_spend_minor: if earned { report.spend_minor } else { 0 },
             spend_year: from_unix_micros(report.at_micros).year().into(),
             multiplier: multiplier.normalize().to_string(),
             settlement_currency: target.settlement_currency.clone(),
             currency_scale: currency_scale(target)?.into(),
             settlement_amount_minor: 0,
             fee_amount_minor: 0,
-            status: if note.is_empty() {
-                "CREDITING"
-            } else {
-                "NOT_EARNED"
-            }
-            .to_owned(),
+            status: if earned { "CREDITING" } else { "NOT_EARNED" }.to_owned(),
             step: "DONE".to_owned(),
             refund_requested: 0,
             hold_until_micros: hold_until,

@@ -229,24 +229,8 @@ impl<D: PartnerDirectory> Linking<D> {
         self.check_member_eligible(&acceptor_facts, &member).await?;
 
         let mut transaction = self.database.begin_write().await?;
-        // The request is read again, locked: a concurrent completion may have used it meanwhile.
-        let current =
-            store::request_by_handle(&mut transaction, self.database.backend(), &code.handle)
-                .await?;
-        if current.as_ref().is_none_or(|current| {
-            current.request_id != request.request_id || current.status != "OPEN"
-        }) {
-            return Err(LinkingError::CodeUsed);
-        }
-        store::lock_members(
-            &mut transaction,
-            self.database.backend(),
-            [
-                (&request.initiator_partner, &request.initiator_member),
-                (&partner, &member),
-            ],
-        )
-        .await?;
+        self.lock_open_request(&mut transaction, &request, &code, (&partner, &member))
+            .await?;
         let initiator = LinkSide {
             partner: request.initiator_partner,
             member: request.initiator_member.clone(),
@@ -286,6 +270,34 @@ impl<D: PartnerDirectory> Linking<D> {
     }
 
     /// Refuses a member its own brand's gateway does not vouch for, when the brand has one.
+    /// Within the completing transaction: `request`, read again and locked, is still OPEN (a
+    /// concurrent completion may have used it meanwhile), and both members are locked.
+    async fn lock_open_request(
+        &self,
+        transaction: &mut sqlx::AnyConnection,
+        request: &store::RequestRow,
+        code: &LinkCode,
+        (partner, member): (&PartnerId, &MemberId),
+    ) -> Result<()> {
+        let backend = self.database.backend();
+        let current = store::request_by_handle(transaction, backend, &code.handle).await?;
+        if current.as_ref().is_none_or(|current| {
+            current.request_id != request.request_id || current.status != "OPEN"
+        }) {
+            return Err(LinkingError::CodeUsed);
+        }
+        store::lock_members(
+            transaction,
+            backend,
+            [
+                (&request.initiator_partner, &request.initiator_member),
+                (partner, member),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
     async fn check_member_eligible(&self, facts: &PartnerFacts, member: &MemberId) -> Result<()> {
         if let Some(endpoint) = &facts.gateway_endpoint
             && !self

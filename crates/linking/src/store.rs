@@ -434,6 +434,33 @@ pub(crate) async fn links_by_id(
 
 /// A page of links, newest first: all of them, or `partner`'s, or (with `members`) those of
 /// these members of `partner`.
+/// A value a listing binds, in the order of its placeholders.
+enum Value {
+    Text(String),
+    Number(i64),
+}
+
+/// The links of `partner`, or of these of its members: `placeholder` numbers each value bound.
+fn partner_condition(
+    placeholder: &mut impl FnMut(Value) -> String,
+    partner: PartnerId,
+    members: &[MemberId],
+) -> String {
+    let partner = placeholder(Value::Text(partner.to_string()));
+    if members.is_empty() {
+        return format!("(initiator_partner_id = {partner} OR acceptor_partner_id = {partner})");
+    }
+    let listed: Vec<String> = members
+        .iter()
+        .map(|member| placeholder(Value::Text(member.to_string())))
+        .collect();
+    let listed = listed.join(", ");
+    format!(
+        "((initiator_partner_id = {partner} AND initiator_member_id IN ({listed})) \
+         OR (acceptor_partner_id = {partner} AND acceptor_member_id IN ({listed})))"
+    )
+}
+
 pub(crate) async fn links(
     connection: &mut AnyConnection,
     partner: Option<PartnerId>,
@@ -444,10 +471,6 @@ pub(crate) async fn links(
 ) -> Result<Vec<Link>, sqlx::Error> {
     // Each filter is written only when it applies, so the planner sees plain conditions it can
     // answer from the indexes by partner and member. Values are numbered in the order bound.
-    enum Value {
-        Text(String),
-        Number(i64),
-    }
     let mut values = Vec::new();
     let mut placeholder = |value: Value| {
         values.push(value);
@@ -455,22 +478,7 @@ pub(crate) async fn links(
     };
     let mut conditions = Vec::new();
     if let Some(partner) = partner {
-        let partner = placeholder(Value::Text(partner.to_string()));
-        if members.is_empty() {
-            conditions.push(format!(
-                "(initiator_partner_id = {partner} OR acceptor_partner_id = {partner})"
-            ));
-        } else {
-            let listed: Vec<String> = members
-                .iter()
-                .map(|member| placeholder(Value::Text(member.to_string())))
-                .collect();
-            let listed = listed.join(", ");
-            conditions.push(format!(
-                "((initiator_partner_id = {partner} AND initiator_member_id IN ({listed})) \
-                 OR (acceptor_partner_id = {partner} AND acceptor_member_id IN ({listed})))"
-            ));
-        }
+        conditions.push(partner_condition(&mut placeholder, partner, members));
     }
     if let Some(status) = status {
         let status = match status {

@@ -759,6 +759,27 @@ fn void_unseen(
     plan.inserts.push((key.to_owned(), reversal));
 }
 
+/// Marks `original` reversed by `key`: one inserted by this batch carries its reversal from the
+/// start; one stored before is claimed by an update that another batch cannot also win.
+fn claim_original(
+    plan: &mut Plan,
+    stored: &mut HashMap<String, StoredOperation>,
+    key: &str,
+    original: &str,
+) {
+    match plan
+        .inserts
+        .iter_mut()
+        .find(|(inserted, _)| inserted == original)
+    {
+        Some((_, inserted)) => inserted.reversed_by = Some(key.to_owned()),
+        None => plan.claims.push((original.to_owned(), key.to_owned())),
+    }
+    if let Some(entry) = stored.get_mut(original) {
+        entry.reversed_by = Some(key.to_owned());
+    }
+}
+
 fn work_out_reversal(
     plan: &mut Plan,
     stored: &mut HashMap<String, StoredOperation>,
@@ -774,14 +795,15 @@ fn work_out_reversal(
             balance_after_minor: balance_of(wallets, &existing.member),
         };
     }
-    let reversal = |member: &str, amount_minor: i64| StoredOperation {
-        kind: "REVERSAL".to_owned(),
-        member: member.to_owned(),
-        amount_minor,
-        original: Some(original.to_owned()),
-        reversed_by: None,
-        tandem_reference: String::new(),
-        tandem_kind: String::new(),
+    let reversal = |member: &str, amount_minor: i64| {
+        let original = Some(original.to_owned());
+        StoredOperation::read(
+            "REVERSAL".to_owned(),
+            member.to_owned(),
+            amount_minor,
+            original,
+            None,
+        )
     };
     let Some(undone) = stored.get(original).cloned() else {
         void_unseen(plan, stored, key, original, reversal("", 0));
@@ -810,19 +832,7 @@ fn work_out_reversal(
         }
         None => 0,
     };
-    // Claim the original: one inserted by this batch carries its reversal from the start; one
-    // stored before is claimed by an update that another batch cannot also win.
-    match plan
-        .inserts
-        .iter_mut()
-        .find(|(inserted, _)| inserted == original)
-    {
-        Some((_, inserted)) => inserted.reversed_by = Some(key.to_owned()),
-        None => plan.claims.push((original.to_owned(), key.to_owned())),
-    }
-    if let Some(entry) = stored.get_mut(original) {
-        entry.reversed_by = Some(key.to_owned());
-    }
+    claim_original(plan, stored, key, original);
     let reversal = reversal(&undone.member, undone.amount_minor);
     stored.insert(key.to_owned(), reversal.clone());
     plan.inserts.push((key.to_owned(), reversal));

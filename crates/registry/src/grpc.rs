@@ -244,6 +244,16 @@ fn program_from_pb(program: pb::Program) -> Result<Program, Violations> {
     }
 }
 
+/// An optional positive amount of points: `Some(None)` when unset, `None` (with a violation)
+/// when set and not positive.
+fn optional_points(
+    violations: &mut Violations,
+    field: &str,
+    value: Option<i64>,
+) -> Option<Option<Points>> {
+    violations.check(field, value.map(Points::positive).transpose())
+}
+
 fn terms_from_pb(terms: pb::AgreementTerms) -> Result<Terms, Violations> {
     let mut violations = Violations::new();
     let rate = violations.check("conversion_rate", terms.conversion_rate.parse());
@@ -255,19 +265,15 @@ fn terms_from_pb(terms: pb::AgreementTerms) -> Result<Terms, Violations> {
         "increment_source_points",
         Points::positive(terms.increment_source_points),
     );
-    let daily_cap = violations.check(
+    let daily_cap = optional_points(
+        &mut violations,
         "member_daily_cap_points",
-        terms
-            .member_daily_cap_points
-            .map(Points::positive)
-            .transpose(),
+        terms.member_daily_cap_points,
     );
-    let monthly_cap = violations.check(
+    let monthly_cap = optional_points(
+        &mut violations,
         "agreement_monthly_cap_points",
-        terms
-            .agreement_monthly_cap_points
-            .map(Points::positive)
-            .transpose(),
+        terms.agreement_monthly_cap_points,
     );
     let price = violations.check("settlement_price", terms.settlement_price.parse());
     let fee = violations.check(

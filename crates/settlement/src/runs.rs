@@ -486,6 +486,19 @@ impl Settlement {
                 Guard::None,
             )
             .await?;
+        self.record_settling(actor, id, payment_references).await?;
+        let run = self.run(id).await?;
+        self.finish_settling(actor, run).await
+    }
+
+    /// Records an APPROVED run SETTLING with its payments, and the audit event; when another
+    /// request moved it first, nothing is written and that request's settling is finished.
+    async fn record_settling(
+        &self,
+        actor: &str,
+        id: &str,
+        payment_references: BTreeMap<String, String>,
+    ) -> Result<(), SettlementError> {
         let references =
             serde_json::to_string(&payment_references).expect("a string map serializes");
         let mut transaction = self.database.begin_write().await?;
@@ -500,9 +513,7 @@ impl Settlement {
         .await?
         .rows_affected();
         if changed == 0 {
-            drop(transaction);
-            let current = self.run(id).await?;
-            return self.finish_settling(actor, current).await;
+            return Ok(());
         }
         audit::append(
             &mut transaction,
@@ -516,8 +527,7 @@ impl Settlement {
         )
         .await?;
         transaction.commit().await?;
-        let run = self.run(id).await?;
-        self.finish_settling(actor, run).await
+        Ok(())
     }
 
     /// Posts a SETTLING run's settlement transactions by their keys and records it SETTLED.

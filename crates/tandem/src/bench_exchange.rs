@@ -177,16 +177,7 @@ async fn tandem_measurement(
             Workload::Convert => clients,
             Workload::Earn => clients.max(64),
         };
-        eprintln!("linking {members} members");
-        let mut links = Vec::with_capacity(members);
-        for index in 0..members {
-            let (hotel_member, rider) = (format!("H-{index}"), format!("R-{index}"));
-            Coalition::put_member(&coalition.hotel_gateway, &hotel_member, 1_000_000_000_000)
-                .await?;
-            Coalition::put_member(&coalition.ride_gateway, &rider, 0).await?;
-            links.push((coalition.link(&hotel_member, &rider).await?, rider));
-        }
-        let links = Arc::new(links);
+        let links = Arc::new(link_members(&coalition, members).await?);
         // Each client is an instance of the partner's app, with its own connection and token,
         // as each pgbench client has its own connection; tokens are fetched before timing.
         let mut apps = Vec::with_capacity(clients);
@@ -217,6 +208,22 @@ async fn tandem_measurement(
     };
     scratch.drop_now().await?;
     Ok(run)
+}
+
+/// `count` hotel members, each rich in points, linked to a rider with none: (link id, rider).
+async fn link_members(
+    coalition: &Coalition,
+    count: usize,
+) -> anyhow::Result<Vec<(String, String)>> {
+    eprintln!("linking {count} members");
+    let mut links = Vec::with_capacity(count);
+    for index in 0..count {
+        let (hotel_member, rider) = (format!("H-{index}"), format!("R-{index}"));
+        Coalition::put_member(&coalition.hotel_gateway, &hotel_member, 1_000_000_000_000).await?;
+        Coalition::put_member(&coalition.ride_gateway, &rider, 0).await?;
+        links.push((coalition.link(&hotel_member, &rider).await?, rider));
+    }
+    Ok(links)
 }
 
 async fn measure(
