@@ -9,8 +9,8 @@ mod helpers;
 use std::time::Duration;
 
 use helpers::{
-    Backend, Simulator, TestServer, agree, authed, create_partner_request, eventually, reason,
-    refused, storage_args, terms,
+    Backend, Simulator, TestServer, agree, authed, create_partner_request, eventually,
+    kill_while_waiting, reason, refused, storage_args, terms,
 };
 use prost_types::Timestamp;
 use tandem_auth::Role;
@@ -766,28 +766,6 @@ async fn a_quote_priced_by_one_process_executes_on_another(server: TestServer) {
     coalition.trial_balance_is_zero().await;
 }
 
-/// SIGKILLs the server while `calls` wait on it, checks that each caller saw its connection
-/// drop, and hands back the server's databases for a new server.
-async fn kill_while_waiting<T: std::fmt::Debug>(
-    server: TestServer,
-    calls: Vec<tokio::task::JoinHandle<Result<T, tonic::Status>>>,
-) -> TestDatabase {
-    let TestServer {
-        mut child,
-        database,
-        ..
-    } = server;
-    child.start_kill().expect("SIGKILL the server");
-    child.wait().await.expect("the server exits");
-    for call in calls {
-        assert!(
-            call.await.unwrap().is_err(),
-            "the caller saw the connection drop"
-        );
-    }
-    database
-}
-
 /// The server is killed while four conversions wait on the target gateway, each already debited
 /// at the source; a new server on the same databases finishes every one of them, once.
 async fn conversions_interrupted_by_a_crash_finish_once(database: TestDatabase) {
@@ -884,18 +862,7 @@ async fn conversion_paused_at(
     tokio::task::JoinHandle<Result<tonic::Response<pb::ExecuteConversionResponse>, tonic::Status>>,
     tempfile::TempDir,
 ) {
-    let scratch = tempfile::tempdir().expect("a scratch directory");
-    let pause_file = scratch.path().join("paused");
-    let pause_path = pause_file.to_str().expect("a UTF-8 path");
-    let server = TestServer::start_with(
-        database,
-        &PAUSE_FLAGS,
-        &[
-            ("TANDEM_TEST_PAUSE_AT", moment),
-            ("TANDEM_TEST_PAUSE_FILE", pause_path),
-        ],
-    )
-    .await;
+    let (server, pause) = TestServer::pausing_at(database, &PAUSE_FLAGS, moment).await;
     let coalition = Coalition::new(server, 0).await;
     let quote = coalition.quote(10_000).await.unwrap();
     let mut exchange = coalition.server.exchange();
@@ -908,11 +875,8 @@ async fn conversion_paused_at(
         },
     );
     let executing = tokio::spawn(async move { exchange.execute_conversion(request).await });
-    eventually(SAGA_DEADLINE, "the server to pause", || async {
-        pause_file.exists().then_some(())
-    })
-    .await;
-    (coalition, executing, scratch)
+    pause.reached().await;
+    (coalition, executing, pause.folder)
 }
 
 /// The server stands paused between a conversion's ledger post and the record of its COMPLETED

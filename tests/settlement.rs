@@ -6,9 +6,13 @@ mod helpers;
 
 use std::process::Stdio;
 
-use helpers::{TANDEM, TestServer, authed, reason, storage_args, violated_fields};
+use helpers::{
+    TANDEM, TestServer, authed, eventually, kill_while_waiting, reason, storage_args,
+    violated_fields,
+};
 use tandem_auth::Role;
 use tandem_proto::v1 as pb;
+use tandem_storage::testing::TestDatabase;
 use tonic::Code;
 
 const HOTEL: &str = "01a20560-0000-7000-8000-00000000000a";
@@ -1449,6 +1453,185 @@ async fn ops_close_a_period_from_the_cli(server: TestServer) {
     assert_eq!(lines.len(), 2, "{csv}");
     assert!(lines[1].contains(",CONVERSION,,0,2500,"), "{csv}");
     assert!(error.contains("net 25.00 USD"), "{error}");
+}
+
+/// The lease after which another request or the recovery loop may finish an interrupted post.
+const LEASE: [&str; 2] = ["--saga-lease", "1s"];
+
+async fn adjustments(server: &TestServer, token: &str) -> Vec<pb::Adjustment> {
+    server
+        .settlement()
+        .list_adjustments(authed(token, pb::ListAdjustmentsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .adjustments
+}
+
+/// The server stands paused between an adjustment's ledger post and the record of it, and is
+/// killed there: the caller was never told POSTED, and a new server's recovery finishes it from
+/// the ledger's answer to the same key; asking again with the request's key answers the same
+/// posted adjustment. It posts once.
+async fn an_adjustment_killed_after_its_ledger_post_posts_once(database: TestDatabase) {
+    let (server, pause) = TestServer::pausing_at(database, &LEASE, "adjustment-posted").await;
+    let books = Books::open(&server).await;
+    let alice = server.ops_token("alice").await;
+    let request = adjustment("killed", &books.ride, &books.hotel, 700);
+    let mut client = server.settlement();
+    let token = alice.clone();
+    let sent = request.clone();
+    let posting = tokio::spawn(async move { client.post_adjustment(authed(&token, sent)).await });
+    pause.reached().await;
+    assert_eq!(
+        adjustments(&server, &alice).await[0].status,
+        pb::AdjustmentStatus::Posting as i32,
+        "the post applied, its record not yet landed"
+    );
+    let database = kill_while_waiting(server, vec![posting]).await;
+
+    let server = TestServer::start_on(database, &LEASE).await;
+    let posted = eventually(SETTLED_DEADLINE, "the adjustment to be posted", || async {
+        let listed = adjustments(&server, &alice).await;
+        (listed[0].status == pb::AdjustmentStatus::Posted as i32).then(|| listed[0].clone())
+    })
+    .await;
+    let (again, replayed) = post(&server, &alice, request).await.unwrap();
+    assert!(replayed);
+    assert_eq!(again.transaction_id, posted.transaction_id);
+    assert_eq!(
+        transactions_of(&server, &books, "conversion-42").await,
+        1,
+        "posted once"
+    );
+    assert_eq!(
+        positions(&server, &alice, pb::ListPositionsRequest::default())
+            .await
+            .unwrap(),
+        [
+            (HOTEL.to_owned(), 700),
+            (RIDE.to_owned(), -700),
+            (AIRLINE.to_owned(), 0)
+        ]
+    );
+}
+
+/// How long a new server may take to finish what a killed one left.
+const SETTLED_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn transactions_of(server: &TestServer, books: &Books, reference: &str) -> usize {
+    server
+        .ledger()
+        .list_transactions(authed(
+            &books.service_token,
+            pb::ListTransactionsRequest {
+                external_reference: reference.to_owned(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .transactions
+        .len()
+}
+
+/// The server stands paused between a run's settlement post and its SETTLED record, and is
+/// killed there: the caller was never told SETTLED, and a new server's recovery finishes the
+/// run by the same ledger keys. The positions move to the clearing account once.
+async fn a_run_killed_after_its_settlement_post_settles_once(database: TestDatabase) {
+    let (server, pause) = TestServer::pausing_at(database, &LEASE, "run-settlement-posted").await;
+    let books = Books::open(&server).await;
+    books.conversion(&server, "first", 2_500).await;
+    let (alice, bob) = (
+        server.ops_token("alice").await,
+        server.ops_token("bob").await,
+    );
+    let (run, _) = create_run(&server, &alice, "killed", now()).await.unwrap();
+    server
+        .settlement()
+        .approve_settlement_run(authed(
+            &bob,
+            pb::ApproveSettlementRunRequest {
+                run_id: run.run_id.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    let request = pb::SettleSettlementRunRequest {
+        run_id: run.run_id.clone(),
+        payment_references: [
+            (HOTEL.to_owned(), "wire-1".to_owned()),
+            (RIDE.to_owned(), "wire-2".to_owned()),
+            ("exchange".to_owned(), "fees-3".to_owned()),
+        ]
+        .into(),
+    };
+    let mut client = server.settlement();
+    let token = bob.clone();
+    let settling =
+        tokio::spawn(async move { client.settle_settlement_run(authed(&token, request)).await });
+    pause.reached().await;
+    assert_eq!(transactions_of(&server, &books, &run.run_id).await, 1);
+    let database = kill_while_waiting(server, vec![settling]).await;
+
+    let server = TestServer::start_on(database, &LEASE).await;
+    let run_id = run.run_id.clone();
+    let settled = eventually(SETTLED_DEADLINE, "the run to be settled", || async {
+        let run = server
+            .settlement()
+            .get_settlement_run(authed(
+                &bob,
+                pb::GetSettlementRunRequest {
+                    run_id: run_id.clone(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .run
+            .unwrap();
+        (run.status == pb::SettlementRunStatus::Settled as i32).then_some(run)
+    })
+    .await;
+    assert_eq!(settled.settlement_transaction_ids.len(), 1);
+    assert_eq!(
+        transactions_of(&server, &books, &run.run_id).await,
+        1,
+        "posted once"
+    );
+    assert_eq!(
+        positions(&server, &bob, pb::ListPositionsRequest::default())
+            .await
+            .unwrap(),
+        [
+            (HOTEL.to_owned(), 0),
+            (RIDE.to_owned(), 0),
+            (AIRLINE.to_owned(), 0)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn adjustment_killed_after_its_post_on_sqlite() {
+    an_adjustment_killed_after_its_ledger_post_posts_once(TestDatabase::sqlite()).await;
+}
+
+#[tokio::test]
+#[ignore = "PostgreSQL: set TANDEM_TEST_DATABASE_URL and pass -- --include-ignored"]
+async fn adjustment_killed_after_its_post_on_postgres() {
+    let database = TestDatabase::postgres_required().await;
+    an_adjustment_killed_after_its_ledger_post_posts_once(database).await;
+}
+
+#[tokio::test]
+async fn run_killed_after_its_settlement_post_on_sqlite() {
+    a_run_killed_after_its_settlement_post_settles_once(TestDatabase::sqlite()).await;
+}
+
+#[tokio::test]
+#[ignore = "PostgreSQL: set TANDEM_TEST_DATABASE_URL and pass -- --include-ignored"]
+async fn run_killed_after_its_settlement_post_on_postgres() {
+    let database = TestDatabase::postgres_required().await;
+    a_run_killed_after_its_settlement_post_settles_once(database).await;
 }
 
 on_every_backend!(

@@ -409,6 +409,64 @@ macro_rules! on_every_backend {
     };
 }
 
+/// SIGKILLs the server while `calls` wait on it, checks that each caller saw its connection
+/// drop, and hands back the server's databases for a new server.
+pub async fn kill_while_waiting<T: std::fmt::Debug>(
+    server: TestServer,
+    calls: Vec<tokio::task::JoinHandle<Result<T, tonic::Status>>>,
+) -> TestDatabase {
+    let TestServer {
+        mut child,
+        database,
+        ..
+    } = server;
+    child.start_kill().expect("SIGKILL the server");
+    child.wait().await.expect("the server exits");
+    for call in calls {
+        assert!(
+            call.await.unwrap().is_err(),
+            "the caller saw the connection drop"
+        );
+    }
+    database
+}
+
+/// Where a server started by [`TestServer::pausing_at`] says it paused.
+pub struct Pause {
+    pub folder: tempfile::TempDir,
+    file: std::path::PathBuf,
+}
+
+impl Pause {
+    /// Waits until the server stands at the moment, failing after a minute.
+    pub async fn reached(&self) {
+        eventually(Duration::from_secs(60), "the server to pause", || async {
+            self.file.exists().then_some(())
+        })
+        .await;
+    }
+}
+
+impl TestServer {
+    /// A server, with `extra` flags, that stops for good at `moment` (a step applied, its record
+    /// not yet landed; `tandem_storage::test_pause`), so a test can kill it exactly there.
+    pub async fn pausing_at(database: TestDatabase, extra: &[&str], moment: &str) -> (Self, Pause) {
+        let folder = tempfile::tempdir().expect("a scratch directory");
+        let file = folder.path().join("paused");
+        let path = file.to_str().expect("a UTF-8 path").to_owned();
+        let server = Self::start_with(
+            database,
+            extra,
+            &[
+                ("TANDEM_TEST_PAUSE_AT", moment),
+                ("TANDEM_TEST_PAUSE_FILE", &path),
+            ],
+        )
+        .await;
+        (server, Pause { folder, file })
+    }
+}
+
 /// A running `tandem partner-sim` for the program HOTEL_PTS, calling back to `server` for keys.
 pub struct Simulator {
     _child: Child,

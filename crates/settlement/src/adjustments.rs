@@ -117,10 +117,6 @@ impl Adjustment {
     }
 }
 
-/// How long one request owns the posting of an adjustment: far longer than a ledger post takes,
-/// short enough that a crashed request's adjustment is posted by the next ask soon.
-const POSTING_LEASE_MICROS: i64 = 60_000_000;
-
 /// The longest ops user name a token carries (`tandem token --subject`), in bytes.
 const MAX_OPS_USER_BYTES: usize = 100;
 
@@ -424,7 +420,7 @@ impl Settlement {
             "UPDATE settlement_adjustments SET posting_until_micros = $1 \
              WHERE adjustment_id = $2 AND status = 'POSTING' AND posting_until_micros < $3",
         )
-        .bind(now + POSTING_LEASE_MICROS)
+        .bind(now + self.options.posting_lease.as_micros() as i64)
         .bind(&adjustment.adjustment_id)
         .bind(now)
         .execute(self.database.pool())
@@ -436,6 +432,7 @@ impl Settlement {
         }
         match self.ledger.post(adjustment.transaction()).await {
             Ok(posted) => {
+                tandem_storage::test_pause::pause_at("adjustment-posted").await;
                 let transaction_id = posted.transaction.id.to_string();
                 self.record_outcome(
                     actor,
@@ -508,12 +505,15 @@ impl Settlement {
         Ok(adjustment)
     }
 
-    /// Posts every adjustment a crash left POSTING; run at start-up. Each is posted by its own
-    /// key, so one the ledger already holds is only recorded.
+    /// Posts every adjustment left POSTING whose posting lease lapsed (its request crashed or
+    /// gave up); run by the recovery loop. Each is posted by its own key, so one the ledger
+    /// already holds is only recorded.
     pub async fn resume_postings(&self) -> Result<usize, SettlementError> {
         let rows: Vec<AdjustmentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {ADJUSTMENT_COLUMNS} FROM settlement_adjustments WHERE status = 'POSTING'"
+            "SELECT {ADJUSTMENT_COLUMNS} FROM settlement_adjustments \
+             WHERE status = 'POSTING' AND posting_until_micros < $1"
         )))
+        .bind(to_unix_micros(tandem_domain::now()))
         .fetch_all(self.database.pool())
         .await?;
         let count = rows.len();

@@ -43,6 +43,10 @@ pub struct SettlementOptions {
     /// An adjustment that moves more than this, in the minor units of any one unit, waits for a
     /// second ops user's approval before it posts.
     pub adjustment_approval_threshold_minor: i64,
+    /// How long one request owns the posting of an adjustment before another (a retry, the
+    /// recovery loop) may take it over: far longer than a ledger post takes, short enough that
+    /// what a crash interrupted is finished soon.
+    pub posting_lease: std::time::Duration,
 }
 
 impl Default for SettlementOptions {
@@ -50,6 +54,7 @@ impl Default for SettlementOptions {
         Self {
             // $1,000.00, or 100,000 points of a program without decimals.
             adjustment_approval_threshold_minor: 100_000,
+            posting_lease: std::time::Duration::from_secs(30),
         }
     }
 }

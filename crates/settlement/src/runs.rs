@@ -570,6 +570,7 @@ impl Settlement {
                 })?;
             transaction_ids.push(posted.transaction.id.to_string());
         }
+        tandem_storage::test_pause::pause_at("run-settlement-posted").await;
         let ids = serde_json::to_string(&transaction_ids).expect("strings serialize");
         let mut transaction = self.database.begin_write().await?;
         let changed = sqlx::query(
@@ -602,7 +603,7 @@ impl Settlement {
         self.run(&run.run_id).await
     }
 
-    /// Finishes every run a crash left SETTLING; run at start-up.
+    /// Finishes every run left SETTLING, by the run's own keys; run by the recovery loop.
     pub async fn resume_settling(&self) -> Result<usize, SettlementError> {
         let rows: Vec<RunRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {RUN_COLUMNS} FROM settlement_runs WHERE status = 'SETTLING'"

@@ -8,6 +8,7 @@
 mod errors;
 mod json_rows;
 mod page;
+pub mod test_pause;
 #[cfg(feature = "testing")]
 pub mod testing;
 

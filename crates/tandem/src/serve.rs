@@ -136,6 +136,7 @@ impl Services {
             authenticator.clone(),
             SettlementOptions {
                 adjustment_approval_threshold_minor: settings.adjustment_approval_threshold_minor,
+                posting_lease: settings.saga_lease,
             },
         );
         let ledger = settlement.ledger;
@@ -234,7 +235,10 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         services.exchange_logic.clone(),
         shutdown.clone(),
     ));
-    tokio::spawn(finish_settlement_work(services.settlement_logic.clone()));
+    let settlement_recovery = tokio::spawn(finish_settlement_work(
+        services.settlement_logic.clone(),
+        shutdown.clone(),
+    ));
 
     tracing::info!(%address, storage = %location.describe(), "tandem serving");
     // Scripts and tests read this line to learn the port; it is the only thing serve prints to
@@ -251,6 +255,7 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     // by the next process once the lease lapses.
     shutdown.cancel();
     let _ = recovery.await;
+    let _ = settlement_recovery.await;
     databases.close().await;
     tracing::info!("tandem stopped");
     Ok(())
@@ -259,17 +264,34 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
 /// Posts the adjustments and settlement runs a crash left half posted, each by its own ledger
 /// keys, and deletes what abandoned partner reports left; a failure is logged, and the next
 /// start (or the ops user asking again) tries again.
-async fn finish_settlement_work(settlement: Settlement) {
-    match settlement.resume_postings().await {
-        Ok(0) => {}
-        Ok(count) => tracing::info!(count, "finished adjustments left half posted"),
-        Err(error) => tracing::warn!(%error, "could not finish adjustments left half posted"),
+async fn finish_settlement_work(settlement: Settlement, shutdown: CancellationToken) {
+    sweep_abandoned_reports(&settlement).await;
+    // Looked for every few seconds, not only at start-up: a post interrupted in another process
+    // is this process's to finish once that process's lease lapses.
+    loop {
+        match settlement.resume_postings().await {
+            Ok(0) => {}
+            Ok(count) => tracing::info!(count, "finished adjustments left half posted"),
+            Err(error) => tracing::warn!(%error, "could not finish adjustments left half posted"),
+        }
+        match settlement.resume_settling().await {
+            Ok(0) => {}
+            Ok(count) => tracing::info!(count, "finished settlement runs left half settled"),
+            Err(error) => {
+                tracing::warn!(%error, "could not finish settlement runs left half settled")
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(SETTLEMENT_RECOVERY_INTERVAL) => {}
+        }
     }
-    match settlement.resume_settling().await {
-        Ok(0) => {}
-        Ok(count) => tracing::info!(count, "finished settlement runs left half settled"),
-        Err(error) => tracing::warn!(%error, "could not finish settlement runs left half settled"),
-    }
+}
+
+/// How often settlement looks for posts a crash interrupted.
+const SETTLEMENT_RECOVERY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+async fn sweep_abandoned_reports(settlement: &Settlement) {
     match settlement.sweep_abandoned_reports().await {
         Ok(0) => {}
         Ok(rows) => tracing::info!(rows, "deleted what abandoned partner reports left"),
