@@ -322,14 +322,15 @@ fn adjustment_to_pb(adjustment: Adjustment) -> pb::Adjustment {
 }
 
 fn position_to_pb(position: Position) -> pb::Position {
+    let net_minor = position.net_minor();
     pb::Position {
         partner_id: position.partner_id.to_string(),
-        currency: position.account.unit.to_string(),
-        currency_scale: position.account.unit_scale,
-        account_id: position.account.id.to_string(),
+        account_id: position.account_id.to_string(),
+        currency: position.currency,
+        currency_scale: position.currency_scale,
         posted_debits_minor: position.posted_debits_minor,
         posted_credits_minor: position.posted_credits_minor,
-        net_minor: position.net_minor(),
+        net_minor,
     }
 }
 

@@ -165,6 +165,25 @@ impl Ops {
     }
 }
 
+/// Every page of a listing, asked with each next page token in turn, up to [`MAX_ROWS`] items.
+pub(crate) async fn every_page<T, Page>(
+    mut page: impl FnMut(String) -> Page,
+) -> anyhow::Result<Vec<T>>
+where
+    Page: std::future::Future<Output = anyhow::Result<(Vec<T>, String)>>,
+{
+    let mut items = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let (more, next) = page(page_token).await?;
+        items.extend(more);
+        if next.is_empty() || items.len() >= MAX_ROWS {
+            return Ok(items);
+        }
+        page_token = next;
+    }
+}
+
 /// A refusal as one line: the reason programs match on, and the server's message.
 pub(crate) fn refused(status: tonic::Status) -> anyhow::Error {
     use tonic_types::StatusExt;
@@ -330,23 +349,25 @@ async fn accounts(
     purpose: Option<pb::AccountPurpose>,
     unit: Option<String>,
 ) -> anyhow::Result<Listing> {
-    let mut rows = Vec::new();
-    let mut page_token = String::new();
-    loop {
+    let accounts = every_page(|page_token| {
+        let mut client = ops.client.clone();
         let request = ops.request(pb::ListAccountsRequest {
             owner: owner.clone().unwrap_or_default(),
             purpose: purpose.unwrap_or(pb::AccountPurpose::Unspecified).into(),
             unit: unit.clone().unwrap_or_default(),
             page_size: 500,
             page_token,
-        })?;
-        let page = ops
-            .client
-            .list_accounts(request)
-            .await
-            .map_err(refused)?
-            .into_inner();
-        rows.extend(page.accounts.iter().map(|account| {
+        });
+        async move {
+            let page = client.list_accounts(request?).await.map_err(refused)?;
+            let page = page.into_inner();
+            Ok((page.accounts, page.next_page_token))
+        }
+    })
+    .await?;
+    let rows = accounts
+        .iter()
+        .map(|account| {
             vec![
                 account.account_id.clone(),
                 account.owner.clone(),
@@ -355,12 +376,8 @@ async fn accounts(
                 account.unit_scale.to_string(),
                 time(account.create_time.as_ref()),
             ]
-        }));
-        if page.next_page_token.is_empty() || rows.len() >= MAX_ROWS {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
+        })
+        .collect();
     Ok(Listing {
         headers: vec!["account_id", "owner", "purpose", "unit", "scale", "opened"],
         rows,
@@ -645,26 +662,20 @@ async fn list_adjustments(
         }
         None => pb::AdjustmentStatus::Unspecified,
     };
-    let mut adjustments = Vec::new();
-    let mut page_token = String::new();
-    loop {
+    every_page(|page_token| {
+        let mut client = ops.client.clone();
         let request = ops.request(pb::ListAdjustmentsRequest {
             status: status.into(),
             page_size: 500,
             page_token,
-        })?;
-        let page = ops
-            .client
-            .list_adjustments(request)
-            .await
-            .map_err(refused)?
-            .into_inner();
-        adjustments.extend(page.adjustments);
-        if page.next_page_token.is_empty() || adjustments.len() >= MAX_ROWS {
-            return Ok(adjustments);
+        });
+        async move {
+            let page = client.list_adjustments(request?).await.map_err(refused)?;
+            let page = page.into_inner();
+            Ok((page.adjustments, page.next_page_token))
         }
-        page_token = page.next_page_token;
-    }
+    })
+    .await
 }
 
 /// Flags of `tandem audit`.

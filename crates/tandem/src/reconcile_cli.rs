@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tandem_proto::v1 as pb;
 
 use crate::{
-    ops::{Listing, MAX_ROWS, Ops, ServerArgs, refused, time},
+    ops::{Listing, Ops, ServerArgs, every_page, refused, time},
     settings::Settings,
 };
 
@@ -321,23 +321,21 @@ async fn list(
         }
         None => pb::DiscrepancyClass::Unspecified,
     };
-    let mut discrepancies = Vec::new();
-    let mut page_token = String::new();
-    loop {
+    every_page(|page_token| {
+        let mut client = ops.client.clone();
         let request = ops.request(pb::ListDiscrepanciesRequest {
             reconciliation_id: reconciliation_id.clone(),
             class: class.into(),
             page_size: 500,
             page_token,
-        })?;
-        let page = ops.client.list_discrepancies(request).await;
-        let page = page.map_err(refused)?.into_inner();
-        discrepancies.extend(page.discrepancies);
-        if page.next_page_token.is_empty() || discrepancies.len() >= MAX_ROWS {
-            return Ok(discrepancies);
+        });
+        async move {
+            let page = client.list_discrepancies(request?).await.map_err(refused)?;
+            let page = page.into_inner();
+            Ok((page.discrepancies, page.next_page_token))
         }
-        page_token = page.next_page_token;
-    }
+    })
+    .await
 }
 
 fn discrepancy_listing(discrepancies: &[pb::Discrepancy]) -> Listing {

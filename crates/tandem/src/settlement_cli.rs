@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use tandem_proto::v1 as pb;
 
 use crate::{
-    ops::{Listing, MAX_ROWS, Ops, Output, ServerArgs, decimal, refused, time},
+    ops::{Listing, Ops, Output, ServerArgs, decimal, every_page, refused, time},
     settings::Settings,
 };
 
@@ -245,22 +245,23 @@ async fn list(ops: &mut Ops, status: Option<String>) -> anyhow::Result<Vec<pb::S
         }
         None => pb::SettlementRunStatus::Unspecified,
     };
-    let mut runs = Vec::new();
-    let mut page_token = String::new();
-    loop {
+    every_page(|page_token| {
+        let mut client = ops.client.clone();
         let request = ops.request(pb::ListSettlementRunsRequest {
             status: status.into(),
             page_size: 500,
             page_token,
-        })?;
-        let page = ops.client.list_settlement_runs(request).await;
-        let page = page.map_err(refused)?.into_inner();
-        runs.extend(page.runs);
-        if page.next_page_token.is_empty() || runs.len() >= MAX_ROWS {
-            return Ok(runs);
+        });
+        async move {
+            let page = client
+                .list_settlement_runs(request?)
+                .await
+                .map_err(refused)?;
+            let page = page.into_inner();
+            Ok((page.runs, page.next_page_token))
         }
-        page_token = page.next_page_token;
-    }
+    })
+    .await
 }
 
 /// A statement's lines under their stable columns.
