@@ -1,10 +1,11 @@
 //! Every RPC Tandem serves, sent what a client in another language (or a broken one) can send:
-//! the empty request, and each top-level field of the request in turn empty, 10,000 characters
-//! long, with a NUL byte, with a control character, not UTF-8, at -1, at its maximum, or an enum
-//! value the contract does not define. Each is sent with an admin, an ops, a service and a
+//! the empty request, and each field of the request in turn (at the top, and inside the
+//! messages, lists and maps it holds) empty, 10,000 characters long, with a NUL byte, with a
+//! control character, not UTF-8, at -1, at its maximum, or an enum value the contract does not
+//! define. Each is sent with an admin, an ops, a service and a
 //! partner token, so it meets both the authorization and the validation of the RPC. Whatever the
 //! request, the answer is never INTERNAL or UNKNOWN, every error carries an `ErrorInfo` reason,
-//! every message is small, and INVALID_ARGUMENT adds no row to any table, on both backends.
+//! every message is small, and INVALID_ARGUMENT changes no row of any table, on both backends.
 //!
 //! The requests are built from the contract itself (the descriptors `tandem-proto` compiles),
 //! so an RPC or a field added tomorrow is covered without a line here.
@@ -18,7 +19,8 @@ use prost::{
     encoding::{DecodeContext, WireType},
 };
 use prost_reflect::{
-    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MethodDescriptor, Value,
+    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor,
+    Value,
 };
 use tandem_auth::Role;
 use tandem_proto::v1 as pb;
@@ -76,34 +78,83 @@ fn strings() -> Vec<(&'static str, String)> {
     ]
 }
 
-/// The malformed requests of one RPC: the empty one, then each top-level scalar field mutated.
+/// How deep the probes reach into messages inside the request: a leg of a transaction, a
+/// term of an agreement, the seconds of a timestamp inside either.
+const NESTING: usize = 3;
+
+/// The malformed requests of one RPC: the empty one, then each field mutated, at the top and
+/// inside the messages, lists and maps the request holds.
 fn probes(method: &MethodDescriptor) -> Vec<Probe> {
-    let input = method.input();
     let mut probes = vec![Probe {
         what: "the empty request".to_owned(),
         bytes: Vec::new(),
     }];
-    for field in input.fields() {
-        if field.is_list() || field.is_map() {
-            continue;
+    for (what, message) in mutations(&method.input(), NESTING) {
+        let mut bytes = encode(&message);
+        let mark = NOT_UTF8_MARK.as_bytes();
+        while let Some(at) = bytes.windows(mark.len()).position(|window| window == mark) {
+            bytes[at..at + mark.len()].copy_from_slice(&[0xff, 0xfe, 0xfd, 0xfc]);
         }
-        for (what, value) in values_for(&field) {
-            let mut message = DynamicMessage::new(input.clone());
-            message.set_field(&field, value);
-            let mut bytes = encode(&message);
-            if what == "not UTF-8" {
-                let mark = NOT_UTF8_MARK.as_bytes();
-                if let Some(at) = bytes.windows(mark.len()).position(|window| window == mark) {
-                    bytes[at..at + mark.len()].copy_from_slice(&[0xff, 0xfe, 0xfd, 0xfc]);
-                }
-            }
-            probes.push(Probe {
-                what: format!("{} {what}", field.name()),
-                bytes,
-            });
-        }
+        probes.push(Probe { what, bytes });
     }
     probes
+}
+
+/// Messages of type `input`, each with one field (or one field of a message it holds, down to
+/// `depth` levels) set to a malformed value; a list holds that one value, a map one entry with it
+/// as key or as value.
+fn mutations(input: &MessageDescriptor, depth: usize) -> Vec<(String, DynamicMessage)> {
+    let mut mutated = Vec::new();
+    for field in input.fields() {
+        let values: Vec<(String, Value)> = match field.kind() {
+            Kind::Message(inner) if field.is_map() => map_values(&inner)
+                .into_iter()
+                .map(|(what, map)| (format!(" {what}"), map))
+                .collect(),
+            Kind::Message(inner) if depth > 1 => mutations(&inner, depth - 1)
+                .into_iter()
+                .map(|(what, message)| (format!(".{what}"), Value::Message(message)))
+                .collect(),
+            Kind::Message(_) => Vec::new(),
+            _ => values_for(&field)
+                .into_iter()
+                .map(|(what, value)| (format!(" {what}"), value))
+                .collect(),
+        };
+        for (what, value) in values {
+            let value = if field.is_list() {
+                Value::List(vec![value])
+            } else {
+                value
+            };
+            let mut message = DynamicMessage::new(input.clone());
+            message.set_field(&field, value);
+            mutated.push((format!("{}{what}", field.name()), message));
+        }
+    }
+    mutated
+}
+
+/// A map field's malformed entries: each malformed string as a key and as a value.
+fn map_values(entry: &MessageDescriptor) -> Vec<(String, Value)> {
+    let (key, value) = (entry.map_entry_key_field(), entry.map_entry_value_field());
+    let mut entries = Vec::new();
+    for (what, bad) in values_for(&key) {
+        let Value::String(bad) = bad else { continue };
+        let map = std::collections::HashMap::from([(
+            prost_reflect::MapKey::String(bad),
+            Value::String("value".to_owned()),
+        )]);
+        entries.push((format!("key {what}"), Value::Map(map)));
+    }
+    for (what, bad) in values_for(&value) {
+        let map = std::collections::HashMap::from([(
+            prost_reflect::MapKey::String("key".to_owned()),
+            bad,
+        )]);
+        entries.push((format!("value {what}"), Value::Map(map)));
+    }
+    entries
 }
 
 /// The values one field is tried with.
@@ -171,14 +222,13 @@ async fn call(
     .map(drop)
 }
 
-/// How many rows every table of every service holds: what a refused request must leave as it
-/// found it. (Rows changed in place would not show; every write Tandem makes on a request
-/// inserts at least one row, an audit or a record.)
-struct RowCounts {
+/// What every table of every service holds, row by row: what a refused request must leave as it
+/// found it, whether it would insert a row or change one in place.
+struct Contents {
     databases: Vec<(&'static str, tandem_storage::Database)>,
 }
 
-impl RowCounts {
+impl Contents {
     async fn open(server: &TestServer) -> Self {
         let location = server.database.location();
         let mut databases = Vec::new();
@@ -197,10 +247,12 @@ impl RowCounts {
         Self { databases }
     }
 
-    async fn now(&self) -> std::collections::BTreeMap<String, i64> {
-        let mut counts = std::collections::BTreeMap::new();
+    /// Each table's rows, as one text (SQLite) or its digest (PostgreSQL), by table.
+    async fn now(&self) -> std::collections::BTreeMap<String, String> {
+        let mut contents = std::collections::BTreeMap::new();
         for (service, database) in &self.databases {
-            let tables: Vec<String> = match database.backend() {
+            let backend = database.backend();
+            let tables: Vec<String> = match backend {
                 tandem_storage::Backend::Sqlite => sqlx::query_scalar(
                     "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
                 ),
@@ -213,16 +265,69 @@ impl RowCounts {
             .await
             .expect("list the tables");
             for table in tables {
-                let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                    "SELECT COUNT(*) FROM \"{table}\""
-                )))
-                .fetch_one(database.pool())
-                .await
-                .expect("count a table's rows");
-                counts.insert(format!("{service}.{table}"), count);
+                let query = match backend {
+                    tandem_storage::Backend::Sqlite => {
+                        let columns: Vec<String> = sqlx::query_scalar(
+                            "SELECT name FROM pragma_table_info($1) ORDER BY cid",
+                        )
+                        .bind(&table)
+                        .fetch_all(database.pool())
+                        .await
+                        .expect("list a table's columns");
+                        let row = columns
+                            .iter()
+                            .map(|column| format!("quote(\"{column}\")"))
+                            .collect::<Vec<_>>()
+                            .join(" || ',' || ");
+                        format!(
+                            "SELECT COALESCE(group_concat(r, '|'), '') FROM \
+                             (SELECT {row} AS r FROM \"{table}\" ORDER BY r)"
+                        )
+                    }
+                    tandem_storage::Backend::Postgres => format!(
+                        "SELECT md5(COALESCE(string_agg(CAST(t AS TEXT), '|' ORDER BY CAST(t AS TEXT)), '')) \
+                         FROM \"{table}\" t"
+                    ),
+                };
+                let content: String = sqlx::query_scalar(sqlx::AssertSqlSafe(query))
+                    .fetch_one(database.pool())
+                    .await
+                    .expect("read a table's rows");
+                contents.insert(format!("{service}.{table}"), content);
             }
         }
-        counts
+        contents
+    }
+}
+
+#[test]
+fn the_probes_reach_inside_lists_maps_and_messages() {
+    let pool = DescriptorPool::decode(tandem_proto::FILE_DESCRIPTOR_SET)
+        .expect("the contract's descriptors");
+    let method = pool
+        .get_service_by_name("tandem.v1.LedgerService")
+        .and_then(|service| {
+            service
+                .methods()
+                .find(|method| method.name() == "PostTransaction")
+        })
+        .expect("PostTransaction is in the contract");
+    let probed: Vec<String> = probes(&method)
+        .into_iter()
+        .map(|probe| probe.what)
+        .collect();
+    for expected in [
+        "legs.account_id a NUL byte",
+        "legs.amount_minor at -1",
+        "legs.direction an undefined enum value",
+        "metadata key 10,000 characters",
+        "metadata value not UTF-8",
+        "effective_time.seconds at its maximum",
+    ] {
+        assert!(
+            probed.iter().any(|what| what == expected),
+            "{expected} is among the probes: {probed:?}"
+        );
     }
 }
 
@@ -230,7 +335,7 @@ async fn no_request_gets_an_error_outside_the_contract(server: TestServer) {
     let pool = DescriptorPool::decode(tandem_proto::FILE_DESCRIPTOR_SET)
         .expect("the contract's descriptors");
     let admin = server.staff_token(Role::Admin).await;
-    let (_, credentials) = create_partner(
+    let (partner, credentials) = create_partner(
         &server,
         &admin,
         "probe-hotel",
@@ -244,23 +349,42 @@ async fn no_request_gets_an_error_outside_the_contract(server: TestServer) {
         ("service", server.staff_token(Role::Service).await),
         ("partner", server.partner_token(&credentials).await),
     ];
-    let rows = RowCounts::open(&server).await;
-    let mut counted = rows.now().await;
-    assert_eq!(
-        counted.get("registry.partners"),
-        Some(&1),
-        "the row counts see the partner registered above: {counted:?}"
+    let contents = Contents::open(&server).await;
+    let mut before = contents.now().await;
+    assert!(
+        before
+            .get("registry.partners")
+            .is_some_and(|rows| !rows.is_empty()),
+        "the contents read see the partner registered above: {before:?}"
     );
     let mut broken = Vec::new();
+    server
+        .registry()
+        .update_partner(helpers::authed(
+            &tokens[0].1,
+            pb::UpdatePartnerRequest {
+                partner_id: partner.partner_id.clone(),
+                display_name: Some("Probe Hotels, renamed".to_owned()),
+                gateway_endpoint: None,
+            },
+        ))
+        .await
+        .expect("rename the partner");
+    let renamed = contents.now().await;
+    assert_ne!(
+        renamed, before,
+        "the contents read see a row changed in place"
+    );
+    before = renamed;
     let mut calls = 0;
     for method in served_methods(&pool) {
         for probe in probes(&method) {
             for (role, token) in &tokens {
                 calls += 1;
                 let answer = call(&server, token, &method, probe.bytes.clone()).await;
-                let after = rows.now().await;
-                let wrote = after != counted;
-                counted = after;
+                let after = contents.now().await;
+                let wrote = after != before;
+                before = after;
                 let Err(status) = answer else {
                     continue;
                 };
@@ -288,6 +412,7 @@ async fn no_request_gets_an_error_outside_the_contract(server: TestServer) {
         }
     }
     assert!(calls > 1_000, "every RPC was probed ({calls} calls)");
+
     assert!(
         broken.is_empty(),
         "{} of {calls} calls broke the error contract:\n{}",
