@@ -661,7 +661,53 @@ async fn partners_page_newest_first(server: TestServer) {
     );
 }
 
+/// Tandem behind a balancer: a partner offboarded through one process is refused by every other
+/// process on the same registry within a second or so, whatever its tokens have left to run.
+async fn an_offboarding_bars_the_partner_in_every_process(server: TestServer) {
+    let admin = server.staff_token(Role::Admin).await;
+    let ((hotel, credentials), _) = hotel_and_rideshare(&server, &admin).await;
+    let hotel_token = server.partner_token(&credentials).await;
+    let other = server.another_process().await;
+    let read_itself = || {
+        let mut registry = other.registry();
+        let request = authed(
+            &hotel_token,
+            pb::GetPartnerRequest {
+                partner_id: hotel.partner_id.clone(),
+            },
+        );
+        async move { registry.get_partner(request).await }
+    };
+    read_itself()
+        .await
+        .expect("the other process serves the partner before it leaves");
+
+    server
+        .registry()
+        .offboard_partner(authed(
+            &admin,
+            pb::OffboardPartnerRequest {
+                partner_id: hotel.partner_id.clone(),
+                reason: "the pilot ended".to_owned(),
+            },
+        ))
+        .await
+        .expect("offboard the hotel");
+
+    let refused = helpers::eventually(
+        Duration::from_secs(10),
+        "the other process to refuse the offboarded partner's token",
+        || async { read_itself().await.err() },
+    )
+    .await;
+    assert_eq!(
+        (refused.code(), reason(&refused).as_str()),
+        (Code::Unauthenticated, "PARTNER_OFFBOARDED")
+    );
+}
+
 on_every_backend!(
+    an_offboarding_bars_the_partner_in_every_process,
     a_hotel_and_a_rideshare_agree_amend_and_the_right_terms_apply,
     bad_input_names_each_field_and_writes_nothing,
     duplicates_competitors_and_suspended_partners_are_refused,

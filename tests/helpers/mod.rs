@@ -100,6 +100,10 @@ impl OtherProcess {
     pub fn exchange(&self) -> ExchangeServiceClient<Channel> {
         ExchangeServiceClient::new(self.channel.clone())
     }
+
+    pub fn registry(&self) -> PartnerRegistryServiceClient<Channel> {
+        PartnerRegistryServiceClient::new(self.channel.clone())
+    }
 }
 
 impl TestServer {

@@ -89,6 +89,8 @@ struct Services {
     settlement_logic: Settlement,
     /// The exchange's logic, for its recovery worker.
     exchange_logic: Exchange,
+    /// The registry's logic and the authenticator, to bar partners another process offboards.
+    offboardings: (Registry, Arc<Authenticator>),
 }
 
 /// The authenticator on the deployment's keys, barring the partners already offboarded.
@@ -129,6 +131,7 @@ impl Services {
             registry.clone(),
             settings.partner_token_ttl,
         ));
+        let offboardings = (registry.clone(), authenticator.clone());
         let registry =
             PartnerRegistryServiceServer::new(RegistryGrpc::new(registry, authenticator.clone()));
         let settlement = tandem_settlement::services(
@@ -180,6 +183,7 @@ impl Services {
             exchange,
             exchange_logic,
             settlement_logic: settlement.logic,
+            offboardings,
         })
     }
 
@@ -239,6 +243,10 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         services.settlement_logic.clone(),
         shutdown.clone(),
     ));
+    tokio::spawn(follow_offboardings(
+        services.offboardings.clone(),
+        shutdown.clone(),
+    ));
 
     tracing::info!(%address, storage = %location.describe(), "tandem serving");
     // Scripts and tests read this line to learn the port; it is the only thing serve prints to
@@ -260,6 +268,26 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     tracing::info!("tandem stopped");
     Ok(())
 }
+
+/// Bars the tokens of partners offboarded through another process on the same registry: the
+/// process that serves an offboarding bars them at once, every other within a second.
+async fn follow_offboardings(
+    (registry, authenticator): (Registry, Arc<Authenticator>),
+    shutdown: CancellationToken,
+) {
+    loop {
+        match registry.offboarded_partner_ids().await {
+            Ok(partners) => authenticator.bar_partners(partners),
+            Err(error) => tracing::warn!(%error, "could not read the offboarded partners"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(OFFBOARDING_FOLLOW_INTERVAL) => {}
+        }
+    }
+}
+
+const OFFBOARDING_FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Posts the adjustments and settlement runs a crash left half posted, each by its own ledger
 /// keys, and deletes what abandoned partner reports left; a failure is logged, and the next
