@@ -6,7 +6,14 @@
 
 mod helpers;
 
-use helpers::{TestServer, authed, create_partner_request, reason, refused, violated_fields};
+use helpers::{
+    TestServer, authed, create_partner_request, hotel_and_rideshare, reason, refused,
+    violated_fields,
+};
+use proptest::{
+    strategy::{Strategy, ValueTree},
+    test_runner::TestRunner,
+};
 use tandem_auth::Role;
 use tandem_proto::v1 as pb;
 use tonic::Code;
@@ -163,7 +170,102 @@ async fn framework_errors_carry_the_contract(server: TestServer) {
     );
 }
 
+/// Texts a partner might send as a member id: mostly well formed, and otherwise with a space, a
+/// control character, a NUL, a character outside ASCII, or too many characters.
+fn member_ids(count: usize) -> Vec<String> {
+    let texts = proptest::prop_oneof![
+        "[!-~]{1,128}",
+        "[!-~]{125,135}",
+        "[!-~]{0,8}[ \\x00-\\x1f\\x7f][!-~]{0,8}",
+        "[!-~]{0,8}[\\u{80}-\\u{10ffff}][!-~]{0,8}",
+        // Not empty: an empty member id filter on a listing means "every member".
+        ".{1,12}",
+    ];
+    // A fixed seed: the same texts in every run, so a failure is the same failure again.
+    let mut runner = TestRunner::deterministic();
+    (0..count)
+        .map(|_| texts.new_tree(&mut runner).expect("a member id").current())
+        .collect()
+}
+
+/// Whether a service refused a request for its member id field.
+fn refused_member_id<T>(answer: &Result<T, tonic::Status>, field: &str) -> bool {
+    match answer {
+        Ok(_) => false,
+        Err(status) => {
+            status.code() == Code::InvalidArgument
+                && violated_fields(status)
+                    .iter()
+                    .any(|violated| violated == field)
+        }
+    }
+}
+
+/// One rule for member ids across the services: for a few hundred texts, linking (listing a
+/// member's links) refuses a member id exactly when the exchange (recording the member's
+/// activity) does, through the real server.
+async fn a_member_id_is_accepted_by_one_service_exactly_when_by_all(server: TestServer) {
+    let admin = server.staff_token(Role::Admin).await;
+    let ((hotel, hotel_credentials), (ride, ride_credentials)) =
+        hotel_and_rideshare(&server, &admin).await;
+    let hotel_token = server.partner_token(&hotel_credentials).await;
+    let ride_token = server.partner_token(&ride_credentials).await;
+    let activity_time = tandem_proto::time::timestamp(chrono::Utc::now());
+    let mut disagreements = Vec::new();
+    let mut refusals = 0;
+    for (index, member_id) in member_ids(300).into_iter().enumerate() {
+        let by_linking = server
+            .linking()
+            .list_links(authed(
+                &hotel_token,
+                pb::ListLinksRequest {
+                    partner_id: hotel.partner_id.clone(),
+                    member_id: member_id.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await;
+        let by_exchange = server
+            .exchange()
+            .record_activity(authed(
+                &ride_token,
+                pb::RecordActivityRequest {
+                    partner_id: ride.partner_id.clone(),
+                    external_id: format!("ride-{index}"),
+                    member_id: member_id.clone(),
+                    spend_amount_minor: 1_000,
+                    spend_currency: "USD".to_owned(),
+                    category: "RIDE".to_owned(),
+                    member_tier: String::new(),
+                    activity_time: Some(activity_time),
+                },
+            ))
+            .await;
+        let linking_refused = refused_member_id(&by_linking, "member_id");
+        let exchange_refused = refused_member_id(&by_exchange, "member_id");
+        refusals += usize::from(linking_refused);
+        if linking_refused != exchange_refused {
+            disagreements.push(format!(
+                "{member_id:?}: linking {:?}, exchange {:?}",
+                by_linking.err(),
+                by_exchange.err()
+            ));
+        }
+    }
+    assert!(
+        disagreements.is_empty(),
+        "linking and the exchange disagree on {} member ids:\n{}",
+        disagreements.len(),
+        disagreements.join("\n")
+    );
+    assert!(
+        (50..250).contains(&refusals),
+        "the texts try both sides of the rule: {refusals} of 300 refused"
+    );
+}
+
 on_every_backend!(
+    a_member_id_is_accepted_by_one_service_exactly_when_by_all,
     framework_errors_carry_the_contract,
     nul_bytes_are_refused_before_any_database,
     errors_stay_small_whatever_the_request,
