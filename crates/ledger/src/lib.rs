@@ -6,6 +6,7 @@
 //! or expire. Reversals mirror a posted transaction, once. Guards are checked inside the write.
 //! Balances are derived from entries; writes are group-committed. See README.md for why.
 
+mod checkpoints;
 mod model;
 mod store;
 mod writer;
@@ -381,6 +382,43 @@ impl Ledger {
                 },
             )
             .collect())
+    }
+
+    /// Seals commit times before `before`: waits for the writes in flight, after which every
+    /// entry committed before `before` is visible and no later one can carry an earlier time.
+    /// A settlement run seals its cut-off before it reads the period. Refused for a time to come,
+    /// which would stamp every later write in the future.
+    pub async fn seal_before(&self, before: Timestamp) -> Result<(), LedgerError> {
+        if before > tandem_domain::now() {
+            return Err(LedgerError::Invalid(Violations::single(
+                "before",
+                "is in the future",
+            )));
+        }
+        let mut transaction = self.database.begin_write().await?;
+        checkpoints::seal(&mut transaction, tandem_domain::to_unix_micros(before)).await?;
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    /// Records every account's posted totals as of `as_of`, sealed there first; balances, as-of
+    /// reads and guards then start from the newest checkpoint instead of an account's first
+    /// entry. Taking one again at the same time writes nothing. How many accounts it recorded.
+    pub async fn checkpoint(&self, as_of: Timestamp) -> Result<usize, LedgerError> {
+        self.seal_before(as_of).await?;
+        let mut transaction = self.database.begin_write().await?;
+        let written =
+            checkpoints::record(&mut transaction, tandem_domain::to_unix_micros(as_of)).await?;
+        transaction.commit().await?;
+        Ok(written)
+    }
+
+    /// When the newest checkpoint was taken as of, if one was.
+    pub async fn newest_checkpoint(&self) -> Result<Option<Timestamp>, LedgerError> {
+        let mut connection = self.database.pool().acquire().await?;
+        Ok(checkpoints::newest(&mut connection)
+            .await?
+            .map(tandem_domain::from_unix_micros))
     }
 
     /// Every account id with entries, for checks that walk the whole ledger.

@@ -9,7 +9,7 @@ use tandem_domain::{Timestamp, from_unix_micros, to_unix_micros};
 use tandem_storage::{Backend, ColumnType, JsonRows, placeholders};
 
 use crate::{
-    LedgerError,
+    LedgerError, checkpoints,
     model::{
         Account, AccountId, Direction, Guard, Leg, NewKind, NewTransaction, Owner, PendingStatus,
         Posted, Purpose, Totals, Transaction, TransactionId, TransactionKind, Unit, check_balanced,
@@ -391,68 +391,62 @@ pub(crate) async fn accounts_touched(
     Ok(ids.iter().filter_map(|id| id.parse().ok()).collect())
 }
 
-/// An account's totals right now, for a guard check inside the write: every entry already on
-/// the account, whatever commit time it carries (a batch that started later may have committed
-/// first), and pending entries of transactions still unresolved and unexpired at `now`.
+/// An account's totals right now, for a guard check inside the write: its latest checkpoint and
+/// every entry after it, whatever commit time it carries (a batch that started later may have
+/// committed first; the seal keeps any from landing before the checkpoint), and pending entries
+/// of transactions still unresolved and unexpired at `now`.
 pub(crate) async fn current_totals(
     connection: &mut AnyConnection,
     account: AccountId,
     now: Timestamp,
 ) -> Result<Totals, sqlx::Error> {
-    let posted = sqlx::query(
-        "SELECT CAST(COALESCE(SUM(debit_minor), 0) AS BIGINT) AS debits, CAST(COALESCE(SUM(credit_minor), 0) AS BIGINT) AS credits \
-         FROM ledger_entries WHERE account_id = $1 AND phase = 'POSTED'",
-    )
-    .bind(account.to_string())
-    .fetch_one(&mut *connection)
-    .await?;
+    let id = account.to_string();
+    let checkpoint = checkpoints::latest(&mut *connection, &id, i64::MAX).await?;
+    let posted = checkpoints::posted_since(&mut *connection, &id, checkpoint, i64::MAX).await?;
     let pending = sqlx::query(
         "SELECT CAST(COALESCE(SUM(e.debit_minor), 0) AS BIGINT) AS debits, CAST(COALESCE(SUM(e.credit_minor), 0) AS BIGINT) AS credits \
          FROM ledger_entries e JOIN ledger_transactions p ON p.transaction_id = e.transaction_id \
          WHERE e.account_id = $1 AND e.phase = 'PENDING' AND p.expires_at_micros > $2 \
            AND NOT EXISTS (SELECT 1 FROM ledger_transactions r WHERE r.resolves_pending_id = p.transaction_id)",
     )
-    .bind(account.to_string())
+    .bind(&id)
     .bind(to_unix_micros(now))
     .fetch_one(&mut *connection)
     .await?;
     Ok(Totals {
-        posted_debits: posted.try_get("debits")?,
-        posted_credits: posted.try_get("credits")?,
+        posted_debits: posted.posted_debits,
+        posted_credits: posted.posted_credits,
         pending_debits: pending.try_get("debits")?,
         pending_credits: pending.try_get("credits")?,
     })
 }
 
-/// An account's totals for entries committed at or before `at`; pending entries count while
-/// their transaction is open at `at`.
+/// An account's totals for entries committed at or before `at`: the latest checkpoint by then
+/// and the posted entries after it; pending entries count while their transaction is open at
+/// `at`.
 pub(crate) async fn totals(
     connection: &mut AnyConnection,
     account: AccountId,
     at: Timestamp,
 ) -> Result<Totals, sqlx::Error> {
+    let id = account.to_string();
+    let until = to_unix_micros(at).saturating_add(1);
+    let checkpoint = checkpoints::latest(&mut *connection, &id, until).await?;
+    let posted = checkpoints::posted_since(&mut *connection, &id, checkpoint, until).await?;
     let at = to_unix_micros(at);
-    let posted = sqlx::query(
-        "SELECT CAST(COALESCE(SUM(debit_minor), 0) AS BIGINT) AS debits, CAST(COALESCE(SUM(credit_minor), 0) AS BIGINT) AS credits \
-         FROM ledger_entries WHERE account_id = $1 AND phase = 'POSTED' AND committed_at_micros <= $2",
-    )
-    .bind(account.to_string())
-    .bind(at)
-    .fetch_one(&mut *connection)
-    .await?;
     let pending = sqlx::query(
         "SELECT CAST(COALESCE(SUM(e.debit_minor), 0) AS BIGINT) AS debits, CAST(COALESCE(SUM(e.credit_minor), 0) AS BIGINT) AS credits \
          FROM ledger_entries e JOIN ledger_transactions p ON p.transaction_id = e.transaction_id \
          WHERE e.account_id = $1 AND e.phase = 'PENDING' AND e.committed_at_micros <= $2 AND p.expires_at_micros > $2 \
            AND NOT EXISTS (SELECT 1 FROM ledger_transactions r WHERE r.resolves_pending_id = p.transaction_id AND r.committed_at_micros <= $2)",
     )
-    .bind(account.to_string())
+    .bind(&id)
     .bind(at)
     .fetch_one(&mut *connection)
     .await?;
     Ok(Totals {
-        posted_debits: posted.try_get("debits")?,
-        posted_credits: posted.try_get("credits")?,
+        posted_debits: posted.posted_debits,
+        posted_credits: posted.posted_credits,
         pending_debits: pending.try_get("debits")?,
         pending_credits: pending.try_get("credits")?,
     })
@@ -987,14 +981,19 @@ enum Taken {
 /// New transaction rows, skipping any whose key (or pending resolution, or reversal) is already
 /// taken: `ON CONFLICT DO NOTHING`, so one taken key never aborts the batch. Returns the ids that
 /// landed. (`WHERE true` settles SQLite's parsing of an upsert whose rows come from a SELECT.)
-fn insert_transactions_sql(backend: Backend, parameter: usize, taken: Taken) -> String {
+fn insert_transactions_sql(
+    backend: Backend,
+    parameter: usize,
+    taken: Taken,
+    condition: &str,
+) -> String {
     let conflict = match taken {
         Taken::AnyKey => "",
         Taken::IdempotencyKey => "(idempotency_key)",
     };
     format!(
         "INSERT INTO ledger_transactions ({}) SELECT {} FROM {} \
-         WHERE true ON CONFLICT {conflict} DO NOTHING RETURNING transaction_id",
+         WHERE {condition} ON CONFLICT {conflict} DO NOTHING RETURNING transaction_id",
         TRANSACTION_ROWS.names(),
         TRANSACTION_ROWS.columns("new_transaction"),
         TRANSACTION_ROWS.source(backend, parameter, "new_transaction")
@@ -1090,7 +1089,7 @@ async fn insert_rows(
     let committed_at_micros = to_unix_micros(now);
     let transactions = transactions_json(rows, committed_at_micros);
     let landed: std::collections::HashSet<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(
-        insert_transactions_sql(backend, 1, taken),
+        insert_transactions_sql(backend, 1, taken, "true"),
     ))
     .bind(TRANSACTION_ROWS.to_json(&transactions))
     .fetch_all(&mut *connection)
@@ -1114,31 +1113,45 @@ async fn insert_rows(
 }
 
 /// Writes plain transfers on PostgreSQL in one statement, committed on its own: the transactions
-/// and, for those that landed, their entries. Returns, for each row, whether it landed.
+/// and, for those that landed, their entries. Returns, for each row, whether it landed; `None`,
+/// having written nothing, when the commit seal has moved past `now` (see `checkpoints`). The
+/// statement holds the seal shared, as a batch's transaction does, and finds its time fresh:
+/// a row lock that waited for a sealing reads the row as the sealing left it.
 async fn insert_rows_alone(
     connection: &mut AnyConnection,
     accounts: &HashMap<AccountId, Account>,
     rows: &[NewRow<'_>],
     now: Timestamp,
-) -> Result<Vec<bool>, sqlx::Error> {
+) -> Result<Option<Vec<bool>>, sqlx::Error> {
     let committed_at_micros = to_unix_micros(now);
     let transactions = transactions_json(rows, committed_at_micros);
     let all: Vec<&NewRow<'_>> = rows.iter().collect();
     let entries = entries_json(connection, accounts, &all, committed_at_micros).await?;
     let query = format!(
-        "WITH landed AS ({}), new_entries AS ({} WHERE new_entry.transaction_id IN \
-         (SELECT transaction_id FROM landed)) SELECT transaction_id FROM landed",
-        insert_transactions_sql(Backend::Postgres, 1, Taken::IdempotencyKey),
+        "WITH seal AS (SELECT sealed_before_micros FROM ledger_commit_seal WHERE seal_id = 1 \
+         FOR SHARE), landed AS ({}), new_entries AS ({} WHERE new_entry.transaction_id IN \
+         (SELECT transaction_id FROM landed)) SELECT transaction_id FROM landed \
+         UNION ALL SELECT '' FROM seal WHERE sealed_before_micros > $3",
+        insert_transactions_sql(
+            Backend::Postgres,
+            1,
+            Taken::IdempotencyKey,
+            "(SELECT sealed_before_micros FROM seal) <= $3"
+        ),
         insert_entries_sql(Backend::Postgres, 2)
     );
     let landed: std::collections::HashSet<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(query))
         .bind(TRANSACTION_ROWS.to_json(&transactions))
         .bind(ENTRY_ROWS.to_json(&entries))
+        .bind(committed_at_micros)
         .fetch_all(&mut *connection)
         .await?
         .into_iter()
         .collect();
-    Ok(which_landed(rows, &landed))
+    if landed.contains("") {
+        return Ok(None);
+    }
+    Ok(Some(which_landed(rows, &landed)))
 }
 
 /// The transaction rows of a batch, as its insert reads them.
@@ -1169,7 +1182,7 @@ pub(crate) async fn post_plain(
     jobs: &[(&str, &WriteRequest, &NewTransaction)],
     now: Timestamp,
     alone: bool,
-) -> Result<Vec<Result<Posted, LedgerError>>, sqlx::Error> {
+) -> Result<PlainOutcome, sqlx::Error> {
     let mut outcomes: Vec<Result<Posted, LedgerError>> = Vec::with_capacity(jobs.len());
     let mut rows = Vec::with_capacity(jobs.len());
     let mut positions = Vec::with_capacity(jobs.len());
@@ -1185,10 +1198,13 @@ pub(crate) async fn post_plain(
         }
     }
     if rows.is_empty() {
-        return Ok(outcomes);
+        return Ok(PlainOutcome::Finished(outcomes));
     }
     let inserted = if alone {
-        insert_rows_alone(connection, accounts, &rows, now).await?
+        match insert_rows_alone(connection, accounts, &rows, now).await? {
+            Some(inserted) => inserted,
+            None => return Ok(PlainOutcome::SealedPast),
+        }
     } else {
         insert_rows(connection, accounts, &rows, now, Taken::IdempotencyKey).await?
     };
@@ -1204,7 +1220,24 @@ pub(crate) async fn post_plain(
             }
         };
     }
-    Ok(outcomes)
+    Ok(PlainOutcome::Finished(outcomes))
+}
+
+/// What a batch of plain transfers came to.
+pub(crate) enum PlainOutcome {
+    /// Each transfer's outcome.
+    Finished(Vec<Result<Posted, LedgerError>>),
+    /// Nothing written: a batch written alone found the commit seal past its time.
+    SealedPast,
+}
+
+impl PlainOutcome {
+    pub(crate) fn finished(self) -> Option<Vec<Result<Posted, LedgerError>>> {
+        match self {
+            Self::Finished(outcomes) => Some(outcomes),
+            Self::SealedPast => None,
+        }
+    }
 }
 
 /// The row of a new transaction, or why it is refused: an unknown account or legs that do not

@@ -181,9 +181,18 @@ async fn apply_batch(
             })
             .collect();
         let mut connection = plain_database.pool().acquire().await?;
-        return store::post_plain(&mut connection, &accounts, &plain, now, true).await;
+        if let Some(outcomes) = store::post_plain(&mut connection, &accounts, &plain, now, true)
+            .await?
+            .finished()
+        {
+            return Ok(outcomes);
+        }
+        // Sealed past `now` while the batch waited: it goes the transactional way, stamped at
+        // the seal.
     }
     let mut transaction = database.begin_write().await?;
+    let sealed = crate::checkpoints::hold_seal(&mut transaction).await?;
+    let now = now.max(tandem_domain::from_unix_micros(sealed));
     let accounts = touched_accounts(&mut transaction, cache, jobs).await?;
     let guarded: BTreeSet<AccountId> = accounts
         .values()
@@ -206,7 +215,10 @@ async fn apply_batch(
             plain_positions.push(position);
         }
     }
-    let posted = store::post_plain(&mut transaction, &accounts, &plain, now, false).await?;
+    let posted = store::post_plain(&mut transaction, &accounts, &plain, now, false)
+        .await?
+        .finished()
+        .expect("a batch holding the seal is never sealed past");
     for (position, outcome) in plain_positions.into_iter().zip(posted) {
         outcomes[position] = Some(outcome);
     }

@@ -1,7 +1,8 @@
 //! Ledger invariants under random sequences of operations, on SQLite and (when
 //! `TANDEM_TEST_DATABASE_URL` is set) PostgreSQL. After every step: each transaction sums to zero
 //! per unit, each balance equals the sum of its entries and the independent model's, a rejected
-//! request changed nothing, and the trial balance is zero.
+//! request changed nothing, and the trial balance is zero. Checkpoints fall at random among the
+//! steps, and at the end the balance as of every step's time equals the model's then.
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
@@ -30,6 +31,8 @@ enum Operation {
     Resolve { pending: usize, post: bool },
     /// Reverses the n-th posted transaction so far.
     Reverse { posted: usize },
+    /// Records every account's totals as of now; later balances start from it.
+    Checkpoint,
 }
 
 fn operation() -> impl Strategy<Value = Operation> {
@@ -39,6 +42,7 @@ fn operation() -> impl Strategy<Value = Operation> {
         1 => (0..6usize, 0..6usize, 1..500i64).prop_map(|(from, to, amount)| Operation::Unbalanced { from, to, amount }),
         2 => (0..10usize, any::<bool>()).prop_map(|(pending, post)| Operation::Resolve { pending, post }),
         1 => (0..10usize).prop_map(|posted| Operation::Reverse { posted }),
+        1 => Just(Operation::Checkpoint),
     ]
 }
 
@@ -51,6 +55,9 @@ struct World {
     pendings: Vec<(TransactionId, Vec<Leg>)>,
     posted: Vec<(TransactionId, Vec<Leg>)>,
     counter: usize,
+    /// The model's posted totals after each step, with a time after that step's commits and
+    /// before the next step's: what a balance as of that time must read.
+    history: Vec<(tandem_domain::Timestamp, HashMap<AccountId, (i64, i64)>)>,
 }
 
 async fn world(database: &TestDatabase) -> World {
@@ -97,6 +104,7 @@ async fn world(database: &TestDatabase) -> World {
         pendings: Vec::new(),
         posted: Vec::new(),
         counter: 0,
+        history: Vec::new(),
     }
 }
 
@@ -264,6 +272,40 @@ async fn step(world: &mut World, operation: Operation) -> Result<Posted, LedgerE
             }
             outcome
         }
+        Operation::Checkpoint => {
+            world
+                .ledger
+                .checkpoint(tandem_domain::now())
+                .await
+                .expect("a checkpoint as of now");
+            // Nothing posted: not an outcome the sequence checks as a transaction.
+            Err(LedgerError::Stopped)
+        }
+    }
+}
+
+/// Marks the time after a step: every entry so far is committed before it, and the next step's
+/// entries, stamped when they start, after it.
+async fn mark_time(world: &mut World) {
+    let at = tandem_domain::now();
+    world.history.push((at, world.expected.clone()));
+    while tandem_domain::now() <= at {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Balances as of every marked time agree with the model then, checkpoints or not: a checkpoint
+/// plus the entries after it is the full sum at every point.
+async fn check_history(world: &World) {
+    for (at, expected) in &world.history {
+        for (id, unit) in &world.accounts {
+            let (_, totals) = world.ledger.balance(*id, Some(*at)).await.unwrap();
+            assert_eq!(
+                (totals.posted_debits, totals.posted_credits),
+                expected.get(id).copied().unwrap_or_default(),
+                "account {id} ({unit}) as of {at} differs from the model then"
+            );
+        }
     }
 }
 
@@ -325,7 +367,9 @@ async fn run_sequence(database: TestDatabase, operations: Vec<Operation>) {
             ),
         }
         check_invariants(&world).await;
+        mark_time(&mut world).await;
     }
+    check_history(&world).await;
 }
 
 fn runtime() -> tokio::runtime::Runtime {
