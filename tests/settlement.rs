@@ -810,6 +810,39 @@ async fn a_run_nets_three_partners_and_settles_with_four_eyes(server: TestServer
         .await
         .unwrap();
     assert_eq!(empty.entry_count, 0, "every entry in exactly one run");
+    assert_eq!(
+        empty.period_start_time, retaken.cutoff_time,
+        "a run's period starts where the live run before it ends"
+    );
+    // Periods follow one another: a cut-off before the last run's is refused, and only the
+    // newest live run may be cancelled.
+    let refused = create_run(
+        &server,
+        &alice,
+        "back-in-time",
+        retaken.cutoff_time.unwrap(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        (refused.code(), reason(&refused).as_str()),
+        (Code::FailedPrecondition, "CUTOFF_NOT_AFTER_LAST_RUN")
+    );
+    let refused = server
+        .settlement()
+        .cancel_settlement_run(authed(
+            &alice,
+            pb::CancelSettlementRunRequest {
+                run_id: retaken.run_id.clone(),
+                reason: "not the newest".to_owned(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.code(), reason(&refused).as_str()),
+        (Code::FailedPrecondition, "LATER_RUN_EXISTS")
+    );
 }
 
 async fn a_bad_run_request_is_refused_and_stores_nothing(server: TestServer) {

@@ -40,6 +40,19 @@ pub enum SettlementError {
          currency moves money to or from the exchange's bank clearing account; nothing was stored"
     )]
     RunUnbalanced(i64),
+    /// Runs of a currency close consecutive periods: a new one must end after the last one.
+    #[error(
+        "a run of {currency} already closes the period up to {last_cutoff}; choose a cut-off \
+         after it"
+    )]
+    CutoffNotAfterLastRun {
+        currency: String,
+        last_cutoff: String,
+    },
+    /// Only the newest live run of a currency may be cancelled: its period goes back to the
+    /// next run, which a later run's would not.
+    #[error("settlement run {id} is followed by run {later}; cancel that one first")]
+    LaterRunExists { id: String, later: String },
     #[error("adjustment {0} not found")]
     AdjustmentNotFound(String),
     #[error("adjustment {id} is {status}, not AWAITING_APPROVAL")]
@@ -173,6 +186,12 @@ impl From<SettlementError> for Status {
                 (Code::FailedPrecondition, "SETTLEMENT_RUN_STATUS")
             }
             SettlementError::RunUnbalanced(_) => (Code::FailedPrecondition, "RUN_UNBALANCED"),
+            SettlementError::CutoffNotAfterLastRun { .. } => {
+                (Code::FailedPrecondition, "CUTOFF_NOT_AFTER_LAST_RUN")
+            }
+            SettlementError::LaterRunExists { .. } => {
+                (Code::FailedPrecondition, "LATER_RUN_EXISTS")
+            }
             SettlementError::PaymentReferencesDiffer(_) => {
                 (Code::FailedPrecondition, "PAYMENT_REFERENCES_DIFFER")
             }

@@ -1,11 +1,13 @@
 //! Settlement runs: the closing of a period in one currency.
 //!
-//! A run takes every posted entry in its currency committed before its cut-off, on every account
-//! but the exchange's bank clearing account, that no other run holds: the partners' settlement
-//! accounts, the exchange's fees and adjustments. Entries are held by their own key in
-//! `settlement_run_entries`, so each lands in exactly one run; a cancelled run lets go of its
-//! entries. The ledger transactions that settle a run (type code SETTLEMENT) are never taken.
-//! Creating a run is one database transaction: the run, its entries, its positions (checked to
+//! A run holds every posted entry in its currency committed in its period, on every account but
+//! the exchange's bank clearing account: the partners' settlement accounts, the exchange's fees
+//! and adjustments. Its period runs from the cut-off of the live run before it (in the same
+//! currency) up to its own cut-off, which the ledger seals first, so no entry of the period can
+//! still appear; the runs of a currency thus follow one another without gap or overlap, and each
+//! entry lands in exactly one of them. Only the newest live run may be cancelled, which hands its
+//! period to the next run. The ledger transactions that settle a run (type code SETTLEMENT) are
+//! never taken. Creating a run is one database transaction: the run, its positions (checked to
 //! sum to zero) and its audit event land together or not at all.
 //!
 //! DRAFT → APPROVED (by another ops user) → SETTLING → SETTLED, or DRAFT → CANCELLED. Settling
@@ -95,6 +97,8 @@ pub struct SettlementRun {
     pub idempotency_key: String,
     pub currency: String,
     pub currency_scale: u32,
+    /// Where its period starts: the previous live run's cut-off (the Unix epoch for the first).
+    pub start: Timestamp,
     pub cutoff: Timestamp,
     pub status: RunStatus,
     pub created_by: String,
@@ -125,6 +129,7 @@ struct RunRow {
     idempotency_key: String,
     currency: String,
     currency_scale: i64,
+    start_micros: i64,
     cutoff_micros: i64,
     status: String,
     created_by: String,
@@ -140,7 +145,7 @@ struct RunRow {
     decided_at_micros: Option<i64>,
 }
 
-const RUN_COLUMNS: &str = "run_id, idempotency_key, currency, currency_scale, cutoff_micros, \
+const RUN_COLUMNS: &str = "run_id, idempotency_key, currency, currency_scale, start_micros, cutoff_micros, \
      status, created_by, approved_by, settled_by, cancelled_by, cancel_reason, summary, \
      entry_count, payment_references, settlement_transaction_ids, created_at_micros, \
      decided_at_micros";
@@ -165,6 +170,7 @@ impl RunRow {
             run_id: self.run_id,
             idempotency_key: self.idempotency_key,
             currency: self.currency,
+            start: from_unix_micros(self.start_micros),
             cutoff: from_unix_micros(self.cutoff_micros),
             created_by: self.created_by,
             approved_by: self.approved_by,
@@ -181,94 +187,152 @@ impl RunRow {
 /// The run's type code on the ledger transactions that settle it; never taken by a run.
 const SETTLEMENT_TYPE_CODE: &str = "SETTLEMENT";
 
-/// Takes every entry of `run_id`'s period that no run holds yet; how many. A transaction that
-/// reaches the bank clearing account is taken by no run, whole: its other entries alone would
-/// leave the positions short of zero (adjustments may not touch that account, and settlements
-/// are left out by their type code, so none should exist).
-async fn take_entries(
-    connection: &mut AnyConnection,
-    run_id: &str,
-    new: &NewRun,
-) -> Result<u64, sqlx::Error> {
-    let taken = sqlx::query(
-        "INSERT INTO settlement_run_entries (transaction_id, leg, run_id, party, account_id, \
-         kind, external_reference, debit_minor, credit_minor, committed_at_micros) \
-         SELECT e.transaction_id, e.leg, $1, a.owner, a.account_id, \
-         CASE WHEN t.kind = 'REVERSAL' THEN 'REVERSAL' WHEN t.type_code = '' THEN t.kind \
-         ELSE t.type_code END, \
-         t.external_reference, e.debit_minor, e.credit_minor, e.committed_at_micros \
-         FROM ledger_entries e \
-         JOIN ledger_accounts a ON a.account_id = e.account_id \
-         JOIN ledger_transactions t ON t.transaction_id = e.transaction_id \
-         WHERE e.unit = $2 AND e.phase = 'POSTED' AND e.committed_at_micros < $3 \
-         AND a.purpose <> 'BANK' AND t.type_code <> $4 \
-         AND NOT EXISTS (SELECT 1 FROM settlement_run_entries r \
-         WHERE r.transaction_id = e.transaction_id AND r.leg = e.leg) \
-         AND NOT EXISTS (SELECT 1 FROM ledger_entries b \
-         JOIN ledger_accounts ba ON ba.account_id = b.account_id \
-         WHERE b.transaction_id = e.transaction_id AND ba.purpose = 'BANK')",
-    )
-    .bind(run_id)
-    .bind(new.currency.as_str())
-    .bind(to_unix_micros(new.cutoff))
-    .bind(SETTLEMENT_TYPE_CODE)
-    .execute(connection)
-    .await?
-    .rows_affected();
-    Ok(taken)
+/// The kind a run files an entry under: REVERSAL for a reversal, else the transaction's type
+/// code (its kind when it has none). The same expression serves the statements.
+const KIND_OF_ENTRY: &str = "CASE WHEN t.kind = 'REVERSAL' THEN 'REVERSAL' \
+     WHEN t.type_code = '' THEN t.kind ELSE t.type_code END";
+
+/// The entries of a run's period: posted, in its currency, committed in [$2, $3), of a
+/// transaction that does not settle a run ($4).
+const PERIOD_ENTRIES: &str = "FROM ledger_entries e \
+     JOIN ledger_accounts a ON a.account_id = e.account_id \
+     JOIN ledger_transactions t ON t.transaction_id = e.transaction_id \
+     WHERE e.unit = $1 AND e.phase = 'POSTED' AND e.committed_at_micros >= $2 \
+     AND e.committed_at_micros < $3 AND t.type_code <> $4";
+
+/// The entry's transaction reaches no bank clearing account: a run leaves out such a
+/// transaction whole (see `Summing::add`).
+const OUTSIDE_BANK: &str = "NOT EXISTS (SELECT 1 FROM ledger_entries b \
+     JOIN ledger_accounts ba ON ba.account_id = b.account_id \
+     WHERE b.transaction_id = e.transaction_id AND ba.purpose = 'BANK')";
+
+/// One transaction's entries in a period: (party, account, debit, credit), and whether one of
+/// them is on the bank clearing account.
+#[derive(Default)]
+struct PeriodTransaction {
+    kind: String,
+    entries: Vec<(String, String, i64, i64)>,
+    reaches_bank: bool,
 }
 
-/// Positions, the bilateral breakdown and totals of the entries `run_id` holds, read as a
-/// stream in transaction order: memory holds one transaction's entries at a time.
-async fn summarize(
-    connection: &mut AnyConnection,
-    run_id: &str,
-) -> Result<RunSummary, SettlementError> {
-    let mut netting = Netting::default();
-    let mut totals: BTreeMap<String, KindTotals> = BTreeMap::new();
-    let mut account_nets: BTreeMap<String, i64> = BTreeMap::new();
-    let mut current: Option<String> = None;
-    let mut entries: Vec<(String, i64, i64)> = Vec::new();
-    {
-        let mut rows = sqlx::query_as::<_, (String, String, String, String, i64, i64)>(
-            "SELECT transaction_id, party, account_id, kind, debit_minor, credit_minor \
-             FROM settlement_run_entries WHERE run_id = $1 ORDER BY transaction_id, leg",
-        )
-        .bind(run_id)
-        .fetch(&mut *connection);
-        while let Some((transaction_id, party, account_id, kind, debit, credit)) =
-            rows.try_next().await?
-        {
-            if current.as_deref() != Some(transaction_id.as_str()) {
-                netting.add_transaction(&entries);
-                entries.clear();
-                current = Some(transaction_id);
-            }
-            let kind_totals = totals.entry(kind).or_default();
+/// What a run's summary adds up while it reads its period.
+#[derive(Default)]
+struct Summing {
+    netting: Netting,
+    totals: BTreeMap<String, KindTotals>,
+    account_nets: BTreeMap<String, i64>,
+    entry_count: i64,
+}
+
+impl Summing {
+    /// Adds one transaction; one that reaches the bank clearing account is left out whole: its
+    /// other entries alone would leave the positions short of zero (adjustments may not touch
+    /// that account, and settlements are left out by their type code, so none should exist).
+    fn add(&mut self, transaction: &PeriodTransaction) {
+        if transaction.reaches_bank || transaction.entries.is_empty() {
+            return;
+        }
+        let kind_totals = self.totals.entry(transaction.kind.clone()).or_default();
+        let mut parties = Vec::with_capacity(transaction.entries.len());
+        for (party, account, debit, credit) in &transaction.entries {
             kind_totals.debits_minor += debit;
             kind_totals.credits_minor += credit;
             kind_totals.entry_count += 1;
-            *account_nets.entry(account_id).or_default() += credit - debit;
-            entries.push((party, debit, credit));
+            *self.account_nets.entry(account.clone()).or_default() += credit - debit;
+            parties.push((party.clone(), *debit, *credit));
+        }
+        self.entry_count += transaction.entries.len() as i64;
+        self.netting.add_transaction(&parties);
+    }
+}
+
+/// Positions, the bilateral breakdown and totals of the entries of `currency` committed in
+/// [`start`, `cutoff`), read as a stream in transaction order: memory holds one transaction's
+/// entries at a time. Returns the summary and how many entries it holds.
+async fn summarize(
+    connection: &mut AnyConnection,
+    currency: &str,
+    (start, cutoff): (i64, i64),
+) -> Result<(RunSummary, i64), SettlementError> {
+    let mut summing = Summing::default();
+    let mut current: Option<String> = None;
+    let mut transaction = PeriodTransaction::default();
+    {
+        let mut rows = sqlx::query_as::<_, (String, String, String, String, String, i64, i64)>(
+            sqlx::AssertSqlSafe(format!(
+                "SELECT e.transaction_id, {KIND_OF_ENTRY}, a.owner, a.account_id, a.purpose, \
+                 e.debit_minor, e.credit_minor {PERIOD_ENTRIES} ORDER BY e.transaction_id, e.leg"
+            )),
+        )
+        .bind(currency)
+        .bind(start)
+        .bind(cutoff)
+        .bind(SETTLEMENT_TYPE_CODE)
+        .fetch(&mut *connection);
+        while let Some((transaction_id, kind, party, account, purpose, debit, credit)) =
+            rows.try_next().await?
+        {
+            if current.as_deref() != Some(transaction_id.as_str()) {
+                summing.add(&transaction);
+                transaction = PeriodTransaction {
+                    kind,
+                    ..PeriodTransaction::default()
+                };
+                current = Some(transaction_id);
+            }
+            transaction.reaches_bank |= purpose == Purpose::Bank.as_str();
+            transaction.entries.push((party, account, debit, credit));
         }
     }
-    netting.add_transaction(&entries);
-    if netting.imbalance_minor() != 0 {
-        return Err(SettlementError::RunUnbalanced(netting.imbalance_minor()));
+    summing.add(&transaction);
+    if summing.netting.imbalance_minor() != 0 {
+        return Err(SettlementError::RunUnbalanced(
+            summing.netting.imbalance_minor(),
+        ));
     }
-    Ok(RunSummary {
-        positions: netting.parties,
-        bilateral: netting
+    let summary = RunSummary {
+        positions: summing.netting.parties,
+        bilateral: summing
+            .netting
             .bilateral
             .into_iter()
             .map(|((debtor, creditor), amount)| (debtor, creditor, amount))
             .collect(),
-        totals,
-        account_nets: account_nets
+        totals: summing.totals,
+        account_nets: summing
+            .account_nets
             .into_iter()
             .filter(|(_, net)| *net != 0)
             .collect(),
-    })
+    };
+    Ok((summary, summing.entry_count))
+}
+
+/// Serializes the creation and cancelling of a currency's runs, which decide where periods start
+/// and end. SQLite's write lock already does.
+async fn lock_periods(connection: &mut AnyConnection, currency: &str) -> Result<(), sqlx::Error> {
+    if tandem_storage::Backend::of(connection) == tandem_storage::Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tandem settlement runs ' || $1))")
+            .bind(currency)
+            .execute(connection)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The newest live run of `currency`: its id and cut-off.
+async fn last_live_run(
+    connection: &mut AnyConnection,
+    currency: &str,
+) -> Result<Option<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT run_id, cutoff_micros FROM settlement_runs \
+         WHERE currency = $1 AND status <> 'CANCELLED' \
+         ORDER BY cutoff_micros DESC, run_id DESC LIMIT 1",
+    )
+    .bind(currency)
+    .fetch_optional(connection)
+    .await
 }
 
 impl Settlement {
@@ -282,37 +346,42 @@ impl Settlement {
         if let Some(existing) = self.run_by_key(&new.idempotency_key).await? {
             return replay(existing, &new);
         }
+        // Every entry before the cut-off is committed and visible from here on.
+        self.ledger.seal_before(new.cutoff).await?;
         let run_id = uuid::Uuid::now_v7().to_string();
-        let now = tandem_domain::now();
+        let cutoff = to_unix_micros(new.cutoff);
         let mut transaction = self.database.begin_write().await?;
-        let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO settlement_runs ({RUN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, 'DRAFT', $6, \
-             '', '', '', '', '{{}}', 0, '{{}}', '[]', $7, NULL) \
-             ON CONFLICT (idempotency_key) DO NOTHING"
-        )))
-        .bind(&run_id)
-        .bind(&new.idempotency_key)
-        .bind(new.currency.as_str())
-        .bind(i64::from(new.currency_scale))
-        .bind(to_unix_micros(new.cutoff))
-        .bind(actor)
-        .bind(to_unix_micros(now))
-        .execute(&mut *transaction)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
+        lock_periods(&mut transaction, new.currency.as_str()).await?;
+        let start = match last_live_run(&mut transaction, new.currency.as_str()).await? {
+            Some((_, last)) if last >= cutoff => {
+                drop(transaction);
+                if let Some(existing) = self.run_by_key(&new.idempotency_key).await? {
+                    return replay(existing, &new);
+                }
+                return Err(SettlementError::CutoffNotAfterLastRun {
+                    currency: new.currency.to_string(),
+                    last_cutoff: from_unix_micros(last).to_rfc3339(),
+                });
+            }
+            Some((_, last)) => last,
+            None => 0,
+        };
+        let (summary, entry_count) =
+            summarize(&mut transaction, new.currency.as_str(), (start, cutoff)).await?;
+        let inserted = self
+            .insert_run(&mut transaction, actor, &run_id, &new, (start, cutoff))
+            .await?;
+        if !inserted {
             drop(transaction);
             let existing = self
                 .run_by_key(&new.idempotency_key)
                 .await?
-                .ok_or_else(|| SettlementError::Internal("settlement run vanished".to_owned()))?;
+                .ok_or(SettlementError::Conflict)?;
             return replay(existing, &new);
         }
-        let entry_count = take_entries(&mut transaction, &run_id, &new).await?;
-        let summary = summarize(&mut transaction, &run_id).await?;
         sqlx::query("UPDATE settlement_runs SET summary = $1, entry_count = $2 WHERE run_id = $3")
             .bind(serde_json::to_string(&summary).expect("a summary serializes"))
-            .bind(entry_count as i64)
+            .bind(entry_count)
             .bind(&run_id)
             .execute(&mut *transaction)
             .await?;
@@ -336,6 +405,33 @@ impl Settlement {
         Ok((self.run(&run_id).await?, false))
     }
 
+    /// Inserts a DRAFT run for the period [`start`, `cutoff`); false when its key is taken.
+    async fn insert_run(
+        &self,
+        connection: &mut AnyConnection,
+        actor: &str,
+        run_id: &str,
+        new: &NewRun,
+        (start, cutoff): (i64, i64),
+    ) -> Result<bool, SettlementError> {
+        let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO settlement_runs ({RUN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, 'DRAFT', \
+             $7, '', '', '', '', '{{}}', 0, '{{}}', '[]', $8, NULL) ON CONFLICT DO NOTHING"
+        )))
+        .bind(run_id)
+        .bind(&new.idempotency_key)
+        .bind(new.currency.as_str())
+        .bind(i64::from(new.currency_scale))
+        .bind(start)
+        .bind(cutoff)
+        .bind(actor)
+        .bind(to_unix_micros(tandem_domain::now()))
+        .execute(connection)
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
     /// Approves a DRAFT run; its creator may not.
     pub async fn approve_run(
         &self,
@@ -351,17 +447,16 @@ impl Settlement {
         }
         self.move_run(
             &run,
-            RunStatus::Draft,
-            RunStatus::Approved,
+            (RunStatus::Draft, RunStatus::Approved),
             "approved_by = $3",
-            actor,
-            "",
+            (actor, ""),
             AuditAction::RunApproved,
         )
         .await
     }
 
-    /// Cancels a DRAFT run and lets go of its entries.
+    /// Cancels a DRAFT run, the newest live one of its currency: its period goes to the next
+    /// run.
     pub async fn cancel_run(
         &self,
         actor: &str,
@@ -369,35 +464,53 @@ impl Settlement {
         reason: &str,
     ) -> Result<SettlementRun, SettlementError> {
         let run = self.run(id).await?;
-        self.move_run(
+        let mut transaction = self.database.begin_write().await?;
+        lock_periods(&mut transaction, &run.currency).await?;
+        if let Some((later, _)) = last_live_run(&mut transaction, &run.currency).await?
+            && later != run.run_id
+            && run.status == RunStatus::Draft
+        {
+            return Err(SettlementError::LaterRunExists {
+                id: run.run_id,
+                later,
+            });
+        }
+        self.move_run_in(
+            transaction,
             &run,
-            RunStatus::Draft,
-            RunStatus::Cancelled,
+            (RunStatus::Draft, RunStatus::Cancelled),
             "cancelled_by = $3, cancel_reason = $4",
-            actor,
-            reason,
+            (actor, reason),
             AuditAction::RunCancelled,
         )
         .await
     }
 
     /// Moves `run` from `from` to `to`, setting `assignments` ($3 the actor, $4 the reason),
-    /// with its audit event; a cancelled run's entries are let go in the same transaction.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one move of the run's lifecycle; each caller names its own"
-    )]
+    /// with its audit event.
     async fn move_run(
         &self,
         run: &SettlementRun,
-        from: RunStatus,
-        to: RunStatus,
+        from_to: (RunStatus, RunStatus),
         assignments: &str,
-        actor: &str,
-        reason: &str,
+        actor_reason: (&str, &str),
         action: AuditAction,
     ) -> Result<SettlementRun, SettlementError> {
-        let mut transaction = self.database.begin_write().await?;
+        let transaction = self.database.begin_write().await?;
+        self.move_run_in(transaction, run, from_to, assignments, actor_reason, action)
+            .await
+    }
+
+    /// [`Self::move_run`] in a transaction already begun, committed here.
+    async fn move_run_in(
+        &self,
+        mut transaction: sqlx::Transaction<'static, sqlx::Any>,
+        run: &SettlementRun,
+        (from, to): (RunStatus, RunStatus),
+        assignments: &str,
+        (actor, reason): (&str, &str),
+        action: AuditAction,
+    ) -> Result<SettlementRun, SettlementError> {
         let changed = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE settlement_runs SET status = $1, {assignments}, decided_at_micros = $5 \
              WHERE run_id = $2 AND status = $6"
@@ -419,12 +532,6 @@ impl Settlement {
                 status: current.status.as_str(),
                 expected: from.as_str(),
             });
-        }
-        if to == RunStatus::Cancelled {
-            sqlx::query("DELETE FROM settlement_run_entries WHERE run_id = $1")
-                .bind(&run.run_id)
-                .execute(&mut *transaction)
-                .await?;
         }
         audit::append(
             &mut transaction,
@@ -599,8 +706,30 @@ impl Settlement {
             .await?;
             transaction.commit().await?;
             tracing::info!(run_id = %run.run_id, actor, "settlement run settled");
+            // Balances start from the settled period's end from now on. A checkpoint that
+            // fails costs only speed; the periodic one takes its place.
+            if let Err(error) = self.ledger.checkpoint(run.cutoff).await {
+                tracing::warn!(run_id = %run.run_id, %error, "no checkpoint at the run's cut-off");
+            }
         }
         self.run(&run.run_id).await
+    }
+
+    /// Takes a ledger checkpoint as of now when the newest is older than `every` (or there is
+    /// none); how many accounts it recorded, if it took one.
+    pub async fn checkpoint_if_due(
+        &self,
+        every: std::time::Duration,
+    ) -> Result<Option<usize>, SettlementError> {
+        let now = tandem_domain::now();
+        let due = match self.ledger.newest_checkpoint().await? {
+            Some(newest) => (now - newest).to_std().unwrap_or_default() >= every,
+            None => true,
+        };
+        if !due {
+            return Ok(None);
+        }
+        Ok(Some(self.ledger.checkpoint(now).await?))
     }
 
     /// Finishes every run left SETTLING, by the run's own keys; run by the recovery loop.
@@ -785,10 +914,10 @@ pub struct StatementLine {
 }
 
 impl Settlement {
-    /// One page of `party`'s lines in `run_id`, in commit order, and the next page's cursor.
+    /// One page of `party`'s lines in `run`, in commit order, and the next page's cursor.
     pub async fn statement_lines(
         &self,
-        run_id: &str,
+        run: &SettlementRun,
         party: &str,
         page: &PageRequest,
     ) -> Result<(Vec<StatementLine>, Option<PageCursor>), SettlementError> {
@@ -811,22 +940,26 @@ impl Settlement {
             }
             None => (i64::MIN, String::new(), -1),
         };
-        let rows: Vec<(String, i64, String, String, i64, i64, i64)> = sqlx::query_as(
-            "SELECT transaction_id, leg, kind, external_reference, debit_minor, credit_minor, \
-             committed_at_micros FROM settlement_run_entries \
-             WHERE run_id = $1 AND party = $2 AND (committed_at_micros > $3 \
-             OR (committed_at_micros = $3 AND (transaction_id > $4 \
-             OR (transaction_id = $4 AND leg > $5)))) \
-             ORDER BY committed_at_micros, transaction_id, leg LIMIT $6",
-        )
-        .bind(run_id)
-        .bind(party)
-        .bind(after_micros)
-        .bind(&after_transaction)
-        .bind(after_leg)
-        .bind((page.size + 1) as i64)
-        .fetch_all(self.database.pool())
-        .await?;
+        let rows: Vec<(String, i64, String, String, i64, i64, i64)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT e.transaction_id, e.leg, {KIND_OF_ENTRY}, t.external_reference, \
+                 e.debit_minor, e.credit_minor, e.committed_at_micros {PERIOD_ENTRIES} \
+                 AND a.owner = $5 AND {OUTSIDE_BANK} AND (e.committed_at_micros > $6 \
+                 OR (e.committed_at_micros = $6 AND (e.transaction_id > $7 \
+                 OR (e.transaction_id = $7 AND e.leg > $8)))) \
+                 ORDER BY e.committed_at_micros, e.transaction_id, e.leg LIMIT $9"
+            )))
+            .bind(&run.currency)
+            .bind(to_unix_micros(run.start))
+            .bind(to_unix_micros(run.cutoff))
+            .bind(SETTLEMENT_TYPE_CODE)
+            .bind(party)
+            .bind(after_micros)
+            .bind(&after_transaction)
+            .bind(after_leg)
+            .bind((page.size + 1) as i64)
+            .fetch_all(self.database.pool())
+            .await?;
         let lines = rows
             .into_iter()
             .map(
@@ -849,18 +982,21 @@ impl Settlement {
         }))
     }
 
-    /// `party`'s totals by kind in `run_id`.
+    /// `party`'s totals by kind in `run`.
     pub async fn statement_totals(
         &self,
-        run_id: &str,
+        run: &SettlementRun,
         party: &str,
     ) -> Result<BTreeMap<String, KindTotals>, SettlementError> {
-        let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
-            "SELECT kind, CAST(SUM(debit_minor) AS BIGINT), CAST(SUM(credit_minor) AS BIGINT), \
-             COUNT(*) FROM settlement_run_entries WHERE run_id = $1 AND party = $2 \
-             GROUP BY kind ORDER BY kind",
-        )
-        .bind(run_id)
+        let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {KIND_OF_ENTRY} AS entry_kind, CAST(SUM(e.debit_minor) AS BIGINT), \
+             CAST(SUM(e.credit_minor) AS BIGINT), COUNT(*) {PERIOD_ENTRIES} \
+             AND a.owner = $5 AND {OUTSIDE_BANK} GROUP BY entry_kind ORDER BY entry_kind"
+        )))
+        .bind(&run.currency)
+        .bind(to_unix_micros(run.start))
+        .bind(to_unix_micros(run.cutoff))
+        .bind(SETTLEMENT_TYPE_CODE)
         .bind(party)
         .fetch_all(self.database.pool())
         .await?;

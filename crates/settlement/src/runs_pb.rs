@@ -131,6 +131,7 @@ pub(crate) fn run_to_pb(run: SettlementRun) -> pb::SettlementRun {
         currency: run.currency,
         currency_scale: run.currency_scale,
         cutoff_time: Some(timestamp(run.cutoff)),
+        period_start_time: Some(timestamp(run.start)),
         status: status_to_pb(run.status).into(),
         created_by: run.created_by,
         approved_by: run.approved_by,

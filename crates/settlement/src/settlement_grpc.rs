@@ -694,8 +694,8 @@ impl SettlementService for SettlementGrpc {
         {
             return Err(SettlementError::RunNotFound(id.to_owned()).into());
         }
-        let (lines, next) = self.settlement.statement_lines(id, &party, &page).await?;
-        let totals = self.settlement.statement_totals(id, &party).await?;
+        let (lines, next) = self.settlement.statement_lines(&run, &party, &page).await?;
+        let totals = self.settlement.statement_totals(&run, &party).await?;
         let position = run
             .summary
             .positions

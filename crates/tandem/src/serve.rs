@@ -290,8 +290,8 @@ async fn follow_offboardings(
 const OFFBOARDING_FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Posts the adjustments and settlement runs a crash left half posted, each by its own ledger
-/// keys, and deletes what abandoned partner reports left; a failure is logged, and the next
-/// start (or the ops user asking again) tries again.
+/// keys, deletes what abandoned partner reports left, and takes a ledger checkpoint every hour;
+/// a failure is logged, and the next round (or the ops user asking again) tries again.
 async fn finish_settlement_work(settlement: Settlement, shutdown: CancellationToken) {
     sweep_abandoned_reports(&settlement).await;
     // Looked for every few seconds, not only at start-up: a post interrupted in another process
@@ -301,6 +301,11 @@ async fn finish_settlement_work(settlement: Settlement, shutdown: CancellationTo
             Ok(0) => {}
             Ok(count) => tracing::info!(count, "finished adjustments left half posted"),
             Err(error) => tracing::warn!(%error, "could not finish adjustments left half posted"),
+        }
+        match settlement.checkpoint_if_due(CHECKPOINT_INTERVAL).await {
+            Ok(Some(accounts)) => tracing::info!(accounts, "ledger checkpoint taken"),
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, "could not take a ledger checkpoint"),
         }
         match settlement.resume_settling().await {
             Ok(0) => {}
@@ -318,6 +323,10 @@ async fn finish_settlement_work(settlement: Settlement, shutdown: CancellationTo
 
 /// How often settlement looks for posts a crash interrupted.
 const SETTLEMENT_RECOVERY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How old the newest ledger checkpoint may grow before the next: balances and guards sum at
+/// most about an hour of an account's entries past it.
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
 
 async fn sweep_abandoned_reports(settlement: &Settlement) {
     match settlement.sweep_abandoned_reports().await {
