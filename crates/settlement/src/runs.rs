@@ -195,7 +195,6 @@ const KIND_OF_ENTRY: &str = "CASE WHEN t.kind = 'REVERSAL' THEN 'REVERSAL' \
 /// The entries of a run's period: posted, in its currency, committed in [$2, $3), of a
 /// transaction that does not settle a run ($4).
 const PERIOD_ENTRIES: &str = "FROM ledger_entries e \
-     JOIN ledger_accounts a ON a.account_id = e.account_id \
      JOIN ledger_transactions t ON t.transaction_id = e.transaction_id \
      WHERE e.unit = $1 AND e.phase = 'POSTED' AND e.committed_at_micros >= $2 \
      AND e.committed_at_micros < $3 AND t.type_code <> $4";
@@ -254,24 +253,32 @@ async fn summarize(
     currency: &str,
     (start, cutoff): (i64, i64),
 ) -> Result<(RunSummary, i64), SettlementError> {
+    // The currency's accounts, by id: a few rows, joined here rather than on every entry.
+    let accounts: std::collections::HashMap<String, (String, String)> =
+        sqlx::query_as::<_, (String, String, String)>(
+            "SELECT account_id, owner, purpose FROM ledger_accounts WHERE unit = $1",
+        )
+        .bind(currency)
+        .fetch_all(&mut *connection)
+        .await?
+        .into_iter()
+        .map(|(account, owner, purpose)| (account, (owner, purpose)))
+        .collect();
     let mut summing = Summing::default();
     let mut current: Option<String> = None;
     let mut transaction = PeriodTransaction::default();
     {
-        let mut rows = sqlx::query_as::<_, (String, String, String, String, String, i64, i64)>(
-            sqlx::AssertSqlSafe(format!(
-                "SELECT e.transaction_id, {KIND_OF_ENTRY}, a.owner, a.account_id, a.purpose, \
-                 e.debit_minor, e.credit_minor {PERIOD_ENTRIES} ORDER BY e.transaction_id, e.leg"
-            )),
-        )
-        .bind(currency)
-        .bind(start)
-        .bind(cutoff)
-        .bind(SETTLEMENT_TYPE_CODE)
-        .fetch(&mut *connection);
-        while let Some((transaction_id, kind, party, account, purpose, debit, credit)) =
-            rows.try_next().await?
-        {
+        let mut rows =
+            sqlx::query_as::<_, (String, String, String, i64, i64)>(sqlx::AssertSqlSafe(format!(
+                "SELECT e.transaction_id, {KIND_OF_ENTRY}, e.account_id, e.debit_minor, \
+                 e.credit_minor {PERIOD_ENTRIES} ORDER BY e.transaction_id, e.leg"
+            )))
+            .bind(currency)
+            .bind(start)
+            .bind(cutoff)
+            .bind(SETTLEMENT_TYPE_CODE)
+            .fetch(&mut *connection);
+        while let Some((transaction_id, kind, account, debit, credit)) = rows.try_next().await? {
             if current.as_deref() != Some(transaction_id.as_str()) {
                 summing.add(&transaction);
                 transaction = PeriodTransaction {
@@ -280,8 +287,13 @@ async fn summarize(
                 };
                 current = Some(transaction_id);
             }
+            let (party, purpose) = accounts.get(&account).ok_or_else(|| {
+                SettlementError::Internal(format!("entry on account {account}, not in {currency}"))
+            })?;
             transaction.reaches_bank |= purpose == Purpose::Bank.as_str();
-            transaction.entries.push((party, account, debit, credit));
+            transaction
+                .entries
+                .push((party.clone(), account, debit, credit));
         }
     }
     summing.add(&transaction);
@@ -944,7 +956,8 @@ impl Settlement {
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT e.transaction_id, e.leg, {KIND_OF_ENTRY}, t.external_reference, \
                  e.debit_minor, e.credit_minor, e.committed_at_micros {PERIOD_ENTRIES} \
-                 AND a.owner = $5 AND {OUTSIDE_BANK} AND (e.committed_at_micros > $6 \
+                 AND e.account_id IN (SELECT account_id FROM ledger_accounts WHERE owner = $5) \
+                 AND {OUTSIDE_BANK} AND (e.committed_at_micros > $6 \
                  OR (e.committed_at_micros = $6 AND (e.transaction_id > $7 \
                  OR (e.transaction_id = $7 AND e.leg > $8)))) \
                  ORDER BY e.committed_at_micros, e.transaction_id, e.leg LIMIT $9"
@@ -991,7 +1004,8 @@ impl Settlement {
         let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {KIND_OF_ENTRY} AS entry_kind, CAST(SUM(e.debit_minor) AS BIGINT), \
              CAST(SUM(e.credit_minor) AS BIGINT), COUNT(*) {PERIOD_ENTRIES} \
-             AND a.owner = $5 AND {OUTSIDE_BANK} GROUP BY entry_kind ORDER BY entry_kind"
+             AND e.account_id IN (SELECT account_id FROM ledger_accounts WHERE owner = $5) \
+                 AND {OUTSIDE_BANK} GROUP BY entry_kind ORDER BY entry_kind"
         )))
         .bind(&run.currency)
         .bind(to_unix_micros(run.start))

@@ -118,6 +118,8 @@ enum BenchCommand {
     Convert(crate::bench_exchange::ExchangeBenchArgs),
     /// Activities per second streamed over RecordActivities, beside pgbench.
     Earn(crate::bench_exchange::ExchangeBenchArgs),
+    /// A settlement run over a million (or ten million) entries, beside a bare GROUP BY.
+    Settlement(crate::bench_settlement::SettlementBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -196,6 +198,13 @@ impl Cli {
                 let _telemetry =
                     tandem_telemetry::init("tandem-bench", tandem_telemetry::LogFormat::Human);
                 crate::bench_exchange::run(crate::bench_exchange::Workload::Earn, args).await
+            }
+            Command::Bench {
+                command: BenchCommand::Settlement(args),
+            } => {
+                let _telemetry =
+                    tandem_telemetry::init("tandem-bench", tandem_telemetry::LogFormat::Human);
+                crate::bench_settlement::run(args).await
             }
             Command::Ops(command) => {
                 let settings = Settings::load(&self.common)?;

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_exchange;
+mod bench_settlement;
 mod cli;
 mod coalition;
 mod demo;

@@ -1,0 +1,308 @@
+//! `tandem bench settlement`: a settlement run over a period of a million (or ten million)
+//! ledger entries on PostgreSQL, beside the bare `GROUP BY` over the same entries as the
+//! yardstick, measured in the same run on the same server.
+//!
+//! The entries are loaded by SQL straight into a scratch database that `tandem serve`'s own
+//! migrations made: conversions between partners, each a payer's debit, a payee's credit and the
+//! exchange's fee, committed over the day before the cut-off. Each round creates the run through
+//! the same code `CreateSettlementRun` calls, then cancels it, so the next round closes the same
+//! period again.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use secrecy::SecretString;
+use sqlx::{Connection, Executor};
+use tandem_ledger::{AccountId, Guard, Ledger, LedgerOptions, Owner, Purpose, Unit};
+use tandem_settlement::{NewRun, Settlement, SettlementOptions};
+use tandem_storage::Location;
+
+use crate::bench::ScratchDatabase;
+
+/// What `tandem bench settlement` measures.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SettlementBenchArgs {
+    /// A postgres:// URL of the server to measure; the bench creates and drops its own database there.
+    #[arg(long, env = "TANDEM_BENCH_DATABASE_URL", hide_env_values = true)]
+    pub postgres: String,
+    /// Ledger entries in the period, comma-separated: one measurement each.
+    #[arg(long, default_value = "1000000", value_delimiter = ',')]
+    pub entries: Vec<u64>,
+    /// Partners the conversions run between.
+    #[arg(long, default_value_t = 10)]
+    pub partners: usize,
+    /// Runs (and yardstick queries) per size; the table gives the median.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Leave the scratch database (its name is printed) for a look at the plans afterwards.
+    #[arg(long)]
+    pub keep_database: bool,
+}
+
+/// One size's figures.
+struct Measurement {
+    entries: u64,
+    load: Duration,
+    yardstick: Duration,
+    run: Duration,
+    run_entries: i64,
+    peak_rss_kib: Option<u64>,
+}
+
+/// The bench's ops user: runs are created as this name.
+const BENCH_OPS_USER: &str = "bench-ops";
+
+/// Entries per conversion: the payer's debit, the payee's credit, the exchange's fee.
+const LEGS: u64 = 3;
+
+pub async fn run(args: SettlementBenchArgs) -> anyhow::Result<()> {
+    if !(args.postgres.starts_with("postgres://") || args.postgres.starts_with("postgresql://")) {
+        bail!("--postgres must be a postgres:// URL");
+    }
+    if args.partners < 2 || args.rounds == 0 {
+        bail!("--partners must be at least 2 and --rounds at least 1");
+    }
+    sqlx::any::install_default_drivers();
+    let mut results = Vec::new();
+    for &entries in &args.entries {
+        results.push(measure(&args, entries).await?);
+    }
+    print_table(&results);
+    Ok(())
+}
+
+async fn measure(args: &SettlementBenchArgs, entries: u64) -> anyhow::Result<Measurement> {
+    let scratch = ScratchDatabase::create(&args.postgres, "settlement").await?;
+    let database = tandem_settlement::open_database(&Location::Postgres(SecretString::from(
+        scratch.url.clone(),
+    )))
+    .await?;
+    let ledger = Ledger::new(
+        database.clone(),
+        LedgerOptions::for_backend(database.backend()),
+    );
+    let settlement = Settlement::new(
+        database.clone(),
+        ledger.clone(),
+        SettlementOptions::default(),
+    );
+    let accounts = open_accounts(&ledger, args.partners).await?;
+
+    eprintln!("loading {entries} entries");
+    let cutoff = tandem_domain::now();
+    let started = Instant::now();
+    load_entries(&scratch.url, &accounts, entries / LEGS, cutoff).await?;
+    let load = started.elapsed();
+    eprintln!("loaded in {load:.1?}");
+
+    let mut yardsticks = Vec::new();
+    let mut runs = Vec::new();
+    let mut run_entries = 0;
+    for round in 0..args.rounds {
+        crate::bench::checkpoint(&args.postgres).await;
+        yardsticks.push(yardstick(&scratch.url).await?);
+        crate::bench::checkpoint(&args.postgres).await;
+        let started = Instant::now();
+        let (run, _) = settlement
+            .create_run(
+                BENCH_OPS_USER,
+                NewRun {
+                    idempotency_key: format!("bench-{round}"),
+                    currency: Unit::parse("USD").expect("a valid unit"),
+                    currency_scale: 2,
+                    cutoff,
+                },
+            )
+            .await
+            .context("creating the settlement run")?;
+        runs.push(started.elapsed());
+        run_entries = run.entry_count;
+        eprintln!(
+            "round {}: yardstick {} ms, run {} ms over {} entries",
+            round + 1,
+            yardsticks[round].as_millis(),
+            runs[round].as_millis(),
+            run.entry_count
+        );
+        settlement
+            .cancel_run(
+                BENCH_OPS_USER,
+                &run.run_id,
+                "the bench closes the period again",
+            )
+            .await
+            .context("cancelling the bench's run")?;
+    }
+    database.close().await;
+    if args.keep_database {
+        eprintln!("kept the database: {}", scratch.url);
+    } else {
+        scratch.drop_now().await?;
+    }
+    Ok(Measurement {
+        entries,
+        load,
+        yardstick: median(&mut yardsticks),
+        run: median(&mut runs),
+        run_entries,
+        peak_rss_kib: peak_rss_kib(),
+    })
+}
+
+/// The partners' settlement accounts, then the exchange's fee account, in USD.
+async fn open_accounts(ledger: &Ledger, partners: usize) -> anyhow::Result<Vec<AccountId>> {
+    let usd = Unit::parse("USD").expect("a valid unit");
+    let mut accounts = Vec::with_capacity(partners + 1);
+    for index in 0..partners {
+        // Distinct owners make distinct accounts; bench owners are made-up partner ids.
+        let owner = Owner::Partner(
+            format!("00000000-0000-7000-8000-{index:012}")
+                .parse()
+                .expect("a valid id"),
+        );
+        let account = ledger
+            .open_account(owner, Purpose::Settlement, &usd, 2, Guard::None)
+            .await?;
+        accounts.push(account.id);
+    }
+    let fees = ledger
+        .open_account(Owner::Exchange, Purpose::Fees, &usd, 2, Guard::None)
+        .await?;
+    accounts.push(fees.id);
+    Ok(accounts)
+}
+
+/// Conversion `g`'s transaction id, shaped as the UUIDv7 the ledger gives: its commit time's
+/// milliseconds first, so ids follow commit order as they do in a real ledger.
+const TRANSACTION_ID: &str = "(SELECT substr(h, 1, 8) || '-' || substr(h, 9, 4) || '-7' \
+     || lpad(to_hex(g % 4096), 3, '0') || '-8' || lpad(to_hex((g / 4096) % 4096), 3, '0') || '-' \
+     || lpad(to_hex(g), 12, '0') \
+     FROM (SELECT lpad(to_hex(($1 - ($2 - g) * $3 / $2) / 1000), 12, '0') AS h) AS millis)";
+
+/// `conversions` conversions of 1.00 to 100.99 USD, each with a 1% fee, between the partners
+/// (the last account is the exchange's fees), committed over the day before `cutoff`.
+async fn load_entries(
+    url: &str,
+    accounts: &[AccountId],
+    conversions: u64,
+    cutoff: tandem_domain::Timestamp,
+) -> anyhow::Result<()> {
+    let mut connection = settlement_connection(url).await?;
+    let partners = (accounts.len() - 1) as i64;
+    let ids: Vec<String> = accounts.iter().map(ToString::to_string).collect();
+    let end = tandem_domain::to_unix_micros(cutoff) - 1;
+    let day = 86_400_000_000_i64;
+    let conversions = conversions as i64;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO ledger_transactions (transaction_id, idempotency_key, content, kind, \
+         type_code, external_reference, effective_at_micros, committed_at_micros, metadata) \
+         SELECT {TRANSACTION_ID}, 'bench-' || g, 'sha256:bench', 'POSTED', \
+         'CONVERSION', 'conversion-' || g, $1 - ($2 - g) * $3 / $2, $1 - ($2 - g) * $3 / $2, '{{}}' \
+         FROM generate_series(1, $2) AS g"
+    )))
+    .bind(end)
+    .bind(conversions)
+    .bind(day)
+    .execute(&mut connection)
+    .await
+    .context("loading transactions")?;
+    // Leg 0: the payer's debit; leg 1: the payee's credit (another partner); leg 2: the fee.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO ledger_entries (transaction_id, leg, account_id, unit, debit_minor, \
+         credit_minor, phase, committed_at_micros) \
+         SELECT {TRANSACTION_ID}, leg, \
+         CASE leg WHEN 0 THEN $4[(1 + g % $5)::int] \
+                  WHEN 1 THEN $4[(1 + (g + 1 + (g / $5) % ($5 - 1)) % $5)::int] \
+                  ELSE $4[($5 + 1)::int] END, \
+         'USD', CASE leg WHEN 0 THEN 100 + g % 10000 ELSE 0 END, \
+         CASE leg WHEN 0 THEN 0 WHEN 1 THEN 100 + g % 10000 - (100 + g % 10000) / 100 \
+                  ELSE (100 + g % 10000) / 100 END, \
+         'POSTED', $1 - ($2 - g) * $3 / $2 \
+         FROM generate_series(1, $2) AS g CROSS JOIN generate_series(0, 2) AS leg"
+    )))
+    .bind(end)
+    .bind(conversions)
+    .bind(day)
+    .bind(&ids)
+    .bind(partners)
+    .execute(&mut connection)
+    .await
+    .context("loading entries")?;
+    connection.execute("ANALYZE").await?;
+    connection.close().await?;
+    Ok(())
+}
+
+/// A connection to the scratch database's settlement schema, where `tandem serve` keeps the
+/// ledger.
+async fn settlement_connection(url: &str) -> anyhow::Result<sqlx::PgConnection> {
+    let mut connection = sqlx::PgConnection::connect(url).await?;
+    connection.execute("SET search_path TO settlement").await?;
+    Ok(connection)
+}
+
+/// The yardstick: every account's net over the same table, the least a run could read.
+async fn yardstick(url: &str) -> anyhow::Result<Duration> {
+    let mut connection = settlement_connection(url).await?;
+    let started = Instant::now();
+    let rows = sqlx::query(
+        "SELECT account_id, SUM(credit_minor - debit_minor) FROM ledger_entries \
+         GROUP BY account_id",
+    )
+    .fetch_all(&mut connection)
+    .await?;
+    let elapsed = started.elapsed();
+    anyhow::ensure!(!rows.is_empty(), "the yardstick read no entries");
+    connection.close().await?;
+    Ok(elapsed)
+}
+
+fn median(durations: &mut [Duration]) -> Duration {
+    durations.sort();
+    durations[durations.len() / 2]
+}
+
+/// This process's peak resident memory (VmHWM), where the system reports it.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn print_table(results: &[Measurement]) {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+        "entries",
+        "load",
+        "GROUP BY (yardstick)",
+        "settlement run",
+        "run ÷ yardstick",
+        "entries in the run",
+        "bench peak RSS",
+    ]);
+    for result in results {
+        table.add_row(vec![
+            result.entries.to_string(),
+            format!("{:.1?}", result.load),
+            format!("{} ms", result.yardstick.as_millis()),
+            format!("{} ms", result.run.as_millis()),
+            format!(
+                "{:.2}×",
+                result.run.as_secs_f64() / result.yardstick.as_secs_f64()
+            ),
+            result.run_entries.to_string(),
+            result
+                .peak_rss_kib
+                .map_or_else(|| "n/a".to_owned(), |kib| format!("{} MiB", kib / 1024)),
+        ]);
+    }
+    println!("{table}");
+    println!(
+        "Medians of each size's rounds. The run is CreateSettlementRun's own code, in this \
+         process; the yardstick is SELECT account_id, SUM(credit_minor - debit_minor) FROM \
+         ledger_entries GROUP BY account_id over the same table."
+    );
+}
