@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use futures::TryStreamExt;
 use tandem_domain::{PartnerId, Timestamp, from_unix_micros, to_unix_micros};
-use tandem_storage::{PageCursor, PageRequest};
+use tandem_storage::{ColumnType, JsonRows, PageCursor, PageRequest};
 
 use crate::{
     Settlement, SettlementError,
@@ -122,20 +122,23 @@ pub struct Discrepancy {
     pub resolution_reason: String,
 }
 
-/// Tandem's records of partner `$1` committed in `[$2, $3)`, one per reference and kind.
+/// Tandem's records of partner `$1` committed in `[$2, $3)`, one per reference and kind. The
+/// partner's accounts are looked up by subquery, not joined on every entry.
 const OURS: &str = "ours AS (\
      SELECT t.external_reference AS reference, \
      CASE WHEN t.kind = 'REVERSAL' THEN 'REVERSAL' WHEN t.type_code = '' THEN t.kind \
      ELSE t.type_code END AS kind, \
-     CAST(SUM(CASE WHEN a.purpose = 'PROGRAM_CLEARING' THEN e.credit_minor - e.debit_minor \
+     CAST(SUM(CASE WHEN e.account_id IN (SELECT account_id FROM ledger_accounts \
+     WHERE owner = $1 AND purpose = 'PROGRAM_CLEARING') THEN e.credit_minor - e.debit_minor \
      ELSE 0 END) AS BIGINT) AS points, \
-     CAST(SUM(CASE WHEN a.purpose = 'SETTLEMENT' THEN e.credit_minor - e.debit_minor \
+     CAST(SUM(CASE WHEN e.account_id IN (SELECT account_id FROM ledger_accounts \
+     WHERE owner = $1 AND purpose = 'SETTLEMENT') THEN e.credit_minor - e.debit_minor \
      ELSE 0 END) AS BIGINT) AS money, \
      MIN(e.committed_at_micros) AS at_micros \
      FROM ledger_entries e \
-     JOIN ledger_accounts a ON a.account_id = e.account_id \
      JOIN ledger_transactions t ON t.transaction_id = e.transaction_id \
-     WHERE a.owner = $1 AND e.phase = 'POSTED' AND e.committed_at_micros >= $2 \
+     WHERE e.account_id IN (SELECT account_id FROM ledger_accounts WHERE owner = $1) \
+     AND e.phase = 'POSTED' AND e.committed_at_micros >= $2 \
      AND e.committed_at_micros < $3 AND t.type_code <> 'SETTLEMENT' \
      GROUP BY t.external_reference, \
      CASE WHEN t.kind = 'REVERSAL' THEN 'REVERSAL' WHEN t.type_code = '' THEN t.kind \
@@ -159,6 +162,74 @@ type Compared = (
     Option<i64>,
     Option<i64>,
 );
+
+/// A partner record as staged, in the columns of `settlement_partner_records`.
+#[derive(serde::Serialize)]
+struct StagedRecord<'a> {
+    reconciliation_id: &'a str,
+    line: i64,
+    partner_record_id: &'a str,
+    reference: &'a str,
+    kind: &'a str,
+    points: i64,
+    money_minor: Option<i64>,
+    at_micros: i64,
+}
+
+static STAGED_RECORDS: JsonRows = JsonRows::new(&[
+    ("reconciliation_id", ColumnType::Text),
+    ("line", ColumnType::BigInt),
+    ("partner_record_id", ColumnType::Text),
+    ("reference", ColumnType::Text),
+    ("kind", ColumnType::Text),
+    ("points", ColumnType::BigInt),
+    ("money_minor", ColumnType::BigInt),
+    ("at_micros", ColumnType::BigInt),
+]);
+
+/// One row of the comparison: the partner record's line (none for a record of Tandem's the
+/// partner did not send), then the rest as [`Compared`] has it.
+type Side = (
+    Option<i64>,
+    String,
+    String,
+    String,
+    i64,
+    Option<i64>,
+    i64,
+    i64,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+);
+
+fn split_side(side: Side) -> (Option<i64>, Compared) {
+    let (line, id, reference, kind, points, money, at, nth, ours, our_points, our_money, our_at) =
+        side;
+    (
+        line,
+        (
+            line.unwrap_or(0),
+            id,
+            reference,
+            kind,
+            points,
+            money,
+            at,
+            nth,
+            ours,
+            our_points,
+            our_money,
+            our_at,
+        ),
+    )
+}
+
+/// The memory a comparison's hashes and sorts may take on PostgreSQL, per operation: a period
+/// of a million records each side sorts and hashes in memory (measured with `tandem bench
+/// reconcile`; the server default, 4 MB, sends them to disk).
+const COMPARISON_MEMORY: &str = "SET LOCAL work_mem = '256MB'";
 
 /// Most discrepancies written in one statement.
 const DISCREPANCIES_PER_BATCH: usize = 200;
@@ -245,7 +316,8 @@ impl Settlement {
         uuid::Uuid::now_v7().to_string()
     }
 
-    /// Stages records of report `id`, each with the line it came on.
+    /// Stages records of report `id`, each with the line it came on: one statement with one
+    /// parameter, the batch as JSON rows.
     pub async fn stage_records(
         &self,
         id: &str,
@@ -254,40 +326,29 @@ impl Settlement {
         if records.is_empty() {
             return Ok(());
         }
-        let rows: Vec<String> = (0..records.len())
-            .map(|index| {
-                let first = index * 8 + 1;
-                format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    first,
-                    first + 1,
-                    first + 2,
-                    first + 3,
-                    first + 4,
-                    first + 5,
-                    first + 6,
-                    first + 7
-                )
+        let rows: Vec<StagedRecord<'_>> = records
+            .iter()
+            .map(|(line, record)| StagedRecord {
+                reconciliation_id: id,
+                line: *line,
+                partner_record_id: &record.partner_record_id,
+                reference: &record.reference,
+                kind: &record.kind,
+                points: record.points,
+                money_minor: record.money_minor,
+                at_micros: to_unix_micros(record.at),
             })
             .collect();
         let sql = format!(
-            "INSERT INTO settlement_partner_records (reconciliation_id, line, partner_record_id, \
-             reference, kind, points, money_minor, at_micros) VALUES {}",
-            rows.join(", ")
+            "INSERT INTO settlement_partner_records ({}) SELECT {} FROM {}",
+            STAGED_RECORDS.names(),
+            STAGED_RECORDS.columns("staged"),
+            STAGED_RECORDS.source(self.database.backend(), 1, "staged")
         );
-        let mut statement = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (line, record) in records {
-            statement = statement
-                .bind(id)
-                .bind(*line)
-                .bind(&record.partner_record_id)
-                .bind(&record.reference)
-                .bind(&record.kind)
-                .bind(record.points)
-                .bind(record.money_minor)
-                .bind(to_unix_micros(record.at));
-        }
-        statement.execute(self.database.pool()).await?;
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(STAGED_RECORDS.to_json(&rows))
+            .execute(self.database.pool())
+            .await?;
         Ok(())
     }
 
@@ -380,116 +441,71 @@ impl Settlement {
     }
 
     /// Counts per class (writing the discrepancies unless a dry run), and Tandem's record count.
+    /// Both sides are read in one statement, so in one snapshot of the ledger: each partner
+    /// record beside Tandem's of the same reference and kind, in the order they came, then
+    /// Tandem's records the partner did not send.
     async fn compare(
         &self,
         id: &str,
         header: &ReportHeader,
     ) -> Result<(BTreeMap<DiscrepancyClass, i64>, i64), SettlementError> {
-        let partner = header.partner.to_string();
-        let period = (to_unix_micros(header.start), to_unix_micros(header.end));
         let mut found = Found {
             counts: BTreeMap::new(),
             batch: Vec::with_capacity(DISCREPANCIES_PER_BATCH),
             store: !header.dry_run,
         };
-        self.compare_theirs(id, header, &partner, period, &mut found)
-            .await?;
-        self.find_missing_theirs(id, &partner, period, &mut found)
-            .await?;
-        self.write_discrepancies(&found.batch).await?;
-        let ours: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "WITH {OURS} SELECT COUNT(*) FROM ours"
-        )))
-        .bind(&partner)
-        .bind(period.0)
-        .bind(period.1)
-        .fetch_one(self.database.pool())
-        .await?;
-        Ok((found.counts, ours))
-    }
-
-    /// Each of the partner's records beside Tandem's of the same reference and kind.
-    async fn compare_theirs(
-        &self,
-        id: &str,
-        header: &ReportHeader,
-        partner: &str,
-        (start, end): (i64, i64),
-        found: &mut Found,
-    ) -> Result<(), SettlementError> {
-        let theirs = format!(
+        let both = format!(
             "WITH {OURS}, theirs AS (SELECT r.*, ROW_NUMBER() OVER (PARTITION BY r.reference, \
              r.kind ORDER BY r.line) AS nth FROM settlement_partner_records r \
              WHERE r.reconciliation_id = $4) \
-             SELECT theirs.line, theirs.partner_record_id, theirs.reference, theirs.kind, \
-             theirs.points, theirs.money_minor, theirs.at_micros, CAST(theirs.nth AS BIGINT), \
+             SELECT theirs.line, COALESCE(theirs.partner_record_id, ''), \
+             COALESCE(theirs.reference, ours.reference), COALESCE(theirs.kind, ours.kind), \
+             COALESCE(theirs.points, 0), theirs.money_minor, COALESCE(theirs.at_micros, 0), \
+             CAST(COALESCE(theirs.nth, 1) AS BIGINT), \
              CASE WHEN ours.reference IS NULL THEN 0 ELSE 1 END, ours.points, ours.money, \
              ours.at_micros \
-             FROM theirs LEFT JOIN ours ON ours.reference = theirs.reference \
-             AND ours.kind = theirs.kind ORDER BY theirs.line"
+             FROM theirs FULL JOIN ours ON ours.reference = theirs.reference \
+             AND ours.kind = theirs.kind \
+             ORDER BY CASE WHEN theirs.line IS NULL THEN 1 ELSE 0 END, theirs.line, \
+             ours.reference, ours.kind"
         );
-        let mut rows = sqlx::query_as::<_, Compared>(sqlx::AssertSqlSafe(theirs))
-            .bind(partner)
-            .bind(start)
-            .bind(end)
-            .bind(id)
-            .fetch(self.database.pool());
-        while let Some(compared) = rows.try_next().await? {
-            let class = classify(header, &compared);
-            if let Some(full) = found.add(class, || discrepancy_of(id, class, compared)) {
-                self.write_discrepancies(&full).await?;
-            }
+        let mut ours_count = 0;
+        // A read-only transaction of its own, so that PostgreSQL may give this one statement the
+        // memory to hash and sort a period's records without spilling them to disk.
+        let mut reading = self.database.pool().begin().await?;
+        if self.database.backend() == tandem_storage::Backend::Postgres {
+            sqlx::query(COMPARISON_MEMORY)
+                .execute(&mut *reading)
+                .await?;
         }
-        Ok(())
-    }
-
-    /// Tandem's records the partner did not send.
-    async fn find_missing_theirs(
-        &self,
-        id: &str,
-        partner: &str,
-        (start, end): (i64, i64),
-        found: &mut Found,
-    ) -> Result<(), SettlementError> {
-        let missing = format!(
-            "WITH {OURS} SELECT ours.reference, ours.kind, ours.points, ours.money, \
-             ours.at_micros FROM ours WHERE NOT EXISTS (SELECT 1 FROM \
-             settlement_partner_records r WHERE r.reconciliation_id = $4 \
-             AND r.reference = ours.reference AND r.kind = ours.kind) ORDER BY ours.reference"
-        );
-        let mut rows =
-            sqlx::query_as::<_, (String, String, i64, i64, i64)>(sqlx::AssertSqlSafe(missing))
-                .bind(partner)
-                .bind(start)
-                .bind(end)
-                .bind(id)
-                .fetch(self.database.pool());
-        while let Some((reference, kind, points, money, at)) = rows.try_next().await? {
-            let class = DiscrepancyClass::MissingTheirs;
+        let mut rows = sqlx::query_as::<_, Side>(sqlx::AssertSqlSafe(both))
+            .bind(header.partner.to_string())
+            .bind(to_unix_micros(header.start))
+            .bind(to_unix_micros(header.end))
+            .bind(id)
+            .fetch(&mut *reading);
+        while let Some((line, rest)) = rows.try_next().await?.map(split_side) {
+            let (_, _, _, _, _, _, _, nth, ours, ..) = &rest;
+            ours_count += i64::from(*ours == 1 && *nth == 1);
+            let class = match line {
+                Some(_) => classify(header, &rest),
+                None => DiscrepancyClass::MissingTheirs,
+            };
             let discrepancy = || {
-                let compared: Compared = (
-                    0,
-                    String::new(),
-                    reference,
-                    kind,
-                    0,
-                    None,
-                    0,
-                    1,
-                    1,
-                    Some(points),
-                    Some(money),
-                    Some(at),
-                );
-                let mut discrepancy = discrepancy_of(id, class, compared);
-                discrepancy.their_at_micros = None;
+                let mut discrepancy = discrepancy_of(id, class, rest);
+                if line.is_none() {
+                    discrepancy.their_at_micros = None;
+                }
                 discrepancy
             };
             if let Some(full) = found.add(class, discrepancy) {
                 self.write_discrepancies(&full).await?;
             }
         }
-        Ok(())
+        drop(rows);
+        reading.commit().await?;
+        self.write_discrepancies(&found.batch).await?;
+        Ok((found.counts, ours_count))
     }
 
     async fn write_discrepancies(&self, batch: &[Discrepancy]) -> Result<(), SettlementError> {

@@ -306,3 +306,249 @@ fn print_table(results: &[Measurement]) {
          ledger_entries GROUP BY account_id over the same table."
     );
 }
+
+/// What `tandem bench reconcile` measures.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReconcileBenchArgs {
+    /// A postgres:// URL of the server to measure; the bench creates and drops its own database there.
+    #[arg(long, env = "TANDEM_BENCH_DATABASE_URL", hide_env_values = true)]
+    pub postgres: String,
+    /// Partner records (and as many of Tandem's), comma-separated, smallest first: one
+    /// measurement each, with this process's peak memory after each.
+    #[arg(long, default_value = "100000,1000000", value_delimiter = ',')]
+    pub records: Vec<u64>,
+    /// Leave the scratch databases (their names are printed) for a look at the plans afterwards.
+    #[arg(long)]
+    pub keep_database: bool,
+}
+
+/// One size's figures.
+struct Reconciled {
+    records: u64,
+    staged: Duration,
+    compared: Duration,
+    matched: i64,
+    peak_rss_kib: Option<u64>,
+}
+
+/// Records staged in one statement, as `SubmitPartnerReport` stages them.
+const RECORDS_PER_BATCH: u64 = 500;
+
+pub async fn reconcile(args: ReconcileBenchArgs) -> anyhow::Result<()> {
+    if !(args.postgres.starts_with("postgres://") || args.postgres.starts_with("postgresql://")) {
+        bail!("--postgres must be a postgres:// URL");
+    }
+    sqlx::any::install_default_drivers();
+    let mut results = Vec::new();
+    for &records in &args.records {
+        results.push(measure_reconciliation(&args, records).await?);
+    }
+    print_reconciliations(&results);
+    Ok(())
+}
+
+/// A partner's `records` conversions in Tandem's ledger, then the partner's own record of each,
+/// staged in batches and compared: every one matches.
+async fn measure_reconciliation(
+    args: &ReconcileBenchArgs,
+    records: u64,
+) -> anyhow::Result<Reconciled> {
+    let admin_url = args.postgres.as_str();
+    let scratch = ScratchDatabase::create(admin_url, "reconcile").await?;
+    let database = tandem_settlement::open_database(&Location::Postgres(SecretString::from(
+        scratch.url.clone(),
+    )))
+    .await?;
+    let ledger = Ledger::new(
+        database.clone(),
+        LedgerOptions::for_backend(database.backend()),
+    );
+    let settlement = Settlement::new(
+        database.clone(),
+        ledger.clone(),
+        SettlementOptions::default(),
+    );
+    let partner: tandem_domain::PartnerId = "00000000-0000-7000-8000-000000000001"
+        .parse()
+        .expect("a valid id");
+    let points = Unit::parse("BENCH_PTS").expect("a valid unit");
+    let usd = Unit::parse("USD").expect("a valid unit");
+    let clearing = ledger
+        .open_account(
+            Owner::Partner(partner),
+            Purpose::ProgramClearing,
+            &points,
+            0,
+            Guard::None,
+        )
+        .await?;
+    let settlement_account = ledger
+        .open_account(
+            Owner::Partner(partner),
+            Purpose::Settlement,
+            &usd,
+            2,
+            Guard::None,
+        )
+        .await?;
+    let end = tandem_domain::now();
+    let start = end - chrono::Duration::days(1);
+    eprintln!("loading {records} of Tandem's records");
+    load_partner_conversions(
+        &scratch.url,
+        (clearing.id, settlement_account.id),
+        records,
+        end,
+    )
+    .await?;
+
+    crate::bench::checkpoint(admin_url).await;
+    let id = settlement.new_report_id();
+    let started = Instant::now();
+    let mut batch = Vec::with_capacity(RECORDS_PER_BATCH as usize);
+    for g in 1..=records {
+        batch.push((g as i64, partner_record(g, records, end)));
+        if batch.len() as u64 == RECORDS_PER_BATCH {
+            settlement.stage_records(&id, &batch).await?;
+            batch.clear();
+        }
+    }
+    settlement.stage_records(&id, &batch).await?;
+    let staged = started.elapsed();
+    let started = Instant::now();
+    let header = tandem_settlement::ReportHeader {
+        partner,
+        start,
+        end,
+        dry_run: false,
+        amount_tolerance_minor: 0,
+        time_tolerance_seconds: 300,
+    };
+    let reconciliation = settlement
+        .reconcile(BENCH_OPS_USER, &id, &header, records as i64)
+        .await?;
+    let compared = started.elapsed();
+    let matched = reconciliation.counts.get("MATCHED").copied().unwrap_or(0);
+    eprintln!(
+        "{records} records: staged in {} ms, compared in {} ms, {matched} matched",
+        staged.as_millis(),
+        compared.as_millis()
+    );
+    database.close().await;
+    if args.keep_database {
+        eprintln!("kept the database: {}", scratch.url);
+    } else {
+        scratch.drop_now().await?;
+    }
+    Ok(Reconciled {
+        records,
+        staged,
+        compared,
+        matched,
+        peak_rss_kib: peak_rss_kib(),
+    })
+}
+
+/// Conversion `g` of `records`: its points, money and commit time, the same on both sides.
+fn conversion(g: u64, records: u64, end: tandem_domain::Timestamp) -> (i64, i64, i64) {
+    let day = 86_400_000_000_i64;
+    let at = tandem_domain::to_unix_micros(end) - 1 - (records - g) as i64 * day / records as i64;
+    (1_000 + (g % 5_000) as i64, 100 + (g % 10_000) as i64, at)
+}
+
+/// The partner's record of conversion `g`: points into its program, money it is owed less.
+fn partner_record(
+    g: u64,
+    records: u64,
+    end: tandem_domain::Timestamp,
+) -> tandem_settlement::PartnerRecord {
+    let (points, money, at) = conversion(g, records, end);
+    tandem_settlement::PartnerRecord {
+        partner_record_id: format!("partner-{g}"),
+        reference: format!("conversion-{g}"),
+        kind: "CONVERSION".to_owned(),
+        points,
+        money_minor: Some(-money),
+        at: tandem_domain::from_unix_micros(at),
+    }
+}
+
+/// Tandem's side of `records` conversions into the partner's program, loaded by SQL: each
+/// credits its program clearing account the points and debits its settlement account the money
+/// (the other legs, on other parties' accounts, do not enter its reconciliation).
+async fn load_partner_conversions(
+    url: &str,
+    (clearing, settlement): (AccountId, AccountId),
+    records: u64,
+    end: tandem_domain::Timestamp,
+) -> anyhow::Result<()> {
+    let mut connection = settlement_connection(url).await?;
+    let end = tandem_domain::to_unix_micros(end) - 1;
+    let day = 86_400_000_000_i64;
+    let records = records as i64;
+    // The same formulas as `conversion`: $1 the period's last microsecond, $2 the count, $3 a day.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO ledger_transactions (transaction_id, idempotency_key, content, kind, \
+         type_code, external_reference, effective_at_micros, committed_at_micros, metadata) \
+         SELECT {TRANSACTION_ID}, 'bench-' || g, 'sha256:bench', 'POSTED', 'CONVERSION', \
+         'conversion-' || g, $1 - ($2 - g) * $3 / $2, $1 - ($2 - g) * $3 / $2, '{{}}' \
+         FROM generate_series(1, $2) AS g"
+    )))
+    .bind(end)
+    .bind(records)
+    .bind(day)
+    .execute(&mut connection)
+    .await
+    .context("loading transactions")?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO ledger_entries (transaction_id, leg, account_id, unit, debit_minor, \
+         credit_minor, phase, committed_at_micros) \
+         SELECT {TRANSACTION_ID}, leg, CASE leg WHEN 0 THEN $4 ELSE $5 END, \
+         CASE leg WHEN 0 THEN 'BENCH_PTS' ELSE 'USD' END, \
+         CASE leg WHEN 0 THEN 0 ELSE 100 + g % 10000 END, \
+         CASE leg WHEN 0 THEN 1000 + g % 5000 ELSE 0 END, \
+         'POSTED', $1 - ($2 - g) * $3 / $2 \
+         FROM generate_series(1, $2) AS g CROSS JOIN generate_series(0, 1) AS leg"
+    )))
+    .bind(end)
+    .bind(records)
+    .bind(day)
+    .bind(clearing.to_string())
+    .bind(settlement.to_string())
+    .execute(&mut connection)
+    .await
+    .context("loading entries")?;
+    connection.execute("ANALYZE").await?;
+    connection.close().await?;
+    Ok(())
+}
+
+fn print_reconciliations(results: &[Reconciled]) {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
+        "records (each side)",
+        "staging the partner's",
+        "comparing",
+        "total",
+        "matched",
+        "bench peak RSS after",
+    ]);
+    for result in results {
+        table.add_row(vec![
+            result.records.to_string(),
+            format!("{} ms", result.staged.as_millis()),
+            format!("{} ms", result.compared.as_millis()),
+            format!("{} ms", (result.staged + result.compared).as_millis()),
+            result.matched.to_string(),
+            result
+                .peak_rss_kib
+                .map_or_else(|| "n/a".to_owned(), |kib| format!("{} MiB", kib / 1024)),
+        ]);
+    }
+    println!("{table}");
+    println!(
+        "Staging and comparing are SubmitPartnerReport's own code (records staged {RECORDS_PER_BATCH} \
+         at a time), in this process, without the gRPC stream; peak memory is this process's \
+         high-water mark after each size, smallest size first."
+    );
+}

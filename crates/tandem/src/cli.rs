@@ -120,6 +120,8 @@ enum BenchCommand {
     Earn(crate::bench_exchange::ExchangeBenchArgs),
     /// A settlement run over a million (or ten million) entries, beside a bare GROUP BY.
     Settlement(crate::bench_settlement::SettlementBenchArgs),
+    /// A reconciliation of a partner's records against as many of Tandem's, with peak memory.
+    Reconcile(crate::bench_settlement::ReconcileBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -205,6 +207,13 @@ impl Cli {
                 let _telemetry =
                     tandem_telemetry::init("tandem-bench", tandem_telemetry::LogFormat::Human);
                 crate::bench_settlement::run(args).await
+            }
+            Command::Bench {
+                command: BenchCommand::Reconcile(args),
+            } => {
+                let _telemetry =
+                    tandem_telemetry::init("tandem-bench", tandem_telemetry::LogFormat::Human);
+                crate::bench_settlement::reconcile(args).await
             }
             Command::Ops(command) => {
                 let settings = Settings::load(&self.common)?;
