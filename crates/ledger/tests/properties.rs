@@ -46,18 +46,21 @@ fn operation() -> impl Strategy<Value = Operation> {
     ]
 }
 
+/// Each account's posted (debits, credits).
+type PostedTotals = HashMap<AccountId, (i64, i64)>;
+
 struct World {
     ledger: Ledger,
     accounts: Vec<(AccountId, Unit)>,
     /// What the posted totals must be, kept independently of the ledger: (debits, credits).
-    expected: HashMap<AccountId, (i64, i64)>,
+    expected: PostedTotals,
     keys: Vec<(String, NewTransaction)>,
     pendings: Vec<(TransactionId, Vec<Leg>)>,
     posted: Vec<(TransactionId, Vec<Leg>)>,
     counter: usize,
     /// The model's posted totals after each step, with a time after that step's commits and
     /// before the next step's: what a balance as of that time must read.
-    history: Vec<(tandem_domain::Timestamp, HashMap<AccountId, (i64, i64)>)>,
+    history: Vec<(tandem_domain::Timestamp, PostedTotals)>,
 }
 
 async fn world(database: &TestDatabase) -> World {

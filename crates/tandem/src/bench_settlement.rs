@@ -53,6 +53,9 @@ struct Measurement {
 /// The bench's ops user: runs are created as this name.
 const BENCH_OPS_USER: &str = "bench-ops";
 
+/// The length of the period the benches load, in microseconds.
+const DAY_MICROS: i64 = 86_400_000_000;
+
 /// Entries per conversion: the payer's debit, the payee's credit, the exchange's fee.
 const LEGS: u64 = 3;
 
@@ -192,21 +195,9 @@ async fn load_entries(
     let partners = (accounts.len() - 1) as i64;
     let ids: Vec<String> = accounts.iter().map(ToString::to_string).collect();
     let end = tandem_domain::to_unix_micros(cutoff) - 1;
-    let day = 86_400_000_000_i64;
+    let day = DAY_MICROS;
     let conversions = conversions as i64;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO ledger_transactions (transaction_id, idempotency_key, content, kind, \
-         type_code, external_reference, effective_at_micros, committed_at_micros, metadata) \
-         SELECT {TRANSACTION_ID}, 'bench-' || g, 'sha256:bench', 'POSTED', \
-         'CONVERSION', 'conversion-' || g, $1 - ($2 - g) * $3 / $2, $1 - ($2 - g) * $3 / $2, '{{}}' \
-         FROM generate_series(1, $2) AS g"
-    )))
-    .bind(end)
-    .bind(conversions)
-    .bind(day)
-    .execute(&mut connection)
-    .await
-    .context("loading transactions")?;
+    load_transactions(&mut connection, end, conversions).await?;
     // Leg 0: the payer's debit; leg 1: the payee's credit (another partner); leg 2: the fee.
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO ledger_entries (transaction_id, leg, account_id, unit, debit_minor, \
@@ -240,6 +231,29 @@ async fn settlement_connection(url: &str) -> anyhow::Result<sqlx::PgConnection> 
     let mut connection = sqlx::PgConnection::connect(url).await?;
     connection.execute("SET search_path TO settlement").await?;
     Ok(connection)
+}
+
+/// `count` conversion transactions, committed evenly over the day up to `end` (micros): $1 the
+/// period's last microsecond, $2 the count, $3 a day, as the entries' statements read them too.
+async fn load_transactions(
+    connection: &mut sqlx::PgConnection,
+    end: i64,
+    count: i64,
+) -> anyhow::Result<()> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO ledger_transactions (transaction_id, idempotency_key, content, kind, \
+         type_code, external_reference, effective_at_micros, committed_at_micros, metadata) \
+         SELECT {TRANSACTION_ID}, 'bench-' || g, 'sha256:bench', 'POSTED', \
+         'CONVERSION', 'conversion-' || g, $1 - ($2 - g) * $3 / $2, $1 - ($2 - g) * $3 / $2, '{{}}' \
+         FROM generate_series(1, $2) AS g"
+    )))
+    .bind(end)
+    .bind(count)
+    .bind(DAY_MICROS)
+    .execute(connection)
+    .await
+    .context("loading transactions")?;
+    Ok(())
 }
 
 /// The yardstick: every account's net over the same table, the least a run could read.
@@ -451,7 +465,7 @@ async fn measure_reconciliation(
 
 /// Conversion `g` of `records`: its points, money and commit time, the same on both sides.
 fn conversion(g: u64, records: u64, end: tandem_domain::Timestamp) -> (i64, i64, i64) {
-    let day = 86_400_000_000_i64;
+    let day = DAY_MICROS;
     let at = tandem_domain::to_unix_micros(end) - 1 - (records - g) as i64 * day / records as i64;
     (1_000 + (g % 5_000) as i64, 100 + (g % 10_000) as i64, at)
 }
@@ -484,22 +498,10 @@ async fn load_partner_conversions(
 ) -> anyhow::Result<()> {
     let mut connection = settlement_connection(url).await?;
     let end = tandem_domain::to_unix_micros(end) - 1;
-    let day = 86_400_000_000_i64;
+    let day = DAY_MICROS;
     let records = records as i64;
     // The same formulas as `conversion`: $1 the period's last microsecond, $2 the count, $3 a day.
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO ledger_transactions (transaction_id, idempotency_key, content, kind, \
-         type_code, external_reference, effective_at_micros, committed_at_micros, metadata) \
-         SELECT {TRANSACTION_ID}, 'bench-' || g, 'sha256:bench', 'POSTED', 'CONVERSION', \
-         'conversion-' || g, $1 - ($2 - g) * $3 / $2, $1 - ($2 - g) * $3 / $2, '{{}}' \
-         FROM generate_series(1, $2) AS g"
-    )))
-    .bind(end)
-    .bind(records)
-    .bind(day)
-    .execute(&mut connection)
-    .await
-    .context("loading transactions")?;
+    load_transactions(&mut connection, end, records).await?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO ledger_entries (transaction_id, leg, account_id, unit, debit_minor, \
          credit_minor, phase, committed_at_micros) \
