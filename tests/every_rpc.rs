@@ -222,6 +222,9 @@ async fn call(
     .map(drop)
 }
 
+/// Tables the server writes by itself, whatever the requests.
+const BACKGROUND_TABLES: [&str; 2] = ["ledger_commit_seal", "ledger_checkpoints"];
+
 /// What every table of every service holds, row by row: what a refused request must leave as it
 /// found it, whether it would insert a row or change one in place.
 struct Contents {
@@ -264,7 +267,12 @@ impl Contents {
             .fetch_all(database.pool())
             .await
             .expect("list the tables");
-            for table in tables {
+            // Kept by the server on its own schedule, not by any request: the ledger's commit
+            // seal and balance checkpoints (taken every hour, or at once when there is none).
+            for table in tables
+                .into_iter()
+                .filter(|table| !BACKGROUND_TABLES.contains(&table.as_str()))
+            {
                 let query = match backend {
                     tandem_storage::Backend::Sqlite => {
                         let columns: Vec<String> = sqlx::query_scalar(

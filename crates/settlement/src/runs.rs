@@ -728,11 +728,16 @@ impl Settlement {
     }
 
     /// Takes a ledger checkpoint as of now when the newest is older than `every` (or there is
-    /// none); how many accounts it recorded, if it took one.
+    /// none) and the ledger has accounts to record; how many it recorded, if it took one.
     pub async fn checkpoint_if_due(
         &self,
         every: std::time::Duration,
     ) -> Result<Option<usize>, SettlementError> {
+        // A ledger without accounts has nothing to record, and would be sealed for nothing on
+        // every look.
+        if self.ledger.account_ids().await?.is_empty() {
+            return Ok(None);
+        }
         let now = tandem_domain::now();
         let due = match self.ledger.newest_checkpoint().await? {
             Some(newest) => (now - newest).to_std().unwrap_or_default() >= every,
