@@ -516,7 +516,8 @@ impl Settlement {
         .bind(to_unix_micros(tandem_domain::now()))
         .fetch_all(self.database.pool())
         .await?;
-        let count = rows.len();
+        // Each adjustment on its own: one that fails now must not keep the others waiting.
+        let mut finished = 0;
         for row in rows {
             let adjustment = row.into_adjustment()?;
             let actor = if adjustment.decided_by.is_empty() {
@@ -524,9 +525,15 @@ impl Settlement {
             } else {
                 adjustment.decided_by.clone()
             };
-            self.finish_post(&actor, adjustment).await?;
+            let id = adjustment.adjustment_id.clone();
+            match self.finish_post(&actor, adjustment).await {
+                Ok(_) => finished += 1,
+                Err(error) => {
+                    tracing::warn!(adjustment_id = %id, %error, "adjustment still POSTING")
+                }
+            }
         }
-        Ok(count)
+        Ok(finished)
     }
 
     /// Writes a new adjustment with its ADJUSTMENT_REQUESTED event; false when its key was taken.

@@ -749,20 +749,28 @@ impl Settlement {
         Ok(Some(self.ledger.checkpoint(now).await?))
     }
 
-    /// Finishes every run left SETTLING, by the run's own keys; run by the recovery loop.
+    /// Finishes every run left SETTLING, by the run's own keys; run by the recovery loop. How
+    /// many it finished; one that still fails is logged and tried again next time.
     pub async fn resume_settling(&self) -> Result<usize, SettlementError> {
         let rows: Vec<RunRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {RUN_COLUMNS} FROM settlement_runs WHERE status = 'SETTLING'"
         )))
         .fetch_all(self.database.pool())
         .await?;
-        let count = rows.len();
+        // Each run on its own: one the ledger refuses (it stays SETTLING until ops fix what the
+        // ledger names) must not keep the others from finishing.
+        let mut finished = 0;
         for row in rows {
             let run = row.into_run()?;
-            let actor = run.settled_by.clone();
-            self.finish_settling(&actor, run).await?;
+            let (id, actor) = (run.run_id.clone(), run.settled_by.clone());
+            match self.finish_settling(&actor, run).await {
+                Ok(_) => finished += 1,
+                Err(error) => {
+                    tracing::warn!(run_id = %id, %error, "settlement run still SETTLING");
+                }
+            }
         }
-        Ok(count)
+        Ok(finished)
     }
 
     async fn run_by_key(&self, key: &str) -> Result<Option<SettlementRun>, SettlementError> {
