@@ -144,12 +144,12 @@ const OURS: &str = "ours AS (\
      CASE WHEN t.kind = 'REVERSAL' THEN 'REVERSAL' WHEN t.type_code = '' THEN t.kind \
      ELSE t.type_code END)";
 
-/// A partner record beside Tandem's of the same reference and kind, if any: (line, partner
-/// record id, reference, kind, their points, their money, their time, how many of the same
+/// A partner record beside Tandem's of the same reference and kind, if any, or a record of
+/// Tandem's the partner did not send: (line, none for the latter, partner record id, reference, kind, their points, their money, their time, how many of the same
 /// reference and kind came before it plus one, whether Tandem has one, our points, our money,
 /// our time).
 type Compared = (
-    i64,
+    Option<i64>,
     String,
     String,
     String,
@@ -187,45 +187,6 @@ static STAGED_RECORDS: JsonRows = JsonRows::new(&[
     ("at_micros", ColumnType::BigInt),
 ]);
 
-/// One row of the comparison: the partner record's line (none for a record of Tandem's the
-/// partner did not send), then the rest as [`Compared`] has it.
-type Side = (
-    Option<i64>,
-    String,
-    String,
-    String,
-    i64,
-    Option<i64>,
-    i64,
-    i64,
-    i64,
-    Option<i64>,
-    Option<i64>,
-    Option<i64>,
-);
-
-fn split_side(side: Side) -> (Option<i64>, Compared) {
-    let (line, id, reference, kind, points, money, at, nth, ours, our_points, our_money, our_at) =
-        side;
-    (
-        line,
-        (
-            line.unwrap_or(0),
-            id,
-            reference,
-            kind,
-            points,
-            money,
-            at,
-            nth,
-            ours,
-            our_points,
-            our_money,
-            our_at,
-        ),
-    )
-}
-
 /// The memory a comparison's hashes and sorts may take on PostgreSQL, per operation: a period
 /// of a million records each side sorts and hashes in memory (measured with `tandem bench
 /// reconcile`; the server default, 4 MB, sends them to disk).
@@ -260,7 +221,10 @@ impl Found {
 }
 
 fn classify(header: &ReportHeader, compared: &Compared) -> DiscrepancyClass {
-    let (_, _, _, _, points, money, at, nth, ours, our_points, our_money, our_at) = compared;
+    let (line, _, _, _, points, money, at, nth, ours, our_points, our_money, our_at) = compared;
+    if line.is_none() {
+        return DiscrepancyClass::MissingTheirs;
+    }
     if *nth > 1 {
         return DiscrepancyClass::Duplicate;
     }
@@ -296,13 +260,14 @@ fn discrepancy_of(
         reference,
         kind,
         partner_record_id: record_id,
-        line,
+        line: line.unwrap_or(0),
         our_points: our_points.unwrap_or(0),
         their_points: points,
         our_money_minor: our_money.unwrap_or(0),
         their_money_minor: money,
         our_at_micros: our_at,
-        their_at_micros: Some(at),
+        // A record of Tandem's the partner did not send has no time of theirs.
+        their_at_micros: line.map(|_| at),
         status: "OPEN".to_owned(),
         adjustment_id: String::new(),
         resolved_by: String::new(),
@@ -478,27 +443,17 @@ impl Settlement {
                 .execute(&mut *reading)
                 .await?;
         }
-        let mut rows = sqlx::query_as::<_, Side>(sqlx::AssertSqlSafe(both))
+        let mut rows = sqlx::query_as::<_, Compared>(sqlx::AssertSqlSafe(both))
             .bind(header.partner.to_string())
             .bind(to_unix_micros(header.start))
             .bind(to_unix_micros(header.end))
             .bind(id)
             .fetch(&mut *reading);
-        while let Some((line, rest)) = rows.try_next().await?.map(split_side) {
-            let (_, _, _, _, _, _, _, nth, ours, ..) = &rest;
+        while let Some(compared) = rows.try_next().await? {
+            let (_, _, _, _, _, _, _, nth, ours, ..) = &compared;
             ours_count += i64::from(*ours == 1 && *nth == 1);
-            let class = match line {
-                Some(_) => classify(header, &rest),
-                None => DiscrepancyClass::MissingTheirs,
-            };
-            let discrepancy = || {
-                let mut discrepancy = discrepancy_of(id, class, rest);
-                if line.is_none() {
-                    discrepancy.their_at_micros = None;
-                }
-                discrepancy
-            };
-            if let Some(full) = found.add(class, discrepancy) {
+            let class = classify(header, &compared);
+            if let Some(full) = found.add(class, || discrepancy_of(id, class, compared)) {
                 self.write_discrepancies(&full).await?;
             }
         }
@@ -763,7 +718,7 @@ mod tests {
 
     fn compared(nth: i64, ours: i64, points: i64, our_points: i64, seconds: i64) -> Compared {
         (
-            1,
+            Some(1),
             "p-1".to_owned(),
             "ref".to_owned(),
             "CONVERSION".to_owned(),

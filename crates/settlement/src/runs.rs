@@ -594,17 +594,7 @@ impl Settlement {
         check_payment_references(&run, &payment_references)?;
         // Opened (or found) before SETTLING is recorded: an account the ledger refuses leaves the
         // run APPROVED, not stuck half-settled.
-        let currency =
-            Unit::parse(&run.currency).map_err(|error| corrupt(&run.run_id, "currency", error))?;
-        self.ledger
-            .open_account(
-                Owner::Exchange,
-                Purpose::Bank,
-                &currency,
-                run.currency_scale,
-                Guard::None,
-            )
-            .await?;
+        self.bank_clearing(&run).await?;
         self.record_settling(actor, id, payment_references).await?;
         let run = self.run(id).await?;
         self.finish_settling(actor, run).await
@@ -658,18 +648,7 @@ impl Settlement {
         if run.status != RunStatus::Settling {
             return Ok(run);
         }
-        let currency =
-            Unit::parse(&run.currency).map_err(|error| corrupt(&run.run_id, "currency", error))?;
-        let clearing = self
-            .ledger
-            .open_account(
-                Owner::Exchange,
-                Purpose::Bank,
-                &currency,
-                run.currency_scale,
-                Guard::None,
-            )
-            .await?;
+        let clearing = self.bank_clearing(&run).await?;
         let mut transaction_ids = Vec::new();
         for (chunk, nets) in run.summary.account_nets.chunks(MAX_LEGS - 1).enumerate() {
             let posted = self
@@ -733,20 +712,37 @@ impl Settlement {
         &self,
         every: std::time::Duration,
     ) -> Result<Option<usize>, SettlementError> {
-        // A ledger without accounts has nothing to record, and would be sealed for nothing on
-        // every look.
-        if self.ledger.account_ids().await?.is_empty() {
-            return Ok(None);
-        }
         let now = tandem_domain::now();
         let due = match self.ledger.newest_checkpoint().await? {
             Some(newest) => (now - newest).to_std().unwrap_or_default() >= every,
             None => true,
         };
-        if !due {
+        // A ledger without accounts has nothing to record, and would be sealed for nothing on
+        // every look; its accounts are read only once a checkpoint is due.
+        if !due || self.ledger.account_ids().await?.is_empty() {
             return Ok(None);
         }
         Ok(Some(self.ledger.checkpoint(now).await?))
+    }
+
+    /// The exchange's bank clearing account in `run`'s currency, opened on first use: where a
+    /// settled run moves every account's net.
+    async fn bank_clearing(
+        &self,
+        run: &SettlementRun,
+    ) -> Result<tandem_ledger::Account, SettlementError> {
+        let currency =
+            Unit::parse(&run.currency).map_err(|error| corrupt(&run.run_id, "currency", error))?;
+        Ok(self
+            .ledger
+            .open_account(
+                Owner::Exchange,
+                Purpose::Bank,
+                &currency,
+                run.currency_scale,
+                Guard::None,
+            )
+            .await?)
     }
 
     /// Finishes every run left SETTLING, by the run's own keys; run by the recovery loop. How

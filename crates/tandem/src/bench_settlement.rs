@@ -76,20 +76,8 @@ pub async fn run(args: SettlementBenchArgs) -> anyhow::Result<()> {
 }
 
 async fn measure(args: &SettlementBenchArgs, entries: u64) -> anyhow::Result<Measurement> {
-    let scratch = ScratchDatabase::create(&args.postgres, "settlement").await?;
-    let database = tandem_settlement::open_database(&Location::Postgres(SecretString::from(
-        scratch.url.clone(),
-    )))
-    .await?;
-    let ledger = Ledger::new(
-        database.clone(),
-        LedgerOptions::for_backend(database.backend()),
-    );
-    let settlement = Settlement::new(
-        database.clone(),
-        ledger.clone(),
-        SettlementOptions::default(),
-    );
+    let (scratch, database, ledger, settlement) =
+        scratch_settlement(&args.postgres, "settlement").await?;
     let accounts = open_accounts(&ledger, args.partners).await?;
 
     eprintln!("loading {entries} entries");
@@ -151,6 +139,34 @@ async fn measure(args: &SettlementBenchArgs, entries: u64) -> anyhow::Result<Mea
         run_entries,
         peak_rss_kib: peak_rss_kib(),
     })
+}
+
+/// A scratch database with the settlement service's tables, and the ledger and settlement logic
+/// on it, as `tandem serve` builds them.
+async fn scratch_settlement(
+    admin_url: &str,
+    purpose: &str,
+) -> anyhow::Result<(
+    ScratchDatabase,
+    tandem_storage::Database,
+    Ledger,
+    Settlement,
+)> {
+    let scratch = ScratchDatabase::create(admin_url, purpose).await?;
+    let database = tandem_settlement::open_database(&Location::Postgres(SecretString::from(
+        scratch.url.clone(),
+    )))
+    .await?;
+    let ledger = Ledger::new(
+        database.clone(),
+        LedgerOptions::for_backend(database.backend()),
+    );
+    let settlement = Settlement::new(
+        database.clone(),
+        ledger.clone(),
+        SettlementOptions::default(),
+    );
+    Ok((scratch, database, ledger, settlement))
 }
 
 /// The partners' settlement accounts, then the exchange's fee account, in USD.
@@ -368,20 +384,8 @@ async fn measure_reconciliation(
     records: u64,
 ) -> anyhow::Result<Reconciled> {
     let admin_url = args.postgres.as_str();
-    let scratch = ScratchDatabase::create(admin_url, "reconcile").await?;
-    let database = tandem_settlement::open_database(&Location::Postgres(SecretString::from(
-        scratch.url.clone(),
-    )))
-    .await?;
-    let ledger = Ledger::new(
-        database.clone(),
-        LedgerOptions::for_backend(database.backend()),
-    );
-    let settlement = Settlement::new(
-        database.clone(),
-        ledger.clone(),
-        SettlementOptions::default(),
-    );
+    let (scratch, database, ledger, settlement) =
+        scratch_settlement(admin_url, "reconcile").await?;
     let partner: tandem_domain::PartnerId = "00000000-0000-7000-8000-000000000001"
         .parse()
         .expect("a valid id");
