@@ -1643,6 +1643,59 @@ async fn a_run_killed_after_its_settlement_post_settles_once(database: TestDatab
     );
 }
 
+/// The server stands paused after a run sealed its cut-off in the ledger and before the run was
+/// stored, and is killed there: the caller was never answered, nothing of the run was kept, and
+/// the same request to a new server creates it once, holding the period's entries.
+async fn a_run_killed_after_sealing_its_cutoff_is_created_once(database: TestDatabase) {
+    let (server, pause) = TestServer::pausing_at(database, &LEASE, "run-sealed").await;
+    let books = Books::open(&server).await;
+    books.conversion(&server, "first", 2_500).await;
+    let alice = server.ops_token("alice").await;
+    let cutoff = now();
+    let request = pb::CreateSettlementRunRequest {
+        idempotency_key: "sealed".to_owned(),
+        currency: "USD".to_owned(),
+        cutoff_time: Some(cutoff),
+    };
+    let mut client = server.settlement();
+    let token = alice.clone();
+    let creating =
+        tokio::spawn(async move { client.create_settlement_run(authed(&token, request)).await });
+    pause.reached().await;
+    let database = kill_while_waiting(server, vec![creating]).await;
+
+    let server = TestServer::start_on(database, &LEASE).await;
+    let listed = server
+        .settlement()
+        .list_settlement_runs(authed(&alice, pb::ListSettlementRunsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .runs;
+    assert!(listed.is_empty(), "nothing of the killed request was kept");
+    let (run, replayed) = create_run(&server, &alice, "sealed", cutoff).await.unwrap();
+    assert!(!replayed);
+    assert!(run.entry_count > 0, "the conversion is in the run");
+    assert_eq!(nets(&run).iter().map(|(_, net)| net).sum::<i64>(), 0);
+    let (again, replayed) = create_run(&server, &alice, "sealed", cutoff).await.unwrap();
+    assert!(replayed);
+    assert_eq!(again.run_id, run.run_id, "created once");
+    let (next, _) = create_run(&server, &alice, "after", now()).await.unwrap();
+    assert_eq!(next.entry_count, 0, "every entry in exactly one run");
+}
+
+#[tokio::test]
+async fn run_killed_after_sealing_on_sqlite() {
+    a_run_killed_after_sealing_its_cutoff_is_created_once(TestDatabase::sqlite()).await;
+}
+
+#[tokio::test]
+#[ignore = "PostgreSQL: set TANDEM_TEST_DATABASE_URL and pass -- --include-ignored"]
+async fn run_killed_after_sealing_on_postgres() {
+    let database = TestDatabase::postgres_required().await;
+    a_run_killed_after_sealing_its_cutoff_is_created_once(database).await;
+}
+
 #[tokio::test]
 async fn adjustment_killed_after_its_post_on_sqlite() {
     an_adjustment_killed_after_its_ledger_post_posts_once(TestDatabase::sqlite()).await;

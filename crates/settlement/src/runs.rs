@@ -360,6 +360,7 @@ impl Settlement {
         }
         // Every entry before the cut-off is committed and visible from here on.
         self.ledger.seal_before(new.cutoff).await?;
+        tandem_storage::test_pause::pause_at("run-sealed").await;
         let run_id = uuid::Uuid::now_v7().to_string();
         let cutoff = to_unix_micros(new.cutoff);
         let mut transaction = self.database.begin_write().await?;
